@@ -1,0 +1,1 @@
+"""Local stand-ins for cloud APIs that have no emulator (the Compute Engine firewall API)."""
