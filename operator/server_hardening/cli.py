@@ -1,0 +1,247 @@
+"""``hardening``: the same pipeline the operator runs, from a terminal.
+
+    hardening plan -f hardening.yaml [-o table|yaml|json]   what would be written (offline)
+    hardening crd                                           the CustomResourceDefinition
+    hardening run [--namespace NS ...]                      the operator
+    hardening dev cluster start|stop                        a local control plane
+    hardening demo [--mode Audit] [--keep]                  the whole product, locally
+
+Exit codes: 0 success, 1 failure, 2 invalid input (the error names the field; stdout is empty).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from server_hardening import __version__
+from server_hardening.model import ResourceRef, SpecError, parse_resource
+from server_hardening.rules import Action, Role, Rule
+
+EXIT_INVALID = 2
+
+
+def _load_resource(path: str) -> dict[str, Any]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise SpecError([]) from exc
+    resources = [d for d in docs if isinstance(d, dict) and d.get("kind") == "ServerHardening"]
+    if len(resources) != 1:
+        raise ValueError(f"{path}: expected exactly one ServerHardening, found {len(resources)}")
+    return resources[0]
+
+
+def _table(rows: list[list[str]], out: TextIO) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        out.write("\n")
+
+
+def _rule_row(target: str, where: str, rule: Rule) -> list[str]:
+    return [
+        target,
+        where,
+        rule.direction.value,
+        rule.action.value,
+        rule.peer.label() + " (" + ",".join(rule.peer.cidrs) + ")",
+        rule.protocol.value,
+        str(rule.ports) if rule.ports else "all",
+        ",".join(sorted(rule.rows)),
+    ]
+
+
+def _np_rows(policies: list[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for policy in policies:
+        name = policy["metadata"]["name"]
+        spec = policy["spec"]
+        guide = policy["metadata"]["annotations"]["hardening.circleci.com/guide-rows"]
+        selector = spec["podSelector"].get("matchLabels") or {}
+        where = name + (" " + ",".join(f"{k}={v}" for k, v in selector.items()) if selector else "")
+        if not spec.get("ingress") and not spec.get("egress"):
+            rows.append(["kubernetes", where, "/".join(spec["policyTypes"]).lower(), "deny",
+                         "everything not allowed", "-", "-", guide])  # fmt: skip
+        for direction, key, peers_key in (
+            ("ingress", "ingress", "from"),
+            ("egress", "egress", "to"),
+        ):
+            for rule in spec.get(key) or []:
+                peers = ",".join(
+                    p["ipBlock"]["cidr"] if "ipBlock" in p else
+                    ("namespace" if "podSelector" in p else "kube-system")
+                    for p in rule.get(peers_key) or []
+                ) or "any"  # fmt: skip
+                ports = (
+                    ",".join(
+                        f"{p['port']}" + (f"-{p['endPort']}" if p.get("endPort") else "")
+                        for p in rule.get("ports") or []
+                    )
+                    or "all"
+                )
+                protos = ",".join(
+                    sorted({p.get("protocol", "TCP") for p in rule.get("ports") or []})
+                )
+                protocol = protos.lower() or "all"
+                rows.append(
+                    ["kubernetes", where, direction, "allow", peers, protocol, ports, guide]
+                )
+    return rows
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from server_hardening.plan import build_plan
+
+    try:
+        ref, spec = parse_resource(_load_resource(args.file))
+    except SpecError as exc:
+        for error in exc.errors:
+            print(f"{args.file}: {error}", file=sys.stderr)
+        if not exc.errors:
+            print(f"{args.file}: not valid YAML: {exc.__cause__}", file=sys.stderr)
+        return EXIT_INVALID
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    doc = build_plan(spec, ref)
+    if args.output == "json":
+        json.dump(doc.as_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    if args.output == "yaml":
+        manifests = list(doc.network_policies or [])
+        sys.stdout.write(yaml.safe_dump_all(manifests, sort_keys=False) if manifests else "")
+        return 0
+    _print_table(doc, ref)
+    return 0
+
+
+def _print_table(doc: Any, ref: ResourceRef) -> None:
+    out = sys.stdout
+    out.write(f"ServerHardening {ref} - guide profile {doc.profile}\n\n")
+    header = ["TARGET", "WHERE", "DIRECTION", "ACTION", "PEER", "PROTO", "PORTS", "GUIDE ROWS"]
+    rows: list[list[str]] = [header]
+    if doc.network_policies is not None:
+        rows.extend(_np_rows(doc.network_policies))
+    spec = doc.intent.spec
+    if spec.aws is not None:
+        groups = spec.aws.security_groups
+        by_role = {
+            Role.KUBERNETES_NODES: groups.kubernetes_nodes,
+            Role.NOMAD_CLIENTS: groups.nomad_clients,
+            Role.EXTERNAL_VMS: groups.external_v_ms,
+            Role.LOAD_BALANCERS: groups.load_balancers,
+        }
+        for rule in doc.intent.cloud_rules("aws"):
+            group = by_role.get(rule.subject)
+            if group and rule.action is Action.ALLOW:
+                rows.append(_rule_row("aws", f"{group} ({rule.subject.value})", rule))
+    if spec.gcp is not None:
+        tags = spec.gcp.target_tags
+        by_tag = {
+            Role.KUBERNETES_NODES: tags.kubernetes_nodes,
+            Role.NOMAD_CLIENTS: tags.nomad_clients,
+            Role.EXTERNAL_VMS: tags.external_v_ms,
+        }
+        for rule in doc.intent.cloud_rules("gcp"):
+            tag = by_tag.get(rule.subject)
+            if tag:
+                rows.append(_rule_row("gcp", f"tag:{tag}", rule))
+    _table(rows, out)
+    if doc.findings:
+        out.write("\nFINDINGS\n")
+        for finding in doc.findings:
+            row = f" [{finding.row}]" if finding.row else ""
+            out.write(f"  {finding.severity.value:<8} {finding.code}{row}: {finding.message}\n")
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    from server_hardening.crd import crd_yaml
+
+    sys.stdout.write(crd_yaml())
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from server_hardening.runner import run_operator
+
+    return run_operator(args)
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from server_hardening.devtools import controlplane
+
+    argv = [args.action]
+    if args.state_dir:
+        argv += ["--state-dir", args.state_dir]
+    return controlplane.main(argv)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from server_hardening.devtools.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hardening",
+        description="Keep a CircleCI Server installation hardened as CircleCI's guide says.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    plan = sub.add_parser("plan", help="show what would be written, offline")
+    plan.add_argument("-f", "--file", required=True, help="a ServerHardening YAML file, or -")
+    plan.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    plan.set_defaults(func=cmd_plan)
+
+    crd = sub.add_parser("crd", help="print the CustomResourceDefinition")
+    crd.set_defaults(func=cmd_crd)
+
+    run = sub.add_parser("run", help="run the operator")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)"
+    )
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
+    run.add_argument("--metrics-port", type=int, default=8080, help="/metrics, /healthz, /readyz")
+    run.add_argument("--metrics-host", default="0.0.0.0", help="address to serve metrics on")  # noqa: S104
+    run.add_argument("--log-format", choices=["text", "json"], default="text")
+    run.add_argument("--verbose", action="store_true")
+    run.add_argument("--peering", default=None, help="kopf peering name for HA (else standalone)")
+    run.add_argument("--priority", type=int, default=0, help="peering priority")
+    run.add_argument("--kubeconfig", default=None, help="else in-cluster or ~/.kube/config")
+    run.set_defaults(func=cmd_run)
+
+    dev = sub.add_parser("dev", help="development tools")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True)
+    cluster = dev_sub.add_parser("cluster", help="a local kube-apiserver + etcd")
+    cluster.add_argument("action", choices=["start", "stop"])
+    cluster.add_argument("--state-dir", default=None)
+    cluster.set_defaults(func=cmd_dev)
+
+    demo = sub.add_parser("demo", help="run the whole product locally (control plane + EC2)")
+    demo.add_argument("--mode", choices=["Enforce", "Audit"], default="Enforce")
+    demo.add_argument("--keep", action="store_true", help="leave it running until Ctrl-C")
+    demo.add_argument("--no-progress", action="store_true", help="plain output, no spinner")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

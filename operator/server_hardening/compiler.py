@@ -1,0 +1,327 @@
+"""Intent + catalogue -> provider-neutral rules. Pure: no I/O here.
+
+:func:`compile_intent` resolves every guide row of the spec's profile against the spec's
+topology and access settings: which rows apply, who the peers are (as addresses, keeping the
+role so renderers can reference it more tightly), and which ports. It merges rules with the
+same effect and returns them with the findings a person should read before applying.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from server_hardening.guide import (
+    GCP_HEALTH_CHECK_RANGES,
+    Component,
+    ComponentDefault,
+    GuideRow,
+    Ports,
+    Profile,
+    Requires,
+    profile_for,
+)
+from server_hardening.model import WORLD, ServerHardeningSpec
+from server_hardening.rules import (
+    Action,
+    Direction,
+    Finding,
+    Peer,
+    PeerKind,
+    PortRange,
+    Protocol,
+    Role,
+    Rule,
+    Severity,
+    parse_network,
+)
+
+CloudTarget = Literal["aws", "gcp"]
+
+
+@dataclass(frozen=True)
+class ComponentAccess:
+    """What one in-cluster component must accept, from the LB-IN rows (for NetworkPolicies).
+
+    ``service_ports`` are the guide's Service ports; the NetworkPolicy renderer maps them to pod
+    ports through the component's resolution.
+    """
+
+    component: Component
+    peers: tuple[Peer, ...]
+    service_ports: tuple[int, ...]
+    rows: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CompiledIntent:
+    spec: ServerHardeningSpec
+    profile: Profile
+    rules: tuple[Rule, ...]
+    cluster: tuple[ComponentAccess, ...]
+    findings: tuple[Finding, ...]
+    _gcp_rules: tuple[Rule, ...] = ()
+
+    def cloud_rules(self, target: CloudTarget) -> tuple[Rule, ...]:
+        """The rules a cloud target renders. GCP load balancers are always pass-through, so
+        GCP gets rules compiled as transparent plus the health-check ranges."""
+        return self._gcp_rules if target == "gcp" else self.rules
+
+    def component_default(self, component: Component) -> ComponentDefault | None:
+        return self.profile.components.get(component)
+
+
+def _sorted_cidrs(cidrs: Iterable[str]) -> tuple[str, ...]:
+    unique = {str(parse_network(c)) for c in cidrs}
+    return tuple(sorted(unique, key=lambda c: (parse_network(c).version, parse_network(c))))
+
+
+class _Resolver:
+    """Turns a row's symbolic peer and ports into concrete ones for one spec."""
+
+    def __init__(self, spec: ServerHardeningSpec, *, transparent: bool) -> None:
+        self.spec = spec
+        self.transparent = transparent
+        topo = spec.topology
+        external = tuple(topo.external.cidrs)
+        rerun = tuple(spec.access.ssh_rerun.sources) or external
+        lb_cidrs = tuple(topo.load_balancers.cidrs) or tuple(topo.kubernetes_nodes.cidrs)
+        self.addresses: dict[PeerKind, tuple[str, ...]] = {
+            PeerKind.KUBERNETES_NODES: tuple(topo.kubernetes_nodes.cidrs),
+            PeerKind.NOMAD_CLIENTS: tuple(topo.nomad_clients.cidrs),
+            PeerKind.EXTERNAL_VMS: tuple(topo.external_v_ms.cidrs),
+            PeerKind.LOAD_BALANCERS: lb_cidrs,
+            PeerKind.EXTERNAL: external,
+            PeerKind.VCS: tuple(topo.vcs.cidrs) if topo.vcs else external,
+            PeerKind.DNS: tuple(topo.dns.cidrs) if topo.dns else (),
+            PeerKind.ADMIN_SSH: tuple(spec.access.admin_ssh.sources),
+            PeerKind.SSH_RERUN: rerun,
+            PeerKind.HEALTH_CHECKS: GCP_HEALTH_CHECK_RANGES,
+        }
+
+    def peer(self, kind: PeerKind) -> Peer:
+        # A transparent load balancer is no layer of its own: what the guide sends to it goes
+        # to the nodes behind it.
+        if kind is PeerKind.LOAD_BALANCERS and self.transparent:
+            kind = PeerKind.KUBERNETES_NODES
+        return Peer(kind, _sorted_cidrs(self.addresses[kind]))
+
+    def ports(self, ports: PortRange | Ports | None) -> PortRange | None:
+        if isinstance(ports, Ports):
+            node_ports = self.spec.topology.load_balancers.node_port_range
+            return PortRange(node_ports.from_, node_ports.to)
+        return ports
+
+    def applies(self, row: GuideRow) -> bool:
+        checks = {
+            Requires.ADMIN_SSH: self.spec.access.admin_ssh.enabled,
+            Requires.SSH_RERUN: self.spec.access.ssh_rerun.enabled,
+            Requires.EXTERNAL_VMS: self.spec.topology.external_v_ms.enabled,
+            Requires.DNS: self.spec.topology.dns is not None,
+            Requires.LB_LAYER: not self.transparent,
+        }
+        if not all(checks[r] for r in row.requires):
+            return False
+        vms_off = not self.spec.topology.external_v_ms.enabled
+        return not (
+            vms_off and (row.subject is Role.EXTERNAL_VMS or row.peer is PeerKind.EXTERNAL_VMS)
+        )
+
+    def subject(self, row: GuideRow) -> Role:
+        if row.subject is Role.LOAD_BALANCERS and self.transparent:
+            return Role.KUBERNETES_NODES
+        return row.subject
+
+
+def _rules_from_rows(rows: Sequence[GuideRow], resolver: _Resolver) -> list[Rule]:
+    rules: list[Rule] = []
+    for row in rows:
+        if not resolver.applies(row):
+            continue
+        peer = resolver.peer(row.peer)
+        if not peer.cidrs:
+            continue
+        ports = resolver.ports(row.ports)
+        for protocol in row.protocols:
+            rules.append(
+                Rule(
+                    subject=resolver.subject(row),
+                    direction=row.direction,
+                    action=row.action,
+                    peer=peer,
+                    protocol=protocol,
+                    ports=None if protocol is Protocol.ALL else ports,
+                    rows=frozenset({row.id}),
+                )
+            )
+    return rules
+
+
+def merge_rules(rules: Iterable[Rule]) -> tuple[Rule, ...]:
+    """Merge rules that do the same thing, and coalesce touching or overlapping port ranges of
+    rules that differ only in ports. Rows are unioned, so provenance is kept. What is allowed
+    (or denied) does not change: a property test checks it."""
+    Lane = tuple[Role, Direction, Action, Peer, Protocol]
+    by_effect: dict[tuple[Role, Direction, Action, Peer, Protocol, PortRange | None], set[str]]
+    by_effect = defaultdict(set)
+    for rule in rules:
+        by_effect[rule.effect_key()].update(rule.rows)
+
+    by_lane: dict[Lane, list[tuple[PortRange | None, set[str]]]] = defaultdict(list)
+    for (subject, direction, action, peer, protocol, ports), rows in by_effect.items():
+        by_lane[(subject, direction, action, peer, protocol)].append((ports, rows))
+
+    merged: list[Rule] = []
+    for (subject, direction, action, peer, protocol), entries in by_lane.items():
+        all_ports = [rows for ports, rows in entries if ports is None]
+        if all_ports:
+            # Every port is allowed already: the narrower ranges add nothing but provenance.
+            rows = set().union(*(r for _, r in entries))
+            merged.append(Rule(subject, direction, action, peer, protocol, None, frozenset(rows)))
+            continue
+        ranges = sorted(
+            ((p, r) for p, r in entries if p is not None), key=lambda e: (e[0].first, e[0].last)
+        )
+        current, current_rows = ranges[0][0], set(ranges[0][1])
+        for ports, rows in ranges[1:]:
+            if ports.first <= current.last + 1:
+                current = PortRange(current.first, max(current.last, ports.last))
+                current_rows |= rows
+            else:
+                merged.append(
+                    Rule(
+                        subject, direction, action, peer, protocol, current, frozenset(current_rows)
+                    )
+                )
+                current, current_rows = ports, set(rows)
+        merged.append(
+            Rule(subject, direction, action, peer, protocol, current, frozenset(current_rows))
+        )
+    return tuple(sorted(merged, key=Rule.sort_key))
+
+
+def _cluster_access(
+    profile: Profile, spec: ServerHardeningSpec, resolver: _Resolver
+) -> tuple[ComponentAccess, ...]:
+    """The LB-IN rows seen from inside the cluster: who must reach which component."""
+    by_component: dict[Component, list[GuideRow]] = defaultdict(list)
+    for row in profile.rows:
+        if row.component is not None and resolver.applies(row):
+            by_component[row.component].append(row)
+    snat_sources: list[Peer] = []
+    if not spec.topology.load_balancers.transparent:
+        snat_sources.append(resolver.peer(PeerKind.KUBERNETES_NODES))
+        if spec.topology.load_balancers.cidrs:
+            snat_sources.append(resolver.peer(PeerKind.LOAD_BALANCERS))
+    out: list[ComponentAccess] = []
+    for component in Component:
+        rows = by_component.get(component)
+        if not rows:
+            continue
+        peers = {resolver.peer(r.peer) for r in rows} | set(snat_sources)
+        ports = sorted({r.ports.first for r in rows if isinstance(r.ports, PortRange)})
+        row_ids = sorted({r.id for r in rows})
+        if snat_sources:
+            row_ids.append("CHOICE-NP-SNAT")
+        out.append(
+            ComponentAccess(
+                component=component,
+                peers=tuple(sorted(peers)),
+                service_ports=tuple(ports),
+                rows=tuple(row_ids),
+            )
+        )
+    return tuple(out)
+
+
+def _findings(spec: ServerHardeningSpec, profile: Profile) -> list[Finding]:
+    findings: list[Finding] = []
+    rerun = spec.access.ssh_rerun
+    rerun_sources = rerun.sources or spec.topology.external.cidrs
+    if rerun.enabled and any(parse_network(c).prefixlen == 0 for c in rerun_sources):
+        for row, ports in (("NOMAD-IN-2", "64535-65535"), ("VM-IN-5", "54782")):
+            if row == "VM-IN-5" and not spec.topology.external_v_ms.enabled:
+                continue
+            findings.append(
+                Finding(
+                    Severity.WARNING,
+                    "WorldOpenSSHRerun",
+                    f"SSH-rerun ports {ports} are open to the world, as the guide allows; "
+                    "narrow spec.access.sshRerun.sources to your users' addresses (VPN/office) "
+                    "if you can",
+                    row=row,
+                )
+            )
+    if not spec.topology.dns:
+        findings.append(
+            Finding(
+                Severity.INFO,
+                "DNSNotConfigured",
+                "spec.topology.dns is not set: ALL-OUT-1 is not rendered (AWS never filters its "
+                "own resolver; elsewhere set the VPC resolver's address)",
+                row="ALL-OUT-1",
+            )
+        )
+    if profile.name.startswith("v4") and spec.aws and not spec.aws.security_groups.load_balancers:
+        findings.append(
+            Finding(
+                Severity.WARNING,
+                "PublicNomadPort",
+                "v4 serves 4647 on the public circleci-proxy load balancer; without "
+                "spec.aws.securityGroups.loadBalancers it is not narrowed here: set "
+                "nginx.loadBalancerSourceRanges to the Nomad client CIDRs",
+                row="LB-IN-4",
+            )
+        )
+    if spec.access.admin_ssh.enabled:
+        findings.append(
+            Finding(
+                Severity.INFO,
+                "AdminSSHEnabled",
+                "admin SSH (ALL-IN-1) is open from "
+                + ", ".join(spec.access.admin_ssh.sources)
+                + "; the guide suggests adding it only when needed",
+                row="ALL-IN-1",
+            )
+        )
+    if set(spec.topology.external.cidrs) - set(WORLD):
+        findings.append(
+            Finding(
+                Severity.INFO,
+                "ExternalNarrowed",
+                "external is narrowed to " + ", ".join(spec.topology.external.cidrs),
+            )
+        )
+    return findings
+
+
+def compile_intent(spec: ServerHardeningSpec) -> CompiledIntent:
+    profile = profile_for(spec.server_version)
+    transparent = spec.topology.load_balancers.transparent
+    resolver = _Resolver(spec, transparent=transparent)
+    rules = merge_rules(_rules_from_rows(profile.rows, resolver))
+
+    gcp_resolver = _Resolver(spec, transparent=True)
+    gcp_rows = _rules_from_rows(profile.rows, gcp_resolver)
+    node_ports = resolver.ports(Ports.NODE_PORTS)
+    gcp_rows.append(
+        Rule(
+            subject=Role.KUBERNETES_NODES,
+            direction=Direction.INGRESS,
+            action=Action.ALLOW,
+            peer=gcp_resolver.peer(PeerKind.HEALTH_CHECKS),
+            protocol=Protocol.TCP,
+            ports=node_ports,
+            rows=frozenset({"K8S-IN-1", "CHOICE-GCP-HEALTH-CHECKS"}),
+        )
+    )
+    return CompiledIntent(
+        spec=spec,
+        profile=profile,
+        rules=rules,
+        cluster=_cluster_access(profile, spec, resolver),
+        findings=tuple(_findings(spec, profile)),
+        _gcp_rules=merge_rules(gcp_rows),
+    )

@@ -1,0 +1,155 @@
+"""Where the guide's in-cluster services live: pod selectors and pod ports. Pure: no I/O here.
+
+The guide names Services (``circleci-proxy``, ``nomad-server-external``, ...). A NetworkPolicy
+selects pods and matches *pod* ports, so a Service is resolved through its own ``spec.selector``
+and each port's ``targetPort`` (a number or a container-port name; both are valid NetworkPolicy
+ports). The Kubernetes adapter reads the Services; this module only interprets them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from server_hardening.compiler import CompiledIntent
+from server_hardening.guide import Component
+from server_hardening.rules import Finding, Severity
+
+
+@dataclass(frozen=True, order=True)
+class PodPort:
+    port: int | str
+    protocol: str = "TCP"
+
+    def as_manifest(self) -> dict[str, Any]:
+        return {"protocol": self.protocol, "port": self.port}
+
+
+@dataclass(frozen=True)
+class ResolvedComponent:
+    """The pods behind a component and the pod ports for each guide (Service) port."""
+
+    component: Component
+    pod_selector: tuple[tuple[str, str], ...]
+    ports: tuple[PodPort, ...]
+    source: str  # "service/<name>", "spec.kubernetes.components.<c>" or "assumed"
+    service: str = ""
+
+    @property
+    def selector(self) -> dict[str, str]:
+        return dict(self.pod_selector)
+
+
+@dataclass(frozen=True)
+class ServiceLookup:
+    """A component to resolve from a Service: try ``names`` in order; keep ``service_ports``."""
+
+    component: Component
+    names: tuple[str, ...]
+    service_ports: tuple[int, ...]
+    from_spec: bool
+
+
+def lookups(intent: CompiledIntent) -> tuple[list[ResolvedComponent], list[ServiceLookup]]:
+    """Split the components the intent needs into those the spec pins by pod selector and those
+    to resolve from a Service (the spec's or the profile's default)."""
+    pinned: list[ResolvedComponent] = []
+    pending: list[ServiceLookup] = []
+    overrides = intent.spec.kubernetes.components
+    for access in intent.cluster:
+        override = getattr(overrides, _field(access.component))
+        if override is not None and override.pod_selector is not None:
+            pinned.append(
+                ResolvedComponent(
+                    component=access.component,
+                    pod_selector=tuple(sorted(override.pod_selector.items())),
+                    ports=tuple(PodPort(p.port, p.protocol) for p in override.ports),
+                    source=f"spec.kubernetes.components.{access.component.value}",
+                )
+            )
+            continue
+        default = intent.component_default(access.component)
+        if override is not None and override.service:
+            names: tuple[str, ...] = (override.service,)
+        elif default is not None:
+            names = default.services
+        else:
+            continue
+        pending.append(
+            ServiceLookup(
+                component=access.component,
+                names=names,
+                service_ports=access.service_ports,
+                from_spec=override is not None,
+            )
+        )
+    return pinned, pending
+
+
+def _field(component: Component) -> str:
+    return {
+        Component.FRONTEND: "frontend",
+        Component.NOMAD_SERVER: "nomad_server",
+        Component.OUTPUT_PROCESSOR: "output_processor",
+        Component.VM_SERVICE: "vm_service",
+    }[component]
+
+
+def from_service(lookup: ServiceLookup, service: Mapping[str, Any]) -> ResolvedComponent | Finding:
+    """Interpret one Service body (as the API returns it, camelCase)."""
+    name = str(service.get("metadata", {}).get("name", ""))
+    spec = service.get("spec") or {}
+    selector = spec.get("selector") or {}
+    if not selector:
+        return Finding(
+            Severity.WARNING,
+            "ServiceWithoutSelector",
+            f"Service {name} has no selector: the pods behind {lookup.component.value} cannot "
+            f"be found; pin them with spec.kubernetes.components.{lookup.component.value}"
+            ".podSelector",
+            target="kubernetes",
+        )
+    ports: list[PodPort] = []
+    for port in spec.get("ports") or []:
+        if int(port.get("port", 0)) in lookup.service_ports:
+            target = port.get("targetPort", port.get("port"))
+            ports.append(PodPort(target, str(port.get("protocol") or "TCP")))
+    if not ports:
+        wanted = ", ".join(str(p) for p in lookup.service_ports)
+        return Finding(
+            Severity.WARNING,
+            "ServicePortMissing",
+            f"Service {name} does not serve port {wanted} that the guide routes to "
+            f"{lookup.component.value}",
+            target="kubernetes",
+        )
+    return ResolvedComponent(
+        component=lookup.component,
+        pod_selector=tuple(sorted((str(k), str(v)) for k, v in selector.items())),
+        ports=tuple(sorted(set(ports), key=lambda p: (str(p.port), p.protocol))),
+        source=f"service/{name}",
+        service=name,
+    )
+
+
+def assumed(lookup: ServiceLookup) -> tuple[ResolvedComponent, Finding]:
+    """Offline (``hardening plan`` without a cluster): assume pods labelled ``app=<service>``
+    listening on the Service's port numbers, and say so."""
+    name = lookup.names[0]
+    resolved = ResolvedComponent(
+        component=lookup.component,
+        pod_selector=(("app", name),),
+        ports=tuple(PodPort(p) for p in lookup.service_ports),
+        source="assumed",
+        service=name,
+    )
+    finding = Finding(
+        Severity.INFO,
+        "ComponentAssumed",
+        f"{lookup.component.value}: assumed pods labelled app={name} on ports "
+        + ", ".join(str(p) for p in lookup.service_ports)
+        + "; the operator resolves the Service's selector and targetPort in the cluster",
+        target="kubernetes",
+    )
+    return resolved, finding

@@ -1,0 +1,135 @@
+"""The CustomResourceDefinition, generated from the model. Pure: no I/O here.
+
+pydantic's JSON schema is turned into a *structural* OpenAPI v3 schema as the API server wants
+it: references inlined, ``Optional`` as ``nullable``, ``int | str`` as
+``x-kubernetes-int-or-string``, no ``additionalProperties: false`` beside ``properties`` (unknown
+fields are refused by the server's strict field validation, which kubectl uses by default, and
+by the model), object defaults left to the model (so stored objects stay what the user wrote),
+scalar defaults kept. CEL rules declared on the model travel along.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from server_hardening.model import (
+    GROUP,
+    KIND,
+    PLURAL,
+    SHORT_NAMES,
+    SINGULAR,
+    VERSION,
+    ServerHardeningSpec,
+)
+
+_DROP = {"title", "$defs"}
+
+
+def _structural(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_structural(n, defs) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = defs[node["$ref"].rsplit("/", 1)[-1]]
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _structural(merged, defs)
+    if "anyOf" in node:
+        options = [o for o in node["anyOf"] if o.get("type") != "null"]
+        nullable = len(options) != len(node["anyOf"])
+        rest = {k: v for k, v in node.items() if k not in {"anyOf", "default"}}
+        types = {o.get("type") for o in options}
+        if types == {"integer", "string"}:
+            return _structural({**rest, "x-kubernetes-int-or-string": True}, defs)
+        if len(options) != 1:
+            raise ValueError(f"cannot express anyOf {node['anyOf']} structurally")
+        single: dict[str, Any] = _structural({**options[0], **rest}, defs)
+        if nullable:
+            single["nullable"] = True
+        return single
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP:
+            continue
+        if key == "additionalProperties" and value is False:
+            continue
+        if key == "default" and (isinstance(value, dict | list) or value is None):
+            continue
+        if key == "properties":
+            out[key] = {name: _structural(v, defs) for name, v in value.items()}
+        else:
+            out[key] = _structural(value, defs)
+    return out
+
+
+def spec_schema() -> dict[str, Any]:
+    raw = ServerHardeningSpec.model_json_schema(by_alias=True, mode="validation")
+    schema: dict[str, Any] = _structural(raw, raw.get("$defs", {}))
+    return schema
+
+
+STATUS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "What the operator did and found; see docs/resource.md.",
+    "x-kubernetes-preserve-unknown-fields": True,
+}
+
+
+def crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{PLURAL}.{GROUP}",
+            "labels": {"app.kubernetes.io/name": "server-hardening"},
+        },
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": list(SHORT_NAMES),
+                "categories": ["circleci"],
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                        {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
+                        {"name": "Drift", "type": "integer", "jsonPath": ".status.driftTotal"},
+                        {"name": "Version", "type": "string", "jsonPath": ".spec.serverVersion"},
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "Keeps a CircleCI Server installation hardened as "
+                            "CircleCI's hardening guide prescribes.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema(),
+                                "status": STATUS_SCHEMA,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    header = "# Generated from server_hardening.model by `hardening crd`. Do not edit.\n"
+    return header + yaml.safe_dump(crd(), sort_keys=False, width=100)

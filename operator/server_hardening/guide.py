@@ -1,0 +1,372 @@
+"""The guide catalogue: CircleCI's "hardening your cluster" rows as data, per server version.
+
+Pure: no I/O here. Every rule the product writes cites the ``id`` of a row below. IDs are the
+ones ``shared/guide/network-guide.md`` gives; rows that the guide leaves to the implementer
+(NetworkPolicy shapes, the v4 table's unnamed row, GCP health checks) carry IDs of the form
+``CHOICE-*`` or ``V4-*`` and say what was chosen and why.
+
+Three profiles: ``v3`` (3.x), ``v4.0`` (4.0 to 4.2) and ``v4.3`` (4.3 and later).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+
+from server_hardening.rules import Action, Direction, PeerKind, PortRange, Protocol, Role
+
+
+class Requires(enum.StrEnum):
+    """When a row applies; rows without a requirement always do."""
+
+    ADMIN_SSH = "adminSSH enabled"
+    SSH_RERUN = "sshRerun enabled"
+    EXTERNAL_VMS = "externalVMs enabled"
+    DNS = "topology.dns set"
+    LB_LAYER = "load balancers are not transparent"
+
+
+class Ports(enum.StrEnum):
+    """Ports that come from the spec rather than the guide."""
+
+    NODE_PORTS = "nodePortRange"
+
+
+class Component(enum.StrEnum):
+    """The in-cluster services the LB-IN rows reach (spec.kubernetes.components keys)."""
+
+    FRONTEND = "frontend"
+    NOMAD_SERVER = "nomadServer"
+    OUTPUT_PROCESSOR = "outputProcessor"
+    VM_SERVICE = "vmService"
+
+
+K8S = Role.KUBERNETES_NODES
+NOMAD = Role.NOMAD_CLIENTS
+VMS = Role.EXTERNAL_VMS
+LB = Role.LOAD_BALANCERS
+COMPUTE = (K8S, NOMAD, VMS)  # "all compute instances (not the load balancers)"
+
+
+@dataclass(frozen=True)
+class GuideRow:
+    """One row of the guide, for one subject role.
+
+    A guide row that names several subjects ("all compute instances") appears once per subject
+    with the same ``id``. ``ports`` is a fixed range, :attr:`Ports.NODE_PORTS`, or None (all).
+    ``component`` is set on LB-IN rows: the in-cluster service behind the load balancer.
+    """
+
+    id: str
+    subject: Role
+    direction: Direction
+    peer: PeerKind
+    protocols: tuple[Protocol, ...]
+    ports: PortRange | Ports | None
+    purpose: str
+    action: Action = Action.ALLOW
+    requires: tuple[Requires, ...] = ()
+    component: Component | None = None
+
+
+def _tcp(port: int, last: int | None = None) -> PortRange:
+    return PortRange(port, last if last is not None else port)
+
+
+def _row(
+    row_id: str,
+    subjects: Role | tuple[Role, ...],
+    direction: Direction,
+    peer: PeerKind,
+    ports: PortRange | Ports | None,
+    purpose: str,
+    *,
+    protocols: tuple[Protocol, ...] = (Protocol.TCP,),
+    action: Action = Action.ALLOW,
+    requires: tuple[Requires, ...] = (),
+    component: Component | None = None,
+) -> list[GuideRow]:
+    subject_list = subjects if isinstance(subjects, tuple) else (subjects,)
+    return [
+        GuideRow(row_id, s, direction, peer, protocols, ports, purpose, action, requires, component)
+        for s in subject_list
+    ]
+
+
+IN, OUT = Direction.INGRESS, Direction.EGRESS
+P = PeerKind
+
+# ------------------------------------------------------------------------------------------
+# The v3.x rows, in the guide's order.
+
+_LB_IN_FRONTEND = [
+    *_row("LB-IN-1", LB, IN, P.EXTERNAL, _tcp(80), "web UI and frontend API",
+          component=Component.FRONTEND),
+    *_row("LB-IN-2", LB, IN, P.EXTERNAL, _tcp(443), "web UI and frontend API",
+          component=Component.FRONTEND),
+]  # fmt: skip
+_LB_IN_VM_SERVICE = _row(
+    "LB-IN-3", LB, IN, P.NOMAD_CLIENTS, _tcp(3000), "Nomad clients talk to the VM service",
+    component=Component.VM_SERVICE,
+)  # fmt: skip
+_LB_IN_NOMAD = _row(
+    "LB-IN-4", LB, IN, P.NOMAD_CLIENTS, _tcp(4647), "Nomad clients talk to the Nomad server",
+    component=Component.NOMAD_SERVER,
+)  # fmt: skip
+_LB_IN_OUTPUT = _row(
+    "LB-IN-5", LB, IN, P.NOMAD_CLIENTS, _tcp(8585), "Nomad clients send job output",
+    component=Component.OUTPUT_PROCESSOR,
+)  # fmt: skip
+_LB_OUT = _row(
+    "LB-OUT-1", LB, OUT, P.KUBERNETES_NODES, Ports.NODE_PORTS,
+    "reach the services behind the load balancer", requires=(Requires.LB_LAYER,),
+)  # fmt: skip
+
+_ALL = [
+    *_row("ALL-IN-1", COMPUTE, IN, P.ADMIN_SSH, _tcp(22), "SSH to the instance (admin)",
+          requires=(Requires.ADMIN_SSH,)),
+    *_row("ALL-OUT-1", COMPUTE, OUT, P.DNS, _tcp(53), "name resolution",
+          protocols=(Protocol.UDP, Protocol.TCP), requires=(Requires.DNS,)),
+    *_row("ALL-OUT-2", COMPUTE, OUT, P.EXTERNAL, _tcp(80), "HTTP"),
+    *_row("ALL-OUT-3", COMPUTE, OUT, P.EXTERNAL, _tcp(443), "HTTPS"),
+    *_row("ALL-OUT-4", COMPUTE, OUT, P.VCS, _tcp(22), "pull code from the VCS over SSH"),
+    # Not for the VMs themselves: VM-ISO-1 says VMs never talk to each other.
+    *_row("ALL-OUT-4", (K8S, NOMAD), OUT, P.EXTERNAL_VMS, _tcp(22), "SSH drives the external VMs",
+          requires=(Requires.EXTERNAL_VMS,)),
+]  # fmt: skip
+
+_K8S = [
+    *_row("K8S-IN-1", K8S, IN, P.LOAD_BALANCERS, Ports.NODE_PORTS,
+          "the NodePort range is all that inbound needs", requires=(Requires.LB_LAYER,)),
+    *_row("K8S-OUT-1", K8S, OUT, P.EXTERNAL_VMS, _tcp(2376), "talk to the VMs (remote Docker)",
+          requires=(Requires.EXTERNAL_VMS,)),
+    *_row("K8S-OUT-2", K8S, OUT, P.NOMAD_CLIENTS, _tcp(4647), "talk to the Nomad clients"),
+    *_row("K8S-OUT-3", K8S, OUT, P.KUBERNETES_NODES, None, "traffic inside the cluster",
+          protocols=(Protocol.ALL,)),
+    *_row("K8S-IN-2", K8S, IN, P.KUBERNETES_NODES, None, "traffic inside the cluster",
+          protocols=(Protocol.ALL,)),
+]  # fmt: skip
+
+_NOMAD_IN = [
+    *_row("NOMAD-IN-1", NOMAD, IN, P.KUBERNETES_NODES, _tcp(4647),
+          "the Nomad server talks to the client"),
+    *_row("NOMAD-IN-2", NOMAD, IN, P.SSH_RERUN, _tcp(64535, 65535), "rerun job with SSH",
+          requires=(Requires.SSH_RERUN,)),
+]  # fmt: skip
+_NOMAD_OUT_VM_DOCKER = _row(
+    "NOMAD-OUT-1", NOMAD, OUT, P.EXTERNAL_VMS, _tcp(2376), "remote Docker on the VMs",
+    requires=(Requires.EXTERNAL_VMS,),
+)  # fmt: skip
+_NOMAD_OUT_VM_SERVICE = _row(
+    "NOMAD-OUT-2", NOMAD, OUT, P.LOAD_BALANCERS, _tcp(3000), "the VM-service load balancer"
+)
+_NOMAD_OUT_NOMAD = _row(
+    "NOMAD-OUT-3", NOMAD, OUT, P.LOAD_BALANCERS, _tcp(4647), "the Nomad load balancer"
+)
+_NOMAD_OUT_OUTPUT = _row(
+    "NOMAD-OUT-4", NOMAD, OUT, P.LOAD_BALANCERS, _tcp(8585), "the output-processor load balancer"
+)
+_NOMAD_ISO = [
+    row
+    for direction in (IN, OUT)
+    for row in _row("NOMAD-ISO-1", NOMAD, direction, P.NOMAD_CLIENTS, None,
+                    "Nomad clients never talk to each other", protocols=(Protocol.ALL,),
+                    action=Action.DENY)
+]  # fmt: skip
+
+_VM_IN_FROM_CLUSTER = [
+    *_row("VM-IN-1", VMS, IN, P.KUBERNETES_NODES, _tcp(22), "internal",
+          requires=(Requires.EXTERNAL_VMS,)),
+    *_row("VM-IN-2", VMS, IN, P.NOMAD_CLIENTS, _tcp(22), "internal",
+          requires=(Requires.EXTERNAL_VMS,)),
+    *_row("VM-IN-3", VMS, IN, P.KUBERNETES_NODES, _tcp(2376), "internal",
+          requires=(Requires.EXTERNAL_VMS,)),
+    *_row("VM-IN-4", VMS, IN, P.NOMAD_CLIENTS, _tcp(2376), "internal",
+          requires=(Requires.EXTERNAL_VMS,)),
+]  # fmt: skip
+_VM_REST = [
+    *_row("VM-IN-5", VMS, IN, P.SSH_RERUN, _tcp(54782), "rerun job with SSH",
+          requires=(Requires.EXTERNAL_VMS, Requires.SSH_RERUN)),
+    *_row("VM-OUT-1", VMS, OUT, P.VCS, _tcp(22), "the only outbound the VMs need",
+          requires=(Requires.EXTERNAL_VMS,)),
+    *_row("VM-ISO-1", VMS, IN, P.EXTERNAL_VMS, None, "external VMs never talk to each other",
+          protocols=(Protocol.ALL,), action=Action.DENY, requires=(Requires.EXTERNAL_VMS,)),
+    *_row("VM-ISO-1", VMS, OUT, P.EXTERNAL_VMS, None, "external VMs never talk to each other",
+          protocols=(Protocol.ALL,), action=Action.DENY, requires=(Requires.EXTERNAL_VMS,)),
+]  # fmt: skip
+
+# The v4 table's "Nomad clients: outbound 22 to VMs: added". The guide gives it no ID.
+_V4_NOMAD_SSH_TO_VMS = _row(
+    "V4-NOMAD-OUT-22", NOMAD, OUT, P.EXTERNAL_VMS, _tcp(22), "v4: Nomad clients SSH to the VMs",
+    requires=(Requires.EXTERNAL_VMS,),
+)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# Choices the guide leaves to the implementer (its last section). Each is cited like a row.
+
+
+@dataclass(frozen=True)
+class Choice:
+    id: str
+    summary: str
+
+
+CHOICES: tuple[Choice, ...] = (
+    Choice(
+        "CHOICE-NP-DEFAULT-DENY",
+        "Inside the cluster the guide defers to NetworkPolicies but lists none: the namespace "
+        "gets a default deny of ingress (and of egress with restrictEgress), and explicit allows.",
+    ),
+    Choice(
+        "CHOICE-NP-NAMESPACE",
+        "Pods of the server's namespace reach each other freely (the guide: nothing needs to "
+        "be restricted inside the cluster).",
+    ),
+    Choice(
+        "CHOICE-NP-SNAT",
+        "A load balancer that is not transparent reaches pods through a NodePort, so traffic "
+        "arrives from node addresses: the component policies also admit the Kubernetes node "
+        "CIDRs (and loadBalancers.cidrs). A transparent one keeps client addresses.",
+    ),
+    Choice(
+        "CHOICE-NP-DNS",
+        "With restrictEgress, pods may reach cluster DNS in kube-system on 53/UDP and 53/TCP.",
+    ),
+    Choice(
+        "CHOICE-NP-APISERVER",
+        "With restrictEgress, pods may reach the API server (spec.kubernetes.apiServer).",
+    ),
+    Choice(
+        "CHOICE-NP-PORTS",
+        "Component policies use the pod ports behind the guide's Services (their targetPort, "
+        "resolved in the cluster), not the Service ports.",
+    ),
+    Choice(
+        "CHOICE-GCP-HEALTH-CHECKS",
+        "GCP load balancers are pass-through: Google's health-check ranges (130.211.0.0/22, "
+        "35.191.0.0/16) must reach the NodePort range, with K8S-IN-1's purpose.",
+    ),
+    Choice(
+        "CHOICE-V43-OBSOLETE-PORTS",
+        "v4.3+: the overview exposes only 80/443 and 4647, so LB-IN-3 (3000) and LB-IN-5 (8585) "
+        "are not written; the table still lists them.",
+    ),
+)
+
+# ------------------------------------------------------------------------------------------
+# Profiles
+
+
+@dataclass(frozen=True)
+class ComponentDefault:
+    """Where the guide says a component's Service is, with the Service port numbers."""
+
+    services: tuple[str, ...]
+    ports: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    summary: str
+    rows: tuple[GuideRow, ...]
+    components: dict[Component, ComponentDefault] = field(default_factory=dict)
+
+    def row(self, row_id: str) -> GuideRow:
+        for row in self.rows:
+            if row.id == row_id:
+                return row
+        raise KeyError(row_id)
+
+    def row_ids(self) -> frozenset[str]:
+        return frozenset(r.id for r in self.rows)
+
+
+V3 = Profile(
+    name="v3",
+    summary="CircleCI Server 3.x: separate internal load balancers for the VM service, Nomad "
+    "and the output processor; frontend on circleci-server-traefik.",
+    rows=(
+        *_LB_IN_FRONTEND,
+        *_LB_IN_VM_SERVICE,
+        *_LB_IN_NOMAD,
+        *_LB_IN_OUTPUT,
+        *_LB_OUT,
+        *_ALL,
+        *_K8S,
+        *_NOMAD_IN,
+        *_NOMAD_OUT_VM_DOCKER,
+        *_NOMAD_OUT_VM_SERVICE,
+        *_NOMAD_OUT_NOMAD,
+        *_NOMAD_OUT_OUTPUT,
+        *_NOMAD_ISO,
+        *_VM_IN_FROM_CLUSTER,
+        *_VM_REST,
+    ),
+    components={
+        Component.FRONTEND: ComponentDefault(("circleci-server-traefik",), (80, 443)),
+        Component.VM_SERVICE: ComponentDefault(("vm-service",), (3000,)),
+        Component.NOMAD_SERVER: ComponentDefault(("nomad-server-external",), (4647,)),
+        Component.OUTPUT_PROCESSOR: ComponentDefault(("output-processor",), (8585,)),
+    },
+)
+
+_PROXY = ("circleci-proxy", "circleci-proxy-acm")
+
+V4_0 = Profile(
+    name="v4.0",
+    summary="CircleCI Server 4.0 to 4.2: one public load balancer (circleci-proxy, nginx in "
+    "front of Kong) carries 80/443 and the Nomad-client ports 3000, 4647 and 8585.",
+    rows=(*V3.rows, *_V4_NOMAD_SSH_TO_VMS),
+    components={
+        Component.FRONTEND: ComponentDefault(_PROXY, (80, 443)),
+        Component.VM_SERVICE: ComponentDefault(_PROXY, (3000,)),
+        Component.NOMAD_SERVER: ComponentDefault(_PROXY, (4647,)),
+        Component.OUTPUT_PROCESSOR: ComponentDefault(_PROXY, (8585,)),
+    },
+)
+
+_REMOVED_IN_V43 = {
+    "K8S-OUT-1",
+    "NOMAD-OUT-1",
+    "NOMAD-OUT-2",
+    "NOMAD-OUT-4",
+    "VM-IN-1",
+    "VM-IN-2",
+    "VM-IN-3",
+    "VM-IN-4",
+    "LB-IN-3",
+    "LB-IN-5",
+}
+
+V4_3 = Profile(
+    name="v4.3",
+    summary="CircleCI Server 4.3 and later: circleci-proxy exposes 80/443 and 4647 only; "
+    "machine jobs run entirely on the VM (VMs keep only 54782 inbound).",
+    rows=tuple(r for r in V4_0.rows if r.id not in _REMOVED_IN_V43),
+    components={
+        Component.FRONTEND: ComponentDefault(_PROXY, (80, 443)),
+        Component.NOMAD_SERVER: ComponentDefault(_PROXY, (4647,)),
+    },
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (V3, V4_0, V4_3)}
+
+
+def profile_for(server_version: str) -> Profile:
+    """``"3"``/``"3.x"`` -> v3; ``"4.0"``..``"4.2"`` -> v4.0; ``"4.3"`` and later -> v4.3."""
+    match = re.fullmatch(r"(\d+)(?:\.(\d+))?", server_version)
+    if not match:
+        raise ValueError(f"{server_version!r} is not a server version")
+    major, minor = int(match.group(1)), int(match.group(2) or 0)
+    if major == 3:
+        return V3
+    if major == 4:
+        return V4_0 if minor <= 2 else V4_3
+    raise ValueError(f"server version {server_version!r} has no guide profile (3, 4.0-4.10)")
+
+
+GCP_HEALTH_CHECK_RANGES = ("130.211.0.0/22", "35.191.0.0/16")
+SENSITIVE_PORTS = (22, 2376, 4647)

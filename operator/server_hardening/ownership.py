@@ -1,0 +1,70 @@
+"""How the operator marks what it owns, on every target. Pure: no I/O here.
+
+Ownership is keyed on the resource's ``namespace/name``: a resource deleted and re-created under
+the same name takes its rules back instead of leaving them orphaned. The UID is recorded beside
+it for audit. Another resource's mark means *conflict*, never "unmanaged".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from server_hardening.model import ResourceRef
+
+DOMAIN = "hardening.circleci.com"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "server-hardening"
+OWNER_LABEL = f"{DOMAIN}/owner"  # label value: "<namespace>.<name>" (label-safe), see owner_label
+OWNER_ANNOTATION = f"{DOMAIN}/owner"  # "<namespace>/<name>/<uid>"
+ROWS_ANNOTATION = f"{DOMAIN}/guide-rows"  # "LB-IN-1,LB-IN-2"
+REASON_ANNOTATION = f"{DOMAIN}/purpose"
+
+# AWS tag keys (security-group rules) and the marker in descriptions (AWS and GCP).
+OWNER_TAG = f"{DOMAIN}/owner"  # "<namespace>/<name>"
+OWNER_UID_TAG = f"{DOMAIN}/owner-uid"
+ROWS_TAG = f"{DOMAIN}/guide-rows"
+DESCRIPTION_MARKER = "server-hardening"
+
+
+def owner_key(ref: ResourceRef) -> str:
+    """The identity ownership is matched on."""
+    return f"{ref.namespace}/{ref.name}"
+
+
+def owner_annotation(ref: ResourceRef) -> str:
+    return f"{ref.namespace}/{ref.name}/{ref.uid}"
+
+
+def owner_from_annotation(value: str) -> str:
+    """``ns/name/uid`` -> ``ns/name`` (the part ownership is matched on)."""
+    parts = value.split("/")
+    return "/".join(parts[:2]) if len(parts) >= 2 else value
+
+
+def owner_label(ref: ResourceRef) -> str:
+    """A label value (<= 63 chars, [a-z0-9.-_]) that identifies the owner for label selectors."""
+    raw = f"{ref.namespace}.{ref.name}"
+    if len(raw) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9_.]*[a-z0-9])?", raw):
+        return raw
+    digest = hashlib.sha256(raw.encode()).hexdigest()[:10]
+    return f"{raw[:52].rstrip('.-_')}-{digest}"
+
+
+def gcp_name_prefix(ref: ResourceRef) -> str:
+    """A firewall-name prefix unique per resource, within GCP's 63-character name limit.
+
+    ``svh-`` + a 10-hex digest of namespace/name: collision-proof across resources and
+    namespaces, leaving room for a readable rule suffix. The description carries the readable
+    owner too.
+    """
+    digest = hashlib.sha256(owner_key(ref).encode()).hexdigest()[:10]
+    return f"svh-{digest}-"
+
+
+def describe(rows: tuple[str, ...] | list[str], ref: ResourceRef, purpose: str = "") -> str:
+    """A description that marks the owner and cites the guide rows (AWS: 255 chars max)."""
+    text = f"{DESCRIPTION_MARKER} {owner_key(ref)} [{','.join(rows)}]"
+    if purpose:
+        text += f" {purpose}"
+    return text[:255]

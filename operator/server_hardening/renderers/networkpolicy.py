@@ -1,0 +1,289 @@
+"""Rules -> ``networking.k8s.io/v1`` NetworkPolicies for the server's namespace. Pure.
+
+What is written (every policy is labelled as managed and annotated with its guide rows):
+
+- ``svh-default-deny``: every pod of the namespace is isolated for ingress (and egress with
+  ``restrictEgress``): CHOICE-NP-DEFAULT-DENY.
+- ``svh-allow-namespace``: pods of the namespace reach each other: CHOICE-NP-NAMESPACE.
+- ``svh-allow-<service>``: one per set of component pods, admitting the LB-IN rows' peers on the
+  pods' own ports (CHOICE-NP-PORTS), and the node (and load-balancer) CIDRs when the load
+  balancer is not transparent, because a NodePort hop SNATs to a node address (CHOICE-NP-SNAT).
+- ``svh-allow-egress`` with ``restrictEgress``: cluster DNS, the API server, and the Kubernetes
+  nodes' outbound rows of the guide.
+
+NetworkPolicies add up, so an unmanaged policy that allows more undoes these:
+:mod:`server_hardening.checks` judges those.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from server_hardening.compiler import CompiledIntent, ComponentAccess
+from server_hardening.components import PodPort, ResolvedComponent
+from server_hardening.drift import DesiredItem, fingerprint
+from server_hardening.guide import Component
+from server_hardening.model import ResourceRef
+from server_hardening.ownership import (
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    OWNER_ANNOTATION,
+    OWNER_LABEL,
+    ROWS_ANNOTATION,
+    owner_annotation,
+    owner_label,
+)
+from server_hardening.rules import Action, Direction, Peer, Protocol, Role
+
+NAME_PREFIX = "svh-"
+KUBE_SYSTEM = {"kubernetes.io/metadata.name": "kube-system"}
+
+
+def _metadata(name: str, namespace: str, owner: ResourceRef, rows: Sequence[str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE, OWNER_LABEL: owner_label(owner)},
+        "annotations": {
+            OWNER_ANNOTATION: owner_annotation(owner),
+            ROWS_ANNOTATION: ",".join(sorted(dict.fromkeys(rows))),
+        },
+    }
+
+
+def _policy(
+    name: str,
+    namespace: str,
+    owner: ResourceRef,
+    rows: Sequence[str],
+    spec: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(name, namespace, owner, rows),
+        "spec": spec,
+    }
+
+
+def _ip_blocks(peers: Sequence[Peer]) -> list[dict[str, Any]]:
+    cidrs = sorted({c for p in peers for c in p.cidrs})
+    return [{"ipBlock": {"cidr": c}} for c in cidrs]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:50]
+
+
+def _component_policies(
+    namespace: str,
+    owner: ResourceRef,
+    cluster: Sequence[ComponentAccess],
+    resolved: Mapping[Component, ResolvedComponent],
+) -> list[dict[str, Any]]:
+    """One policy per set of pods; components that share pods (v4's proxy) share a policy."""
+    groups: dict[tuple[tuple[str, str], ...], list[tuple[ComponentAccess, ResolvedComponent]]] = {}
+    for access in cluster:
+        component = resolved.get(access.component)
+        if component is not None:
+            groups.setdefault(component.pod_selector, []).append((access, component))
+    policies = []
+    for selector, members in groups.items():
+        first = members[0][1]
+        name = NAME_PREFIX + "allow-" + _slug(first.service or first.component.value)
+        ingress = []
+        rows: list[str] = ["CHOICE-NP-PORTS"]
+        for access, component in members:
+            ingress.append(
+                {
+                    "from": _ip_blocks(access.peers),
+                    "ports": [p.as_manifest() for p in component.ports],
+                }
+            )
+            rows.extend(access.rows)
+        policies.append(
+            _policy(
+                name,
+                namespace,
+                owner,
+                rows,
+                {
+                    "podSelector": {"matchLabels": dict(selector)},
+                    "policyTypes": ["Ingress"],
+                    "ingress": ingress,
+                },
+            )
+        )
+    return policies
+
+
+def _egress_policy(namespace: str, owner: ResourceRef, intent: CompiledIntent) -> dict[str, Any]:
+    rows = ["CHOICE-NP-DNS"]
+    egress: list[dict[str, Any]] = [
+        {
+            "to": [{"namespaceSelector": {"matchLabels": KUBE_SYSTEM}}],
+            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+        }
+    ]
+    api = intent.spec.kubernetes.api_server
+    if api.cidrs:
+        rows.append("CHOICE-NP-APISERVER")
+        egress.append(
+            {
+                "to": [{"ipBlock": {"cidr": c}} for c in api.cidrs],
+                "ports": [{"protocol": "TCP", "port": p} for p in api.ports],
+            }
+        )
+    for rule in intent.rules:
+        if (
+            rule.subject is not Role.KUBERNETES_NODES
+            or rule.direction is not Direction.EGRESS
+            or rule.action is not Action.ALLOW
+        ):
+            continue
+        entry: dict[str, Any] = {"to": _ip_blocks([rule.peer])}
+        if rule.protocol is not Protocol.ALL and rule.ports is not None:
+            port: dict[str, Any] = {
+                "protocol": rule.protocol.value.upper(),
+                "port": rule.ports.first,
+            }
+            if rule.ports.last != rule.ports.first:
+                port["endPort"] = rule.ports.last
+            entry["ports"] = [port]
+        egress.append(entry)
+        rows.extend(sorted(rule.rows))
+    return _policy(
+        NAME_PREFIX + "allow-egress",
+        namespace,
+        owner,
+        rows,
+        {"podSelector": {}, "policyTypes": ["Egress"], "egress": egress},
+    )
+
+
+def render_network_policies(
+    intent: CompiledIntent,
+    namespace: str,
+    owner: ResourceRef,
+    resolved: Mapping[Component, ResolvedComponent],
+) -> list[dict[str, Any]]:
+    """The NetworkPolicies the namespace must hold, in a stable order."""
+    if not intent.spec.kubernetes.network_policies.enabled:
+        return []
+    restrict_egress = intent.spec.kubernetes.network_policies.restrict_egress
+    types = ["Ingress", "Egress"] if restrict_egress else ["Ingress"]
+    namespace_spec: dict[str, Any] = {
+        "podSelector": {},
+        "policyTypes": types,
+        "ingress": [{"from": [{"podSelector": {}}]}],
+    }
+    if restrict_egress:
+        namespace_spec["egress"] = [{"to": [{"podSelector": {}}]}]
+    policies = [
+        _policy(
+            NAME_PREFIX + "default-deny",
+            namespace,
+            owner,
+            ["CHOICE-NP-DEFAULT-DENY"],
+            {"podSelector": {}, "policyTypes": types},
+        ),
+        _policy(
+            NAME_PREFIX + "allow-namespace",
+            namespace,
+            owner,
+            ["CHOICE-NP-NAMESPACE"],
+            namespace_spec,
+        ),
+        *_component_policies(namespace, owner, intent.cluster, resolved),
+    ]
+    if restrict_egress:
+        policies.append(_egress_policy(namespace, owner, intent))
+    return policies
+
+
+# ------------------------------------------------------------------------------------------
+# Normalising for the diff: the API server defaults fields we leave out.
+
+
+def _normalise_port(port: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"protocol": port.get("protocol") or "TCP"}
+    if port.get("port") is not None:
+        out["port"] = port["port"]
+    if port.get("endPort") is not None:
+        out["endPort"] = port["endPort"]
+    return out
+
+
+def _normalise_peer(peer: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("podSelector", "namespaceSelector"):
+        if peer.get(key) is not None:
+            selector = peer[key] or {}
+            out[key] = {
+                "matchLabels": dict(sorted((selector.get("matchLabels") or {}).items())),
+                "matchExpressions": selector.get("matchExpressions") or [],
+            }
+    if peer.get("ipBlock") is not None:
+        block = peer["ipBlock"]
+        out["ipBlock"] = {"cidr": block.get("cidr"), "except": sorted(block.get("except") or [])}
+    return out
+
+
+def _normalise_rule(rule: Mapping[str, Any], peers_key: str) -> dict[str, Any]:
+    return {
+        peers_key: sorted((_normalise_peer(p) for p in rule.get(peers_key) or []), key=fingerprint),
+        "ports": sorted((_normalise_port(p) for p in rule.get("ports") or []), key=fingerprint),
+    }
+
+
+def normalise_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A NetworkPolicy spec with server defaults applied and order that carries no meaning
+    removed, so a desired and an observed policy compare equal exactly when they mean the same."""
+    types = spec.get("policyTypes") or (
+        ["Ingress", "Egress"] if spec.get("egress") else ["Ingress"]
+    )
+    selector = spec.get("podSelector") or {}
+    return {
+        "podSelector": {
+            "matchLabels": dict(sorted((selector.get("matchLabels") or {}).items())),
+            "matchExpressions": selector.get("matchExpressions") or [],
+        },
+        "policyTypes": sorted(types),
+        "ingress": sorted(
+            (_normalise_rule(r, "from") for r in spec.get("ingress") or []), key=fingerprint
+        ),
+        "egress": sorted(
+            (_normalise_rule(r, "to") for r in spec.get("egress") or []), key=fingerprint
+        ),
+    }
+
+
+def policy_fingerprint(manifest: Mapping[str, Any]) -> str:
+    annotations = manifest.get("metadata", {}).get("annotations") or {}
+    return fingerprint(
+        {
+            "spec": normalise_spec(manifest.get("spec") or {}),
+            "rows": annotations.get(ROWS_ANNOTATION),
+        }
+    )
+
+
+def desired_items(policies: Sequence[Mapping[str, Any]]) -> list[DesiredItem]:
+    items = []
+    for policy in policies:
+        annotations = policy["metadata"]["annotations"]
+        items.append(
+            DesiredItem(
+                key=policy["metadata"]["name"],
+                fingerprint=policy_fingerprint(policy),
+                body=policy,
+                rows=tuple(annotations[ROWS_ANNOTATION].split(",")),
+            )
+        )
+    return items
+
+
+def pod_ports(ports: Sequence[PodPort]) -> list[dict[str, Any]]:
+    return [p.as_manifest() for p in ports]

@@ -1,0 +1,186 @@
+"""The provider-neutral vocabulary every stage shares. Pure: no I/O here.
+
+A :class:`Rule` says "this role's firewall allows (or denies) traffic in this direction, to or
+from this peer, on this protocol and these ports, because of these guide rows". Renderers turn
+rules into NetworkPolicies, EC2 IpPermissions and GCP Firewall resources; the truth-table
+evaluators in the tests read those back and check the meaning survived.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+
+
+class Role(enum.StrEnum):
+    """The compute the guide names, spelled as the spec's topology keys."""
+
+    KUBERNETES_NODES = "kubernetesNodes"
+    NOMAD_CLIENTS = "nomadClients"
+    EXTERNAL_VMS = "externalVMs"
+    LOAD_BALANCERS = "loadBalancers"
+
+
+class PeerKind(enum.StrEnum):
+    """Where traffic comes from or goes to: one of the roles, or a named set of addresses."""
+
+    KUBERNETES_NODES = "kubernetesNodes"
+    NOMAD_CLIENTS = "nomadClients"
+    EXTERNAL_VMS = "externalVMs"
+    LOAD_BALANCERS = "loadBalancers"
+    EXTERNAL = "external"
+    VCS = "vcs"
+    DNS = "dns"
+    ADMIN_SSH = "adminSSH"
+    SSH_RERUN = "sshRerun"
+    HEALTH_CHECKS = "healthChecks"
+    CIDRS = "cidrs"
+
+    @property
+    def role(self) -> Role | None:
+        try:
+            return Role(self.value)
+        except ValueError:
+            return None
+
+
+class Direction(enum.StrEnum):
+    INGRESS = "ingress"
+    EGRESS = "egress"
+
+
+class Action(enum.StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+class Protocol(enum.StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+    ALL = "all"
+
+
+@dataclass(frozen=True, order=True)
+class PortRange:
+    """An inclusive port range; ``PortRange(22, 22)`` is one port."""
+
+    first: int
+    last: int
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.first <= self.last <= 65535):
+            raise ValueError(f"invalid port range {self.first}-{self.last}")
+
+    @classmethod
+    def single(cls, port: int) -> PortRange:
+        return cls(port, port)
+
+    def contains(self, port: int) -> bool:
+        return self.first <= port <= self.last
+
+    def __str__(self) -> str:
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_network(cidr: str) -> IPNetwork:
+    """Parse a CIDR the way the model normalised it (host bits cleared)."""
+    return ipaddress.ip_network(cidr, strict=False)
+
+
+@dataclass(frozen=True, order=True)
+class Peer:
+    """The other end of a rule.
+
+    ``kind`` says what it is (a role, ``external``, ``vcs``, ...); ``cidrs`` are its addresses,
+    normalised and sorted. A role peer keeps its kind so a renderer can use a tighter reference
+    than the addresses (an AWS security-group ID, a GCP network tag).
+    """
+
+    kind: PeerKind
+    cidrs: tuple[str, ...]
+
+    @property
+    def role(self) -> Role | None:
+        return self.kind.role
+
+    def label(self) -> str:
+        return self.kind.value if self.kind is not PeerKind.CIDRS else ",".join(self.cidrs)
+
+    def networks(self) -> tuple[IPNetwork, ...]:
+        return tuple(parse_network(c) for c in self.cidrs)
+
+
+@dataclass(frozen=True, order=True)
+class Rule:
+    """One provider-neutral firewall rule, held by ``subject``'s firewall.
+
+    ``ports`` is None for every port (only with :attr:`Protocol.ALL`). ``rows`` are the guide row
+    IDs the rule implements; merging two rules with the same effect unions their rows.
+    """
+
+    subject: Role
+    direction: Direction
+    action: Action
+    peer: Peer
+    protocol: Protocol
+    ports: PortRange | None
+    rows: frozenset[str] = field(compare=False)
+
+    def effect_key(self) -> tuple[Role, Direction, Action, Peer, Protocol, PortRange | None]:
+        """Everything but the provenance: two rules with the same key do the same thing."""
+        return (self.subject, self.direction, self.action, self.peer, self.protocol, self.ports)
+
+    def sort_key(self) -> tuple[str, str, str, str, str, int, int, str]:
+        first, last = (self.ports.first, self.ports.last) if self.ports else (0, 65535)
+        return (
+            self.subject.value,
+            self.direction.value,
+            self.action.value,
+            self.protocol.value,
+            self.peer.label(),
+            first,
+            last,
+            ",".join(sorted(self.rows)),
+        )
+
+
+class Severity(enum.StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    @property
+    def rank(self) -> int:
+        return {"error": 0, "warning": 1, "info": 2}[self.value]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something a person should know: wider than the guide, over a quota, drifted, unmanaged.
+
+    Findings are data, never exceptions. ``code`` is a stable CamelCase identifier (metrics and
+    alerts key on it); ``row`` is the guide row it concerns, when there is one; ``target`` is the
+    target it was found on ("kubernetes", "aws", "gcp"), or "" for the spec itself.
+    """
+
+    severity: Severity
+    code: str
+    message: str
+    row: str = ""
+    target: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        out = {"severity": self.severity.value, "code": self.code, "message": self.message}
+        if self.row:
+            out["row"] = self.row
+        if self.target:
+            out["target"] = self.target
+        return out
+
+
+def most_important_first(findings: list[Finding] | tuple[Finding, ...]) -> list[Finding]:
+    return sorted(findings, key=lambda f: (f.severity.rank, f.target, f.code, f.row, f.message))

@@ -1,0 +1,90 @@
+"""The contract every target adapter meets, and the two errors adapters raise."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from server_hardening.drift import DesiredItem, ObservedItem, Plan, UnmanagedJudge
+from server_hardening.rules import Finding
+
+
+class TargetError(Exception):
+    """An API said no. ``operation`` names the call, ``resource`` what it was about."""
+
+    def __init__(self, message: str, *, operation: str = "", resource: str = "") -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.resource = resource
+
+
+class TransientTargetError(TargetError):
+    """Throttling, 5xx, timeouts: retrying later can succeed."""
+
+
+class PermanentTargetError(TargetError):
+    """Bad credentials, missing permission, a group or network that does not exist: a person
+    must act; retrying as-is will not help."""
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a target holds now, as items, plus what observing it taught (quota, missing group)."""
+
+    items: tuple[ObservedItem, ...]
+    findings: tuple[Finding, ...] = ()
+
+
+@dataclass
+class ApplyResult:
+    """What an apply did. ``errors`` are per-change messages; the rest were applied."""
+
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
+    removed_unmanaged: int = 0
+    errors: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def writes(self) -> int:
+        return self.created + self.updated + self.deleted + self.removed_unmanaged
+
+
+class Target(Protocol):
+    """One place the operator enforces the guide: ``kubernetes``, ``aws`` or ``gcp``."""
+
+    name: str
+
+    def desired(self) -> Sequence[DesiredItem]:
+        """The items the compiled intent requires (pure rendering, no API call)."""
+        ...
+
+    def observe(self) -> Observation:
+        """Read what the target holds. Never writes."""
+        ...
+
+    def judge_unmanaged(self) -> UnmanagedJudge:
+        """How to judge an item this resource does not own."""
+        ...
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        """Make the target match the plan: create and update first, then delete. Idempotent."""
+        ...
+
+    def release(self, observed: Observation, *, delete: bool) -> ApplyResult:
+        """On deletion of the resource: remove owned items (``delete``) or drop the ownership
+        mark and leave them (orphan)."""
+        ...
+
+
+ApiCallRecorder = Callable[[str, str], None]
+"""Adapters report every API call as ``(operation, outcome)``; outcome is ``ok``, ``throttled``,
+``transient_error`` or ``error``. The operator wires this to the metrics module; tests count
+with it.
+"""
+
+
+def ignore_call(operation: str, outcome: str) -> None:
+    """The default recorder: count nothing."""

@@ -1,0 +1,143 @@
+"""The compiler applies the rows the spec asks for, to the peers the spec names."""
+
+from __future__ import annotations
+
+from builders import make_spec
+from server_hardening.compiler import compile_intent
+from server_hardening.guide import CHOICES, PROFILES
+from server_hardening.rules import Action, Direction, PeerKind, PortRange, Protocol, Role, Rule
+
+
+def rules_with(rules: tuple[Rule, ...], row: str) -> list[Rule]:
+    return [r for r in rules if row in r.rows]
+
+
+def test_every_rule_cites_rows_of_the_catalogue_or_a_documented_choice() -> None:
+    known = {c.id for c in CHOICES}.union(*(p.row_ids() for p in PROFILES.values()))
+    for version in ("3", "4.0", "4.3"):
+        intent = compile_intent(make_spec(serverVersion=version))
+        for rule in intent.rules + intent.cloud_rules("gcp"):
+            assert rule.rows and rule.rows <= known, rule
+
+
+def test_a_layered_load_balancer_gets_its_own_rules_and_the_nodeport_hop() -> None:
+    intent = compile_intent(make_spec())
+    (lb_in_4,) = rules_with(intent.rules, "LB-IN-4")
+    assert (lb_in_4.subject, lb_in_4.peer.kind, lb_in_4.ports) == (
+        Role.LOAD_BALANCERS, PeerKind.NOMAD_CLIENTS, PortRange(4647, 4647),
+    )  # fmt: skip
+    (k8s_in_1,) = rules_with(intent.rules, "K8S-IN-1")
+    assert k8s_in_1.ports == PortRange(30000, 32767)
+    assert k8s_in_1.peer.cidrs == ("10.0.0.0/16",)  # no loadBalancers.cidrs: the node subnets
+
+
+def test_a_transparent_load_balancer_moves_its_rows_onto_the_nodes() -> None:
+    intent = compile_intent(make_spec(**{"topology.loadBalancers": {"transparent": True}}))
+    assert not [r for r in intent.rules if r.subject is Role.LOAD_BALANCERS]
+    assert not rules_with(intent.rules, "K8S-IN-1") and not rules_with(intent.rules, "LB-OUT-1")
+    (lb_in_4,) = rules_with(intent.rules, "LB-IN-4")
+    assert lb_in_4.subject is Role.KUBERNETES_NODES
+    (nomad_out_3,) = rules_with(intent.rules, "NOMAD-OUT-3")
+    assert nomad_out_3.peer.kind is PeerKind.KUBERNETES_NODES
+
+
+def test_the_node_port_range_comes_from_the_spec() -> None:
+    spec = make_spec(**{"topology.loadBalancers": {"nodePortRange": {"from": 31000, "to": 31999}}})
+    (k8s_in_1,) = rules_with(compile_intent(spec).rules, "K8S-IN-1")
+    assert k8s_in_1.ports == PortRange(31000, 31999)
+
+
+def test_admin_ssh_is_only_written_when_enabled_and_only_from_its_sources() -> None:
+    assert not rules_with(compile_intent(make_spec()).rules, "ALL-IN-1")
+    spec = make_spec(**{"access.adminSSH": {"enabled": True, "sources": ["192.0.2.0/24"]}})
+    admin = rules_with(compile_intent(spec).rules, "ALL-IN-1")
+    assert {r.subject for r in admin} == {
+        Role.KUBERNETES_NODES,
+        Role.NOMAD_CLIENTS,
+        Role.EXTERNAL_VMS,
+    }
+    assert {r.peer.cidrs for r in admin} == {("192.0.2.0/24",)}
+
+
+def test_ssh_rerun_defaults_to_external_and_takes_narrower_sources() -> None:
+    (wide,) = rules_with(compile_intent(make_spec()).rules, "NOMAD-IN-2")
+    assert wide.peer.cidrs == ("0.0.0.0/0",) and wide.ports == PortRange(64535, 65535)
+    spec = make_spec(**{"access.sshRerun": {"sources": ["203.0.113.0/24"]}})
+    (narrow,) = rules_with(compile_intent(spec).rules, "NOMAD-IN-2")
+    assert narrow.peer.cidrs == ("203.0.113.0/24",)
+    off = make_spec(**{"access.sshRerun": {"enabled": False}})
+    assert not rules_with(compile_intent(off).rules, "NOMAD-IN-2")
+    assert not rules_with(compile_intent(off).rules, "VM-IN-5")
+
+
+def test_dns_is_rendered_for_udp_and_tcp_when_the_resolver_is_known() -> None:
+    assert not rules_with(compile_intent(make_spec()).rules, "ALL-OUT-1")
+    spec = make_spec(**{"topology.dns": {"cidrs": ["10.0.0.2/32"]}})
+    dns = rules_with(compile_intent(spec).rules, "ALL-OUT-1")
+    assert {(r.subject, r.protocol) for r in dns} == {
+        (role, proto) for role in (Role.KUBERNETES_NODES, Role.NOMAD_CLIENTS, Role.EXTERNAL_VMS)
+        for proto in (Protocol.UDP, Protocol.TCP)
+    }  # fmt: skip
+
+
+def test_without_external_vms_nothing_mentions_them() -> None:
+    intent = compile_intent(make_spec(**{"topology.externalVMs": {"enabled": False}}))
+    assert not [
+        r for r in intent.rules
+        if Role.EXTERNAL_VMS in (r.subject, r.peer.role)
+    ]  # fmt: skip
+
+
+def test_v4_3_no_longer_opens_remote_docker() -> None:
+    rules = compile_intent(make_spec(serverVersion="4.3")).rules
+    assert not [r for r in rules if r.ports == PortRange(2376, 2376)]
+    assert not [r for r in rules if r.ports in (PortRange(3000, 3000), PortRange(8585, 8585))]
+
+
+def test_isolation_is_compiled_as_deny_rules_on_both_sides() -> None:
+    intent = compile_intent(make_spec())
+    denies = [r for r in intent.rules if r.action is Action.DENY]
+    assert {(r.subject, r.direction, r.peer.kind) for r in denies} == {
+        (Role.NOMAD_CLIENTS, Direction.INGRESS, PeerKind.NOMAD_CLIENTS),
+        (Role.NOMAD_CLIENTS, Direction.EGRESS, PeerKind.NOMAD_CLIENTS),
+        (Role.EXTERNAL_VMS, Direction.INGRESS, PeerKind.EXTERNAL_VMS),
+        (Role.EXTERNAL_VMS, Direction.EGRESS, PeerKind.EXTERNAL_VMS),
+    }
+
+
+def test_vms_are_not_allowed_ssh_to_each_other() -> None:
+    rules = compile_intent(make_spec()).rules
+    assert not [
+        r for r in rules
+        if r.subject is Role.EXTERNAL_VMS and r.peer.kind is PeerKind.EXTERNAL_VMS and r.action is Action.ALLOW
+    ]  # fmt: skip
+
+
+def test_gcp_gets_pass_through_rules_and_the_health_checks() -> None:
+    intent = compile_intent(make_spec())
+    gcp = intent.cloud_rules("gcp")
+    assert not [r for r in gcp if r.subject is Role.LOAD_BALANCERS]
+    (health,) = [r for r in gcp if r.peer.kind is PeerKind.HEALTH_CHECKS]
+    assert health.peer.cidrs == ("35.191.0.0/16", "130.211.0.0/22")
+    assert health.ports == PortRange(30000, 32767)
+    assert health.rows == {"K8S-IN-1", "CHOICE-GCP-HEALTH-CHECKS"}
+
+
+def test_world_open_ssh_rerun_is_a_warning_not_an_error() -> None:
+    codes = {(f.code, f.row) for f in compile_intent(make_spec()).findings}
+    assert ("WorldOpenSSHRerun", "NOMAD-IN-2") in codes and (
+        "WorldOpenSSHRerun",
+        "VM-IN-5",
+    ) in codes
+    narrow = make_spec(**{"access.sshRerun": {"sources": ["203.0.113.0/24"]}})
+    assert "WorldOpenSSHRerun" not in {f.code for f in compile_intent(narrow).findings}
+
+
+def test_ipv6_peers_stay_ipv6() -> None:
+    spec = make_spec(**{"topology.external": {"cidrs": ["0.0.0.0/0", "::/0"]}})
+    (https,) = [
+        r
+        for r in rules_with(compile_intent(spec).rules, "ALL-OUT-3")
+        if r.subject is Role.NOMAD_CLIENTS
+    ]
+    assert https.peer.cidrs == ("0.0.0.0/0", "::/0")

@@ -1,0 +1,77 @@
+"""Property tests of the validator: it accepts every CIDR Python accepts (normalised), refuses
+everything else with a field-naming error, and never fails in any other way."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from builders import spec_dict
+from server_hardening.model import SpecError, parse_spec
+
+networks = st.one_of(
+    st.ip_addresses(v=4).flatmap(lambda a: st.integers(0, 32).map(lambda p: f"{a}/{p}")),
+    st.ip_addresses(v=6).flatmap(lambda a: st.integers(0, 128).map(lambda p: f"{a}/{p}")),
+)
+
+
+def _outside_roles(cidr: str) -> bool:
+    net = ipaddress.ip_network(cidr, strict=False)
+    roles = [ipaddress.ip_network(c) for c in ("10.0.0.0/16", "10.1.0.0/16", "10.2.0.0/16")]
+    return not any(net.version == r.version and net.overlaps(r) for r in roles)
+
+
+@given(networks.filter(_outside_roles))
+def test_any_valid_cidr_is_accepted_and_normalised(cidr: str) -> None:
+    spec = parse_spec(spec_dict(**{"topology.vcs": {"cidrs": [cidr]}}))
+    assert spec.topology.vcs is not None
+    assert spec.topology.vcs.cidrs == [str(ipaddress.ip_network(cidr, strict=False))]
+
+
+@given(st.text(min_size=1, max_size=30))
+def test_anything_else_is_refused_naming_the_field(text: str) -> None:
+    try:
+        ipaddress.ip_network(text.strip(), strict=False)
+        valid = "/" in text
+    except ValueError:
+        valid = False
+    try:
+        parse_spec(spec_dict(**{"topology.vcs": {"cidrs": [text]}}))
+    except SpecError as exc:
+        assert exc.errors
+        assert all(str(e).startswith("spec.topology.vcs.cidrs[0]: ") for e in exc.errors)
+    else:
+        assert valid, f"{text!r} was accepted as a CIDR"
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "serverVersion",
+                "mode",
+                "topology",
+                "access",
+                "unmanagedRules",
+                "deletionPolicy",
+                "driftCheckInterval",
+                "bogus",
+            ]
+        ),
+        st.one_of(
+            st.none(),
+            st.integers(),
+            st.text(max_size=5),
+            st.lists(st.integers(), max_size=2),
+            st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+        ),
+        max_size=6,
+    )
+)
+def test_garbage_only_ever_raises_spec_errors_with_paths(garbage: dict[str, object]) -> None:
+    try:
+        parse_spec(garbage)
+    except SpecError as exc:
+        assert exc.errors and all(str(e).startswith("spec") for e in exc.errors)
