@@ -119,6 +119,7 @@ class Fault:
     reason: str
     message: str
     remaining: int
+    after: bool = False  # apply the request, then answer the error (a lost response)
 
 
 def _now() -> str:
@@ -260,10 +261,12 @@ class FakeCompute:
         reason: str,
         message: str = "",
         times: int = 1,
+        after: bool = False,
     ) -> None:
-        """The next ``times`` requests of ``operation`` (e.g. ``firewalls.insert``) answer this."""
+        """The next ``times`` requests of ``operation`` (e.g. ``firewalls.insert``) answer this.
+        With ``after`` the request is carried out first and only its answer is lost."""
         with self._lock:
-            self.faults.append(Fault(operation, status, reason, message or reason, times))
+            self.faults.append(Fault(operation, status, reason, message or reason, times, after))
 
     def throttle(self, operation: str, times: int = 1) -> None:
         self.fail(
@@ -345,7 +348,10 @@ class FakeCompute:
         with self._lock:
             current = copy.deepcopy(self.firewalls[(project, name)])
             current.update(changes)
-            self.firewalls[(project, name)] = self._validated(project, current, creating=False)
+            stored = self._validated(project, current, creating=False)
+            stored["id"] = self.firewalls[(project, name)]["id"]
+            stored["creationTimestamp"] = self.firewalls[(project, name)]["creationTimestamp"]
+            self.firewalls[(project, name)] = stored
 
     def remove(self, project: str, name: str) -> None:
         with self._lock:
@@ -381,17 +387,18 @@ class FakeCompute:
             try:
                 if operation == "unknown":
                     raise ApiError(404, "notFound", f"The requested URL {path} was not found.")
-                self._fault(operation)
+                self._fault(operation, after=False)
                 payload = self._decode(body) if method in ("POST", "PATCH", "PUT") else {}
                 status, out = self._dispatch(operation, params, query, payload)
+                self._fault(operation, after=True)
             except ApiError as err:
                 status, out = err.status, err.body()
             entry.status = status
             return status, out
 
-    def _fault(self, operation: str) -> None:
+    def _fault(self, operation: str, *, after: bool) -> None:
         for fault in self.faults:
-            if fault.operation == operation and fault.remaining > 0:
+            if fault.operation == operation and fault.remaining > 0 and fault.after == after:
                 fault.remaining -= 1
                 raise ApiError(fault.status, fault.reason, fault.message)
 

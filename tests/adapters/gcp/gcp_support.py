@@ -1,0 +1,96 @@
+"""Builders for the GCP adapter tests: a spec pointing at the fake, a target, one reconcile."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from google.auth.credentials import AnonymousCredentials
+
+from builders import OWNER, make_spec
+from fakes.gcp_compute import FakeCompute
+from server_hardening.compiler import compile_intent
+from server_hardening.drift import Plan, compute_plan
+from server_hardening.model import GcpSpec, ResourceRef, ServerHardeningSpec, UnmanagedRules
+from server_hardening.targets.base import ApplyResult, Observation
+from server_hardening.targets.gcp import GcpClients, GcpTarget, RetryPolicy, make_clients
+
+PROJECT = "circleci-test-1"
+TAGS = {"kubernetesNodes": "k8s-node", "nomadClients": "nomad-client", "externalVMs": "circleci-vm"}
+
+
+@dataclass
+class Recorder:
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    sleeps: list[float] = field(default_factory=list)
+
+    def __call__(self, operation: str, outcome: str) -> None:
+        self.calls.append((operation, outcome))
+
+    def count(self, operation: str, outcome: str) -> int:
+        return self.calls.count((operation, outcome))
+
+
+def gcp_spec(fake: FakeCompute, network: str = "circleci", **changes: Any) -> ServerHardeningSpec:
+    gcp: dict[str, Any] = {
+        "project": PROJECT,
+        "network": network,
+        "targetTags": dict(TAGS),
+        "endpoint": fake.url,
+    }
+    return make_spec(gcp=gcp, **changes)
+
+
+def anonymous(gcp: GcpSpec) -> GcpClients:
+    return make_clients(gcp, AnonymousCredentials())  # type: ignore[no-untyped-call]
+
+
+def make_target(
+    spec: ServerHardeningSpec,
+    recorder: Recorder,
+    *,
+    owner: ResourceRef = OWNER,
+    unmanaged: UnmanagedRules = UnmanagedRules.REPORT,
+    attempts: int = 5,
+) -> GcpTarget:
+    assert spec.gcp is not None
+    return GcpTarget.from_rules(
+        compile_intent(spec).cloud_rules("gcp"),
+        spec.gcp,
+        owner,
+        unmanaged_rules=unmanaged,
+        client_factory=anonymous,
+        record_call=recorder,
+        retry=RetryPolicy(attempts=attempts, sleep=recorder.sleeps.append, jitter=lambda: 0.5),
+    )
+
+
+def plan_for(target: GcpTarget, *, remove: bool = False) -> tuple[Observation, Plan]:
+    observed = target.observe()
+    plan = compute_plan(
+        "gcp",
+        target.desired(),
+        observed.items,
+        judge_unmanaged=target.judge_unmanaged(),
+        remove_unmanaged=remove,
+        findings=observed.findings,
+    )
+    return observed, plan
+
+
+def reconcile(target: GcpTarget, *, remove: bool = False) -> tuple[Plan, ApplyResult]:
+    _, plan = plan_for(target, remove=remove)
+    return plan, target.apply(plan)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeCompute]:
+    with FakeCompute() as server:
+        yield server
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
