@@ -627,7 +627,7 @@ def judge_firewall(body: Mapping[str, Any], rendered: RenderedFirewalls) -> Find
     return None
 
 
-def _widening(  # noqa: PLR0917
+def _widening(
     body: Mapping[str, Any],
     role: Role,
     flow: _Flow,
