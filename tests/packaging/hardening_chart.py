@@ -1,0 +1,306 @@
+"""Render the Helm chart with the real ``helm`` and keep its generated copies in sync.
+
+Importable by other test tiers (the end-to-end test runs the operator as the chart's
+ServiceAccount)::
+
+    from hardening_chart import render_chart, rbac_objects, service_account
+    objs = render_chart({"watchNamespaces": ["circleci-server"]}, namespace="server-hardening")
+    for obj in rbac_objects(objs): ...
+
+As a script, it regenerates what the chart and the plain files share (tests fail when they
+drift apart)::
+
+    python tests/packaging/hardening_chart.py sync     # write
+    python tests/packaging/hardening_chart.py check    # exit 1 and show what is stale
+
+Shared pieces: the CRD (repo ``crds/`` -> chart ``crds/``), the Grafana dashboard
+(``deploy/grafana`` -> chart ``files/``), the alerts (chart PrometheusRule with default values
+-> ``deploy/prometheus/alerts.yaml``) and the values table in the chart's README (from the
+``# --`` comments in values.yaml).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "server-hardening"
+RELEASE = "server-hardening"
+NAMESPACE = "server-hardening"
+
+CRD_SOURCE = REPO / "crds" / "serverhardening.yaml"
+CRD_CHART = CHART / "crds" / "serverhardening.yaml"
+DASHBOARD_SOURCE = REPO / "deploy" / "grafana" / "server-hardening.json"
+DASHBOARD_CHART = CHART / "files" / "server-hardening.json"
+ALERTS_PLAIN = REPO / "deploy" / "prometheus" / "alerts.yaml"
+README = CHART / "README.md"
+
+RBAC_KINDS = frozenset(
+    {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount"}
+)
+
+ALERTS_HEADER = """\
+# Generated from helm/server-hardening/templates/prometheusrule.yaml with the chart's default
+# values by `python tests/packaging/hardening_chart.py sync`. Do not edit: change the chart.
+# Thresholds are the defaults (values.yaml `alerts`); the chart's PrometheusRule renders yours.
+"""
+
+
+class ChartError(RuntimeError):
+    """helm failed; the message carries its stderr."""
+
+
+@functools.cache
+def helm_binary() -> Path:
+    """The pinned ``helm`` built by scripts/testbin (built on first use)."""
+    from server_hardening.devtools.controlplane import ensure_binaries
+
+    return ensure_binaries().helm
+
+
+def _helm(*args: str, values: Mapping[str, Any] | None = None) -> str:
+    with tempfile.TemporaryDirectory(prefix="hardening-chart-") as tmp:
+        argv = [str(helm_binary()), *args]
+        if values:
+            path = Path(tmp) / "values.yaml"
+            path.write_text(yaml.safe_dump(dict(values), sort_keys=False))
+            argv += ["--values", str(path)]
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ChartError(f"{' '.join(argv[:3])} ... failed ({proc.returncode}):\n{proc.stderr}")
+    return proc.stdout
+
+
+def render_chart_text(
+    values: Mapping[str, Any] | None = None,
+    *,
+    namespace: str = NAMESPACE,
+    release: str = RELEASE,
+    include_crds: bool = False,
+) -> str:
+    """``helm template`` output as text."""
+    args = ["template", release, str(CHART), "--namespace", namespace]
+    if include_crds:
+        args.append("--include-crds")
+    return _helm(*args, values=values)
+
+
+def render_chart(
+    values: Mapping[str, Any] | None = None,
+    *,
+    namespace: str = NAMESPACE,
+    release: str = RELEASE,
+    include_crds: bool = False,
+) -> list[dict[str, Any]]:
+    """The chart's manifests for ``values`` (merged over values.yaml), as parsed objects."""
+    text = render_chart_text(
+        values, namespace=namespace, release=release, include_crds=include_crds
+    )
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def lint_chart(values: Mapping[str, Any] | None = None, *, namespace: str = NAMESPACE) -> str:
+    """``helm lint --strict``; returns its output, raises ChartError on failure."""
+    return _helm("lint", "--strict", str(CHART), "--namespace", namespace, values=values)
+
+
+def rbac_objects(rendered: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The ServiceAccount, (Cluster)Roles and (Cluster)RoleBindings, in apply order."""
+    order = {"ServiceAccount": 0, "ClusterRole": 1, "Role": 2, "ClusterRoleBinding": 3}
+    picked = [dict(o) for o in rendered if o.get("kind") in RBAC_KINDS]
+    return sorted(picked, key=lambda o: order.get(o["kind"], 4))
+
+
+def service_account(rendered: Iterable[Mapping[str, Any]]) -> tuple[str, str]:
+    """``(namespace, name)`` of the ServiceAccount the Deployment runs as."""
+    for obj in rendered:
+        if obj.get("kind") == "Deployment":
+            spec = obj["spec"]["template"]["spec"]
+            return obj["metadata"]["namespace"], spec["serviceAccountName"]
+    raise LookupError("no Deployment in the rendered chart")
+
+
+def by_kind(rendered: Iterable[Mapping[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [dict(o) for o in rendered if o.get("kind") == kind]
+
+
+def one(rendered: Iterable[Mapping[str, Any]], kind: str) -> dict[str, Any]:
+    found = by_kind(rendered, kind)
+    if len(found) != 1:
+        raise LookupError(f"expected one {kind}, found {len(found)}")
+    return found[0]
+
+
+def contract_series() -> set[str]:
+    """Series names documented at the top of metrics.py (histograms with _bucket/_sum/_count)."""
+    from server_hardening import metrics  # lazy: a script run needs operator/ on the path first
+
+    names: set[str] = set()
+    for match in re.finditer(
+        r"``(server_hardening_\w+)(?:\{[^}]*\})?``\s+(\w+)", metrics.__doc__ or ""
+    ):
+        name, kind = match.groups()
+        names.add(name)
+        if kind == "histogram":
+            names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+    return names
+
+
+# --------------------------------------------------------------------------------------------
+# values.yaml documentation (helm-docs style `# --` comments)
+
+
+@dataclass(frozen=True)
+class ValueDoc:
+    key: str  # dotted path
+    default: Any
+    description: str
+
+
+def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Dotted leaf keys: scalars, lists and empty maps are leaves; maps are walked."""
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield prefix, node
+
+
+def value_leaves(values_text: str | None = None) -> list[tuple[str, Any]]:
+    text = values_text if values_text is not None else (CHART / "values.yaml").read_text()
+    return list(_leaves(yaml.safe_load(text)))
+
+
+def documented_values(values_text: str | None = None) -> list[ValueDoc]:
+    """Each ``# -- text`` comment (continued by following ``#`` lines) and the key under it.
+
+    A comment documents the key right below it; when that key holds a non-empty map (e.g.
+    ``resources``), the whole map is documented as one entry.
+    """
+    text = values_text if values_text is not None else (CHART / "values.yaml").read_text()
+    data = yaml.safe_load(text)
+    docs: list[ValueDoc] = []
+    stack: list[tuple[int, str]] = []
+    pending: list[str] | None = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("# --"):
+            pending = [stripped[4:].strip()]
+            continue
+        if stripped.startswith("#"):
+            if pending is not None:
+                pending.append(stripped[1:].strip())
+            continue
+        match = re.match(r"^( *)([A-Za-z0-9_.-]+):", line)
+        if not match:
+            continue
+        indent, key = len(match.group(1)), match.group(2)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([k for _, k in stack] + [key])
+        stack.append((indent, key))
+        if pending is not None:
+            default: Any = data
+            for part in path.split("."):
+                default = default[part]
+            docs.append(ValueDoc(path, default, " ".join(pending)))
+            pending = None
+    return docs
+
+
+def _default_cell(value: Any) -> str:
+    text = json.dumps(value, separators=(",", ":"))
+    return f"`{text}`".replace("|", "\\|")
+
+
+def values_table(values_text: str | None = None) -> str:
+    rows = ["| Key | Default | Description |", "|---|---|---|"]
+    for doc in documented_values(values_text):
+        description = doc.description.replace("|", "\\|")
+        rows.append(f"| `{doc.key}` | {_default_cell(doc.default)} | {description} |")
+    return "\n".join(rows) + "\n"
+
+
+TABLE_BEGIN = "<!-- values-table:begin (generated from values.yaml; do not edit) -->\n"
+TABLE_END = "<!-- values-table:end -->\n"
+
+
+def readme_with_table(readme: str, table: str) -> str:
+    start = readme.index(TABLE_BEGIN) + len(TABLE_BEGIN)
+    end = readme.index(TABLE_END)
+    return readme[:start] + table + readme[end:]
+
+
+# --------------------------------------------------------------------------------------------
+# Generated copies
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings as ``|-`` blocks, long lines left alone (readable rule files)."""
+
+
+def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _str_representer)
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.dump(data, Dumper=_BlockDumper, sort_keys=False, width=1000, allow_unicode=True)
+
+
+def plain_alerts_text() -> str:
+    """deploy/prometheus/alerts.yaml as the chart renders it with default values."""
+    rendered = render_chart({"prometheusRule": {"enabled": True}})
+    rule = one(rendered, "PrometheusRule")
+    return ALERTS_HEADER + dump_yaml(rule["spec"])
+
+
+def generated_files() -> dict[Path, str]:
+    """Every generated file and the content it should have."""
+    out: dict[Path, str] = {}
+    if CRD_SOURCE.exists():
+        out[CRD_CHART] = CRD_SOURCE.read_text()
+    out[DASHBOARD_CHART] = DASHBOARD_SOURCE.read_text()
+    out[ALERTS_PLAIN] = plain_alerts_text()
+    out[README] = readme_with_table(README.read_text(), values_table())
+    return out
+
+
+def stale_files() -> list[Path]:
+    return [p for p, text in generated_files().items() if not p.exists() or p.read_text() != text]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args not in (["sync"], ["check"]):
+        print("usage: hardening_chart.py sync|check", file=sys.stderr)
+        return 2
+    if args == ["check"]:
+        stale = stale_files()
+        for path in stale:
+            print(f"stale: {path.relative_to(REPO)}")
+        return 1 if stale else 0
+    for path, text in generated_files().items():
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+            print(f"wrote {path.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "operator"))
+    sys.exit(main())
