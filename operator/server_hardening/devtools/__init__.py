@@ -1,0 +1,1 @@
+"""Development tools: local control plane; not used by the operator at run time."""

@@ -1,0 +1,57 @@
+"""Fixtures for tests against the real local control plane (etcd + kube-apiserver).
+
+The binaries are built on first use by ``scripts/testbin`` (minutes, cold; instant after that)
+into a cache outside the repository; see docs/control-plane.md. One control plane serves the
+whole session; every test gets its own namespace.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from server_hardening.devtools.controlplane import (
+    ControlPlane,
+    ControlPlaneError,
+    TestBinaries,
+    ensure_binaries,
+)
+
+
+@pytest.fixture(scope="session")
+def test_binaries() -> TestBinaries:
+    """The pinned kube-apiserver, etcd, helm and promtool (built if missing)."""
+    # Bypass output capture so a cold build (minutes) shows its progress.
+    progress = sys.__stderr__ if sys.__stderr__ is not None else sys.stderr
+    try:
+        return ensure_binaries(progress=progress)
+    except ControlPlaneError as exc:
+        pytest.fail(f"cannot build the control-plane binaries with scripts/testbin: {exc}")
+
+
+@pytest.fixture(scope="session")
+def control_plane(test_binaries: TestBinaries) -> Iterator[ControlPlane]:
+    """A running etcd + kube-apiserver on 127.0.0.1, stopped and deleted after the session."""
+    with ControlPlane(test_binaries) as cp:
+        yield cp
+
+
+@pytest.fixture(scope="session")
+def admin_api(control_plane: ControlPlane) -> Iterator[Any]:
+    """A ``kubernetes.client.ApiClient`` authenticated as admin (group system:masters)."""
+    api = control_plane.api_client()
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def namespace(admin_api: Any) -> str:
+    """A fresh namespace (never deleted: there is no namespace controller to finalize it)."""
+    name = f"e2e-{uuid.uuid4().hex[:10]}"
+    client.CoreV1Api(admin_api).create_namespace({"metadata": {"name": name}})
+    return name
