@@ -21,6 +21,7 @@ and errors become :class:`TransientTargetError`/:class:`PermanentTargetError` he
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -81,6 +82,7 @@ if TYPE_CHECKING:
 TARGET = "aws"
 PAGE_SIZE = 1000  # DescribeSecurityGroupRules: MaxResults 5..1000
 FILTER_VALUES = 200  # values per filter; more groups are split over several requests
+_SG_ID = re.compile(r"\bsg-[0-9a-f]{8,17}\b")
 SENSITIVE_PORTS = {22: "ALL-IN-1", 2376: "VM-IN-3", 4647: "NOMAD-IN-1"}
 
 THROTTLE_CODES = frozenset(
@@ -738,9 +740,30 @@ class AwsTarget:
             # Some of the batch exist already (a concurrent writer, or a stale observation):
             # look once, then add exactly the rest.
             present = {
-                parse_rule(r).key() for r in self._describe_rules([group], operation_resource=group)
+                item.key: item
+                for item in map(
+                    self._observed, self._describe_rules([group], operation_resource=group)
+                )
             }
             rest = [a for a in atoms if a.key() not in present]
+            for atom in atoms:
+                holder = present.get(atom.key())
+                if holder is None:
+                    continue
+                if holder.owned:
+                    result.created += 1  # ours after all (a concurrent pass of this resource)
+                    continue
+                whose = f"owned by {holder.owner}" if holder.owner else "unmanaged"
+                result.findings.append(
+                    Finding(
+                        Severity.WARNING,
+                        "HeldByOtherRule",
+                        f"{atom.key()} appeared as {holder.native_id} ({whose}) while this "
+                        "pass ran; AWS allows no duplicate, so this resource does not write its own",
+                        row=atom.rows[0] if atom.rows else "",
+                        target=TARGET,
+                    )
+                )
             if rest:
                 kwargs["IpPermissions"] = permissions(rest)
                 try:
@@ -917,16 +940,20 @@ class AwsTarget:
         self, operation: str, resource: str, code: str, message: str
     ) -> PermanentTargetError | _LaneError:
         if code in GROUP_MISSING_CODES:
-            roles = ", ".join(
+            # Name the group the error is about: the call's own group, or one its rules
+            # reference (AWS puts the ID in the message).
+            named = [g for g in dict.fromkeys(_SG_ID.findall(message)) if g] or resource.split(",")
+            groups = ", ".join(
                 f"{g} (spec.aws.securityGroups.{self.rendered.role_of(g)})"
-                for g in resource.split(",")
-                if g in self.rendered.group_ids
+                if self.rendered.role_of(g)
+                else g
+                for g in named
             )
             return PermanentTargetError(
-                f"{operation}: security group {roles or resource} does not exist ({code}: "
-                f"{message})",
+                f"{operation} on {resource}: security group {groups} does not exist in "
+                f"{self.aws.region} ({code}: {message})",
                 operation=operation,
-                resource=resource,
+                resource=",".join(named),
             )
         if code in AUTH_CODES:
             return PermanentTargetError(

@@ -15,7 +15,9 @@ Where moto differs from EC2 and what is done about it:
   from the group pair as EC2 does.
 - ``AuthorizeSecurityGroup*`` with several permissions is not atomic in moto: on
   ``InvalidPermission.Duplicate`` the permissions before the duplicate stay added (EC2 adds
-  none). The adapter re-reads and adds only what is missing, so it works with both; tests do not
+  none). And its duplicate check compares group references *with* their descriptions, so a
+  second rule to the same group with another description is accepted (EC2 refuses it). The
+  adapter re-reads and adds only what is missing, so it works with both; tests do not
   depend on either behaviour.
 - ``AuthorizeSecurityGroup*`` returns only the last permission's rules in ``SecurityGroupRules``.
   The adapter does not use the response.
@@ -47,6 +49,8 @@ from moto.core.responses import ActionResult
 from moto.ec2.models.security_groups import SecurityGroupRule
 from moto.ec2.responses.security_groups import SecurityGroups
 from moto.server import ThreadedMotoServer
+
+from server_hardening.targets.aws import client_config
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -221,10 +225,16 @@ class MotoDouble:
             response.read()
         self.proxy.reset()
 
-    def client(self, **credentials: str) -> EC2Client:
-        creds = credentials or DUMMY
+    def client(self, *, aws_access_key_id: str = "", aws_secret_access_key: str = "") -> EC2Client:
+        """A client configured as the operator configures its own (one attempt per call:
+        the adapter retries), signed with dummy credentials unless others are given."""
         return boto3.session.Session().client(
-            "ec2", region_name=REGION, endpoint_url=self.url, **creds
+            "ec2",
+            region_name=REGION,
+            endpoint_url=self.url,
+            config=client_config(),
+            aws_access_key_id=aws_access_key_id or DUMMY["aws_access_key_id"],
+            aws_secret_access_key=aws_secret_access_key or DUMMY["aws_secret_access_key"],
         )
 
     def counts(self) -> dict[str, int]:
@@ -235,7 +245,11 @@ class MotoDouble:
         """An IAM user allowed exactly ``actions`` (Resource "*", no conditions: moto evaluates
         neither), and moto enforcing IAM for every request until the block ends."""
         iam = boto3.session.Session().client(
-            "iam", region_name=REGION, endpoint_url=self.moto_url, **DUMMY
+            "iam",
+            region_name=REGION,
+            endpoint_url=self.moto_url,
+            aws_access_key_id=DUMMY["aws_access_key_id"],
+            aws_secret_access_key=DUMMY["aws_secret_access_key"],
         )
         iam.create_user(UserName="server-hardening")
         iam.put_user_policy(
@@ -260,7 +274,10 @@ class MotoDouble:
 
     def _reset_auth(self, value: str) -> None:
         request = urllib.request.Request(
-            f"{self.moto_url}/moto-api/reset-auth", data=value.encode(), method="POST"
+            f"{self.moto_url}/moto-api/reset-auth",
+            data=value.encode(),
+            method="POST",
+            headers={"Content-Type": "text/plain"},
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             response.read()

@@ -205,3 +205,14 @@ def reconcile(
     if not apply or plan.empty:
         return plan, None
     return plan, target.apply(plan)
+
+
+def capture_calls(ec2: EC2Client) -> list[tuple[str, dict[str, Any]]]:
+    """Record (operation, parameters) of every call the client makes, in order."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def hook(params: dict[str, Any], model: Any, **_: Any) -> None:
+        seen.append((str(model.name), dict(params)))
+
+    ec2.meta.events.register("before-parameter-build.ec2", hook)
+    return seen
