@@ -33,6 +33,9 @@ What is written, per role that has a network tag in ``spec.gcp.targetTags`` (doc
 - Names: ``ownership.gcp_name_prefix(owner)`` + ``<role>-<in|eg>-<allow|deny>-<peers>``,
   RFC 1035, <= 63 characters, deterministic; colliding names get a digest of the peer.
 - Descriptions: ``ownership.describe(rows, owner, purpose)`` (marker, owner, guide rows).
+
+:func:`normalise_firewall` is the canonical form the target fingerprints (``drift`` sits above
+the renderers in the layer contract, so the target builds the drift items).
 """
 
 from __future__ import annotations
@@ -45,7 +48,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from server_hardening.drift import DesiredItem, fingerprint
 from server_hardening.model import GcpSpec, ResourceRef
 from server_hardening.ownership import DESCRIPTION_MARKER, describe, gcp_name_prefix
 from server_hardening.rules import (
@@ -463,19 +465,6 @@ def normalise_firewall(body: Mapping[str, Any], project: str) -> dict[str, Any]:
         if values:
             out[key] = values
     return out
-
-
-def firewall_items(rendered: RenderedFirewalls) -> list[DesiredItem]:
-    """One desired item per firewall: key = name, fingerprint over the normalised content."""
-    return [
-        DesiredItem(
-            key=body["name"],
-            fingerprint=fingerprint(normalise_firewall(body, rendered.project)),
-            body=body,
-            rows=rendered.rows_by_name.get(body["name"], ()),
-        )
-        for body in rendered.firewalls
-    ]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -52,7 +52,6 @@ from server_hardening.renderers.gcp import (
     TARGET,
     RenderedFirewalls,
     description_owner,
-    firewall_items,
     judge_firewall,
     normalise_firewall,
     released_description,
@@ -188,6 +187,19 @@ def _to_dict(firewall: compute_v1.Firewall) -> dict[str, Any]:
 def _to_firewall(body: dict[str, Any] | Any) -> compute_v1.Firewall:
     firewall: compute_v1.Firewall = compute_v1.Firewall.from_json(json.dumps(dict(body)))
     return firewall
+
+
+def firewall_items(rendered: RenderedFirewalls) -> list[DesiredItem]:
+    """One desired item per firewall: key = name, fingerprint over the normalised content."""
+    return [
+        DesiredItem(
+            key=body["name"],
+            fingerprint=fingerprint(normalise_firewall(body, rendered.project)),
+            body=body,
+            rows=rendered.rows_by_name.get(body["name"], ()),
+        )
+        for body in rendered.firewalls
+    ]
 
 
 class GcpTarget:

@@ -16,7 +16,6 @@ from server_hardening.renderers.gcp import (
     ISOLATION_PRIORITY,
     RenderedFirewalls,
     description_owner,
-    firewall_items,
     is_valid_name,
     judge_firewall,
     normalise_firewall,
@@ -208,8 +207,8 @@ def test_normalising_ignores_form_and_order() -> None:
     assert fingerprint(normalise_firewall(a, "p-12345")) != fingerprint(
         normalise_firewall({**b, "priority": 999}, "p-12345")
     )
-    items = firewall_items(render(spec()))
-    assert all(i.rows for i in items)
+    rendered = render(spec())
+    assert all(rendered.rows_by_name[f["name"]] for f in rendered.firewalls)
 
 
 def rendered_default() -> RenderedFirewalls:
