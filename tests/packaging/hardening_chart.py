@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes.client.exceptions import ApiException
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "server-hardening"
@@ -155,6 +156,84 @@ def contract_series() -> set[str]:
         if kind == "histogram":
             names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
     return names
+
+
+# --------------------------------------------------------------------------------------------
+# Applying rendered objects to an API server (real or server-side dry run)
+
+# kind -> (API path prefix, plural, namespaced) for every kind the chart renders.
+API_PATHS: dict[str, tuple[str, str, bool]] = {
+    "ServiceAccount": ("/api/v1", "serviceaccounts", True),
+    "Service": ("/api/v1", "services", True),
+    "ConfigMap": ("/api/v1", "configmaps", True),
+    "Pod": ("/api/v1", "pods", True),
+    "Namespace": ("/api/v1", "namespaces", False),
+    "Deployment": ("/apis/apps/v1", "deployments", True),
+    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets", True),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies", True),
+    "ClusterRole": ("/apis/rbac.authorization.k8s.io/v1", "clusterroles", False),
+    "ClusterRoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings", False),
+    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
+    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
+    "CustomResourceDefinition": (
+        "/apis/apiextensions.k8s.io/v1",
+        "customresourcedefinitions",
+        False,
+    ),
+    "ServerHardening": ("/apis/hardening.circleci.com/v1alpha1", "serverhardenings", True),
+    "KopfPeering": ("/apis/kopf.dev/v1", "kopfpeerings", True),
+    "ClusterKopfPeering": ("/apis/kopf.dev/v1", "clusterkopfpeerings", False),
+    "ServiceMonitor": ("/apis/monitoring.coreos.com/v1", "servicemonitors", True),
+    "PrometheusRule": ("/apis/monitoring.coreos.com/v1", "prometheusrules", True),
+}
+
+
+def create_object(api: Any, obj: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+    """POST ``obj`` with strict field validation (``dryRun=All`` when ``dry_run``).
+
+    ``api`` is a ``kubernetes.client.ApiClient``; raises its ``ApiException`` on refusal.
+    """
+    prefix, plural, namespaced = API_PATHS[obj["kind"]]
+    path = prefix
+    if namespaced:
+        path += f"/namespaces/{obj['metadata']['namespace']}"
+    path += f"/{plural}"
+    query = [("fieldValidation", "Strict")]
+    if dry_run:
+        query.append(("dryRun", "All"))
+    result: dict[str, Any] = api.call_api(
+        path,
+        "POST",
+        query_params=query,
+        header_params={"Content-Type": "application/json", "Accept": "application/json"},
+        body=dict(obj),
+        response_type="object",
+        auth_settings=["BearerToken"],
+        _return_http_data_only=True,
+    )
+    return result
+
+
+def ensure_namespace(api: Any, name: str) -> None:
+    try:
+        create_object(api, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+
+
+def install_rbac(api: Any, rendered: Iterable[Mapping[str, Any]]) -> tuple[str, str]:
+    """Create the chart's ServiceAccount and RBAC for real; return the SA's (namespace, name).
+
+    The namespaces they live in are created when missing.
+    """
+    objects = rbac_objects(rendered)
+    for obj in objects:
+        if "namespace" in obj["metadata"]:
+            ensure_namespace(api, obj["metadata"]["namespace"])
+    for obj in objects:
+        create_object(api, obj)
+    return service_account(rendered)
 
 
 # --------------------------------------------------------------------------------------------
