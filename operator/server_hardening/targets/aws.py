@@ -308,6 +308,11 @@ class AwsTarget:
 
     def judge_unmanaged(self) -> UnmanagedJudge:
         rendered = self.rendered
+        fate = (
+            "it will be revoked (unmanagedRules: Remove)"
+            if self.unmanaged_rules is UnmanagedRules.REMOVE
+            else "reported only (unmanagedRules: Report)"
+        )
 
         def judge(item: ObservedItem) -> Finding | None:
             atom = AtomicRule.from_body(item.body)
@@ -322,8 +327,7 @@ class AwsTarget:
                     Severity.WARNING,
                     "UnmanagedRule",
                     f"{where} allows all egress to {atom.peer} (the default rule of a new "
-                    "security group): it makes every egress restriction of the guide moot; "
-                    "revoke it or set unmanagedRules: Remove",
+                    f"security group): it makes every egress restriction of the guide moot; {fate}",
                     target=TARGET,
                 )
             if atom.direction is Direction.INGRESS and atom.is_world_open():
@@ -333,7 +337,7 @@ class AwsTarget:
                         Severity.ERROR,
                         "WorldOpenSensitivePort",
                         f"{where} opens {', '.join(map(str, hits))} to the world "
-                        f"({atom.key()}){text}; the guide scopes these to named peers",
+                        f"({atom.key()}){text}; the guide scopes these to named peers; {fate}",
                         row=SENSITIVE_PORTS[hits[0]],
                         target=TARGET,
                     )
@@ -341,7 +345,7 @@ class AwsTarget:
                 Severity.WARNING,
                 "UnmanagedRule",
                 f"{where} is not managed by {self.owner_key}: {atom.key()}{text}; in a "
-                "security group every rule widens access",
+                f"security group every rule widens access; {fate}",
                 target=TARGET,
             )
 
@@ -759,7 +763,8 @@ class AwsTarget:
                         Severity.WARNING,
                         "HeldByOtherRule",
                         f"{atom.key()} appeared as {holder.native_id} ({whose}) while this "
-                        "pass ran; AWS allows no duplicate, so this resource does not write its own",
+                        "pass ran; AWS allows no duplicate, so this resource does not write "
+                        "its own",
                         row=atom.rows[0] if atom.rows else "",
                         target=TARGET,
                     )
