@@ -4,7 +4,7 @@
 #   docker build -t server-hardening:0.1.0 .
 #
 # Two stages: the builder makes a virtualenv with the pinned runtime requirements
-# (requirements/runtime.txt, see tests/packaging/lockfile.py) and the project wheel; the final
+# (requirements/runtime.txt, see tests/packaging/runtime_lock.py) and the project wheel; the final
 # stage copies that venv only: no compiler, no pip, no build tools, no source tree.
 # tests/packaging/test_dockerfile.py checks these rules and replays the install steps.
 

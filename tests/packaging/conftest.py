@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from server_hardening.devtools.controlplane import (
     ControlPlane,
@@ -19,13 +17,6 @@ from server_hardening.devtools.controlplane import (
     TestBinaries,
     ensure_binaries,
 )
-
-VALUES_DIR = Path(__file__).parent / "values"
-
-# name -> values (None: the chart's defaults). Every file under values/ is a variant.
-VARIANTS: dict[str, dict[str, Any] | None] = {"default": None} | {
-    path.stem: yaml.safe_load(path.read_text()) for path in sorted(VALUES_DIR.glob("*.yaml"))
-}
 
 
 @pytest.fixture(scope="session")

@@ -47,6 +47,13 @@ DASHBOARD_CHART = CHART / "files" / "server-hardening.json"
 ALERTS_PLAIN = REPO / "deploy" / "prometheus" / "alerts.yaml"
 README = CHART / "README.md"
 
+VALUES_DIR = Path(__file__).resolve().parent / "values"
+
+# Test variants: name -> values (None: the chart's defaults); every values/*.yaml is one.
+VARIANTS: dict[str, dict[str, Any] | None] = {"default": None} | {
+    path.stem: yaml.safe_load(path.read_text()) for path in sorted(VALUES_DIR.glob("*.yaml"))
+}
+
 RBAC_KINDS = frozenset(
     {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount"}
 )

@@ -22,6 +22,7 @@ from hardening_chart import (
     DASHBOARD_CHART,
     DASHBOARD_SOURCE,
     README,
+    VARIANTS,
     ChartError,
     by_kind,
     contract_series,
@@ -37,7 +38,6 @@ from hardening_chart import (
     values_table,
 )
 
-from conftest import VARIANTS
 from server_hardening.devtools.controlplane import TestBinaries
 
 # Kinds whose schema is a CRD, not a Kubernetes built-in: kubernetes_validate has no schema

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from hardening_chart import (
+    VARIANTS,
     by_kind,
     create_object,
     ensure_namespace,
@@ -29,7 +30,6 @@ from hardening_chart import (
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from conftest import VARIANTS
 from server_hardening.devtools.controlplane import ControlPlane
 
 pytestmark = pytest.mark.e2e

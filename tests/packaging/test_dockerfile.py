@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from lockfile import LOCK, lock_text, read_pins
 from packaging.utils import canonicalize_name
+from runtime_lock import LOCK, lock_text, read_pins
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
@@ -188,7 +188,7 @@ def test_requirements_are_pinned_and_match_the_tested_venv() -> None:
         assert re.fullmatch(r"[0-9][0-9A-Za-z.+!-]*", version), f"{name} is not pinned"
     assert text == lock_text(), (
         "requirements/runtime.txt is stale: "
-        ".venv/bin/python tests/packaging/lockfile.py > requirements/runtime.txt"
+        ".venv/bin/python tests/packaging/runtime_lock.py > requirements/runtime.txt"
     )
     for direct in ("kopf", "kubernetes", "boto3", "google-cloud-compute", "prometheus-client"):
         assert direct in pins
