@@ -249,6 +249,17 @@ CHOICES: tuple[Choice, ...] = (
         "35.191.0.0/16) must reach the NodePort range, with K8S-IN-1's purpose.",
     ),
     Choice(
+        "CHOICE-GCP-INGRESS-FLOOR",
+        "On GCP every managed tag gets an INGRESS deny-all at priority 65000: below every "
+        "explicit rule, above the default network's 65534 rules, so what the guide does not "
+        "list is blocked even on a default network.",
+    ),
+    Choice(
+        "CHOICE-GCP-EGRESS-FLOOR",
+        "With gcp.restrictEgress every managed tag gets an EGRESS deny-all at priority 65000 "
+        "(GCP allows all egress by default).",
+    ),
+    Choice(
         "CHOICE-V43-OBSOLETE-PORTS",
         "v4.3+: the overview exposes only 80/443 and 4647, so LB-IN-3 (3000) and LB-IN-5 (8585) "
         "are not written; the table still lists them.",

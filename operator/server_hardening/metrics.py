@@ -31,6 +31,8 @@ Series
     Wall time of one reconcile of one resource.
 ``server_hardening_api_calls_total{target, operation, outcome}`` counter
     Calls to external APIs. outcome: ok | throttled | transient_error | error.
+``server_hardening_drift_detected_total{target, kind}`` counter
+    Drift found by checks (each check counts what it found; repaired drift is counted too).
 ``server_hardening_writes_total{target, action}`` counter
     Writes the operator made. action: create | update | delete | remove_unmanaged.
 ``server_hardening_watch_alive`` gauge
@@ -75,6 +77,12 @@ WRITES = Counter(
     "server_hardening_writes",
     "Writes the operator made, by target and action.",
     ["target", "action"],
+    registry=REGISTRY,
+)
+DRIFT_DETECTED = Counter(
+    "server_hardening_drift_detected",
+    "Drift found by checks, by target and kind.",
+    ["target", "kind"],
     registry=REGISTRY,
 )
 WATCH_ALIVE = Gauge(

@@ -1,0 +1,155 @@
+"""Checks on NetworkPolicies the operator does not own. Pure: no I/O here.
+
+NetworkPolicies add up: one extra policy that allows more undoes the managed ones. Each check is
+a named pure function over one unmanaged policy and the managed set; the chain returns the first
+finding (with a reason and the guide row the policy undermines), or None when the policy only
+allows what the managed policies allow already (or less).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from server_hardening.rules import Finding, Severity
+
+CODE = "UnmanagedWidening"
+TARGET = "kubernetes"
+
+
+@dataclass(frozen=True)
+class ManagedView:
+    """What the managed policies allow, reduced to what the checks compare against."""
+
+    # (matchLabels of the component pods, allowed CIDRs, allowed ports as (protocol, port))
+    components: tuple[tuple[dict[str, str], tuple[str, ...], tuple[tuple[str, str], ...]], ...]
+    restrict_egress: bool
+
+
+def managed_view(policies: Sequence[Mapping[str, Any]], *, restrict_egress: bool) -> ManagedView:
+    components = []
+    for policy in policies:
+        spec = policy.get("spec") or {}
+        labels = (spec.get("podSelector") or {}).get("matchLabels") or {}
+        if not labels:
+            continue
+        for rule in spec.get("ingress") or []:
+            cidrs = tuple(p["ipBlock"]["cidr"] for p in rule.get("from") or [] if "ipBlock" in p)
+            ports = tuple(
+                ((p.get("protocol") or "TCP").upper(), str(p.get("port")))
+                for p in rule.get("ports") or []
+            )
+            components.append((dict(labels), cidrs, ports))
+    return ManagedView(tuple(components), restrict_egress)
+
+
+Check = Callable[[str, Mapping[str, Any], ManagedView], str | None]
+
+
+def _peers(rule: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+    return list(rule.get(key) or [])
+
+
+def allows_every_source(name: str, spec: Mapping[str, Any], view: ManagedView) -> str | None:
+    for rule in spec.get("ingress") or []:
+        if not _peers(rule, "from"):
+            ports = rule.get("ports")
+            where = (
+                "every port"
+                if not ports
+                else "ports " + ", ".join(str(p.get("port")) for p in ports)
+            )
+            return f"allows ingress from every source on {where}"
+    return None
+
+
+def admits_other_namespaces(name: str, spec: Mapping[str, Any], view: ManagedView) -> str | None:
+    for rule in spec.get("ingress") or []:
+        for peer in _peers(rule, "from"):
+            if "namespaceSelector" in peer:
+                return "admits pods from other namespaces (namespaceSelector)"
+    return None
+
+
+def _within(cidr: str, allowed: Sequence[str]) -> bool:
+    net = ipaddress.ip_network(cidr, strict=False)
+    for other in allowed:
+        wide = ipaddress.ip_network(other, strict=False)
+        if net.version == wide.version and net.subnet_of(wide):  # type: ignore[arg-type]
+            return True
+    return False
+
+
+def admits_addresses_beyond_the_guide(
+    name: str, spec: Mapping[str, Any], view: ManagedView
+) -> str | None:
+    """An ipBlock is fine only where a managed component policy admits the same addresses on
+    the same ports to the same pods (the unmanaged policy then adds nothing)."""
+    labels = (spec.get("podSelector") or {}).get("matchLabels") or {}
+    has_expressions = bool((spec.get("podSelector") or {}).get("matchExpressions"))
+    for rule in spec.get("ingress") or []:
+        blocks = [p["ipBlock"]["cidr"] for p in _peers(rule, "from") if "ipBlock" in p]
+        if not blocks:
+            continue
+        ports = {
+            ((p.get("protocol") or "TCP").upper(), str(p.get("port")))
+            for p in rule.get("ports") or []
+        }
+        covered = False
+        for comp_labels, cidrs, comp_ports in view.components:
+            selects_subset = not has_expressions and all(
+                labels.get(k) == v for k, v in comp_labels.items()
+            )
+            if (
+                selects_subset
+                and ports
+                and ports <= set(comp_ports)
+                and all(_within(b, cidrs) for b in blocks)
+            ):
+                covered = True
+                break
+        if not covered:
+            return (
+                "admits " + ", ".join(blocks) + " to "
+                + (",".join(f"{k}={v}" for k, v in labels.items()) or "every pod")
+                + " beyond what the guide's rows allow"
+            )  # fmt: skip
+    return None
+
+
+def opens_egress_when_restricted(
+    name: str, spec: Mapping[str, Any], view: ManagedView
+) -> str | None:
+    if not view.restrict_egress:
+        return None
+    for rule in spec.get("egress") or []:
+        peers = _peers(rule, "to")
+        if not peers or any("podSelector" not in p or "namespaceSelector" in p for p in peers):
+            return "allows egress beyond the namespace while restrictEgress is on"
+    return None
+
+
+CHAIN: tuple[Check, ...] = (
+    allows_every_source,
+    admits_other_namespaces,
+    admits_addresses_beyond_the_guide,
+    opens_egress_when_restricted,
+)
+
+
+def judge_policy(policy: Mapping[str, Any], view: ManagedView) -> Finding | None:
+    name = str((policy.get("metadata") or {}).get("name", ""))
+    spec = policy.get("spec") or {}
+    for check in CHAIN:
+        reason = check(name, spec, view)
+        if reason is not None:
+            return Finding(
+                Severity.WARNING,
+                CODE,
+                f"NetworkPolicy {name} (not managed) {reason} [{check.__name__}]",
+                row="CHOICE-NP-DEFAULT-DENY",
+                target=TARGET,
+            )
+    return None

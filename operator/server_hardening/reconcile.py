@@ -1,0 +1,394 @@
+"""One function that runs the pipeline for one resource and returns a Report.
+
+compile -> per target: build (resolve), observe, check ownership conflicts, plan, and in Enforce
+apply -> Report (status body, events, metric snapshot). Nothing here knows kopf: the handlers
+post the events and write the status this returns. Drift is data in the report, never an
+exception; a target's error is kept to that target, so one broken cloud does not stop the
+others.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from server_hardening.compiler import CompiledIntent, compile_intent
+from server_hardening.drift import DriftCounts, Plan, compute_plan
+from server_hardening.metrics import ResourceSnapshot, TargetSnapshot
+from server_hardening.model import (
+    FieldError,
+    Mode,
+    ResourceRef,
+    ServerHardeningSpec,
+    UnmanagedRules,
+)
+from server_hardening.rules import Finding, Severity, most_important_first
+from server_hardening.targets.base import (
+    ApplyResult,
+    Observation,
+    PermanentTargetError,
+    Target,
+    TargetError,
+)
+
+MAX_FINDINGS = 20
+WORLD_OPEN_CODES = frozenset({"WorldOpenSensitivePort"})
+
+
+class Phase:
+    ENFORCED = "Enforced"
+    DRIFTED = "Drifted"
+    AUDITING = "Auditing"
+    INVALID = "Invalid"
+    ERROR = "Error"
+    CONFLICT = "Conflict"
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+TargetBuilder = Callable[[], Target]
+
+
+class TargetFactory(Protocol):
+    def build(
+        self, intent: CompiledIntent, ref: ResourceRef
+    ) -> list[tuple[str, TargetBuilder]]: ...
+
+
+@dataclass
+class TargetReport:
+    name: str
+    managed_rules: int = 0
+    drift: DriftCounts = field(default_factory=DriftCounts)
+    findings: list[Finding] = field(default_factory=list)
+    last_error: str = ""
+    permanent_error: bool = False
+    conflict_with: str = ""
+    applied: ApplyResult | None = None
+    observed: bool = False
+    repaired: bool = False
+
+    @property
+    def world_open_sensitive(self) -> int:
+        return sum(1 for f in self.findings if f.code in WORLD_OPEN_CODES)
+
+    def status(self, now: str, previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``lastDrift`` keeps the last check that found drift (and whether it was repaired),
+        so a repair a second later does not erase what happened."""
+        last_drift = (previous or {}).get("lastDrift")
+        if self.drift.total:
+            last_drift = {"time": now, **self.drift.as_status(), "repaired": self.repaired}
+        return {
+            "name": self.name,
+            "managedRules": self.managed_rules,
+            "drift": self.drift.as_status(),
+            "repaired": self.repaired,
+            "lastDrift": last_drift,
+            "findings": [f.as_dict() for f in most_important_first(self.findings)[:MAX_FINDINGS]],
+            "findingsTotal": len(self.findings),
+            "lastError": self.last_error,
+            "conflictWith": self.conflict_with,
+        }
+
+
+@dataclass
+class Report:
+    ref: ResourceRef
+    generation: int
+    mode: str
+    phase: str
+    reason: str
+    message: str
+    checked_at: dt.datetime
+    targets: list[TargetReport] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    interval_seconds: int = 60
+
+    @property
+    def drift_total(self) -> int:
+        return sum(t.drift.total for t in self.targets)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.phase in {Phase.ENFORCED, Phase.AUDITING, Phase.DRIFTED}
+
+    def status(self, previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The status subresource. Condition transition times move only on a change."""
+        now = _rfc3339(self.checked_at)
+        old_conditions = {c.get("type"): c for c in (previous or {}).get("conditions") or []}
+        old = previous or {}
+        previous_targets = {t.get("name"): t for t in old.get("targets") or []}
+        in_sync = self.succeeded and (
+            self.drift_total == 0 or all(t.repaired for t in self.targets if t.drift.total)
+        )
+        valid = self.phase != Phase.INVALID
+        wanted = [
+            ("Valid", valid, "SpecValid" if valid else "InvalidSpec"),
+            ("Ready", self.phase in {Phase.ENFORCED, Phase.AUDITING}, self.reason),
+            (
+                "InSync",
+                in_sync,
+                "InSync" if in_sync else "Drift" if self.succeeded else self.reason,
+            ),
+        ]
+        conditions = []
+        for kind, ok, reason in wanted:
+            truth = "True" if ok else "False"
+            old = old_conditions.get(kind) or {}
+            conditions.append(
+                {
+                    "type": kind,
+                    "status": truth,
+                    "reason": reason,
+                    "message": self.message if kind != "Valid" or not ok else "",
+                    "lastTransitionTime": old.get("lastTransitionTime", now)
+                    if old.get("status") == truth
+                    else now,
+                    "observedGeneration": self.generation,
+                }
+            )
+        status: dict[str, Any] = {
+            "observedGeneration": self.generation,
+            "phase": self.phase,
+            "conditions": conditions,
+            "driftTotal": self.drift_total,
+            "targets": [t.status(now, previous_targets.get(t.name)) for t in self.targets],
+            "findings": [f.as_dict() for f in most_important_first(self.findings)[:MAX_FINDINGS]],
+            "lastDriftCheckTime": now
+            if any(t.observed for t in self.targets)
+            else old.get("lastDriftCheckTime"),
+            "lastReconcileTime": now if self.succeeded else old.get("lastReconcileTime"),
+        }  # fmt: skip
+        return status
+
+    def snapshot(self) -> ResourceSnapshot:
+        when = self.checked_at.timestamp()
+        return ResourceSnapshot(
+            namespace=self.ref.namespace,
+            name=self.ref.name,
+            phase=self.phase,
+            last_reconcile=when if self.succeeded else None,
+            interval_seconds=self.interval_seconds,
+            targets=tuple(
+                TargetSnapshot(
+                    target=t.name,
+                    drift={
+                        "missing": t.drift.missing,
+                        "modified": t.drift.modified,
+                        "unexpected": t.drift.unexpected,
+                        "unmanaged_widening": t.drift.unmanaged_widening,
+                    },
+                    managed_rules=t.managed_rules,
+                    world_open_sensitive=t.world_open_sensitive,
+                    error=bool(t.last_error),
+                    last_check=when if t.observed else None,
+                )
+                for t in self.targets
+            ),
+        )
+
+
+def _rfc3339(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def invalid_report(
+    ref: ResourceRef, generation: int, errors: Sequence[FieldError], now: dt.datetime
+) -> Report:
+    message = "; ".join(str(e) for e in errors)
+    return Report(
+        ref=ref,
+        generation=generation,
+        mode="",
+        phase=Phase.INVALID,
+        reason="InvalidSpec",
+        message=message,
+        checked_at=now,
+        findings=[Finding(Severity.ERROR, "InvalidSpec", str(e)) for e in errors],
+        events=[Event("Warning", "InvalidSpec", message)],
+    )
+
+
+def _names(items: Sequence[Any], attr: str = "key", limit: int = 8) -> str:
+    keys = [str(getattr(i, attr)) for i in items]
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _drift_event(target: str, plan: Plan, initial: bool) -> Event | None:
+    parts = []
+    if plan.create and not initial:
+        parts.append(f"missing {_names(plan.create)}")
+    if plan.update:
+        parts.append(f"modified {_names([u.desired for u in plan.update])}")
+    if plan.delete and not initial:
+        parts.append(f"unexpected {_names(plan.delete)}")
+    if plan.unmanaged:
+        parts.append(f"not managed and widening {_names(plan.unmanaged)}")
+    if not parts:
+        return None
+    return Event("Warning", "DriftDetected", f"{target}: " + "; ".join(parts))
+
+
+def _apply_event(target: str, plan: Plan, result: ApplyResult) -> list[Event]:
+    events = []
+    done = []
+    if result.created:
+        done.append(f"created {_names(plan.create)}")
+    if result.updated:
+        done.append(f"updated {_names([u.desired for u in plan.update])}")
+    if result.deleted:
+        done.append(f"deleted {_names(plan.delete)}")
+    if done:
+        events.append(Event("Normal", "Applied", f"{target}: " + "; ".join(done)))
+    if result.removed_unmanaged:
+        events.append(
+            Event(
+                "Warning",
+                "RemovedUnmanaged",
+                f"{target}: removed {_names(plan.remove_unmanaged, 'native_id')} "
+                "(unmanagedRules: Remove)",
+            )
+        )
+    for error in result.errors:
+        events.append(Event("Warning", "ApplyFailed", f"{target}: {error}"))
+    return events
+
+
+def _run_target(
+    name: str,
+    build: TargetBuilder,
+    spec: ServerHardeningSpec,
+    previously_managed: int,
+    events: list[Event],
+) -> TargetReport:
+    report = TargetReport(name=name)
+    try:
+        target = build()
+        observation: Observation = target.observe()
+    except TargetError as exc:
+        report.last_error = str(exc)
+        report.permanent_error = isinstance(exc, PermanentTargetError)
+        events.append(Event("Warning", "TargetError", f"{name}: {exc}"))
+        return report
+    report.observed = True
+    others = sorted({i.owner for i in observation.items if i.owner and not i.owned})
+    if others:
+        report.conflict_with = others[0]
+        report.findings.append(
+            Finding(
+                Severity.ERROR,
+                "Conflict",
+                f"{name}: rules here are managed by ServerHardening {others[0]}; two resources "
+                "must not manage the same thing, so this one does not write",
+                target=name,
+            )
+        )
+        events.append(Event("Warning", "Conflict", f"{name}: already managed by {others[0]}"))
+        return report
+    plan = compute_plan(
+        name,
+        target.desired(),
+        observation.items,
+        judge_unmanaged=target.judge_unmanaged(),
+        remove_unmanaged=spec.unmanaged_rules is UnmanagedRules.REMOVE,
+        findings=observation.findings,
+    )
+    owned_before = sum(1 for i in observation.items if i.owned)
+    # First convergence in Enforce: creating what never existed is not drift. Audit reports it:
+    # what is missing is exactly what the user asked to see.
+    initial = owned_before == 0 and previously_managed == 0 and spec.mode is Mode.ENFORCE
+    drift = plan.drift()
+    if initial:
+        drift = DriftCounts(0, drift.modified, drift.unexpected, drift.unmanaged_widening)
+    report.drift = drift
+    report.managed_rules = plan.managed
+    report.findings = [f for f in plan.findings if not (initial and f.code == "Missing")]
+    drift_event = _drift_event(name, plan, initial)
+    if drift_event is not None:
+        events.append(drift_event)
+    if spec.mode is Mode.AUDIT or plan.empty:
+        return report
+    try:
+        result = target.apply(plan)
+    except TargetError as exc:
+        report.last_error = str(exc)
+        report.permanent_error = isinstance(exc, PermanentTargetError)
+        events.append(Event("Warning", "ApplyFailed", f"{name}: {exc}"))
+        return report
+    report.applied = result
+    report.findings.extend(result.findings)
+    events.extend(_apply_event(name, plan, result))
+    if result.errors:
+        report.last_error = "; ".join(result.errors[:3])
+    else:
+        # Unmanaged rules that are only reported (unmanagedRules: Report) are still there.
+        left = drift.unmanaged_widening if spec.unmanaged_rules is UnmanagedRules.REPORT else 0
+        report.repaired = drift.total > 0 and left == 0
+    return report
+
+
+def reconcile(
+    ref: ResourceRef,
+    spec: ServerHardeningSpec,
+    factory: TargetFactory,
+    *,
+    generation: int = 0,
+    previous_status: Mapping[str, Any] | None = None,
+    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+) -> Report:
+    intent = compile_intent(spec)
+    events: list[Event] = []
+    previously = {
+        t.get("name"): int(t.get("managedRules") or 0)
+        for t in (previous_status or {}).get("targets") or []
+    }
+    targets = [
+        _run_target(name, build, spec, previously.get(name, 0), events)
+        for name, build in factory.build(intent, ref)
+    ]
+    report = Report(
+        ref=ref,
+        generation=generation,
+        mode=spec.mode.value,
+        phase=Phase.ENFORCED,
+        reason="Enforced",
+        message="",
+        checked_at=now(),
+        targets=targets,
+        findings=list(intent.findings),
+        events=events,
+        interval_seconds=spec.drift_check_seconds,
+    )
+    conflicts = [t for t in targets if t.conflict_with]
+    errors = [t for t in targets if t.last_error]
+    if conflicts:
+        report.phase, report.reason = Phase.CONFLICT, "Conflict"
+        report.message = "; ".join(
+            f"{t.name} is managed by ServerHardening {t.conflict_with}" for t in conflicts
+        )
+    elif errors:
+        report.phase, report.reason = Phase.ERROR, "TargetError"
+        report.message = "; ".join(f"{t.name}: {t.last_error}" for t in errors)
+    elif spec.mode is Mode.AUDIT:
+        drift = report.drift_total
+        report.phase = Phase.DRIFTED if drift else Phase.AUDITING
+        report.reason = "DriftReported" if drift else "Audited"
+        report.message = (
+            f"Audit: {drift} drift found, nothing written" if drift else "Audit: in sync"
+        )
+    else:
+        repaired = sum(t.drift.total for t in targets if t.repaired)
+        report.message = f"enforced; repaired {repaired} drift" if repaired else "enforced; in sync"
+        if any(t.drift.unmanaged_widening and not t.repaired for t in targets):
+            report.phase, report.reason = Phase.DRIFTED, "UnmanagedWidening"
+            report.message = "enforced; unmanaged rules widen access (unmanagedRules: Report)"
+    return report

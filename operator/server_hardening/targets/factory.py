@@ -1,0 +1,95 @@
+"""Builds the live targets a resource configures. Adapters are constructed lazily, per target,
+so one target's error (a missing credential, a Service that cannot be read) stays its own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from server_hardening.compiler import CompiledIntent
+from server_hardening.model import ResourceRef
+from server_hardening.targets.base import ApiCallRecorder, Target, ignore_call
+
+
+def _no_recorder(target: str) -> ApiCallRecorder:
+    return ignore_call
+
+
+class LiveTargets:
+    """The production wiring: the Kubernetes API client the operator runs with, and the cloud
+    SDKs' default credential chains (overridable for tests and private endpoints)."""
+
+    def __init__(
+        self,
+        kube_api: Any,
+        *,
+        recorder: Callable[[str], ApiCallRecorder] = _no_recorder,
+        aws_client_factory: Callable[..., Any] | None = None,
+        gcp_client_factory: Callable[..., Any] | None = None,
+    ) -> None:
+        self.kube_api = kube_api
+        self.recorder = recorder
+        self.aws_client_factory = aws_client_factory
+        self.gcp_client_factory = gcp_client_factory
+
+    def build(
+        self, intent: CompiledIntent, ref: ResourceRef
+    ) -> list[tuple[str, Callable[[], Target]]]:
+        spec = intent.spec
+        builders: list[tuple[str, Callable[[], Target]]] = []
+        if spec.kubernetes.network_policies.enabled:
+
+            def kubernetes() -> Target:
+                from server_hardening.targets.kubernetes import (
+                    KubernetesTarget,
+                    resolve_components,
+                )
+
+                record = self.recorder("kubernetes")
+                resolved, findings = resolve_components(
+                    self.kube_api, ref.namespace, intent, record
+                )
+                return KubernetesTarget(
+                    intent, ref, self.kube_api, resolved, record_call=record, findings=findings
+                )
+
+            builders.append(("kubernetes", kubernetes))
+        aws = spec.aws
+        if aws is not None:
+
+            def aws_target() -> Target:
+                from server_hardening.targets.aws import AwsTarget
+
+                kwargs: dict[str, Any] = {}
+                if self.aws_client_factory is not None:
+                    kwargs["client_factory"] = self.aws_client_factory
+                return AwsTarget.from_intent(
+                    intent,
+                    aws,
+                    ref,
+                    unmanaged_rules=spec.unmanaged_rules,
+                    record_call=self.recorder("aws"),
+                    **kwargs,
+                )
+
+            builders.append(("aws", aws_target))
+        gcp = spec.gcp
+        if gcp is not None:
+
+            def gcp_target() -> Target:
+                from server_hardening.targets.gcp import GcpTarget
+
+                kwargs: dict[str, Any] = {}
+                if self.gcp_client_factory is not None:
+                    kwargs["client_factory"] = self.gcp_client_factory
+                return GcpTarget.from_rules(
+                    intent.cloud_rules("gcp"),
+                    gcp,
+                    ref,
+                    unmanaged_rules=spec.unmanaged_rules,
+                    record_call=self.recorder("gcp"),
+                    **kwargs,
+                )
+
+            builders.append(("gcp", gcp_target))
+        return builders

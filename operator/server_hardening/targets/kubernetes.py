@@ -1,0 +1,382 @@
+"""The Kubernetes target: NetworkPolicies in the server's namespace, through the API server.
+
+Observe lists the namespace's policies once and reads the guide's Services (to find the pods
+behind them); apply creates and replaces before it deletes; every write names the exact object
+(``resourceVersion`` on replace, ``uid`` precondition on delete), so a policy changed or
+re-created by someone else in between is never overwritten or removed by mistake.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import urllib3
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from server_hardening import checks, components
+from server_hardening.compiler import CompiledIntent
+from server_hardening.drift import DesiredItem, ObservedItem, Plan, UnmanagedJudge
+from server_hardening.guide import Component
+from server_hardening.model import ResourceRef
+from server_hardening.ownership import (
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    OWNER_ANNOTATION,
+    OWNER_LABEL,
+    owner_from_annotation,
+    owner_key,
+)
+from server_hardening.renderers.networkpolicy import (
+    desired_items,
+    policy_fingerprint,
+    render_network_policies,
+)
+from server_hardening.rules import Finding, Severity
+from server_hardening.targets.base import (
+    ApiCallRecorder,
+    ApplyResult,
+    Observation,
+    PermanentTargetError,
+    TargetError,
+    TransientTargetError,
+    ignore_call,
+)
+
+NAME = "kubernetes"
+
+
+def translate(exc: Exception, operation: str, resource: str) -> TargetError:
+    """One place that turns client errors into the two kinds the pipeline knows."""
+    if isinstance(exc, ApiException):
+        status = int(exc.status or 0)
+        reason = _api_message(exc)
+        message = f"{operation} {resource}: HTTP {status} {reason}"
+        if status in {409, 429} or status >= 500:
+            return TransientTargetError(message, operation=operation, resource=resource)
+        return PermanentTargetError(message, operation=operation, resource=resource)
+    return TransientTargetError(
+        f"{operation} {resource}: {exc}", operation=operation, resource=resource
+    )
+
+
+def _api_message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except (ValueError, AttributeError):
+        return str(exc.reason)
+
+
+def _outcome(exc: Exception) -> str:
+    if isinstance(exc, ApiException):
+        if exc.status == 429:
+            return "throttled"
+        if exc.status is not None and exc.status >= 500:
+            return "transient_error"
+        return "error"
+    return "transient_error"
+
+
+class _Calls:
+    """Runs one API call, recording it and translating its errors."""
+
+    def __init__(self, record: ApiCallRecorder) -> None:
+        self.record = record
+
+    def __call__(self, operation: str, resource: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = fn(*args, **kwargs)
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+            self.record(operation, _outcome(exc))
+            raise translate(exc, operation, resource) from exc
+        self.record(operation, "ok")
+        return result
+
+
+def _json(response: Any) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(response.data)
+    return data
+
+
+def resolve_components(
+    api: Any,
+    namespace: str,
+    intent: CompiledIntent,
+    record: ApiCallRecorder = ignore_call,
+) -> tuple[dict[Component, components.ResolvedComponent], list[Finding]]:
+    """Read the guide's Services and find the pods and pod ports behind them."""
+    core = client.CoreV1Api(api)
+    call = _Calls(record)
+    pinned, pending = components.lookups(intent)
+    resolved = {c.component: c for c in pinned}
+    findings: list[Finding] = []
+    for lookup in pending:
+        outcome: components.ResolvedComponent | Finding | None = None
+        for name in lookup.names:
+            try:
+                service = _json(
+                    call(
+                        "read_service",
+                        f"service/{name}",
+                        core.read_namespaced_service,
+                        name,
+                        namespace,
+                        _preload_content=False,
+                    )
+                )
+            except PermanentTargetError as exc:
+                if " 404 " in str(exc):
+                    continue
+                raise
+            outcome = components.from_service(lookup, service)
+            break
+        if isinstance(outcome, components.ResolvedComponent):
+            resolved[lookup.component] = outcome
+        elif isinstance(outcome, Finding):
+            findings.append(outcome)
+        else:
+            findings.append(
+                Finding(
+                    Severity.WARNING,
+                    "ServiceNotFound",
+                    f"{lookup.component.value}: no Service named "
+                    + " or ".join(lookup.names)
+                    + f" in {namespace}; its pods get no allow rule (default deny holds) until "
+                    "it exists or spec.kubernetes.components pins them",
+                    target=NAME,
+                )
+            )
+    return resolved, findings
+
+
+def _ownership(policy: Mapping[str, Any], me: str) -> tuple[bool, str]:
+    meta = policy.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    if labels.get(MANAGED_BY_LABEL) != MANAGED_BY_VALUE or OWNER_ANNOTATION not in annotations:
+        return False, ""
+    owner = owner_from_annotation(str(annotations[OWNER_ANNOTATION]))
+    return owner == me, owner
+
+
+class KubernetesTarget:
+    """NetworkPolicies of one ServerHardening's namespace."""
+
+    name = NAME
+
+    def __init__(
+        self,
+        intent: CompiledIntent,
+        ref: ResourceRef,
+        api: Any,
+        resolved: Mapping[Component, components.ResolvedComponent],
+        *,
+        record_call: ApiCallRecorder = ignore_call,
+        findings: Sequence[Finding] = (),
+    ) -> None:
+        self.intent = intent
+        self.ref = ref
+        self.api = api
+        self.net = client.NetworkingV1Api(api)
+        self.call = _Calls(record_call)
+        self.policies = render_network_policies(intent, ref.namespace, ref, resolved)
+        self.findings = tuple(findings)
+
+    def desired(self) -> Sequence[DesiredItem]:
+        return desired_items(self.policies)
+
+    def observe(self) -> Observation:
+        listing = _json(
+            self.call(
+                "list_networkpolicies",
+                f"namespace/{self.ref.namespace}",
+                self.net.list_namespaced_network_policy,
+                self.ref.namespace,
+                _preload_content=False,
+            )
+        )
+        me = owner_key(self.ref)
+        items = []
+        for policy in listing.get("items") or []:
+            meta = policy["metadata"]
+            owned, owner = _ownership(policy, me)
+            items.append(
+                ObservedItem(
+                    key=meta["name"],
+                    fingerprint=policy_fingerprint(policy),
+                    body=policy,
+                    owned=owned,
+                    native_id=meta["name"],
+                    owner="" if owned else owner,
+                )
+            )
+        return Observation(items=tuple(items), findings=self.findings)
+
+    def judge_unmanaged(self) -> UnmanagedJudge:
+        view = checks.managed_view(
+            self.policies,
+            restrict_egress=self.intent.spec.kubernetes.network_policies.restrict_egress,
+        )
+
+        def judge(item: ObservedItem) -> Finding | None:
+            return checks.judge_policy(item.body, view)
+
+        return judge
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        """Create and replace first, then delete: the namespace is never less reachable than
+        both the old and the new desired state allow."""
+        result = ApplyResult()
+        ns = self.ref.namespace
+        create = self.net.create_namespaced_network_policy
+        replace = self.net.replace_namespaced_network_policy
+        for item in plan.create:
+            if self._try(result, "create_networkpolicy", item.key, create, ns, dict(item.body)):
+                result.created += 1
+        for change in plan.update:
+            key = change.desired.key
+            body = json.loads(json.dumps(change.desired.body))
+            # Replace exactly the version we judged; a newer edit makes this a 409 and the
+            # next pass judges that one.
+            body["metadata"]["resourceVersion"] = change.observed.body["metadata"][
+                "resourceVersion"
+            ]
+            if self._try(result, "replace_networkpolicy", key, replace, key, ns, body):
+                result.updated += 1
+        if result.errors:
+            # Something we meant to allow is not in place yet: removing now could leave the
+            # namespace less reachable than both states. The next pass converges.
+            return result
+        for stale in plan.delete:
+            if self._delete(result, stale):
+                result.deleted += 1
+        for extra in plan.remove_unmanaged:
+            if self._delete(result, extra):
+                result.removed_unmanaged += 1
+        return result
+
+    def _delete(self, result: ApplyResult, item: ObservedItem) -> bool:
+        meta = item.body["metadata"]
+        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=meta["uid"]))
+        try:
+            self.call(
+                "delete_networkpolicy",
+                item.native_id,
+                self.net.delete_namespaced_network_policy,
+                item.native_id,
+                self.ref.namespace,
+                body=options,
+            )
+        except TargetError as exc:
+            if " 404 " in str(exc):
+                return True  # already gone: the outcome we wanted
+            result.errors.append(str(exc))
+            return False
+        return True
+
+    def _try(self, result: ApplyResult, operation: str, key: str, fn: Any, *args: Any) -> bool:
+        try:
+            self.call(operation, key, fn, *args)
+        except TargetError as exc:
+            if operation.startswith("create") and " 409 " in str(exc):
+                result.errors.append(f"{key} exists but is not ours to change: {exc}")
+                return False
+            result.errors.append(str(exc))
+            return False
+        return True
+
+    def release(self, observed: Observation, *, delete: bool) -> ApplyResult:
+        """Deletion of the resource: delete owned policies, or orphan them (drop the marks)."""
+        result = ApplyResult()
+        for item in observed.items:
+            if not item.owned:
+                continue
+            if delete:
+                if self._delete(result, item):
+                    result.deleted += 1
+                continue
+            patch = {
+                "metadata": {
+                    "labels": {OWNER_LABEL: None, MANAGED_BY_LABEL: None},
+                    "annotations": {OWNER_ANNOTATION: None},
+                }
+            }
+            patch_policy = self.net.patch_namespaced_network_policy
+            ns = self.ref.namespace
+            if self._try(
+                result, "patch_networkpolicy", item.key, patch_policy, item.key, ns, patch
+            ):
+                result.updated += 1
+        return result
+
+
+class ResourceClient:
+    """Reads ServerHardening resources, writes their status and posts their events."""
+
+    def __init__(self, api: Any, *, component: str = "server-hardening") -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.component = component
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        from server_hardening.model import GROUP, PLURAL, VERSION
+
+        try:
+            body: dict[str, Any] = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise translate(exc, "get_serverhardening", f"{namespace}/{name}") from exc
+        return body
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        from server_hardening.model import GROUP, PLURAL, VERSION
+
+        # A merge patch replaces lists wholesale, and `null` clears what the new status omits.
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status)}
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise translate(exc, "patch_status", f"{namespace}/{name}") from exc
+
+    def post_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the resource (as kubectl describe shows them)."""
+        import datetime as dt
+        import uuid
+
+        meta = body.get("metadata") or {}
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "metadata": {
+                "name": f"{meta.get('name')}.{uuid.uuid4().hex[:12]}",
+                "namespace": meta.get("namespace"),
+            },
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion"),
+                "kind": body.get("kind"),
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": self.component},
+            "reportingComponent": self.component,
+            "reportingInstance": self.component,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta.get("namespace"), event)
+        except ApiException as exc:
+            raise translate(exc, "create_event", reason) from exc
