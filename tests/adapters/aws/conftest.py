@@ -1,4 +1,4 @@
-"""Fixtures for the AWS adapter tests: one moto server (and counting proxy) per session, an
+"""Fixtures for the AWS adapter tests: one moto server (and counting proxy) per test module, an
 empty moto and a fresh VPC with one security group per role per test. All traffic stays on
 127.0.0.1; credentials are dummies and no real AWS configuration is read."""
 
@@ -12,7 +12,7 @@ from adapters.aws.double import MotoDouble
 from adapters.aws.world import World, make_world
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _no_real_aws() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2"):
@@ -25,7 +25,7 @@ def _no_real_aws() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def moto_double(_no_real_aws: None) -> Iterator[MotoDouble]:
     double = MotoDouble()
     try:
