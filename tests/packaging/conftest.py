@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,12 @@ from server_hardening.devtools.controlplane import (
     TestBinaries,
     ensure_binaries,
 )
+
+# The helpers beside the tests (hardening_chart, runtime_lock) are plain modules: with
+# --import-mode=importlib the test directory is not on sys.path, so put it there.
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,8 @@ drift apart)::
 
 Shared pieces: the CRD (repo ``crds/`` -> chart ``crds/``), the Grafana dashboard
 (``deploy/grafana`` -> chart ``files/``), the alerts (chart PrometheusRule with default values
--> ``deploy/prometheus/alerts.yaml``) and the values table in the chart's README (from the
-``# --`` comments in values.yaml).
+-> ``deploy/prometheus/alerts.yaml``), the values table in the chart's README (from the
+``# --`` comments in values.yaml) and the chart's values.schema.json.
 """
 
 from __future__ import annotations
@@ -121,6 +121,13 @@ def render_chart(
 def lint_chart(values: Mapping[str, Any] | None = None, *, namespace: str = NAMESPACE) -> str:
     """``helm lint --strict``; returns its output, raises ChartError on failure."""
     return _helm("lint", "--strict", str(CHART), "--namespace", namespace, values=values)
+
+
+def package_chart(destination: Path) -> Path:
+    """``helm package`` into ``destination``; returns the archive's path."""
+    _helm("package", str(CHART), "--destination", str(destination))
+    (archive,) = destination.glob("server-hardening-*.tgz")
+    return archive
 
 
 def rbac_objects(rendered: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -329,6 +336,85 @@ def readme_with_table(readme: str, table: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# values.schema.json (generated: types from values.yaml, constraints below)
+
+VALUES_SCHEMA = CHART / "values.schema.json"
+DURATION = {"type": "string", "pattern": "^[0-9]+(ms|s|m|h|d|w|y)$"}
+DNS_LABEL = {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}
+PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+SEVERITY = {"type": "string", "minLength": 1}
+
+# Constraints beyond the type of the default, by dotted key.
+SCHEMA_OVERRIDES: dict[str, dict[str, Any]] = {
+    "watchNamespaces": {"type": "array", "items": DNS_LABEL, "uniqueItems": True},
+    "replicaCount": {"type": "integer", "minimum": 1},
+    "operator.logFormat": {"type": "string", "enum": ["text", "json"]},
+    "operator.priority": {"type": "integer"},
+    "operator.extraArgs": {"type": "array", "items": {"type": "string"}},
+    "image.pullPolicy": {"type": "string", "enum": ["Always", "IfNotPresent", "Never"]},
+    "image.digest": {"type": "string", "pattern": "^(sha256:[0-9a-f]{64})?$"},
+    "ha.peeringName": DNS_LABEL,
+    "podDisruptionBudget.minAvailable": {"type": ["integer", "string"]},
+    "metrics.port": PORT,
+    "metrics.service.port": PORT,
+    "metrics.service.type": {"type": "string", "enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
+    "metrics.serviceMonitor.interval": DURATION,
+    "metrics.serviceMonitor.scrapeTimeout": DURATION,
+    "alerts.runbookBaseUrl": {"type": "string", "pattern": "^https?://"},
+    "alerts.driftPersists.for": DURATION,
+    "alerts.reconcileErrors.window": DURATION,
+    "alerts.reconcileErrors.for": DURATION,
+    "alerts.driftCheckStale.intervalMultiplier": {"type": "number", "exclusiveMinimum": 0},
+    "alerts.driftCheckStale.for": DURATION,
+    "alerts.worldOpenSensitivePort.for": DURATION,
+    "alerts.operatorDown.for": DURATION,
+    "alerts.driftPersists.severity": SEVERITY,
+    "alerts.reconcileErrors.severity": SEVERITY,
+    "alerts.driftCheckStale.severity": SEVERITY,
+    "alerts.worldOpenSensitivePort.severity": SEVERITY,
+    "alerts.operatorDown.severity": SEVERITY,
+    "networkPolicy.apiServer.ports": {"type": "array", "items": PORT, "minItems": 1},
+    "networkPolicy.metadataServer.ports": {"type": "array", "items": PORT},
+    "networkPolicy.apiServer.cidrs": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+    "networkPolicy.cloudApis.cidrs": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+    "networkPolicy.metadataServer.cidrs": {"type": "array", "items": {"type": "string"}},
+    "serverHardening.name": DNS_LABEL,
+    "serverHardening.namespace": {"anyOf": [{"const": ""}, DNS_LABEL]},
+}
+
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
+
+
+def _schema_for(key: str, value: Any, whole: set[str]) -> dict[str, Any]:
+    if key in SCHEMA_OVERRIDES:
+        return dict(SCHEMA_OVERRIDES[key])
+    if isinstance(value, dict):
+        if not value or key in whole:
+            return {"type": "object"}  # free-form (labels, a Kubernetes struct, the CR spec)
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                k: _schema_for(f"{key}.{k}" if key else k, v, whole) for k, v in value.items()
+            },
+        }
+    return {"type": _JSON_TYPES[type(value)]}
+
+
+def values_schema() -> dict[str, Any]:
+    """A JSON schema for values.yaml: unknown keys refused (a typo like `watchNamespace` would
+    otherwise silently mean cluster-wide), types from the defaults, constraints above."""
+    data = yaml.safe_load((CHART / "values.yaml").read_text())
+    whole = {d.key for d in documented_values() if isinstance(d.default, dict) and d.default}
+    schema = _schema_for("", data, whole)
+    return {
+        "$schema": "https://json-schema.org/draft-07/schema#",
+        "title": "server-hardening chart values",
+        **schema,
+    }
+
+
+# --------------------------------------------------------------------------------------------
 # Generated copies
 
 
@@ -363,6 +449,7 @@ def generated_files() -> dict[Path, str]:
     out[DASHBOARD_CHART] = DASHBOARD_SOURCE.read_text()
     out[ALERTS_PLAIN] = plain_alerts_text()
     out[README] = readme_with_table(README.read_text(), values_table())
+    out[VALUES_SCHEMA] = json.dumps(values_schema(), indent=2) + "\n"
     return out
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from hardening_chart import (
     DASHBOARD_CHART,
     DASHBOARD_SOURCE,
     README,
+    VALUES_SCHEMA,
     VARIANTS,
     ChartError,
     by_kind,
@@ -29,6 +31,7 @@ from hardening_chart import (
     documented_values,
     lint_chart,
     one,
+    package_chart,
     rbac_objects,
     readme_with_table,
     render_chart,
@@ -474,3 +477,44 @@ def test_chart_metadata() -> None:
     assert chart["apiVersion"] == "v2"
     assert chart["appVersion"] == "0.1.0"
     assert Path(CHART / "values.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"watchNamespace": ["circleci-server"]}, "additional properties 'watchNamespace'"),
+        ({"operator": {"logFormat": "xml"}}, "value must be one of"),
+        ({"replicaCount": 0}, "minimum"),
+        ({"alerts": {"driftPersists": {"for": "15 minutes"}}}, "does not match pattern"),
+        ({"watchNamespaces": ["Not_A_Namespace"]}, "does not match pattern"),
+        ({"metrics": {"port": 70000}}, "maximum"),
+    ],
+)
+def test_values_schema_refuses_typos_and_bad_values(values: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(ChartError, match=re.escape(complaint)):
+        render_chart(values)
+
+
+def test_values_schema_leaves_kubernetes_structures_free_form() -> None:
+    schema = json.loads(VALUES_SCHEMA.read_text())
+    props = schema["properties"]
+    for key in ("resources", "podSecurityContext", "securityContext", "affinity"):
+        assert props[key] == {"type": "object"}, key
+    assert props["serverHardening"]["properties"]["spec"] == {"type": "object"}
+    assert schema["additionalProperties"] is False
+
+
+def test_helm_package_builds_an_archive_with_crds_and_files(tmp_path: Path) -> None:
+    output = package_chart(tmp_path)
+    with tarfile.open(output) as archive:
+        names = set(archive.getnames())
+    for member in (
+        "server-hardening/Chart.yaml",
+        "server-hardening/values.schema.json",
+        "server-hardening/crds/serverhardening.yaml",
+        "server-hardening/crds/kopf-peerings.yaml",
+        "server-hardening/files/server-hardening.json",
+        "server-hardening/templates/deployment.yaml",
+        "server-hardening/README.md",
+    ):
+        assert member in names
