@@ -159,17 +159,19 @@ def _rules_from_rows(rows: Sequence[GuideRow], resolver: _Resolver) -> list[Rule
     return rules
 
 
+_Lane = tuple[Role, Direction, Action, Peer, Protocol]
+
+
 def merge_rules(rules: Iterable[Rule]) -> tuple[Rule, ...]:
     """Merge rules that do the same thing, and coalesce touching or overlapping port ranges of
     rules that differ only in ports. Rows are unioned, so provenance is kept. What is allowed
     (or denied) does not change: a property test checks it."""
-    Lane = tuple[Role, Direction, Action, Peer, Protocol]
     by_effect: dict[tuple[Role, Direction, Action, Peer, Protocol, PortRange | None], set[str]]
     by_effect = defaultdict(set)
     for rule in rules:
         by_effect[rule.effect_key()].update(rule.rows)
 
-    by_lane: dict[Lane, list[tuple[PortRange | None, set[str]]]] = defaultdict(list)
+    by_lane: dict[_Lane, list[tuple[PortRange | None, set[str]]]] = defaultdict(list)
     for (subject, direction, action, peer, protocol, ports), rows in by_effect.items():
         by_lane[(subject, direction, action, peer, protocol)].append((ports, rows))
 

@@ -10,6 +10,7 @@ scalar defaults kept. CEL rules declared on the model travel along.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import yaml
@@ -133,3 +134,62 @@ def crd() -> dict[str, Any]:
 def crd_yaml() -> str:
     header = "# Generated from server_hardening.model by `hardening crd`. Do not edit.\n"
     return header + yaml.safe_dump(crd(), sort_keys=False, width=100)
+
+
+def _rows(schema: dict[str, Any], path: str, required: bool) -> list[tuple[str, str, str, str]]:
+    kind = schema.get("type", "int or string" if schema.get("x-kubernetes-int-or-string") else "")
+    if kind == "array":
+        item = schema.get("items", {})
+        kind = f"[]{item.get('type', 'object')}"
+    notes = []
+    if "enum" in schema:
+        notes.append("one of " + ", ".join(f"`{v}`" for v in schema["enum"]))
+    if "pattern" in schema:
+        notes.append(f"pattern `{schema['pattern']}`")
+    for key, word in (("minimum", ">="), ("maximum", "<="), ("minItems", "items >="),
+                      ("maxItems", "items <=")):  # fmt: skip
+        if key in schema:
+            notes.append(f"{word} {schema[key]}")
+    for rule in schema.get("x-kubernetes-validations", []):
+        notes.append(f"CEL: {rule['message']}")
+    if schema.get("nullable"):
+        notes.append("optional")
+    default = schema.get("default")
+    text = (schema.get("description") or "").replace("\n", " ").replace("|", "\\|")
+    detail = "; ".join(notes).replace("|", "\\|")
+    out = [
+        (
+            f"`{path}`" + (" (required)" if required else ""),
+            kind,
+            "" if default is None else f"`{json.dumps(default)}`",
+            (text + (" " if text and detail else "") + detail).strip(),
+        )
+    ]
+    children = schema.get("properties") or (schema.get("items") or {}).get("properties") or {}
+    needed = set(schema.get("required") or (schema.get("items") or {}).get("required") or [])
+    prefix = path + ("[]" if schema.get("type") == "array" else "")
+    for name, child in children.items():
+        out.extend(_rows(child, f"{prefix}.{name}", name in needed))
+    additional = schema.get("additionalProperties")
+    if isinstance(additional, dict):
+        out.extend(_rows(additional, f"{prefix}.<key>", False))
+    return out
+
+
+def reference_markdown() -> str:
+    """docs/resource.md: every field of the spec, from the same schema the CRD carries."""
+    lines = [
+        "# ServerHardening resource reference",
+        "",
+        "<!-- Generated from server_hardening.model by tests/unit/cli (UPDATE_DOCS=1). -->",
+        "",
+        f"`{GROUP}/{VERSION}`, kind `{KIND}`, namespaced (in the CircleCI Server namespace), "
+        f"plural `{PLURAL}`, short name `{SHORT_NAMES[0]}`. The status is described in "
+        "[the README](../README.md#status).",
+        "",
+        "| field | type | default | meaning and constraints |",
+        "|---|---|---|---|",
+    ]
+    for field, kind, default, text in _rows(spec_schema(), "spec", True):
+        lines.append(f"| {field} | {kind} | {default} | {text} |")
+    return "\n".join(lines) + "\n"

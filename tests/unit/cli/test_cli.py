@@ -1,0 +1,140 @@
+"""`hardening plan` and `hardening crd`, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from builders import EXAMPLES, example_names
+from server_hardening.cli import main
+from server_hardening.crd import crd_yaml
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server_hardening", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env={"PYTHONPATH": str(REPO / "operator"), "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("name", example_names())
+def test_plan_json_has_the_documented_shape(name: str) -> None:
+    result = run("plan", "-f", str(EXAMPLES / f"{name}.yaml"), "-o", "json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    body = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
+    spec = body["spec"]
+    expected_keys = (
+        {"profile", "kubernetes", "findings"}
+        | ({"aws"} if "aws" in spec else set())
+        | ({"gcp"} if "gcp" in spec else set())
+    )
+    assert set(doc) == expected_keys
+    assert doc["profile"] in {"v3", "v4.0", "v4.3"}
+    for policy in doc["kubernetes"]["networkPolicies"]:
+        assert policy["apiVersion"] == "networking.k8s.io/v1" and policy["kind"] == "NetworkPolicy"
+    for group in doc.get("aws", {}).get("securityGroups", []):
+        assert set(group) == {"groupId", "role", "ingress", "egress"}
+        for permission in group["ingress"] + group["egress"]:
+            assert permission["IpProtocol"] in {"tcp", "udp", "-1"}
+            peers = (
+                permission.get("IpRanges", [])
+                + permission.get("Ipv6Ranges", [])
+                + permission.get("UserIdGroupPairs", [])
+            )
+            assert peers and all("Description" in p and "[" in p["Description"] for p in peers)
+    for firewall in doc.get("gcp", {}).get("firewalls", []):
+        assert {"name", "network", "direction", "priority", "description"} <= set(firewall)
+        assert len(firewall["name"]) <= 63
+    for finding in doc["findings"]:
+        assert {"severity", "code", "message"} <= set(finding)
+
+
+def test_plan_table_names_targets_and_guide_rows() -> None:
+    result = run("plan", "-f", str(EXAMPLES / "aws-v4.yaml"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "ServerHardening circleci-server/circleci - guide profile v4.3"
+    assert "GUIDE ROWS" in lines[2]
+    assert any(line.startswith("aws") and "NOMAD-IN-1" in line for line in lines)
+    assert any(line.startswith("kubernetes") and "svh-default-deny" in line for line in lines)
+    assert "FINDINGS" in result.stdout
+
+
+def test_plan_yaml_prints_manifests_ready_for_kubectl() -> None:
+    result = run("plan", "-f", str(EXAMPLES / "kubernetes-only.yaml"), "-o", "yaml")
+    docs = list(yaml.safe_load_all(result.stdout))
+    assert [d["metadata"]["name"] for d in docs] == [
+        "svh-default-deny",
+        "svh-allow-namespace",
+        "svh-allow-circleci-proxy",
+    ]
+
+
+def test_a_bad_file_names_the_field_exits_2_and_prints_nothing_to_stdout(tmp_path: Path) -> None:
+    body = yaml.safe_load((EXAMPLES / "kubernetes-only.yaml").read_text())
+    body["spec"]["topology"]["nomadClients"]["cidrs"] = [
+        "10.1.0.0/16",
+        "10.9.0.0/16",
+        "10.0.0.300/24",
+    ]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(body))
+    result = run("plan", "-f", str(bad), "-o", "json")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert (
+        f"{bad}: spec.topology.nomadClients.cidrs[2]: '10.0.0.300/24' is not a valid CIDR"
+        in result.stderr
+    )
+
+
+def test_plan_reads_stdin() -> None:
+    result = run(
+        "plan", "-f", "-", "-o", "json", stdin=(EXAMPLES / "kubernetes-only.yaml").read_text()
+    )
+    assert result.returncode == 0 and json.loads(result.stdout)["profile"] == "v4.3"
+
+
+def test_a_file_without_a_resource_is_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("kind: ConfigMap\n")
+    result = run("plan", "-f", str(empty))
+    assert (
+        result.returncode == 2 and "expected exactly one ServerHardening, found 0" in result.stderr
+    )
+
+
+def test_the_committed_crd_is_the_one_the_model_generates(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["crd"]) == 0
+    printed = capsys.readouterr().out
+    committed = (REPO / "crds" / "serverhardening.yaml").read_text()
+    assert printed == crd_yaml()
+    assert committed == printed, (
+        "crds/serverhardening.yaml is stale: run `hardening crd > crds/serverhardening.yaml`"
+    )
+
+
+def test_the_resource_reference_is_generated_from_the_model() -> None:
+    import os
+
+    from server_hardening.crd import reference_markdown
+
+    doc = REPO / "docs" / "resource.md"
+    if os.environ.get("UPDATE_DOCS") == "1":
+        doc.write_text(reference_markdown())
+    assert doc.read_text() == reference_markdown(), "docs/resource.md is stale: UPDATE_DOCS=1"
+    assert "| `spec.topology.nomadClients.cidrs` (required) | []string |" in doc.read_text()
