@@ -298,18 +298,20 @@ def _free_ports(count: int) -> list[int]:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
-    """Linux: deliver SIGTERM to the child when the thread that started it dies."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _preexec(death_signal: signal.Signals | None) -> Callable[[], None] | None:
+    """Linux: have the child get ``death_signal`` when the thread that started it dies."""
+    if death_signal is None or sys.platform != "linux":
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork, not in the child
 
+    def set_death_signal() -> None:  # pragma: no cover - runs in the forked child
+        libc.prctl(_PR_SET_PDEATHSIG, int(death_signal))
 
-def _preexec(die_with_parent: bool) -> Callable[[], None] | None:
-    return _die_with_parent if die_with_parent and sys.platform == "linux" else None
+    return set_death_signal
 
 
 def _spawn(
-    argv: Sequence[str], log_path: Path, *, die_with_parent: bool
+    argv: Sequence[str], log_path: Path, *, death_signal: signal.Signals | None
 ) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
         log.write(f"# {' '.join(argv)}\n".encode())
@@ -321,7 +323,7 @@ def _spawn(
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches only the Python process, which stops us
             # preexec only calls prctl(2); the fork happens on the caller's thread.
-            preexec_fn=_preexec(die_with_parent),  # noqa: PLW1509
+            preexec_fn=_preexec(death_signal),  # noqa: PLW1509
         )
 
 
@@ -374,6 +376,10 @@ class ControlPlane:
     ``root_dir`` (default: a fresh temporary directory) holds certificates, kubeconfigs, the
     etcd data and both process logs; the whole directory is deleted by :meth:`stop`. A given
     ``root_dir`` must be missing, empty, or left over from an earlier control plane.
+
+    With ``die_with_parent`` (Linux), etcd gets SIGTERM and kube-apiserver SIGKILL when the
+    thread that called :meth:`start` dies, so a killed test run leaves no server behind; start
+    it from a thread that lives as long as the control plane (e.g. the main thread).
     """
 
     def __init__(
@@ -578,7 +584,8 @@ class ControlPlane:
                 "--unsafe-no-fsync=true",  # throw-away data: trade durability for speed
             ],
             self.etcd_log,
-            die_with_parent=self.die_with_parent,
+            # etcd flushes and exits promptly on SIGTERM.
+            death_signal=signal.SIGTERM if self.die_with_parent else None,
         )
         self._wait("etcd", self._etcd, self.etcd_log, self._etcd_healthy)
 
@@ -608,7 +615,8 @@ class ControlPlane:
                 *self.extra_apiserver_args,
             ],
             self.apiserver_log,
-            die_with_parent=self.die_with_parent,
+            # Stateless, and its graceful shutdown retries a vanished etcd for ~30 s.
+            death_signal=signal.SIGKILL if self.die_with_parent else None,
         )
         self._wait("kube-apiserver", self._apiserver, self.apiserver_log, self._apiserver_ready)
         self.version = str(self.get_json("/version").get("gitVersion", ""))
