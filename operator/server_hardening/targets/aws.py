@@ -291,7 +291,10 @@ class AwsTarget:
                     resource=",".join(missing),
                 )
         items = tuple(self._observed(r) for r in raw if r.get("GroupId") in group_ids)
-        findings = [
+        # What rendering taught (over quota, roles without a group, isolation by omission)
+        # travels with the observation: the Target contract has no other way up for it.
+        findings = list(self.rendered.findings)
+        findings += [
             Finding(
                 Severity.WARNING,
                 "OwnershipConflict",
