@@ -322,15 +322,21 @@ class Ec2Endpoint:
     port: int = 0
     undo: Callable[[], None] | None = None
 
-    def start(self) -> None:
+    @staticmethod
+    def check_installed() -> None:
         try:
-            from moto import __version__ as moto_version
-            from moto.server import ThreadedMotoServer
+            import moto.server  # noqa: F401
         except ImportError as exc:
             raise StepError(
                 f"moto is not installed ({exc}); the demo's EC2 API is moto, a development "
                 "dependency: pip install 'server-hardening[dev]'"
             ) from exc
+
+    def start(self) -> None:
+        self.check_installed()
+        from moto import __version__ as moto_version
+        from moto.server import ThreadedMotoServer
+
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self.undo = _moto_patches()
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -484,6 +490,7 @@ class Demo:
     def start(self) -> None:
         from server_hardening.devtools.controlplane import ControlPlane, ensure_binaries
 
+        self.ec2_endpoint.check_installed()  # fail before minutes of building, not after
         self.p.status("checking the kube-apiserver and etcd binaries")
         self.p.say("    kube-apiserver and etcd: pinned builds (the first run builds them from")
         self.p.say("    source with scripts/testbin, which takes several minutes once)")
