@@ -388,6 +388,7 @@ class Demo:
         self.groups: dict[str, str] = {}
         self.pids: dict[str, int] = {}
         self.ports: dict[str, int] = {}
+        self.blocker = ""  # what a probe last found in the way, for the timeout message
 
     # -- shared ----------------------------------------------------------------------------
 
@@ -416,6 +417,7 @@ class Demo:
         self, what: str, probe: Callable[[], T | None], timeout: float, every: float = 0.5
     ) -> T:
         self.p.status(f"waiting for {what} (up to {timeout:.0f}s)")
+        self.blocker = ""
         deadline = time.monotonic() + timeout
         last: Any = None
         while True:
@@ -429,7 +431,10 @@ class Demo:
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise StepError(f"{what} not seen within {timeout:.0f}s; last seen: {last!r}")
+                seen = self.blocker or ("nothing yet" if last is None else repr(last))
+                raise StepError(
+                    f"timed out after {timeout:.0f}s waiting for {what}; last seen: {seen}"
+                )
             time.sleep(every)
 
     def custom(self) -> Any:
@@ -701,7 +706,16 @@ class Demo:
         rule reported (not removed) the phase is Drifted/UnmanagedWidening, not Enforced."""
         status = self.status()
         targets = self.targets(status)
-        reason = _condition(status, "Ready").get("reason")
+        ready = _condition(status, "Ready")
+        reason = ready.get("reason")
+        self.blocker = (
+            f"phase {status.get('phase')} ({reason}: {ready.get('message')}); "
+            + "; ".join(
+                f"{n}: managedRules {t.get('managedRules')}, drift {t.get('drift')}, "
+                f"lastError {t.get('lastError') or '-'}"
+                for n, t in targets.items()
+            )
+        )
         settled = status.get("phase") == "Enforced" or (
             status.get("phase") == "Drifted" and reason == "UnmanagedWidening"
         )
@@ -712,10 +726,15 @@ class Demo:
             for t in targets.values()
         ):
             return None
-        if set(self.policies()) != set(EXPECTED_POLICIES):
+        policies = sorted(self.policies())
+        if set(policies) != set(EXPECTED_POLICIES):
+            self.blocker += f"; NetworkPolicies: {', '.join(policies) or 'none'}"
             return None
         owned = [r for r in self.rules() if _owner(r)]
-        return status if len(owned) == int(targets["aws"]["managedRules"]) else None
+        if len(owned) != int(targets["aws"]["managedRules"]):
+            self.blocker += f"; {len(owned)} owned security-group rules in EC2"
+            return None
+        return status
 
     def audited(self) -> dict[str, Any] | None:
         status = self.status()
@@ -1100,12 +1119,14 @@ class Demo:
         Returns what could not be cleaned up (empty: nothing left behind)."""
         problems: list[str] = []
         if self.operator is not None and self.operator.poll() is None:
+            self.p.status(f"stopping the operator (up to {STOP_TIMEOUT:.0f}s, then SIGKILL)")
             self.operator.send_signal(signal.SIGINT)
             try:
                 self.operator.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 self.operator.kill()
                 self.operator.wait(10)
+        self.p.status("stopping the EC2 API (moto)")
         self.ec2_endpoint.stop()
         if self._ec2 is not None:
             self._ec2.close()
@@ -1113,6 +1134,7 @@ class Demo:
             with contextlib.suppress(Exception):
                 self.api.close()
         if self.cp is not None:
+            self.p.status("stopping kube-apiserver and etcd")
             self.cp.stop()
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
