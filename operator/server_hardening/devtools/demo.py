@@ -481,7 +481,7 @@ class Demo:
                 for e in items
                 if e.involved_object.kind == "ServerHardening" and e.involved_object.name == NAME
             ),
-            key=lambda e: (str(e.last_timestamp or ""), e.metadata.name),
+            key=lambda e: int(e.metadata.resource_version or 0),  # etcd order: as posted
         )
 
     def role_of(self, group_id: str) -> str:
