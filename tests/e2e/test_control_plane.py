@@ -401,6 +401,21 @@ def test_network_policy_is_stored_and_read_back(admin_api: Any, namespace: str) 
     assert stored.spec.policy_types == ["Ingress", "Egress"]
 
 
+def test_audit_log_records_each_write_once_with_its_user(
+    control_plane: ControlPlane, admin_api: Any, namespace: str
+) -> None:
+    net = client.NetworkingV1Api(admin_api)
+    net.create_namespaced_network_policy(namespace, _network_policy("audited"))
+    net.delete_namespaced_network_policy("audited", namespace)
+    net.list_namespaced_network_policy(namespace)  # reads are not audited
+    events = control_plane.audit_events(namespace=namespace, resource="networkpolicies")
+    assert [(e["verb"], e["objectRef"]["name"], e["responseStatus"]["code"]) for e in events] == [
+        ("create", "audited", 201),
+        ("delete", "audited", 200),
+    ]
+    assert {e["user"]["username"] for e in events} == {"admin"}
+
+
 @pytest.mark.parametrize(
     ("policy", "field", "detail"),
     [

@@ -57,6 +57,7 @@ from kubernetes import client, config  # type: ignore[import-untyped,unused-igno
 from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped,unused-ignore]
 
 __all__ = [
+    "AUDIT_POLICY",
     "SERVICE_ACCOUNT_ISSUER",
     "ControlPlane",
     "ControlPlaneError",
@@ -71,7 +72,18 @@ SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 CONTEXT_NAME = "server-hardening-dev"
 _MARKER = ".server-hardening-controlplane"
 _STATE_FILE = "state.json"
-_BINARY_NAMES = ("kube-apiserver", "etcd", "helm", "promtool")
+
+#: What the API server audits: each mutating request once (at ResponseComplete, or Panic).
+AUDIT_POLICY: dict[str, Any] = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived", "ResponseStarted"],
+    "rules": [
+        {"level": "None", "verbs": ["get", "list", "watch"]},
+        {"level": "None", "nonResourceURLs": ["/*"]},
+        {"level": "Metadata"},
+    ],
+}
 
 
 class ControlPlaneError(RuntimeError):
@@ -438,6 +450,11 @@ class ControlPlane:
         return self.root_dir / "logs" / "etcd.log"
 
     @property
+    def audit_log(self) -> Path:
+        """The API server's audit log (JSON lines; mutating requests only, see AUDIT_POLICY)."""
+        return self.root_dir / "logs" / "audit.log"
+
+    @property
     def running(self) -> bool:
         return (
             self._apiserver is not None
@@ -478,6 +495,7 @@ class ControlPlane:
             atexit.register(self.stop)
             try:
                 self._write_pki()
+                self._write_audit_policy()
                 last: ControlPlaneError | None = None
                 for _attempt in range(3):  # a picked port can be taken before we bind it
                     try:
@@ -532,6 +550,9 @@ class ControlPlane:
         for sub in ("pki", "logs", "kubeconfigs", "etcd"):
             (root / sub).mkdir(mode=0o700)
         return root
+
+    def _write_audit_policy(self) -> None:
+        (self.root_dir / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY))
 
     def _write_pki(self) -> None:
         pki = self.root_dir / "pki"
@@ -612,6 +633,10 @@ class ControlPlane:
                 "--disable-admission-plugins=ServiceAccount",
                 "--allow-privileged=true",
                 "--profiling=false",
+                f"--audit-policy-file={self.root_dir / 'audit-policy.yaml'}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",  # an event is on disk before its response is sent
                 *self.extra_apiserver_args,
             ],
             self.apiserver_log,
@@ -665,6 +690,34 @@ class ControlPlane:
             except (OSError, ValueError):
                 return False
         return True
+
+    def audit_events(
+        self, *, namespace: str | None = None, resource: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The audit events (``audit.k8s.io/v1`` Event objects) logged so far, oldest first.
+
+        One event per mutating request (create, update, patch, delete, deletecollection; reads
+        are not logged), at level Metadata, including refused ones: check
+        ``event["responseStatus"]["code"]``. ``event["user"]["username"]`` is who made it.
+        Optionally filtered by ``objectRef`` namespace and resource.
+        """
+        events = []
+        try:
+            lines = self.audit_log.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # a line still being written
+            ref = event.get("objectRef", {})
+            if namespace is not None and ref.get("namespace") != namespace:
+                continue
+            if resource is not None and ref.get("resource") != resource:
+                continue
+            events.append(event)
+        return events
 
     # -- raw access --------------------------------------------------------------------------
 
