@@ -221,7 +221,8 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     )
 
 
-@kopf.index(GROUP, VERSION, PLURAL, id="by-namespace")
+# kopf passes an index to handlers as a keyword argument named by its id.
+@kopf.index(GROUP, VERSION, PLURAL, id="by_namespace")
 def by_namespace(namespace: str | None, name: str, **_: Any) -> dict[str | None, str]:
     return {namespace: name}
 

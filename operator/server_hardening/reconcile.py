@@ -74,6 +74,7 @@ class TargetReport:
     applied: ApplyResult | None = None
     observed: bool = False
     repaired: bool = False
+    managed_repaired: bool = False
 
     @property
     def world_open_sensitive(self) -> int:
@@ -82,9 +83,15 @@ class TargetReport:
     def status(self, now: str, previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """``lastDrift`` keeps the last check that found drift (and whether it was repaired),
         so a repair a second later does not erase what happened."""
-        last_drift = (previous or {}).get("lastDrift")
-        if self.drift.total:
-            last_drift = {"time": now, **self.drift.as_status(), "repaired": self.repaired}
+        old = previous or {}
+        last_drift = old.get("lastDrift")
+        managed = self.drift.missing + self.drift.modified + self.drift.unexpected
+        widening_before = (old.get("drift") or {}).get("unmanagedWidening", 0)
+        # Unmanaged rules that are only reported are found again at every check: they update
+        # lastDrift when their number changes, so a repair of managed drift stays visible.
+        if managed or self.drift.unmanaged_widening != widening_before:
+            repaired = self.managed_repaired if managed else self.repaired
+            last_drift = {"time": now, **self.drift.as_status(), "repaired": repaired}
         return {
             "name": self.name,
             "managedRules": self.managed_rules,
@@ -322,6 +329,8 @@ def _run_target(
     except TargetError as exc:
         report.last_error = str(exc)
         report.permanent_error = isinstance(exc, PermanentTargetError)
+        # Adapters that stop mid-apply say what they did get done.
+        report.applied = getattr(exc, "result", None)
         events.append(Event("Warning", "ApplyFailed", f"{name}: {exc}"))
         return report
     report.applied = result
@@ -333,6 +342,7 @@ def _run_target(
         # Unmanaged rules that are only reported (unmanagedRules: Report) are still there.
         left = drift.unmanaged_widening if spec.unmanaged_rules is UnmanagedRules.REPORT else 0
         report.repaired = drift.total > 0 and left == 0
+        report.managed_repaired = drift.missing + drift.modified + drift.unexpected > 0
     return report
 
 

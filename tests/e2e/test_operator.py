@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 import yaml
-from harness import (
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from e2e.harness import (
     GROUP,
     PLURAL,
     RELEASE_NAMESPACE,
@@ -27,8 +30,6 @@ from harness import (
     target_status,
     wait_for,
 )
-from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 pytestmark = pytest.mark.e2e
 

@@ -1,0 +1,192 @@
+"""reconcile() over in-memory targets: the pipeline's decisions, without any API."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from builders import OWNER, make_spec
+from server_hardening.compiler import CompiledIntent
+from server_hardening.drift import DesiredItem, ObservedItem, Plan, UnmanagedJudge
+from server_hardening.model import ResourceRef, ServerHardeningSpec
+from server_hardening.reconcile import Phase, reconcile
+from server_hardening.rules import Finding, Severity
+from server_hardening.targets.base import ApplyResult, Observation, PermanentTargetError, Target
+
+NOW = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
+
+
+@dataclass
+class MemoryTarget:
+    """A target whose state is a dict of key -> (fingerprint, owned, owner)."""
+
+    name: str
+    wanted: dict[str, str]
+    held: dict[str, tuple[str, bool, str]] = field(default_factory=dict)
+    fail_observe: Exception | None = None
+    applied: list[Plan] = field(default_factory=list)
+
+    def desired(self) -> Sequence[DesiredItem]:
+        return [DesiredItem(k, v, {"k": k}, ("ROW-1",)) for k, v in self.wanted.items()]
+
+    def observe(self) -> Observation:
+        if self.fail_observe:
+            raise self.fail_observe
+        return Observation(
+            tuple(
+                ObservedItem(k, fp, {"k": k}, owned, k, owner)
+                for k, (fp, owned, owner) in self.held.items()
+            )
+        )
+
+    def judge_unmanaged(self) -> UnmanagedJudge:
+        return lambda item: (
+            Finding(Severity.WARNING, "UnmanagedWidening", f"{item.key} widens", target=self.name)
+            if item.key.startswith("wide")
+            else None
+        )
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        self.applied.append(plan)
+        for d in plan.create:
+            self.held[d.key] = (d.fingerprint, True, "")
+        for u in plan.update:
+            self.held[u.desired.key] = (u.desired.fingerprint, True, "")
+        for o in (*plan.delete, *plan.remove_unmanaged):
+            self.held.pop(o.key, None)
+        return ApplyResult(
+            created=len(plan.create),
+            updated=len(plan.update),
+            deleted=len(plan.delete),
+            removed_unmanaged=len(plan.remove_unmanaged),
+        )
+
+    def release(self, observed: Observation, *, delete: bool) -> ApplyResult:
+        return ApplyResult()
+
+
+@dataclass
+class Factory:
+    targets: list[MemoryTarget]
+
+    def build(
+        self, intent: CompiledIntent, ref: ResourceRef
+    ) -> list[tuple[str, Callable[[], Target]]]:
+        return [(t.name, (lambda t=t: t)) for t in self.targets]  # type: ignore[misc]
+
+
+def run(
+    spec: ServerHardeningSpec, *targets: MemoryTarget, previous: dict[str, object] | None = None
+):  # type: ignore[no-untyped-def]
+    return reconcile(
+        OWNER, spec, Factory(list(targets)), generation=2, previous_status=previous, now=lambda: NOW
+    )
+
+
+def test_first_convergence_creates_and_is_not_drift() -> None:
+    target = MemoryTarget("kubernetes", {"a": "1", "b": "1"})
+    report = run(make_spec(), target)
+    assert report.phase == Phase.ENFORCED
+    assert report.targets[0].drift.total == 0
+    assert [e.reason for e in report.events] == ["Applied"]
+    status = report.status()
+    assert status["targets"][0]["lastDrift"] is None
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Valid": "True",
+        "Ready": "True",
+        "InSync": "True",
+    }
+
+
+def test_managed_drift_is_repaired_and_remembered() -> None:
+    target = MemoryTarget("kubernetes", {"a": "1", "b": "1"}, {"a": ("0", True, "")})
+    previous = {"targets": [{"name": "kubernetes", "managedRules": 2}]}
+    report = run(make_spec(), target, previous=previous)
+    kube = report.targets[0]
+    assert (kube.drift.missing, kube.drift.modified, kube.repaired) == (1, 1, True)
+    assert report.phase == Phase.ENFORCED and report.message == "enforced; repaired 2 drift"
+    assert [e.reason for e in report.events] == ["DriftDetected", "Applied"]
+    last = report.status(previous)["targets"][0]["lastDrift"]
+    assert last == {
+        "time": "2026-11-29T12:00:00Z",
+        "missing": 1,
+        "unexpected": 0,
+        "modified": 1,
+        "unmanagedWidening": 0,
+        "repaired": True,
+    }
+
+
+def test_audit_never_applies_and_reports_missing_even_at_first() -> None:
+    target = MemoryTarget("kubernetes", {"a": "1"}, {"wide-open": ("x", False, "")})
+    report = run(make_spec(mode="Audit", unmanagedRules="Remove"), target)
+    assert target.applied == []
+    assert report.phase == Phase.DRIFTED and report.reason == "DriftReported"
+    assert report.targets[0].drift.as_status() == {
+        "missing": 1,
+        "unexpected": 0,
+        "modified": 0,
+        "unmanagedWidening": 1,
+    }
+
+
+def test_unmanaged_widening_is_reported_and_removed_only_when_asked() -> None:
+    reported = MemoryTarget(
+        "kubernetes", {"a": "1"}, {"a": ("1", True, ""), "wide-open": ("x", False, "")}
+    )
+    report = run(make_spec(), reported)
+    assert report.phase == Phase.DRIFTED and report.reason == "UnmanagedWidening"
+    assert "wide-open" in reported.held
+    removed = MemoryTarget(
+        "kubernetes", {"a": "1"}, {"a": ("1", True, ""), "wide-open": ("x", False, "")}
+    )
+    report = run(make_spec(unmanagedRules="Remove"), removed)
+    assert report.phase == Phase.ENFORCED and "wide-open" not in removed.held
+    assert "RemovedUnmanaged" in [e.reason for e in report.events]
+
+
+def test_persistent_unmanaged_rules_do_not_hide_a_repair() -> None:
+    target = MemoryTarget(
+        "aws", {"a": "1", "b": "1"}, {"b": ("1", True, ""), "wide": ("x", False, "")}
+    )
+    previous = {"targets": [{"name": "aws", "managedRules": 2, "drift": {"unmanagedWidening": 1}}]}
+    first = run(make_spec(), target, previous=previous)
+    status = first.status(previous)
+    assert status["targets"][0]["lastDrift"]["missing"] == 1
+    assert status["targets"][0]["lastDrift"]["repaired"] is True
+    second = run(make_spec(), target, previous=status).status(status)
+    assert second["targets"][0]["lastDrift"] == status["targets"][0]["lastDrift"]
+
+
+def test_another_owner_is_a_conflict_and_nothing_is_written() -> None:
+    target = MemoryTarget("kubernetes", {"a": "1"}, {"a": ("1", False, "circleci-server/first")})
+    report = run(make_spec(), target)
+    assert target.applied == []
+    assert report.phase == Phase.CONFLICT
+    assert "circleci-server/first" in report.message
+
+
+def test_one_broken_target_does_not_stop_the_others() -> None:
+    broken = MemoryTarget(
+        "aws", {"a": "1"}, fail_observe=PermanentTargetError("InvalidGroup.NotFound: sg-1")
+    )
+    fine = MemoryTarget("kubernetes", {"a": "1"})
+    report = run(make_spec(), broken, fine)
+    assert report.phase == Phase.ERROR and "InvalidGroup.NotFound: sg-1" in report.message
+    assert fine.applied and report.targets[1].last_error == ""
+    assert report.snapshot().targets[0].error is True
+
+
+def test_conditions_keep_their_transition_time_while_unchanged() -> None:
+    target = MemoryTarget("kubernetes", {"a": "1"}, {"a": ("1", True, "")})
+    earlier = {
+        "conditions": [
+            {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+        ]
+    }
+    status = run(make_spec(), target).status(earlier)
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    valid = next(c for c in status["conditions"] if c["type"] == "Valid")
+    assert valid["lastTransitionTime"] == "2026-11-29T12:00:00Z"
