@@ -60,6 +60,8 @@ class Runtime:
     locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     pending: set[tuple[str, str]] = field(default_factory=set)
     last_check: dict[tuple[str, str], float] = field(default_factory=dict)
+    # Resources being deleted: a reconcile still in flight must not bring their series back.
+    released: set[tuple[str, str]] = field(default_factory=set)
     heartbeat: float = field(default_factory=time.monotonic)
     ready: bool = False
     kubeconfig: str | None = None
@@ -103,7 +105,8 @@ def _reconcile_now(rt: Runtime, namespace: str, name: str) -> Report | None:
             rt.resources.post_event(body, event.type, event.reason, event.message)
         except TargetError as exc:
             log.warning("could not post event %s on %s/%s: %s", event.reason, namespace, name, exc)
-    metrics.SNAPSHOTS.update(report.snapshot())
+    if (namespace, name) not in rt.released:
+        metrics.SNAPSHOTS.update(report.snapshot())
     rt.last_check[(namespace, name)] = rt.clock()
     log.info(
         "reconciled %s/%s: phase=%s drift=%d %s",
@@ -232,6 +235,7 @@ def by_namespace(namespace: str | None, name: str, **_: Any) -> dict[str | None,
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile")
 async def on_change(namespace: str | None, name: str, **_: Any) -> None:
     if namespace is not None:
+        runtime().released.discard((namespace, name))  # re-created under the same name
         await request_reconcile(namespace, name)
 
 
@@ -273,6 +277,7 @@ async def release(
     rt = runtime()
     if namespace is None:
         return
+    rt.released.add((namespace, name))
     metrics.SNAPSHOTS.forget(namespace, name)
     rt.last_check.pop((namespace, name), None)
     ref = ResourceRef(namespace=namespace, name=name, uid=str(meta.get("uid", "")))

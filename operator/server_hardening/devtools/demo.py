@@ -1057,9 +1057,9 @@ class Demo:
         )
         if self.mode == "Enforce":
             self.p.say(
-                "    (aws repaired: false - the missing rule is back, but the unmanaged rules are"
+                "    (repaired: the managed drift was put back; the unmanaged rules stay, as"
             )
-            self.p.say("    only reported, so not all of that check's drift was repaired)")
+            self.p.say("    unmanagedRules: Report only reports them)")
 
     def show_outcome(
         self, injected: Injected, before: Mapping[str, float], after: Mapping[str, float]
