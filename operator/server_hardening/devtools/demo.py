@@ -293,26 +293,6 @@ def metric_diff(before: Mapping[str, float], after: Mapping[str, float]) -> list
 # moto: the EC2 endpoint
 
 
-def _moto_patches() -> Callable[[], None]:
-    """Make moto report a group-referencing rule's description as EC2 does (moto reads it only
-    from IP ranges), else every such managed rule looks modified at every check. The same
-    patch as ``tests/adapters/aws/double.py``; returns the undo."""
-    from moto.ec2.models.security_groups import SecurityGroupRule
-
-    saved = SecurityGroupRule.__dict__["description"]
-
-    def description(self: Any) -> str | None:
-        value = self.ip_range.get("Description") or (self.source_group or {}).get("Description")
-        return None if value is None else str(value)
-
-    SecurityGroupRule.description = property(description)  # type: ignore[assignment,method-assign]
-
-    def undo() -> None:
-        SecurityGroupRule.description = saved  # type: ignore[method-assign]
-
-    return undo
-
-
 @dataclass
 class Ec2Endpoint:
     """moto's server in a thread of this process, on a free loopback port."""
@@ -338,7 +318,15 @@ class Ec2Endpoint:
         from moto.server import ThreadedMotoServer
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self.undo = _moto_patches()
+        from server_hardening.devtools.moto_ec2 import patched_moto
+
+        patch = patched_moto()
+        patch.__enter__()
+
+        def undo() -> None:
+            patch.__exit__(None, None, None)
+
+        self.undo = undo
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.server.start()
         host, port = self.server.get_host_and_port()

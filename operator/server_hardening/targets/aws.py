@@ -24,7 +24,8 @@ import random
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -445,7 +446,7 @@ class AwsTarget:
         """Run the writes in order. A group-level 4xx stops that group's later writes only; a
         permanent or exhausted-transient error stops everything and says what was applied."""
         failed: set[str] = set()
-        try:
+        with _saying_what_was_applied(result):
             for group, step in steps:
                 if group in failed:
                     continue
@@ -454,20 +455,6 @@ class AwsTarget:
                 except _LaneError as exc:
                     failed.add(group)
                     self._lane_failed(group, exc, result)
-        except PermanentTargetError as exc:
-            raise AwsPermanentError(
-                f"{exc}; {_summary(result)}",
-                operation=exc.operation,
-                resource=exc.resource,
-                result=result,
-            ) from exc
-        except TransientTargetError as exc:
-            raise AwsTransientError(
-                f"{exc}; {_summary(result)}",
-                operation=exc.operation,
-                resource=exc.resource,
-                result=result,
-            ) from exc
 
     def release(self, observed: Observation, *, delete: bool) -> ApplyResult:
         """Delete: revoke the owned rules (one call per group and direction). Orphan: leave
@@ -477,7 +464,7 @@ class AwsTarget:
         self._slept = 0.0
         result = ApplyResult()
         owned = [item for item in observed.items if item.owned]
-        try:
+        with _saying_what_was_applied(result):
             if delete:
                 by_lane: dict[tuple[str, Direction], list[ObservedItem]] = defaultdict(list)
                 for item in owned:
@@ -503,20 +490,6 @@ class AwsTarget:
                         )
                     except _LaneError as exc:
                         result.errors.append(f"DeleteTags: {exc}")
-        except PermanentTargetError as exc:
-            raise AwsPermanentError(
-                f"{exc}; {_summary(result)}",
-                operation=exc.operation,
-                resource=exc.resource,
-                result=result,
-            ) from exc
-        except TransientTargetError as exc:
-            raise AwsTransientError(
-                f"{exc}; {_summary(result)}",
-                operation=exc.operation,
-                resource=exc.resource,
-                result=result,
-            ) from exc
         return result
 
     # --------------------------------------------------------------------------------------
@@ -1003,6 +976,27 @@ def parse_rule(rule: Mapping[str, Any]) -> AtomicRule:
         peer=peer,
         description=str(rule.get("Description") or ""),
     )
+
+
+@contextmanager
+def _saying_what_was_applied(result: ApplyResult) -> Iterator[None]:
+    """Re-raise an error that stops an apply or release with what was and was not applied."""
+    try:
+        yield
+    except PermanentTargetError as exc:
+        raise AwsPermanentError(
+            f"{exc}; {_summary(result)}",
+            operation=exc.operation,
+            resource=exc.resource,
+            result=result,
+        ) from exc
+    except TransientTargetError as exc:
+        raise AwsTransientError(
+            f"{exc}; {_summary(result)}",
+            operation=exc.operation,
+            resource=exc.resource,
+            result=result,
+        ) from exc
 
 
 def _summary(result: ApplyResult) -> str:

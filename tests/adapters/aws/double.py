@@ -45,11 +45,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import boto3
-from moto.core.responses import ActionResult
-from moto.ec2.models.security_groups import SecurityGroupRule
-from moto.ec2.responses.security_groups import SecurityGroups
 from moto.server import ThreadedMotoServer
 
+from server_hardening.devtools.moto_ec2 import patched_moto
 from server_hardening.targets.aws import client_config
 
 if TYPE_CHECKING:
@@ -158,44 +156,6 @@ class CountingProxy:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self.counts)
-
-
-# ------------------------------------------------------------------------------------------
-# Patches that make moto behave like EC2 where the adapter's request counts depend on it.
-
-
-def _paged_describe_security_group_rules(self: Any) -> ActionResult:
-    self.error_on_dryrun()
-    rule_ids = self._get_param("SecurityGroupRuleIds", [])
-    filters = self._filters_from_querystring()
-    rules = self.ec2_backend.describe_security_group_rules(rule_ids, filters)
-    rules.sort(key=lambda r: r.id)
-    size = int(self._get_param("MaxResults") or 0)
-    start = int(self._get_param("NextToken") or 0)
-    page = rules[start : start + size] if size else rules[start:]
-    result: dict[str, Any] = {"SecurityGroupRules": page}
-    if size and start + size < len(rules):
-        result["NextToken"] = str(start + size)
-    return ActionResult(result)
-
-
-def _description(self: Any) -> str | None:
-    return self.ip_range.get("Description") or (self.source_group or {}).get("Description")
-
-
-@contextmanager
-def patched_moto() -> Iterator[None]:
-    saved = (
-        SecurityGroups.describe_security_group_rules,
-        SecurityGroupRule.__dict__["description"],
-    )
-    SecurityGroups.describe_security_group_rules = _paged_describe_security_group_rules  # type: ignore[method-assign]
-    SecurityGroupRule.description = property(_description)  # type: ignore[assignment,method-assign]
-    try:
-        yield
-    finally:
-        SecurityGroups.describe_security_group_rules = saved[0]  # type: ignore[method-assign]
-        SecurityGroupRule.description = saved[1]  # type: ignore[method-assign]
 
 
 class MotoDouble:
