@@ -191,7 +191,7 @@ def test_the_demo_in_audit_mode_reports_the_drift_and_leaves_it(audit_run: DemoR
     assert not run.rows(r"restored after")
     assert run.rows(r"^\s+status\.phase: Drifted$")
     assert run.rows(r"^\s+kubernetes\s+\S+Z\s+1\s+0\s+0\s+0\s+false$"), run.show()
-    assert run.rows(r"^\s+aws\s+\S+Z\s+1\s+0\s+0\s+\d+\s+true$"), run.show()
+    assert run.rows(r"^\s+aws\s+\S+Z\s+1\s+0\s+0\s+\d+\s+false$"), run.show()
     assert run.rows(r"Warning\s+DriftDetected\s+\d+\s+kubernetes: missing svh-default-deny")
     assert run.rows(r"Warning\s+DriftDetected\s+\d+\s+aws: missing sg-\w+ ingress tcp:4647")
     assert not run.rows(r"\s+Applied\s+\d+\s+"), run.show()
