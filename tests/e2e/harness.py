@@ -115,6 +115,20 @@ def chart_rbac(namespaces: list[str]) -> tuple[list[dict[str, Any]], str]:
     return rbac_objects(rendered), name
 
 
+def operator_identity(control_plane: Any, api: Any, namespaces: list[str]) -> tuple[Path, str]:
+    """Everything the operator needs before it starts, as the chart installs it: the CRD, the
+    release and watched namespaces, the chart's RBAC for them, and a token kubeconfig for the
+    chart's ServiceAccount. Returns that kubeconfig and the ServiceAccount's name."""
+    install_crd(api)
+    ensure_namespace(api, RELEASE_NAMESPACE)
+    for ns in namespaces:
+        ensure_namespace(api, ns)
+    rbac, service_account = chart_rbac(namespaces)
+    apply_objects(api, rbac)
+    kubeconfig: Path = control_plane.service_account_kubeconfig(RELEASE_NAMESPACE, service_account)
+    return kubeconfig, service_account
+
+
 class OperatorProcess:
     """``hardening run`` as a subprocess, with its metrics endpoint."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,16 +17,12 @@ from kubernetes.client.rest import ApiException
 from e2e.harness import (
     GROUP,
     PLURAL,
-    RELEASE_NAMESPACE,
     VERSION,
     OperatorProcess,
-    apply_objects,
-    chart_rbac,
     custom,
-    ensure_namespace,
     events_for,
-    install_crd,
     network_policies,
+    operator_identity,
     status_of,
     target_status,
     wait_for,
@@ -39,16 +36,8 @@ EXPECTED = {"svh-default-deny", "svh-allow-namespace", "svh-allow-circleci-proxy
 
 
 @pytest.fixture(scope="module")
-def operator_sa_kubeconfig(control_plane: Any, admin_api: Any) -> Any:
-    install_crd(admin_api)
-    ensure_namespace(admin_api, RELEASE_NAMESPACE)
-    for ns in POOL:
-        ensure_namespace(admin_api, ns)
-    rbac, service_account = chart_rbac(POOL)
-    apply_objects(admin_api, rbac)
-    return control_plane.service_account_kubeconfig(
-        RELEASE_NAMESPACE, service_account
-    ), service_account
+def operator_sa_kubeconfig(control_plane: Any, admin_api: Any) -> tuple[Path, str]:
+    return operator_identity(control_plane, admin_api, POOL)
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,11 @@ from adapters.aws.world import World, make_world
 from e2e.harness import (
     GROUP,
     PLURAL,
-    RELEASE_NAMESPACE,
     VERSION,
     OperatorProcess,
-    apply_objects,
-    chart_rbac,
     custom,
-    ensure_namespace,
     events_for,
-    install_crd,
+    operator_identity,
     status_of,
     target_status,
     wait_for,
@@ -108,13 +104,7 @@ def clouds(
 @pytest.fixture(scope="module")
 def cloud_operator(control_plane: Any, admin_api: Any, clouds: Any) -> Iterator[OperatorProcess]:
     _, _, adc = clouds
-    install_crd(admin_api)
-    ensure_namespace(admin_api, RELEASE_NAMESPACE)
-    for ns in NAMESPACES:
-        ensure_namespace(admin_api, ns)
-    rbac, service_account = chart_rbac(NAMESPACES)
-    apply_objects(admin_api, rbac)
-    kubeconfig = control_plane.service_account_kubeconfig(RELEASE_NAMESPACE, service_account)
+    kubeconfig, _ = operator_identity(control_plane, admin_api, NAMESPACES)
     env = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
