@@ -65,6 +65,7 @@ class Runtime:
     heartbeat: float = field(default_factory=time.monotonic)
     ready: bool = False
     kubeconfig: str | None = None
+    clusterwide: bool = False
 
 
 RUNTIME: Runtime | None = None
@@ -189,6 +190,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
+    # Watching named namespaces needs no namespace listing; without this kopf tries to list
+    # namespaces cluster-wide, which namespaced RBAC rightly refuses, and retries noisily.
+    settings.scanning.disabled = not runtime().clusterwide
     asyncio.get_running_loop().create_task(_heartbeat())
 
 

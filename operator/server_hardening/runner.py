@@ -137,6 +137,7 @@ def run_operator(args: argparse.Namespace) -> int:
         factory=LiveTargets(api, recorder=metrics.recorder_for),
         resources=ResourceClient(api),
         kubeconfig=args.kubeconfig,
+        clusterwide=bool(args.all_namespaces),
     )
     health = Health()
     server = serve_http(args.metrics_host, args.metrics_port, health)
