@@ -220,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--peering", default=None, help="kopf peering name for HA (else standalone)")
     run.add_argument("--priority", type=int, default=0, help="peering priority")
     run.add_argument("--kubeconfig", default=None, help="else in-cluster or ~/.kube/config")
+    run.add_argument(
+        "--release-timeout",
+        type=float,
+        default=300.0,
+        help="seconds to keep retrying an unreachable target when a resource is deleted, "
+        "before giving up with a ReleaseAbandoned event (the finalizer is removed)",
+    )
     run.set_defaults(func=cmd_run)
 
     dev = sub.add_parser("dev", help="development tools")

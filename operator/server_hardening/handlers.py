@@ -12,8 +12,8 @@ one running and one queued reconcile, and each run reads the resource fresh):
 
 Deletion runs behind a finalizer: ``deletionPolicy: Delete`` removes owned rules, ``Orphan``
 drops the ownership marks. A target that stays unreachable does not hold the finalizer forever:
-after ``RELEASE_TIMEOUT`` seconds the operator gives up on it with a Warning event naming what it
-left behind.
+after ``--release-timeout`` seconds (default 300) the operator gives up on it with a Warning
+event naming what it left behind.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class Runtime:
     ready: bool = False
     kubeconfig: str | None = None
     clusterwide: bool = False
+    release_timeout: float = RELEASE_TIMEOUT
 
 
 RUNTIME: Runtime | None = None
@@ -296,7 +297,7 @@ async def release(
     failures = await asyncio.to_thread(_release_all, rt, ref, parsed, delete, body)
     if not failures:
         return
-    if waited < RELEASE_TIMEOUT and any(isinstance(f, TransientTargetError) for f in failures):
+    if waited < rt.release_timeout and any(isinstance(f, TransientTargetError) for f in failures):
         raise kopf.TemporaryError("; ".join(str(f) for f in failures), delay=10)
     message = (
         "gave up releasing after "
@@ -315,8 +316,11 @@ def _release_all(
         try:
             target = build()
             result = target.release(target.observe(), delete=delete)
+        except TransientTargetError as exc:
+            failures.append(TransientTargetError(f"{target_name}: {exc}"))
+            continue
         except TargetError as exc:
-            failures.append(exc)
+            failures.append(TargetError(f"{target_name}: {exc}"))
             continue
         if result.errors:
             failures.append(TransientTargetError(f"{target_name}: " + "; ".join(result.errors)))

@@ -138,6 +138,7 @@ def run_operator(args: argparse.Namespace) -> int:
         resources=ResourceClient(api),
         kubeconfig=args.kubeconfig,
         clusterwide=bool(args.all_namespaces),
+        release_timeout=float(args.release_timeout),
     )
     health = Health()
     server = serve_http(args.metrics_host, args.metrics_port, health)

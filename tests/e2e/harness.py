@@ -133,8 +133,13 @@ class OperatorProcess:
     """``hardening run`` as a subprocess, with its metrics endpoint."""
 
     def __init__(
-        self, kubeconfig: Path, namespaces: list[str], env: Mapping[str, str] | None = None
+        self,
+        kubeconfig: Path,
+        namespaces: list[str],
+        env: Mapping[str, str] | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
+        self.extra_args = extra_args or []
         self.kubeconfig = kubeconfig
         self.namespaces = namespaces
         self.port = free_port()
@@ -147,6 +152,7 @@ class OperatorProcess:
                 "--metrics-host", "127.0.0.1", "--metrics-port", str(self.port), "--verbose"]  # fmt: skip
         for ns in self.namespaces:
             args += ["--namespace", ns]
+        args += self.extra_args
         self.env["PYTHONPATH"] = (
             str(REPO / "operator") + os.pathsep + self.env.get("PYTHONPATH", "")
         )

@@ -408,3 +408,40 @@ def test_the_examples_pass_the_real_api_server_schema(
         custom(admin_api).create_namespaced_custom_object(
             GROUP, VERSION, POOL[0], PLURAL, body, dry_run="All", field_validation="Strict"
         )
+
+
+def test_a_resource_whose_cloud_is_unreachable_can_still_be_deleted(
+    admin_api: Any, operator_sa_kubeconfig: Any, ns: str
+) -> None:
+    kubeconfig, _ = operator_sa_kubeconfig
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+           "AWS_EC2_METADATA_DISABLED": "true"}  # fmt: skip
+    own = OperatorProcess(kubeconfig, [ns], env=env, extra_args=["--release-timeout", "5"]).start()
+    try:
+        aws = {
+            "region": "us-east-1",
+            "endpointUrl": "http://127.0.0.1:9",  # discard port: nothing answers
+            "securityGroups": {"nomadClients": "sg-0a1b2c3d4e5f60002"},
+        }
+        create(admin_api, resource(ns, aws=aws))
+        status = wait_for("Error", phase_is(admin_api, ns, "Error"), timeout=120)
+        assert "aws" in status["conditions"][1]["message"]
+        assert set(network_policies(admin_api, ns)) == EXPECTED  # the reachable target still works
+        custom(admin_api).delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, NAME)
+
+        def gone() -> bool:
+            try:
+                custom(admin_api).get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, NAME)
+            except ApiException as exc:
+                return exc.status == 404
+            return False
+
+        wait_for("the finalizer to give up and the resource to go", gone, timeout=240)
+        messages = [
+            e.message for e in events_for(admin_api, ns, NAME) if e.reason == "ReleaseAbandoned"
+        ]
+        assert messages and "aws" in messages[0] and "left in place" in messages[0]
+        assert network_policies(admin_api, ns) == {}  # kubernetes released as asked (Delete)
+    finally:
+        own.stop()
