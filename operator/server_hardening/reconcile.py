@@ -270,6 +270,18 @@ def _apply_event(target: str, plan: Plan, result: ApplyResult) -> list[Event]:
     return events
 
 
+def plan_target(target: Target, observation: Observation, *, remove_unmanaged: bool) -> Plan:
+    """What it takes to make ``target`` hold its desired items, given what it was seen to hold."""
+    return compute_plan(
+        target.name,
+        target.desired(),
+        observation.items,
+        judge_unmanaged=target.judge_unmanaged(),
+        remove_unmanaged=remove_unmanaged,
+        findings=observation.findings,
+    )
+
+
 def _run_target(
     name: str,
     build: TargetBuilder,
@@ -301,13 +313,8 @@ def _run_target(
         )
         events.append(Event("Warning", "Conflict", f"{name}: already managed by {others[0]}"))
         return report
-    plan = compute_plan(
-        name,
-        target.desired(),
-        observation.items,
-        judge_unmanaged=target.judge_unmanaged(),
-        remove_unmanaged=spec.unmanaged_rules is UnmanagedRules.REMOVE,
-        findings=observation.findings,
+    plan = plan_target(
+        target, observation, remove_unmanaged=spec.unmanaged_rules is UnmanagedRules.REMOVE
     )
     owned_before = sum(1 for i in observation.items if i.owned)
     # First convergence in Enforce: creating what never existed is not drift. Audit reports it:

@@ -29,6 +29,7 @@ from server_hardening.ownership import (
     describe,
     owner_key,
 )
+from server_hardening.reconcile import plan_target
 from server_hardening.renderers.aws import render_security_groups
 from server_hardening.rules import Peer, PeerKind, Role
 from server_hardening.targets.aws import (
@@ -393,16 +394,7 @@ def test_throttling_beyond_the_budget_is_transient_and_says_what_was_applied(
 ) -> None:
     world = bare_world
     target = world.target(world.guide_rendering(), retry=RetryPolicy(max_attempts=3))
-    observation = target.observe()
-    from server_hardening.drift import compute_plan
-
-    plan = compute_plan(
-        "aws",
-        target.desired(),
-        observation.items,
-        judge_unmanaged=target.judge_unmanaged(),
-        remove_unmanaged=False,
-    )
+    plan = plan_target(target, target.observe(), remove_unmanaged=False)
     world.double.proxy.throttle("AuthorizeSecurityGroupEgress", 100)
 
     with pytest.raises(AwsTransientError) as caught:
@@ -432,16 +424,7 @@ def test_a_missing_group_is_a_permanent_error_naming_it(world: World) -> None:
 def test_a_group_deleted_between_observe_and_apply_is_permanent(bare_world: World) -> None:
     world = bare_world
     target = world.target(world.guide_rendering())
-    observation = target.observe()
-    from server_hardening.drift import compute_plan
-
-    plan = compute_plan(
-        "aws",
-        target.desired(),
-        observation.items,
-        judge_unmanaged=target.judge_unmanaged(),
-        remove_unmanaged=False,
-    )
+    plan = plan_target(target, target.observe(), remove_unmanaged=False)
     gone = world.groups[Role.EXTERNAL_VMS]
     world.ec2.delete_security_group(GroupId=gone)
 
@@ -528,16 +511,7 @@ def test_a_rule_added_meanwhile_is_a_duplicate_not_an_error(bare_world: World) -
         world.ec2.revoke_security_group_ingress(
             GroupId=nomad, SecurityGroupRuleIds=[rule["SecurityGroupRuleId"]]
         )
-    observation = target.observe()
-    from server_hardening.drift import compute_plan
-
-    plan = compute_plan(
-        "aws",
-        target.desired(),
-        observation.items,
-        judge_unmanaged=target.judge_unmanaged(),
-        remove_unmanaged=False,
-    )
+    plan = plan_target(target, target.observe(), remove_unmanaged=False)
     assert len(plan.create) == len(owned_in) == 2
     # Someone else puts one of them back before the apply: the first of the batch, with the
     # same description (moto then refuses the whole call as EC2 does; see double.py).
@@ -574,16 +548,7 @@ def test_a_rule_revoked_meanwhile_is_gone_not_an_error(bare_world: World) -> Non
     reconcile(world.target(render_security_groups(before, aws, OWNER), aws=aws))
     after = [r for r in before if r.ports and r.ports.first not in (10000, 10002, 10004)]
     target = world.target(render_security_groups(after, aws, OWNER), aws=aws)
-    observation = target.observe()
-    from server_hardening.drift import compute_plan
-
-    plan = compute_plan(
-        "aws",
-        target.desired(),
-        observation.items,
-        judge_unmanaged=target.judge_unmanaged(),
-        remove_unmanaged=False,
-    )
+    plan = plan_target(target, target.observe(), remove_unmanaged=False)
     assert len(plan.delete) == 3
     nomad = world.groups[Role.NOMAD_CLIENTS]
     world.ec2.revoke_security_group_ingress(

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from server_hardening.compiler import compile_intent
-from server_hardening.drift import Plan, compute_plan
+from server_hardening.drift import Plan
 from server_hardening.model import AwsSpec, ResourceRef, ServerHardeningSpec, parse_spec
 from server_hardening.ownership import describe, owner_key
+from server_hardening.reconcile import plan_target
 from server_hardening.renderers.aws import (
     AtomicRule,
     RenderedSecurityGroups,
@@ -193,15 +194,7 @@ def reconcile(
     target: AwsTarget, *, apply: bool = True, remove_unmanaged: bool = False
 ) -> tuple[Plan, ApplyResult | None]:
     """One pass of the pipeline for this target: observe, plan, apply (unless Audit)."""
-    observation = target.observe()
-    plan = compute_plan(
-        "aws",
-        target.desired(),
-        observation.items,
-        judge_unmanaged=target.judge_unmanaged(),
-        remove_unmanaged=remove_unmanaged,
-        findings=observation.findings,
-    )
+    plan = plan_target(target, target.observe(), remove_unmanaged=remove_unmanaged)
     if not apply or plan.empty:
         return plan, None
     return plan, target.apply(plan)

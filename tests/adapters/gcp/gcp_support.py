@@ -12,8 +12,9 @@ from google.auth.credentials import AnonymousCredentials
 from builders import OWNER, make_spec
 from fakes.gcp_compute import FakeCompute
 from server_hardening.compiler import compile_intent
-from server_hardening.drift import Plan, compute_plan
+from server_hardening.drift import Plan
 from server_hardening.model import GcpSpec, ResourceRef, ServerHardeningSpec, UnmanagedRules
+from server_hardening.reconcile import plan_target
 from server_hardening.targets.base import ApplyResult, Observation
 from server_hardening.targets.gcp import GcpClients, GcpTarget, RetryPolicy, make_clients
 
@@ -69,15 +70,7 @@ def make_target(
 
 def plan_for(target: GcpTarget, *, remove: bool = False) -> tuple[Observation, Plan]:
     observed = target.observe()
-    plan = compute_plan(
-        "gcp",
-        target.desired(),
-        observed.items,
-        judge_unmanaged=target.judge_unmanaged(),
-        remove_unmanaged=remove,
-        findings=observed.findings,
-    )
-    return observed, plan
+    return observed, plan_target(target, observed, remove_unmanaged=remove)
 
 
 def reconcile(target: GcpTarget, *, remove: bool = False) -> tuple[Plan, ApplyResult]:
