@@ -1,10 +1,26 @@
 """Shared pytest settings. Tiers: unit (pure), golden, adapters (moto, the GCP fake), e2e (real
 kube-apiserver), packaging (helm, promtool)."""
 
+import sys
+
+import pytest
 from hypothesis import HealthCheck, settings
+
+from server_hardening.devtools.controlplane import ControlPlaneError, TestBinaries, ensure_binaries
 
 settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.load_profile("ci")
+
+
+@pytest.fixture(scope="session")
+def test_binaries() -> TestBinaries:
+    """The pinned kube-apiserver, etcd, helm and promtool (built if missing)."""
+    # Bypass output capture so a cold build (minutes) shows its progress.
+    progress = sys.__stderr__ if sys.__stderr__ is not None else sys.stderr
+    try:
+        return ensure_binaries(progress=progress)
+    except ControlPlaneError as exc:
+        pytest.fail(f"cannot build the control-plane binaries with scripts/testbin: {exc}")

@@ -7,7 +7,6 @@ whole session; every test gets its own namespace.
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,21 +16,8 @@ from kubernetes import client
 
 from server_hardening.devtools.controlplane import (
     ControlPlane,
-    ControlPlaneError,
     TestBinaries,
-    ensure_binaries,
 )
-
-
-@pytest.fixture(scope="session")
-def test_binaries() -> TestBinaries:
-    """The pinned kube-apiserver, etcd, helm and promtool (built if missing)."""
-    # Bypass output capture so a cold build (minutes) shows its progress.
-    progress = sys.__stderr__ if sys.__stderr__ is not None else sys.stderr
-    try:
-        return ensure_binaries(progress=progress)
-    except ControlPlaneError as exc:
-        pytest.fail(f"cannot build the control-plane binaries with scripts/testbin: {exc}")
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,7 @@ import pytest
 
 from server_hardening.devtools.controlplane import (
     ControlPlane,
-    ControlPlaneError,
     TestBinaries,
-    ensure_binaries,
 )
 
 # The helpers beside the tests (hardening_chart, runtime_lock) are plain modules: with
@@ -27,19 +25,9 @@ if _HERE not in sys.path:
 
 
 @pytest.fixture(scope="session")
-def packaging_binaries() -> TestBinaries:
-    """The pinned kube-apiserver, etcd, helm and promtool (built if missing)."""
-    progress = sys.__stderr__ if sys.__stderr__ is not None else sys.stderr
-    try:
-        return ensure_binaries(progress=progress)
-    except ControlPlaneError as exc:
-        pytest.fail(f"cannot build the test binaries with scripts/testbin: {exc}")
-
-
-@pytest.fixture(scope="session")
-def packaging_control_plane(packaging_binaries: TestBinaries) -> Iterator[ControlPlane]:
+def packaging_control_plane(test_binaries: TestBinaries) -> Iterator[ControlPlane]:
     """etcd + kube-apiserver on 127.0.0.1 for the whole packaging session."""
-    with ControlPlane(packaging_binaries) as cp:
+    with ControlPlane(test_binaries) as cp:
         yield cp
 
 

@@ -46,14 +46,14 @@ def plain_rules() -> list[dict[str, Any]]:
     return [rule for group in groups for rule in group["rules"]]
 
 
-def test_promtool_check_rules_accepts_the_plain_file(packaging_binaries: TestBinaries) -> None:
-    proc = promtool(packaging_binaries, "check", "rules", ALERTS_PLAIN)
+def test_promtool_check_rules_accepts_the_plain_file(test_binaries: TestBinaries) -> None:
+    proc = promtool(test_binaries, "check", "rules", ALERTS_PLAIN)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"SUCCESS: {len(ALERT_NAMES)} rules found" in proc.stdout
 
 
-def test_promtool_unit_tests_pass(packaging_binaries: TestBinaries) -> None:
-    proc = promtool(packaging_binaries, "test", "rules", ALERTS_TEST)
+def test_promtool_unit_tests_pass(test_binaries: TestBinaries) -> None:
+    proc = promtool(test_binaries, "test", "rules", ALERTS_TEST)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS" in proc.stdout
 
@@ -69,20 +69,18 @@ def test_unit_tests_cover_every_alert_firing_and_silent() -> None:
     assert silent == set(ALERT_NAMES)
 
 
-def test_promtool_catches_a_wrong_expectation(
-    packaging_binaries: TestBinaries, tmp_path: Path
-) -> None:
+def test_promtool_catches_a_wrong_expectation(test_binaries: TestBinaries, tmp_path: Path) -> None:
     """The unit tests really evaluate: a flipped expectation fails."""
     (tmp_path / "alerts.yaml").write_text(ALERTS_PLAIN.read_text())
     broken = ALERTS_TEST.read_text().replace("target: aws\n", "target: gcp\n", 1)
     (tmp_path / "alerts_test.yaml").write_text(broken)
-    proc = promtool(packaging_binaries, "test", "rules", tmp_path / "alerts_test.yaml")
+    proc = promtool(test_binaries, "test", "rules", tmp_path / "alerts_test.yaml")
     assert proc.returncode != 0
     assert "ServerHardeningDriftPersists" in proc.stdout + proc.stderr
 
 
 def test_plain_file_is_the_chart_rule_with_default_values(
-    packaging_binaries: TestBinaries,
+    test_binaries: TestBinaries,
 ) -> None:
     assert ALERTS_PLAIN.read_text() == plain_alerts_text(), (
         "deploy/prometheus/alerts.yaml is stale: python tests/packaging/hardening_chart.py sync"
@@ -94,7 +92,7 @@ def test_plain_file_is_the_chart_rule_with_default_values(
     ]
 
 
-def test_thresholds_come_from_values(packaging_binaries: TestBinaries, tmp_path: Path) -> None:
+def test_thresholds_come_from_values(test_binaries: TestBinaries, tmp_path: Path) -> None:
     values = {
         "prometheusRule": {"enabled": True},
         "alerts": {
@@ -123,7 +121,7 @@ def test_thresholds_come_from_values(packaging_binaries: TestBinaries, tmp_path:
     # The rendered rules with non-default values are still valid Prometheus rules.
     path = tmp_path / "rendered.yaml"
     path.write_text(yaml.safe_dump(rule["spec"]))
-    proc = promtool(packaging_binaries, "check", "rules", path)
+    proc = promtool(test_binaries, "check", "rules", path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -66,7 +66,7 @@ def variant(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any] | None]
 
 @pytest.fixture(scope="module")
 def rendered(
-    variant: tuple[str, dict[str, Any] | None], packaging_binaries: TestBinaries
+    variant: tuple[str, dict[str, Any] | None], test_binaries: TestBinaries
 ) -> list[dict[str, Any]]:
     return render_chart(variant[1], include_crds=True)
 
@@ -106,9 +106,9 @@ def test_every_object_carries_the_chart_labels(rendered: list[dict[str, Any]]) -
 
 
 def test_manifests_validate_against_the_kubernetes_schemas_offline(
-    rendered: list[dict[str, Any]], packaging_binaries: TestBinaries
+    rendered: list[dict[str, Any]], test_binaries: TestBinaries
 ) -> None:
-    version = kubernetes_minor(packaging_binaries)
+    version = kubernetes_minor(test_binaries)
     checked = 0
     for obj in rendered:
         if obj["kind"] in CRD_TYPED_KINDS:
@@ -126,7 +126,7 @@ def test_the_chart_crd_is_the_repository_crd() -> None:
     )
 
 
-def test_generated_copies_are_in_sync(packaging_binaries: TestBinaries) -> None:
+def test_generated_copies_are_in_sync(test_binaries: TestBinaries) -> None:
     stale = stale_files()
     assert not stale, (
         f"stale generated files {[str(p) for p in stale]}: "
