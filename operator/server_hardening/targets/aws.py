@@ -71,6 +71,7 @@ from server_hardening.targets.base import (
     ApplyResult,
     Observation,
     PermanentTargetError,
+    TargetError,
     TransientTargetError,
     ignore_call,
 )
@@ -180,8 +181,8 @@ class _LaneError(Exception):
         self.code = code
 
 
-class AwsPermanentError(PermanentTargetError):
-    """A permanent error during apply/release; ``result`` says what was applied before it."""
+class _StoppedApplyError(TargetError):
+    """An error that stopped an apply or release; ``result`` says what was applied before it."""
 
     def __init__(
         self, message: str, *, operation: str = "", resource: str = "", result: ApplyResult
@@ -190,14 +191,12 @@ class AwsPermanentError(PermanentTargetError):
         self.result = result
 
 
-class AwsTransientError(TransientTargetError):
-    """Retries ran out during apply/release; ``result`` says what was applied before it."""
+class AwsPermanentError(_StoppedApplyError, PermanentTargetError):
+    """A permanent error during apply/release."""
 
-    def __init__(
-        self, message: str, *, operation: str = "", resource: str = "", result: ApplyResult
-    ) -> None:
-        super().__init__(message, operation=operation, resource=resource)
-        self.result = result
+
+class AwsTransientError(_StoppedApplyError, TransientTargetError):
+    """Retries ran out during apply/release."""
 
 
 @dataclass
