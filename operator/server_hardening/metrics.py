@@ -42,7 +42,7 @@ Series
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -214,10 +214,6 @@ SNAPSHOTS = _SnapshotCollector()
 REGISTRY.register(SNAPSHOTS)
 
 
-def record_api_call(target: str, operation: str, outcome: str) -> None:
-    API_CALLS.labels(target=target, operation=operation, outcome=outcome).inc()
-
-
 def recorder_for(target: str) -> _Recorder:
     """An ``ApiCallRecorder`` for one target's adapter."""
     return _Recorder(target)
@@ -228,8 +224,4 @@ class _Recorder:
         self.target = target
 
     def __call__(self, operation: str, outcome: str) -> None:
-        record_api_call(self.target, operation, outcome)
-
-
-def iter_snapshots() -> Iterator[ResourceSnapshot]:
-    yield from SNAPSHOTS.snapshots()
+        API_CALLS.labels(target=self.target, operation=operation, outcome=outcome).inc()

@@ -18,12 +18,10 @@ MANAGED_BY_VALUE = "server-hardening"
 OWNER_LABEL = f"{DOMAIN}/owner"  # label value: "<namespace>.<name>" (label-safe), see owner_label
 OWNER_ANNOTATION = f"{DOMAIN}/owner"  # "<namespace>/<name>/<uid>"
 ROWS_ANNOTATION = f"{DOMAIN}/guide-rows"  # "LB-IN-1,LB-IN-2"
-REASON_ANNOTATION = f"{DOMAIN}/purpose"
 
 # AWS tag keys (security-group rules) and the marker in descriptions (AWS and GCP).
 OWNER_TAG = f"{DOMAIN}/owner"  # "<namespace>/<name>"
 OWNER_UID_TAG = f"{DOMAIN}/owner-uid"
-ROWS_TAG = f"{DOMAIN}/guide-rows"
 DESCRIPTION_MARKER = "server-hardening"
 
 

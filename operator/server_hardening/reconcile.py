@@ -28,7 +28,6 @@ from server_hardening.rules import Finding, Severity, most_important_first
 from server_hardening.targets.base import (
     ApplyResult,
     Observation,
-    PermanentTargetError,
     Target,
     TargetError,
 )
@@ -69,7 +68,6 @@ class TargetReport:
     drift: DriftCounts = field(default_factory=DriftCounts)
     findings: list[Finding] = field(default_factory=list)
     last_error: str = ""
-    permanent_error: bool = False
     conflict_with: str = ""
     applied: ApplyResult | None = None
     observed: bool = False
@@ -295,7 +293,6 @@ def _run_target(
         observation: Observation = target.observe()
     except TargetError as exc:
         report.last_error = str(exc)
-        report.permanent_error = isinstance(exc, PermanentTargetError)
         events.append(Event("Warning", "TargetError", f"{name}: {exc}"))
         return report
     report.observed = True
@@ -335,7 +332,6 @@ def _run_target(
         result = target.apply(plan)
     except TargetError as exc:
         report.last_error = str(exc)
-        report.permanent_error = isinstance(exc, PermanentTargetError)
         # Adapters that stop mid-apply say what they did get done.
         report.applied = getattr(exc, "result", None)
         events.append(Event("Warning", "ApplyFailed", f"{name}: {exc}"))

@@ -76,9 +76,6 @@ class PortRange:
     def single(cls, port: int) -> PortRange:
         return cls(port, port)
 
-    def contains(self, port: int) -> bool:
-        return self.first <= port <= self.last
-
     def __str__(self) -> str:
         return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
 
@@ -109,9 +106,6 @@ class Peer:
 
     def label(self) -> str:
         return self.kind.value if self.kind is not PeerKind.CIDRS else ",".join(self.cidrs)
-
-    def networks(self) -> tuple[IPNetwork, ...]:
-        return tuple(parse_network(c) for c in self.cidrs)
 
 
 @dataclass(frozen=True, order=True)

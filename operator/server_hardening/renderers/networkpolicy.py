@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from server_hardening.compiler import CompiledIntent, ComponentAccess
-from server_hardening.components import PodPort, ResolvedComponent
+from server_hardening.components import ResolvedComponent
 from server_hardening.drift import DesiredItem, fingerprint
 from server_hardening.guide import Component
 from server_hardening.model import ResourceRef
@@ -283,7 +283,3 @@ def desired_items(policies: Sequence[Mapping[str, Any]]) -> list[DesiredItem]:
             )
         )
     return items
-
-
-def pod_ports(ports: Sequence[PodPort]) -> list[dict[str, Any]]:
-    return [p.as_manifest() for p in ports]
