@@ -1,12 +1,16 @@
 """Shared pytest settings. Tiers: unit (pure), golden, adapters (moto, the GCP fake), e2e (real
 kube-apiserver), packaging (helm, promtool)."""
 
+from __future__ import annotations
+
 import sys
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-from server_hardening.devtools.controlplane import ControlPlaneError, TestBinaries, ensure_binaries
+if TYPE_CHECKING:
+    from server_hardening_dev.controlplane import TestBinaries
 
 settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -17,7 +21,11 @@ settings.load_profile("ci")
 
 @pytest.fixture(scope="session")
 def test_binaries() -> TestBinaries:
-    """The pinned kube-apiserver, etcd, helm and promtool (built if missing)."""
+    """The pinned kube-apiserver, etcd, helm and promtool (built if missing).
+
+    Imported here, not at the top: the unit tier never loads the control plane."""
+    from server_hardening_dev.controlplane import ControlPlaneError, ensure_binaries
+
     # Bypass output capture so a cold build (minutes) shows its progress.
     progress = sys.__stderr__ if sys.__stderr__ is not None else sys.stderr
     try:

@@ -3,8 +3,9 @@
     hardening plan -f hardening.yaml [-o table|yaml|json]   what would be written (offline)
     hardening crd                                           the CustomResourceDefinition
     hardening run [--namespace NS ...]                      the operator
-    hardening dev cluster start|stop                        a local control plane
-    hardening demo [--mode Audit] [--keep]                  the whole product, locally
+
+On a source checkout the developer package (``dev/``) adds ``hardening dev cluster start|stop``
+and ``hardening demo``; they are not part of the product.
 
 Exit codes: 0 success, 1 failure, 2 invalid input (the error names the field; stdout is empty).
 """
@@ -176,19 +177,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_operator(args)
 
 
-def cmd_dev(args: argparse.Namespace) -> int:
-    from server_hardening.devtools import controlplane
+def _register_plugins(sub: Any) -> None:
+    """Subcommands from installed plugins (``server_hardening.cli`` entry points): on a source
+    checkout the developer package adds ``dev`` and ``demo``; the product wheel has none."""
+    from importlib.metadata import entry_points
 
-    argv = [args.action]
-    if args.state_dir:
-        argv += ["--state-dir", args.state_dir]
-    return controlplane.main(argv)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from server_hardening.devtools.demo import run_demo
-
-    return run_demo(args)
+    for entry in entry_points(group="server_hardening.cli"):
+        entry.load()(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,18 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    dev = sub.add_parser("dev", help="development tools")
-    dev_sub = dev.add_subparsers(dest="dev_command", required=True)
-    cluster = dev_sub.add_parser("cluster", help="a local kube-apiserver + etcd")
-    cluster.add_argument("action", choices=["start", "stop"])
-    cluster.add_argument("--state-dir", default=None)
-    cluster.set_defaults(func=cmd_dev)
-
-    demo = sub.add_parser("demo", help="run the whole product locally (control plane + EC2)")
-    demo.add_argument("--mode", choices=["Enforce", "Audit"], default="Enforce")
-    demo.add_argument("--keep", action="store_true", help="leave it running until Ctrl-C")
-    demo.add_argument("--no-progress", action="store_true", help="plain output, no spinner")
-    demo.set_defaults(func=cmd_demo)
+    _register_plugins(sub)
     return parser
 
 

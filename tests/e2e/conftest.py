@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from server_hardening.devtools.controlplane import (
+from server_hardening_dev.controlplane import (
     ControlPlane,
     TestBinaries,
 )

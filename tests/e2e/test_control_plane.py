@@ -22,7 +22,7 @@ from kubernetes import client
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
-from server_hardening.devtools.controlplane import (
+from server_hardening_dev.controlplane import (
     SERVICE_ACCOUNT_ISSUER,
     ControlPlane,
     TestBinaries,
@@ -539,14 +539,14 @@ def test_service_account_token_identity_is_bound_by_rbac(
 
 
 # --------------------------------------------------------------------------------------------
-# By hand: python -m server_hardening.devtools.controlplane start/stop
+# By hand: python -m server_hardening_dev.controlplane start/stop
 # --------------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
 def test_start_and_stop_by_hand(tmp_path: Path, test_binaries: TestBinaries) -> None:
     state_dir = tmp_path / "cp"
-    module = "server_hardening.devtools.controlplane"
+    module = "server_hardening_dev.controlplane"
     env = {**os.environ, "PYTHONPATH": str(REPO / "operator")}
     proc = subprocess.Popen(
         [sys.executable, "-m", module, "start", "--state-dir", str(state_dir)],

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from server_hardening.devtools.controlplane import TestBinaries
+from server_hardening_dev.controlplane import TestBinaries
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from server_hardening.devtools.controlplane import (
+from server_hardening_dev.controlplane import (
     ControlPlane,
     TestBinaries,
 )

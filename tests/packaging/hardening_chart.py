@@ -72,7 +72,7 @@ class ChartError(RuntimeError):
 @functools.cache
 def helm_binary() -> Path:
     """The pinned ``helm`` built by scripts/testbin (built on first use)."""
-    from server_hardening.devtools.controlplane import ensure_binaries
+    from server_hardening_dev.controlplane import ensure_binaries
 
     return ensure_binaries().helm
 

@@ -18,7 +18,7 @@ from hardening_chart import (
     render_chart,
 )
 
-from server_hardening.devtools.controlplane import TestBinaries
+from server_hardening_dev.controlplane import TestBinaries
 
 ALERTS_TEST = REPO / "deploy" / "prometheus" / "alerts_test.yaml"
 OPERATIONS = REPO / "docs" / "operations.md"

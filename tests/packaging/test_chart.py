@@ -41,7 +41,7 @@ from hardening_chart import (
     values_table,
 )
 
-from server_hardening.devtools.controlplane import TestBinaries
+from server_hardening_dev.controlplane import TestBinaries
 
 # Kinds whose schema is a CRD, not a Kubernetes built-in: kubernetes_validate has no schema
 # for them, so they are skipped in the offline schema check only (the API server checks them

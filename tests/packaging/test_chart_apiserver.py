@@ -30,7 +30,7 @@ from hardening_chart import (
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from server_hardening.devtools.controlplane import ControlPlane
+from server_hardening_dev.controlplane import ControlPlane
 
 pytestmark = pytest.mark.e2e
 

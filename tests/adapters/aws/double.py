@@ -47,8 +47,8 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from moto.server import ThreadedMotoServer
 
-from server_hardening.devtools.moto_ec2 import patched_moto
 from server_hardening.targets.aws import client_config
+from server_hardening_dev.moto_ec2 import patched_moto
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client

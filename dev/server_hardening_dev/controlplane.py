@@ -12,8 +12,8 @@ Library use::
 
 By hand (the demo)::
 
-    python -m server_hardening.devtools.controlplane start [--state-dir DIR]
-    python -m server_hardening.devtools.controlplane stop [--state-dir DIR]
+    python -m server_hardening_dev.controlplane start [--state-dir DIR]
+    python -m server_hardening_dev.controlplane stop [--state-dir DIR]
 
 Everything listens on 127.0.0.1 only. There is no controller-manager, scheduler or kubelet: the
 API server validates, stores, authenticates and authorizes, but no pods ever run, namespaces stay
@@ -128,8 +128,8 @@ def find_testbin_script() -> Path:
     env = os.environ.get("SERVER_HARDENING_TESTBIN_SCRIPT")
     if env:
         return Path(env)
-    # operator/server_hardening/devtools/controlplane.py -> repository root is parents[3]
-    candidate = Path(__file__).resolve().parents[3] / "scripts" / "testbin"
+    # dev/server_hardening_dev/controlplane.py -> repository root is parents[2]
+    candidate = Path(__file__).resolve().parents[2] / "scripts" / "testbin"
     if candidate.is_file():
         return candidate
     raise ControlPlaneError(
@@ -535,7 +535,7 @@ class ControlPlane:
                 shutil.rmtree(root)
             root.mkdir(parents=True, exist_ok=True)
             root.chmod(0o700)
-        (root / _MARKER).write_text("made by server_hardening.devtools.controlplane\n")
+        (root / _MARKER).write_text("made by server_hardening_dev.controlplane\n")
         for sub in ("pki", "logs", "kubeconfigs", "etcd"):
             (root / sub).mkdir(mode=0o700)
         return root
@@ -908,7 +908,7 @@ def _cmd_start(state_dir: Path, timeout: float) -> int:
         print(f"  export KUBECONFIG={cp.admin_kubeconfig}")
         print(f"logs: {cp.apiserver_log} {cp.etcd_log}")
         print(
-            "stop with Ctrl-C, or: python -m server_hardening.devtools.controlplane stop "
+            "stop with Ctrl-C, or: python -m server_hardening_dev.controlplane stop "
             f"--state-dir {state_dir}",
             flush=True,
         )
@@ -966,7 +966,7 @@ def _cmd_status(state_dir: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``start`` (foreground until Ctrl-C/SIGTERM), ``stop`` or ``status`` a control plane."""
     parser = argparse.ArgumentParser(
-        prog="python -m server_hardening.devtools.controlplane",
+        prog="python -m server_hardening_dev.controlplane",
         description="Run a local kube-apiserver + etcd (loopback only) for the demo and tests.",
     )
     sub = parser.add_subparsers(dest="command", required=True)

@@ -19,7 +19,7 @@ or when stdout is not a terminal):
 Exit code 0 only when every step did what it printed; a failure names the step and the cause,
 and everything is still stopped and deleted. Every wait is bounded.
 
-moto is a development dependency (``pip install 'server-hardening[dev]'``), imported only here.
+moto is a development dependency (``pip install -e ./dev``), imported only here.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ import yaml
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
 
-    from server_hardening.devtools.controlplane import ControlPlane
+    from server_hardening_dev.controlplane import ControlPlane
 
 __all__ = ["run_demo"]
 
@@ -220,13 +220,13 @@ def _free_port() -> int:
 
 
 def _repo_root() -> Path:
-    # operator/server_hardening/devtools/demo.py -> the checkout is parents[3]
-    return Path(__file__).resolve().parents[3]
+    # dev/server_hardening_dev/demo.py -> the checkout is parents[2]
+    return Path(__file__).resolve().parents[2]
 
 
 def _package_parent() -> Path:
-    # operator/server_hardening/devtools/demo.py -> operator/ is parents[2]
-    return Path(__file__).resolve().parents[2]
+    # The product's source root, so the operator subprocess imports this checkout's package.
+    return _repo_root() / "operator"
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
@@ -309,7 +309,7 @@ class Ec2Endpoint:
         except ImportError as exc:
             raise StepError(
                 f"moto is not installed ({exc}); the demo's EC2 API is moto, a development "
-                "dependency: pip install 'server-hardening[dev]'"
+                "dependency: pip install -e ./dev"
             ) from exc
 
     def start(self) -> None:
@@ -318,7 +318,7 @@ class Ec2Endpoint:
         from moto.server import ThreadedMotoServer
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        from server_hardening.devtools.moto_ec2 import patched_moto
+        from server_hardening_dev.moto_ec2 import patched_moto
 
         patch = patched_moto()
         patch.__enter__()
@@ -481,7 +481,7 @@ class Demo:
     # -- step 1 ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        from server_hardening.devtools.controlplane import ControlPlane, ensure_binaries
+        from server_hardening_dev.controlplane import ControlPlane, ensure_binaries
 
         self.ec2_endpoint.check_installed()  # fail before minutes of building, not after
         self.p.status("checking the kube-apiserver and etcd binaries")
