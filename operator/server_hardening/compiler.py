@@ -28,6 +28,7 @@ from server_hardening.rules import (
     Action,
     Direction,
     Finding,
+    FindingCode,
     Peer,
     PeerKind,
     PortRange,
@@ -249,7 +250,7 @@ def _findings(spec: ServerHardeningSpec, profile: Profile) -> list[Finding]:
             findings.append(
                 Finding(
                     Severity.WARNING,
-                    "WorldOpenSSHRerun",
+                    FindingCode.WORLD_OPEN_SSH_RERUN,
                     f"SSH-rerun ports {ports} are open to the world, as the guide allows; "
                     "narrow spec.access.sshRerun.sources to your users' addresses (VPN/office) "
                     "if you can",
@@ -260,7 +261,7 @@ def _findings(spec: ServerHardeningSpec, profile: Profile) -> list[Finding]:
         findings.append(
             Finding(
                 Severity.INFO,
-                "DNSNotConfigured",
+                FindingCode.DNS_NOT_CONFIGURED,
                 "spec.topology.dns is not set: ALL-OUT-1 is not rendered (AWS never filters its "
                 "own resolver; elsewhere set the VPC resolver's address)",
                 row="ALL-OUT-1",
@@ -270,7 +271,7 @@ def _findings(spec: ServerHardeningSpec, profile: Profile) -> list[Finding]:
         findings.append(
             Finding(
                 Severity.WARNING,
-                "PublicNomadPort",
+                FindingCode.PUBLIC_NOMAD_PORT,
                 "v4 serves 4647 on the public circleci-proxy load balancer; without "
                 "spec.aws.securityGroups.loadBalancers it is not narrowed here: set "
                 "nginx.loadBalancerSourceRanges to the Nomad client CIDRs",
@@ -281,7 +282,7 @@ def _findings(spec: ServerHardeningSpec, profile: Profile) -> list[Finding]:
         findings.append(
             Finding(
                 Severity.INFO,
-                "AdminSSHEnabled",
+                FindingCode.ADMIN_SSH_ENABLED,
                 "admin SSH (ALL-IN-1) is open from "
                 + ", ".join(spec.access.admin_ssh.sources)
                 + "; the guide suggests adding it only when needed",
@@ -292,7 +293,7 @@ def _findings(spec: ServerHardeningSpec, profile: Profile) -> list[Finding]:
         findings.append(
             Finding(
                 Severity.INFO,
-                "ExternalNarrowed",
+                FindingCode.EXTERNAL_NARROWED,
                 "external is narrowed to " + ", ".join(spec.topology.external.cidrs),
             )
         )

@@ -14,7 +14,7 @@ from typing import Any
 
 from server_hardening.compiler import CompiledIntent
 from server_hardening.guide import Component
-from server_hardening.rules import Finding, Severity
+from server_hardening.rules import Finding, FindingCode, Severity
 
 
 @dataclass(frozen=True, order=True)
@@ -104,7 +104,7 @@ def from_service(lookup: ServiceLookup, service: Mapping[str, Any]) -> ResolvedC
     if not selector:
         return Finding(
             Severity.WARNING,
-            "ServiceWithoutSelector",
+            FindingCode.SERVICE_WITHOUT_SELECTOR,
             f"Service {name} has no selector: the pods behind {lookup.component.value} cannot "
             f"be found; pin them with spec.kubernetes.components.{lookup.component.value}"
             ".podSelector",
@@ -119,7 +119,7 @@ def from_service(lookup: ServiceLookup, service: Mapping[str, Any]) -> ResolvedC
         wanted = ", ".join(str(p) for p in lookup.service_ports)
         return Finding(
             Severity.WARNING,
-            "ServicePortMissing",
+            FindingCode.SERVICE_PORT_MISSING,
             f"Service {name} does not serve port {wanted} that the guide routes to "
             f"{lookup.component.value}",
             target="kubernetes",
@@ -146,7 +146,7 @@ def assumed(lookup: ServiceLookup) -> tuple[ResolvedComponent, Finding]:
     )
     finding = Finding(
         Severity.INFO,
-        "ComponentAssumed",
+        FindingCode.COMPONENT_ASSUMED,
         f"{lookup.component.value}: assumed pods labelled app={name} on ports "
         + ", ".join(str(p) for p in lookup.service_ports)
         + "; the operator resolves the Service's selector and targetPort in the cluster",

@@ -12,12 +12,17 @@ them for status and metrics.
 
 from __future__ import annotations
 
+import enum
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from server_hardening.rules import Finding, Severity, most_important_first
+from server_hardening.rules import Finding, FindingCode, most_important_first
+
+PayloadT = TypeVar("PayloadT")
+"""What a target writes and reads, typed per target: a NetworkPolicy manifest, an AWS
+:class:`~server_hardening.renderers.aws.AtomicRule`, a GCP firewall body."""
 
 
 def fingerprint(content: Any) -> str:
@@ -26,17 +31,17 @@ def fingerprint(content: Any) -> str:
 
 
 @dataclass(frozen=True)
-class DesiredItem:
-    """One thing a target must hold. ``body`` is what the adapter writes."""
+class DesiredItem(Generic[PayloadT]):
+    """One thing a target must hold. ``payload`` is what the adapter writes."""
 
     key: str
     fingerprint: str
-    body: Mapping[str, Any]
+    payload: PayloadT
     rows: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
-class ObservedItem:
+class ObservedItem(Generic[PayloadT]):
     """One thing a target holds now.
 
     ``owned`` is True only when it carries *this* resource's ownership mark. ``owner`` names the
@@ -47,10 +52,24 @@ class ObservedItem:
 
     key: str
     fingerprint: str
-    body: Mapping[str, Any]
+    payload: PayloadT
     owned: bool
     native_id: str = ""
     owner: str = ""
+
+
+class DriftKind(enum.StrEnum):
+    """The kinds of drift, as metrics label them (status uses the camelCase form)."""
+
+    MISSING = "missing"
+    MODIFIED = "modified"
+    UNEXPECTED = "unexpected"
+    UNMANAGED_WIDENING = "unmanaged_widening"
+
+    @property
+    def status_key(self) -> str:
+        head, *rest = self.value.split("_")
+        return head + "".join(part.title() for part in rest)
 
 
 @dataclass(frozen=True)
@@ -64,23 +83,26 @@ class DriftCounts:
     def total(self) -> int:
         return self.missing + self.modified + self.unexpected + self.unmanaged_widening
 
-    def as_status(self) -> dict[str, int]:
+    def by_kind(self) -> dict[DriftKind, int]:
         return {
-            "missing": self.missing,
-            "unexpected": self.unexpected,
-            "modified": self.modified,
-            "unmanagedWidening": self.unmanaged_widening,
+            DriftKind.MISSING: self.missing,
+            DriftKind.MODIFIED: self.modified,
+            DriftKind.UNEXPECTED: self.unexpected,
+            DriftKind.UNMANAGED_WIDENING: self.unmanaged_widening,
         }
 
-
-@dataclass(frozen=True)
-class Update:
-    observed: ObservedItem
-    desired: DesiredItem
+    def as_status(self) -> dict[str, int]:
+        return {kind.status_key: count for kind, count in self.by_kind().items()}
 
 
 @dataclass(frozen=True)
-class Plan:
+class Update(Generic[PayloadT]):
+    observed: ObservedItem[PayloadT]
+    desired: DesiredItem[PayloadT]
+
+
+@dataclass(frozen=True)
+class Plan(Generic[PayloadT]):
     """What it takes to make a target hold exactly the desired items.
 
     ``create``/``update`` come before ``delete``/``remove_unmanaged`` when applied: access is
@@ -91,11 +113,11 @@ class Plan:
     """
 
     target: str
-    create: tuple[DesiredItem, ...] = ()
-    update: tuple[Update, ...] = ()
-    delete: tuple[ObservedItem, ...] = ()
-    unmanaged: tuple[ObservedItem, ...] = ()
-    remove_unmanaged: tuple[ObservedItem, ...] = ()
+    create: tuple[DesiredItem[PayloadT], ...] = ()
+    update: tuple[Update[PayloadT], ...] = ()
+    delete: tuple[ObservedItem[PayloadT], ...] = ()
+    unmanaged: tuple[ObservedItem[PayloadT], ...] = ()
+    remove_unmanaged: tuple[ObservedItem[PayloadT], ...] = ()
     findings: tuple[Finding, ...] = field(default=())
     managed: int = 0
 
@@ -117,20 +139,20 @@ class Plan:
         )
 
 
-UnmanagedJudge = Callable[[ObservedItem], Finding | None]
+UnmanagedJudge = Callable[[ObservedItem[PayloadT]], Finding | None]
 """Says why an item the resource does not own matters (widens access, unexpected in a managed
 group), or None when it is harmless."""
 
 
 def compute_plan(
     target: str,
-    desired: Iterable[DesiredItem],
-    observed: Iterable[ObservedItem],
+    desired: Iterable[DesiredItem[PayloadT]],
+    observed: Iterable[ObservedItem[PayloadT]],
     *,
-    judge_unmanaged: UnmanagedJudge,
+    judge_unmanaged: UnmanagedJudge[PayloadT],
     remove_unmanaged: bool,
     findings: Iterable[Finding] = (),
-) -> Plan:
+) -> Plan[PayloadT]:
     """The normalised set diff.
 
     Only owned items are ever updated or deleted. An observed item with the desired key that the
@@ -139,15 +161,15 @@ def compute_plan(
     Items owned by *another* resource are neither changed nor judged here: the caller reports
     that as a conflict before planning.
     """
-    desired_by_key: dict[str, DesiredItem] = {}
+    desired_by_key: dict[str, DesiredItem[PayloadT]] = {}
     for wanted in desired:
         if wanted.key in desired_by_key:
             raise ValueError(f"{target}: two desired items share the key {wanted.key!r}")
         desired_by_key[wanted.key] = wanted
 
-    owned_by_key: dict[str, ObservedItem] = {}
-    delete: list[ObservedItem] = []
-    unmanaged: list[ObservedItem] = []
+    owned_by_key: dict[str, ObservedItem[PayloadT]] = {}
+    delete: list[ObservedItem[PayloadT]] = []
+    unmanaged: list[ObservedItem[PayloadT]] = []
     notes: list[Finding] = list(findings)
     for item in sorted(observed, key=lambda o: (o.key, o.native_id)):
         if item.owner and not item.owned:
@@ -172,9 +194,8 @@ def compute_plan(
     ]
     for absent in create:
         notes.append(
-            Finding(
-                Severity.WARNING,
-                "Missing",
+            Finding.of(
+                FindingCode.MISSING,
                 f"{absent.key} is desired and absent",
                 row=absent.rows[0] if absent.rows else "",
                 target=target,
@@ -182,9 +203,8 @@ def compute_plan(
         )
     for change in update:
         notes.append(
-            Finding(
-                Severity.WARNING,
-                "Modified",
+            Finding.of(
+                FindingCode.MODIFIED,
                 f"{change.desired.key} differs from what the guide requires",
                 row=change.desired.rows[0] if change.desired.rows else "",
                 target=target,
@@ -192,9 +212,8 @@ def compute_plan(
         )
     for stale in delete:
         notes.append(
-            Finding(
-                Severity.WARNING,
-                "Unexpected",
+            Finding.of(
+                FindingCode.UNEXPECTED,
                 f"{stale.key} is managed but no longer desired",
                 target=target,
             )

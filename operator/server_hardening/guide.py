@@ -380,4 +380,10 @@ def profile_for(server_version: str) -> Profile:
 
 
 GCP_HEALTH_CHECK_RANGES = ("130.211.0.0/22", "35.191.0.0/16")
-SENSITIVE_PORTS = (22, 2376, 4647)
+# Ports the guide always scopes to named peers and never opens to the internet, with the row
+# that says so: the policy layer reports any rule that opens one to the world, on every target.
+SENSITIVE_PORTS: dict[int, tuple[str, str]] = {
+    22: ("ALL-IN-1", "SSH"),
+    2376: ("VM-IN-3", "the VMs' Docker daemon"),
+    4647: ("NOMAD-IN-1", "Nomad's RPC"),
+}

@@ -66,3 +66,20 @@ def describe(rows: tuple[str, ...] | list[str], ref: ResourceRef, purpose: str =
     if purpose:
         text += f" {purpose}"
     return text[:255]
+
+
+_MARK = re.compile(rf"^{re.escape(DESCRIPTION_MARKER)} (?P<owner>[^/\s]+/[^/\s]+) \[")
+
+
+def description_owner(description: str) -> str:
+    """``ns/name`` of the resource that marked this description, or "" when unmarked."""
+    match = _MARK.match(description or "")
+    return match["owner"] if match else ""
+
+
+def released_description(description: str) -> str:
+    """The description after an orphaning release: the mark is gone, the rows stay readable."""
+    text = description or ""
+    if description_owner(text):
+        text = f"released from {text[len(DESCRIPTION_MARKER) + 1 :]}"
+    return text[:2048]

@@ -10,6 +10,7 @@ others.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,19 +25,20 @@ from server_hardening.model import (
     ServerHardeningSpec,
     UnmanagedRules,
 )
-from server_hardening.rules import Finding, Severity, most_important_first
+from server_hardening.rules import Finding, FindingCode, most_important_first
 from server_hardening.targets.base import (
+    AnyTarget,
     ApplyResult,
     Observation,
-    Target,
     TargetError,
 )
 
 MAX_FINDINGS = 20
-WORLD_OPEN_CODES = frozenset({"WorldOpenSensitivePort"})
 
 
-class Phase:
+class Phase(enum.StrEnum):
+    """``status.phase``: what the last reconcile of a resource came to."""
+
     ENFORCED = "Enforced"
     DRIFTED = "Drifted"
     AUDITING = "Auditing"
@@ -52,7 +54,7 @@ class Event:
     message: str
 
 
-TargetBuilder = Callable[[], Target]
+TargetBuilder = Callable[[], AnyTarget]
 
 
 class TargetFactory(Protocol):
@@ -71,12 +73,17 @@ class TargetReport:
     conflict_with: str = ""
     applied: ApplyResult | None = None
     observed: bool = False
+    # Enforce repaired everything found; ``managed_repaired``: the drift of what this resource
+    # manages was repaired (unmanaged rules that are only reported may remain).
     repaired: bool = False
     managed_repaired: bool = False
+    # What the pass acted on, and the error that stopped it: for ``plan --live`` and the tests.
+    plan: Plan[Any] | None = None
+    error: TargetError | None = None
 
     @property
     def world_open_sensitive(self) -> int:
-        return sum(1 for f in self.findings if f.code in WORLD_OPEN_CODES)
+        return sum(1 for f in self.findings if f.code is FindingCode.WORLD_OPEN_SENSITIVE_PORT)
 
     def status(self, now: str, previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """``lastDrift`` keeps the last check that found drift (and whether it was repaired),
@@ -108,7 +115,7 @@ class Report:
     ref: ResourceRef
     generation: int
     mode: str
-    phase: str
+    phase: Phase
     reason: str
     message: str
     checked_at: dt.datetime
@@ -162,7 +169,7 @@ class Report:
             )
         status: dict[str, Any] = {
             "observedGeneration": self.generation,
-            "phase": self.phase,
+            "phase": self.phase.value,
             "conditions": conditions,
             "driftTotal": self.drift_total,
             "targets": [t.status(now, previous_targets.get(t.name)) for t in self.targets],
@@ -179,18 +186,13 @@ class Report:
         return ResourceSnapshot(
             namespace=self.ref.namespace,
             name=self.ref.name,
-            phase=self.phase,
+            phase=self.phase.value,
             last_reconcile=when if self.succeeded else None,
             interval_seconds=self.interval_seconds,
             targets=tuple(
                 TargetSnapshot(
                     target=t.name,
-                    drift={
-                        "missing": t.drift.missing,
-                        "modified": t.drift.modified,
-                        "unexpected": t.drift.unexpected,
-                        "unmanaged_widening": t.drift.unmanaged_widening,
-                    },
+                    drift={kind.value: count for kind, count in t.drift.by_kind().items()},
                     managed_rules=t.managed_rules,
                     world_open_sensitive=t.world_open_sensitive,
                     error=bool(t.last_error),
@@ -217,7 +219,7 @@ def invalid_report(
         reason="InvalidSpec",
         message=message,
         checked_at=now,
-        findings=[Finding(Severity.ERROR, "InvalidSpec", str(e)) for e in errors],
+        findings=[Finding.of(FindingCode.INVALID_SPEC, str(e)) for e in errors],
         events=[Event("Warning", "InvalidSpec", message)],
     )
 
@@ -228,7 +230,7 @@ def _names(items: Sequence[Any], attr: str = "key", limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def _drift_event(target: str, plan: Plan, initial: bool) -> Event | None:
+def _drift_event(target: str, plan: Plan[Any], initial: bool) -> Event | None:
     parts = []
     if plan.create and not initial:
         parts.append(f"missing {_names(plan.create)}")
@@ -243,7 +245,7 @@ def _drift_event(target: str, plan: Plan, initial: bool) -> Event | None:
     return Event("Warning", "DriftDetected", f"{target}: " + "; ".join(parts))
 
 
-def _apply_event(target: str, plan: Plan, result: ApplyResult) -> list[Event]:
+def _apply_event(target: str, plan: Plan[Any], result: ApplyResult) -> list[Event]:
     events = []
     done = []
     if result.created:
@@ -268,7 +270,9 @@ def _apply_event(target: str, plan: Plan, result: ApplyResult) -> list[Event]:
     return events
 
 
-def plan_target(target: Target, observation: Observation, *, remove_unmanaged: bool) -> Plan:
+def plan_target(
+    target: AnyTarget, observation: Observation[Any], *, remove_unmanaged: bool
+) -> Plan[Any]:
     """What it takes to make ``target`` hold its desired items, given what it was seen to hold."""
     return compute_plan(
         target.name,
@@ -280,19 +284,21 @@ def plan_target(target: Target, observation: Observation, *, remove_unmanaged: b
     )
 
 
-def _run_target(
+def run_target(
     name: str,
     build: TargetBuilder,
     spec: ServerHardeningSpec,
     previously_managed: int,
     events: list[Event],
 ) -> TargetReport:
+    """One target's pipeline: build, observe, check ownership conflicts, plan, and in Enforce
+    apply. The operator, the CLI and the adapter test suites all run exactly this."""
     report = TargetReport(name=name)
     try:
         target = build()
-        observation: Observation = target.observe()
+        observation: Observation[Any] = target.observe()
     except TargetError as exc:
-        report.last_error = str(exc)
+        report.last_error, report.error = str(exc), exc
         events.append(Event("Warning", "TargetError", f"{name}: {exc}"))
         return report
     report.observed = True
@@ -300,9 +306,8 @@ def _run_target(
     if others:
         report.conflict_with = others[0]
         report.findings.append(
-            Finding(
-                Severity.ERROR,
-                "Conflict",
+            Finding.of(
+                FindingCode.CONFLICT,
                 f"{name}: rules here are managed by ServerHardening {others[0]}; two resources "
                 "must not manage the same thing, so this one does not write",
                 target=name,
@@ -313,6 +318,7 @@ def _run_target(
     plan = plan_target(
         target, observation, remove_unmanaged=spec.unmanaged_rules is UnmanagedRules.REMOVE
     )
+    report.plan = plan
     owned_before = sum(1 for i in observation.items if i.owned)
     # First convergence in Enforce: creating what never existed is not drift. Audit reports it:
     # what is missing is exactly what the user asked to see.
@@ -331,7 +337,7 @@ def _run_target(
     try:
         result = target.apply(plan)
     except TargetError as exc:
-        report.last_error = str(exc)
+        report.last_error, report.error = str(exc), exc
         # Adapters that stop mid-apply say what they did get done.
         report.applied = getattr(exc, "result", None)
         events.append(Event("Warning", "ApplyFailed", f"{name}: {exc}"))
@@ -365,7 +371,7 @@ def reconcile(
         for t in (previous_status or {}).get("targets") or []
     }
     targets = [
-        _run_target(name, build, spec, previously.get(name, 0), events)
+        run_target(name, build, spec, previously.get(name, 0), events)
         for name, build in factory.build(intent, ref)
     ]
     report = Report(

@@ -152,23 +152,90 @@ class Severity(enum.StrEnum):
         return {"error": 0, "warning": 1, "info": 2}[self.value]
 
 
+class FindingCode(enum.StrEnum):
+    """Every finding the product produces, on every target: one vocabulary for status, events,
+    metrics, alerts and docs (docs/architecture.md lists where each is produced and shown).
+
+    The value is the stable CamelCase identifier alerts and dashboards key on; the default
+    severity is :attr:`severity`. A code means the same situation on every target: a world-open
+    SSH rule is ``WorldOpenSensitivePort`` on AWS, GCP and in a NetworkPolicy alike.
+    """
+
+    # What the plan or the spec says (the compiler and the renderers).
+    ADMIN_SSH_ENABLED = "AdminSSHEnabled"
+    COMPONENT_ASSUMED = "ComponentAssumed"
+    DNS_NOT_CONFIGURED = "DNSNotConfigured"
+    EXTERNAL_NARROWED = "ExternalNarrowed"
+    WORLD_OPEN_SSH_RERUN = "WorldOpenSSHRerun"
+    PUBLIC_NOMAD_PORT = "PublicNomadPort"
+    ISOLATION_BY_OMISSION = "IsolationByOmission"
+    NO_SECURITY_GROUP = "NoSecurityGroup"
+    GCP_ROLE_UNTAGGED = "GcpRoleUntagged"
+    GCP_EGRESS_UNRESTRICTED = "GcpEgressUnrestricted"
+    GCP_LOAD_BALANCER_RULE_SKIPPED = "GcpLoadBalancerRuleSkipped"
+    QUOTA_EXCEEDED = "QuotaExceeded"
+    INVALID_SPEC = "InvalidSpec"
+    # What resolving the cluster's Services found.
+    SERVICE_NOT_FOUND = "ServiceNotFound"
+    SERVICE_PORT_MISSING = "ServicePortMissing"
+    SERVICE_WITHOUT_SELECTOR = "ServiceWithoutSelector"
+    # Drift of what this resource manages (drift.compute_plan).
+    MISSING = "Missing"
+    MODIFIED = "Modified"
+    UNEXPECTED = "Unexpected"
+    # Judgement of what this resource does not manage (the policy layer).
+    WORLD_OPEN_SENSITIVE_PORT = "WorldOpenSensitivePort"
+    UNMANAGED_WIDENING = "UnmanagedWidening"
+    UNMANAGED_RULE_SHADOWED = "UnmanagedRuleShadowed"
+    # Ownership (the pipeline and the adapters).
+    CONFLICT = "Conflict"
+    HELD_BY_OTHER_RULE = "HeldByOtherRule"
+    FIREWALL_ADOPTED = "FirewallAdopted"
+
+    @property
+    def severity(self) -> Severity:
+        return _SEVERITY.get(self, Severity.WARNING)
+
+
+_SEVERITY: dict[FindingCode, Severity] = {
+    FindingCode.ADMIN_SSH_ENABLED: Severity.INFO,
+    FindingCode.COMPONENT_ASSUMED: Severity.INFO,
+    FindingCode.DNS_NOT_CONFIGURED: Severity.INFO,
+    FindingCode.EXTERNAL_NARROWED: Severity.INFO,
+    FindingCode.ISOLATION_BY_OMISSION: Severity.INFO,
+    FindingCode.GCP_ROLE_UNTAGGED: Severity.INFO,
+    FindingCode.GCP_EGRESS_UNRESTRICTED: Severity.INFO,
+    FindingCode.GCP_LOAD_BALANCER_RULE_SKIPPED: Severity.INFO,
+    FindingCode.UNMANAGED_RULE_SHADOWED: Severity.INFO,
+    FindingCode.FIREWALL_ADOPTED: Severity.INFO,
+    FindingCode.INVALID_SPEC: Severity.ERROR,
+    FindingCode.WORLD_OPEN_SENSITIVE_PORT: Severity.ERROR,
+    FindingCode.CONFLICT: Severity.ERROR,
+}
+
+
 @dataclass(frozen=True)
 class Finding:
     """Something a person should know: wider than the guide, over a quota, drifted, unmanaged.
 
-    Findings are data, never exceptions. ``code`` is a stable CamelCase identifier (metrics and
+    Findings are data, never exceptions. ``code`` is one of :class:`FindingCode` (metrics and
     alerts key on it); ``row`` is the guide row it concerns, when there is one; ``target`` is the
     target it was found on ("kubernetes", "aws", "gcp"), or "" for the spec itself.
     """
 
     severity: Severity
-    code: str
+    code: FindingCode
     message: str
     row: str = ""
     target: str = ""
 
+    @classmethod
+    def of(cls, code: FindingCode, message: str, *, row: str = "", target: str = "") -> Finding:
+        """A finding at its code's default severity."""
+        return cls(code.severity, code, message, row=row, target=target)
+
     def as_dict(self) -> dict[str, str]:
-        out = {"severity": self.severity.value, "code": self.code, "message": self.message}
+        out = {"severity": self.severity.value, "code": self.code.value, "message": self.message}
         if self.row:
             out["row"] = self.row
         if self.target:

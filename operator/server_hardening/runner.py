@@ -16,11 +16,14 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server_hardening import metrics
+
+if TYPE_CHECKING:
+    from server_hardening.service import OperatorState
 
 HEARTBEAT_STALE_SECONDS = 30.0
 
@@ -54,15 +57,14 @@ def configure_logging(fmt: str, verbose: bool) -> None:
 class Health:
     """What /healthz and /readyz answer from."""
 
-    def __init__(self) -> None:
+    def __init__(self, state: OperatorState | None = None) -> None:
         self.kopf_thread: threading.Thread | None = None
+        self.state = state
 
     def alive(self) -> tuple[bool, str]:
-        from server_hardening import handlers
-
         if self.kopf_thread is not None and not self.kopf_thread.is_alive():
             return False, "the kopf operator has stopped"
-        rt = handlers.RUNTIME
+        rt = self.state
         if rt is None or not rt.ready:
             return True, "starting"
         age = time.monotonic() - rt.heartbeat
@@ -72,10 +74,8 @@ class Health:
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:
-        from server_hardening import handlers
-
         ok, why = self.alive()
-        rt = handlers.RUNTIME
+        rt = self.state
         if not ok:
             return ok, why
         return (True, "ok") if rt is not None and rt.ready else (False, "starting")
@@ -127,26 +127,27 @@ def _kube_api(kubeconfig: str | None) -> Any:
 def run_operator(args: argparse.Namespace) -> int:
     import kopf
 
-    from server_hardening import handlers
+    from server_hardening import handlers  # noqa: F401 - registers the handlers with kopf
+    from server_hardening.service import OperatorState
     from server_hardening.targets.factory import LiveTargets
     from server_hardening.targets.kubernetes import ResourceClient
 
     configure_logging(args.log_format, args.verbose)
     api = _kube_api(args.kubeconfig)
-    handlers.RUNTIME = handlers.Runtime(
+    state = OperatorState(
         factory=LiveTargets(api, recorder=metrics.recorder_for),
         resources=ResourceClient(api),
         kubeconfig=args.kubeconfig,
         clusterwide=bool(args.all_namespaces),
         release_timeout=float(args.release_timeout),
     )
-    health = Health()
+    health = Health(state)
     server = serve_http(args.metrics_host, args.metrics_port, health)
     logging.getLogger("server_hardening").info(
         "metrics and health on http://%s:%d", args.metrics_host, server.server_port
     )
     stop = threading.Event()
-    kwargs: dict[str, Any] = {"stop_flag": stop}
+    kwargs: dict[str, Any] = {"stop_flag": stop, "memo": kopf.Memo(state=state)}
     if args.all_namespaces:
         kwargs["clusterwide"] = True
     else:

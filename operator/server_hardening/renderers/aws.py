@@ -37,6 +37,7 @@ from server_hardening.rules import (
     Action,
     Direction,
     Finding,
+    FindingCode,
     Protocol,
     Role,
     Rule,
@@ -430,7 +431,7 @@ def render_security_groups(
         findings.append(
             Finding(
                 Severity.INFO,
-                "NoSecurityGroup",
+                FindingCode.NO_SECURITY_GROUP,
                 f"spec.aws.securityGroups.{role.value} is not set: rows "
                 f"{', '.join(sorted(rows))} are not written to any security group",
                 row=min(rows),
@@ -441,7 +442,7 @@ def render_security_groups(
         findings.append(
             Finding(
                 Severity.INFO,
-                "IsolationByOmission",
+                FindingCode.ISOLATION_BY_OMISSION,
                 f"{row}: security groups only allow, so this block is not written as a rule; "
                 "it holds because no managed rule allows it (" + ", ".join(sorted(where)) + ")",
                 row=row,
@@ -488,7 +489,7 @@ def quota_finding(use: QuotaUse, *, role: str, existing: str = "") -> Finding:
         counts.append(f"{use.ipv6} IPv6 rules")
     return Finding(
         Severity.ERROR,
-        "QuotaExceeded",
+        FindingCode.QUOTA_EXCEEDED,
         f"{use.group_id} ({role}) {use.direction.value} needs {' and '.join(counts)}"
         f"{existing}; the quota is {use.quota} per address family "
         f"(spec.aws.ruleQuota.{field}): nothing is written to this group until it fits",
@@ -496,14 +497,14 @@ def quota_finding(use: QuotaUse, *, role: str, existing: str = "") -> Finding:
     )
 
 
-def atomic_rules(rendered: RenderedSecurityGroups) -> list[DesiredItem]:
+def atomic_rules(rendered: RenderedSecurityGroups) -> list[DesiredItem[AtomicRule]]:
     """One :class:`DesiredItem` per AWS rule: normalised key, fingerprint over the description
-    and the owner. ``body`` is :meth:`AtomicRule.as_body`."""
+    and the owner; the payload is the rule itself."""
     return [
         DesiredItem(
             key=atom.key(),
             fingerprint=rule_fingerprint(atom.description, rendered.owner),
-            body=atom.as_body(),
+            payload=atom,
             rows=atom.rows,
         )
         for atom in rendered.atoms

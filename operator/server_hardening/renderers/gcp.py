@@ -34,8 +34,9 @@ What is written, per role that has a network tag in ``spec.gcp.targetTags`` (doc
   RFC 1035, <= 63 characters, deterministic; colliding names get a digest of the peer.
 - Descriptions: ``ownership.describe(rows, owner, purpose)`` (marker, owner, guide rows).
 
-:func:`normalise_firewall` is the canonical form the target fingerprints (``drift`` sits above
-the renderers in the layer contract, so the target builds the drift items).
+:func:`normalise_firewall` is the canonical form drift compares; :func:`firewall_items` are the
+desired items. Judging rules the resource does not own is the policy layer's
+(:mod:`server_hardening.policy.gcp`); the ownership marks are :mod:`server_hardening.ownership`'s.
 """
 
 from __future__ import annotations
@@ -48,12 +49,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from server_hardening.drift import DesiredItem, fingerprint
 from server_hardening.model import GcpSpec, ResourceRef
-from server_hardening.ownership import DESCRIPTION_MARKER, describe, gcp_name_prefix
+from server_hardening.ownership import describe, gcp_name_prefix
 from server_hardening.rules import (
     Action,
     Direction,
     Finding,
+    FindingCode,
     PeerKind,
     Protocol,
     Role,
@@ -253,7 +256,7 @@ def _group_rules(rules: Sequence[Rule], gcp: GcpSpec, tags: Mapping[Role, str]) 
             out.findings.append(
                 Finding(
                     Severity.INFO,
-                    "GcpLoadBalancerRuleSkipped",
+                    FindingCode.GCP_LOAD_BALANCER_RULE_SKIPPED,
                     "GCP load balancers are pass-through and hold no firewall: "
                     f"{rule.direction.value} {rule.peer.label()} {rule.protocol.value} "
                     f"{rule.ports or 'all'} is not written",
@@ -282,7 +285,7 @@ def _group_rules(rules: Sequence[Rule], gcp: GcpSpec, tags: Mapping[Role, str]) 
         out.findings.append(
             Finding(
                 Severity.INFO,
-                "GcpRoleUntagged",
+                FindingCode.GCP_ROLE_UNTAGGED,
                 f"spec.gcp.targetTags.{role.value} is not set: {count} rule(s) for {role.value} "
                 "are not written on GCP",
                 target=TARGET,
@@ -292,7 +295,7 @@ def _group_rules(rules: Sequence[Rule], gcp: GcpSpec, tags: Mapping[Role, str]) 
         out.findings.append(
             Finding(
                 Severity.INFO,
-                "GcpEgressUnrestricted",
+                FindingCode.GCP_EGRESS_UNRESTRICTED,
                 f"spec.gcp.restrictEgress is false: GCP allows all egress, so {egress_skipped} "
                 "outbound allow(s) of the guide are not written",
                 target=TARGET,
@@ -467,201 +470,21 @@ def normalise_firewall(body: Mapping[str, Any], project: str) -> dict[str, Any]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Ownership marks in descriptions
-
-_MARK = re.compile(rf"^{re.escape(DESCRIPTION_MARKER)} (?P<owner>[^/\s]+/[^/\s]+) \[")
+FirewallBody = dict[str, Any]
+"""A VPC firewall rule as the Compute v1 REST API takes it (camelCase JSON)."""
 
 
-def description_owner(description: str) -> str:
-    """``ns/name`` of the resource that marked this description, or "" when unmarked."""
-    match = _MARK.match(description or "")
-    return match["owner"] if match else ""
-
-
-def released_description(description: str) -> str:
-    """The description after an orphaning release: the mark is gone, the rows stay readable."""
-    text = description or ""
-    if description_owner(text):
-        text = f"released from {text[len(DESCRIPTION_MARKER) + 1 :]}"
-    return text[:2048]
-
-
-# ---------------------------------------------------------------------------------------------
-# Judging rules the resource does not own (pure, so the unit tests run without google)
-
-
-@dataclass(frozen=True)
-class _Flow:
-    protocol: str  # tcp, udp, icmp, all, ...
-    ports: tuple[int, int]
-
-
-def _flows(body: Mapping[str, Any], action: str) -> list[_Flow]:
-    out = []
-    for entry in _norm_entries(body.get(action) or []):
-        proto = entry["IPProtocol"]
-        if "ports" in entry:
-            for text in entry["ports"]:
-                out.append(_Flow(proto, _port_bounds(text)))
-        else:
-            out.append(_Flow(proto, (0, 65535)))
-    return out
-
-
-def _flow_covered(flow: _Flow, body: Mapping[str, Any], action: str) -> bool:
-    for other in _flows(body, action):
-        if other.protocol == "all" or (
-            other.protocol == flow.protocol
-            and other.ports[0] <= flow.ports[0]
-            and flow.ports[1] <= other.ports[1]
-        ):
-            return True
-    return False
-
-
-def _peer_covered(
-    ranges: Sequence[str], peer_tags: Sequence[str], body: Mapping[str, Any], direction: str
-) -> bool:
-    """Every source (ingress) or destination (egress) of the unmanaged rule is one of ``body``'s."""
-    if direction == "INGRESS":
-        their_ranges, their_tags = body.get("sourceRanges") or [], body.get("sourceTags") or []
-    else:
-        their_ranges, their_tags = body.get("destinationRanges") or [WORLD_V4, WORLD_V6], []
-    nets = [ipaddress.ip_network(r, strict=False) for r in their_ranges]
-    for cidr in ranges:
-        net = ipaddress.ip_network(cidr, strict=False)
-        if not any(net.version == n.version and net.subnet_of(n) for n in nets):  # type: ignore[arg-type]
-            return False
-    return all(tag in their_tags for tag in peer_tags)
-
-
-def _targets(body: Mapping[str, Any], tags: Mapping[Role, str]) -> list[Role]:
-    if body.get("targetServiceAccounts"):
-        return []  # scoped to service accounts we do not manage: cannot tell, not judged
-    target_tags = body.get("targetTags") or []
-    return [role for role, tag in tags.items() if not target_tags or tag in target_tags]
-
-
-def judge_firewall(body: Mapping[str, Any], rendered: RenderedFirewalls) -> Finding | None:
-    """Does this unmanaged firewall widen access to a managed tag beyond what we render?
-
-    - A deny, a disabled rule, or one that targets no managed tag: harmless (None).
-    - An allow whose every (protocol, port, peer) is allowed by one of our rules too: None.
-    - An allow whose excess is all denied by one of ours at a higher (or equal) priority, e.g.
-      ``default-allow-internal`` under the isolation denies and the floor: an ``info`` finding
-      (``UnmanagedRuleShadowed``), since it would open access if our rules went.
-    - Otherwise a ``warning`` (``UnmanagedWidening``), with the guide row it undercuts.
-    """
-    if body.get("disabled") or not body.get("allowed"):
-        return None
-    direction = str(body.get("direction") or "INGRESS").upper()
-    targets = _targets(body, rendered.tags)
-    if not targets:
-        return None
-    if direction == "INGRESS":
-        ranges = list(body.get("sourceRanges") or [])
-        peer_tags = list(body.get("sourceTags") or [])
-        if not ranges and not peer_tags and not body.get("sourceServiceAccounts"):
-            ranges = [WORLD_V4]
-    else:
-        ranges = list(body.get("destinationRanges") or [WORLD_V4])
-        peer_tags = []
-    priority = int(body.get("priority", DEFAULT_PRIORITY))
-    ours = [normalise_firewall(f, rendered.project) for f in rendered.firewalls]
-    shadowed_by: list[str] = []
-    for role in targets:
-        tag = rendered.tags[role]
-        mine = [f for f in ours if tag in f.get("targetTags", []) and f["direction"] == direction]
-        no_floor = not any(f["priority"] == FLOOR_PRIORITY for f in mine)
-        if direction == "EGRESS" and no_floor and priority >= ISOLATION_PRIORITY:
-            # No egress floor: egress is open anyway; only a rule above the isolation denies
-            # can widen anything.
-            continue
-        for flow in _flows(body, "allowed"):
-            sources = [*(("r", r) for r in ranges), *(("t", t) for t in peer_tags)]
-            for source in sources:
-                src_ranges = [source[1]] if source[0] == "r" else []
-                src_tags = [source[1]] if source[0] == "t" else []
-                if any(
-                    "allowed" in f
-                    and _flow_covered(flow, f, "allowed")
-                    and _peer_covered(src_ranges, src_tags, f, direction)
-                    for f in mine
-                ):
-                    continue
-                deny = next(
-                    (
-                        f
-                        for f in sorted(mine, key=lambda f: f["priority"])
-                        if "denied" in f
-                        and f["priority"] <= priority
-                        and _flow_covered(flow, f, "denied")
-                        and _peer_covered(src_ranges, src_tags, f, direction)
-                    ),
-                    None,
-                )
-                if deny is not None:
-                    shadowed_by.append(deny["name"])
-                    continue
-                return _widening(body, role, flow, source, direction, mine)
-    if shadowed_by:
-        return Finding(
-            Severity.INFO,
-            "UnmanagedRuleShadowed",
-            f"firewall {body.get('name')} (priority {priority}) allows more than the guide on "
-            f"managed tags, but {', '.join(sorted(set(shadowed_by)))} deny it first",
-            target=TARGET,
+def firewall_items(rendered: RenderedFirewalls) -> list[DesiredItem[FirewallBody]]:
+    """One desired item per firewall: key = name, fingerprint over the normalised content."""
+    return [
+        DesiredItem(
+            key=body["name"],
+            fingerprint=fingerprint(normalise_firewall(body, rendered.project)),
+            payload=body,
+            rows=rendered.rows_by_name.get(body["name"], ()),
         )
-    return None
-
-
-def _widening(
-    body: Mapping[str, Any],
-    role: Role,
-    flow: _Flow,
-    source: tuple[str, str],
-    direction: str,
-    mine: Sequence[Mapping[str, Any]],
-) -> Finding:
-    """A warning naming the first excess flow and the guide row it undercuts."""
-    ports = "all" if flow.ports == (0, 65535) else _port_text(*flow.ports)
-    src_ranges = [source[1]] if source[0] == "r" else []
-    src_tags = [source[1]] if source[0] == "t" else []
-    row = ""
-    for f in mine:
-        # Above our isolation deny (a lower number) and on its peer: it undoes the isolation.
-        if (
-            "denied" in f
-            and f["priority"] == ISOLATION_PRIORITY
-            and _flow_covered(flow, f, "denied")
-            and _peer_covered(src_ranges, src_tags, f, direction)
-        ):
-            row = next((r for r in _rows_of(f) if r.endswith("ISO-1")), "")
-            break
-    if not row and flow.protocol in ("tcp", "all") and flow.ports[0] <= 22 <= flow.ports[1]:
-        row = "ALL-IN-1" if direction == "INGRESS" else "ALL-OUT-4"
-    if not row:
-        for f in mine:
-            if "allowed" in f and _flow_covered(flow, f, "allowed"):
-                row = next(iter(_rows_of(f)), "")
-                break
-    way = "from" if direction == "INGRESS" else "to"
-    return Finding(
-        Severity.WARNING,
-        "UnmanagedWidening",
-        f"firewall {body.get('name')} (priority {body.get('priority', DEFAULT_PRIORITY)}) allows "
-        f"{direction.lower()} {flow.protocol}:{ports} {way} {source[1]} on {role.value} "
-        f"(targets {','.join(body.get('targetTags') or []) or 'all instances'}), which the "
-        "guide does not list",
-        row=row,
-        target=TARGET,
-    )
-
-
-def _rows_of(body: Mapping[str, Any]) -> list[str]:
-    match = re.search(r"\[([^\]]*)\]", str(body.get("description", "")))
-    return [r for r in match[1].split(",") if r] if match else []
+        for body in rendered.firewalls
+    ]
 
 
 def is_valid_name(name: str) -> bool:

@@ -37,6 +37,9 @@ from server_hardening.ownership import (
 )
 from server_hardening.rules import Action, Direction, Peer, Protocol, Role
 
+Manifest = Mapping[str, Any]
+"""A NetworkPolicy as the API server takes it (networking.k8s.io/v1, camelCase)."""
+
 NAME_PREFIX = "svh-"
 KUBE_SYSTEM = {"kubernetes.io/metadata.name": "kube-system"}
 
@@ -270,7 +273,7 @@ def policy_fingerprint(manifest: Mapping[str, Any]) -> str:
     )
 
 
-def desired_items(policies: Sequence[Mapping[str, Any]]) -> list[DesiredItem]:
+def desired_items(policies: Sequence[Manifest]) -> list[DesiredItem[Manifest]]:
     items = []
     for policy in policies:
         annotations = policy["metadata"]["annotations"]
@@ -278,7 +281,7 @@ def desired_items(policies: Sequence[Mapping[str, Any]]) -> list[DesiredItem]:
             DesiredItem(
                 key=policy["metadata"]["name"],
                 fingerprint=policy_fingerprint(policy),
-                body=policy,
+                payload=policy,
                 rows=tuple(annotations[ROWS_ANNOTATION].split(",")),
             )
         )

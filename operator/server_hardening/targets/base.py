@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from server_hardening.drift import DesiredItem, ObservedItem, Plan, UnmanagedJudge
 from server_hardening.rules import Finding
+
+PayloadT = TypeVar("PayloadT")
 
 
 class TargetError(Exception):
@@ -29,10 +31,10 @@ class PermanentTargetError(TargetError):
 
 
 @dataclass(frozen=True)
-class Observation:
+class Observation(Generic[PayloadT]):
     """What a target holds now, as items, plus what observing it taught (quota, missing group)."""
 
-    items: tuple[ObservedItem, ...]
+    items: tuple[ObservedItem[PayloadT], ...]
     findings: tuple[Finding, ...] = ()
 
 
@@ -52,32 +54,35 @@ class ApplyResult:
         return self.created + self.updated + self.deleted + self.removed_unmanaged
 
 
-class Target(Protocol):
+class Target(Protocol[PayloadT]):
     """One place the operator enforces the guide: ``kubernetes``, ``aws`` or ``gcp``."""
 
     name: str
 
-    def desired(self) -> Sequence[DesiredItem]:
+    def desired(self) -> Sequence[DesiredItem[PayloadT]]:
         """The items the compiled intent requires (pure rendering, no API call)."""
         ...
 
-    def observe(self) -> Observation:
+    def observe(self) -> Observation[PayloadT]:
         """Read what the target holds. Never writes."""
         ...
 
-    def judge_unmanaged(self) -> UnmanagedJudge:
+    def judge_unmanaged(self) -> UnmanagedJudge[PayloadT]:
         """How to judge an item this resource does not own."""
         ...
 
-    def apply(self, plan: Plan) -> ApplyResult:
+    def apply(self, plan: Plan[PayloadT]) -> ApplyResult:
         """Make the target match the plan: create and update first, then delete. Idempotent."""
         ...
 
-    def release(self, observed: Observation, *, delete: bool) -> ApplyResult:
+    def release(self, observed: Observation[PayloadT], *, delete: bool) -> ApplyResult:
         """On deletion of the resource: remove owned items (``delete``) or drop the ownership
         mark and leave them (orphan)."""
         ...
 
+
+AnyTarget = Target[Any]
+"""A target of any payload type, as the pipeline holds them side by side."""
 
 ApiCallRecorder = Callable[[str, str], None]
 """Adapters report every API call as ``(operation, outcome)``; outcome is ``ok``, ``throttled``,

@@ -8,7 +8,7 @@ from typing import Any
 
 from server_hardening.compiler import CompiledIntent
 from server_hardening.model import ResourceRef
-from server_hardening.targets.base import ApiCallRecorder, Target, ignore_call
+from server_hardening.targets.base import AnyTarget, ApiCallRecorder, ignore_call
 
 
 def _no_recorder(target: str) -> ApiCallRecorder:
@@ -34,12 +34,12 @@ class LiveTargets:
 
     def build(
         self, intent: CompiledIntent, ref: ResourceRef
-    ) -> list[tuple[str, Callable[[], Target]]]:
+    ) -> list[tuple[str, Callable[[], AnyTarget]]]:
         spec = intent.spec
-        builders: list[tuple[str, Callable[[], Target]]] = []
+        builders: list[tuple[str, Callable[[], AnyTarget]]] = []
         if spec.kubernetes.network_policies.enabled:
 
-            def kubernetes() -> Target:
+            def kubernetes() -> AnyTarget:
                 from server_hardening.targets.kubernetes import (
                     KubernetesTarget,
                     resolve_components,
@@ -57,7 +57,7 @@ class LiveTargets:
         aws = spec.aws
         if aws is not None:
 
-            def aws_target() -> Target:
+            def aws_target() -> AnyTarget:
                 from server_hardening.targets.aws import AwsTarget
 
                 kwargs: dict[str, Any] = {}
@@ -76,7 +76,7 @@ class LiveTargets:
         gcp = spec.gcp
         if gcp is not None:
 
-            def gcp_target() -> Target:
+            def gcp_target() -> AnyTarget:
                 from server_hardening.targets.gcp import GcpTarget
 
                 kwargs: dict[str, Any] = {}

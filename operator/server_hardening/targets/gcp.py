@@ -4,14 +4,15 @@
   per reconcile. A rule is *owned* when its name carries this resource's prefix
   (``ownership.gcp_name_prefix``) and its description this resource's mark; a mark of another
   resource sets :attr:`ObservedItem.owner`; the rest are unmanaged, judged by
-  :func:`~server_hardening.renderers.gcp.judge_firewall`.
+  :func:`~server_hardening.policy.gcp.judge_firewall`.
 - **Apply**: a quota check first (``projects.get``, the FIREWALLS metric), so a plan that cannot
   fit writes nothing; then inserts, then in-place updates (PUT: the whole rule is replaced, so a
   field that must become empty does), then deletes, and deletes only when every insert and update
   succeeded. Every write carries a ``requestId`` (a UUID kept across retries), so a retried insert
   is not applied twice; every returned operation is waited for and its error surfaced.
-- **Errors**: 429/``rateLimitExceeded`` and 5xx/connection errors are retried with exponential
-  backoff and jitter within :class:`RetryPolicy`, then raise
+- **Errors**: 429/``rateLimitExceeded`` and 5xx/connection errors are retried by the shared
+  :class:`~server_hardening.targets.retry.Retrier` (full jitter, a sleep budget per pass), then
+  raise
   :class:`~server_hardening.targets.base.TransientTargetError`; ``quotaExceeded`` becomes a
   ``QuotaExceeded`` finding with the numbers; other 403s and 401 raise
   :class:`~server_hardening.targets.base.PermanentTargetError` naming the missing permission; 409 on
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import json
-import random
 import re
 import time
 import uuid
@@ -47,17 +47,22 @@ from google.cloud import compute_v1
 
 from server_hardening.drift import DesiredItem, ObservedItem, Plan, UnmanagedJudge, fingerprint
 from server_hardening.model import GcpSpec, ResourceRef, UnmanagedRules
-from server_hardening.ownership import gcp_name_prefix, owner_key
+from server_hardening.ownership import (
+    description_owner,
+    gcp_name_prefix,
+    owner_key,
+    released_description,
+)
+from server_hardening.policy.gcp import judge_firewall
 from server_hardening.renderers.gcp import (
     TARGET,
+    FirewallBody,
     RenderedFirewalls,
-    description_owner,
-    judge_firewall,
+    firewall_items,
     normalise_firewall,
-    released_description,
     render_firewalls,
 )
-from server_hardening.rules import Finding, Rule, Severity
+from server_hardening.rules import Finding, FindingCode, Rule, Severity
 from server_hardening.targets.base import (
     ApiCallRecorder,
     ApplyResult,
@@ -66,6 +71,7 @@ from server_hardening.targets.base import (
     TransientTargetError,
     ignore_call,
 )
+from server_hardening.targets.retry import Retrier, RetryPolicy, Verdict
 
 T = TypeVar("T")
 
@@ -116,21 +122,6 @@ def make_clients(
     )
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter, bounded by ``attempts`` per call."""
-
-    attempts: int = 5
-    base_delay: float = 0.5
-    max_delay: float = 8.0
-    sleep: Callable[[float], None] = time.sleep
-    jitter: Callable[[], float] = random.random
-
-    def delay(self, attempt: int) -> float:
-        factor: float = 0.5 + self.jitter() / 2
-        return min(self.max_delay, self.base_delay * 2.0**attempt) * factor
-
-
 _Send = Callable[[str], compute_v1.Operation]
 
 
@@ -172,6 +163,16 @@ def _kind(exc: Exception) -> str:  # noqa: PLR0911 - one answer per error family
     return "other"
 
 
+def classify(exc: Exception) -> Verdict:
+    """Retry throttling, 5xx and connection errors; the rest is final."""
+    kind = _kind(exc)
+    if kind == "throttled":
+        return Verdict("throttled", retry=True, why=_message(exc))
+    if kind == "transient":
+        return Verdict("transient_error", retry=True, why=_message(exc))
+    return Verdict("error")
+
+
 def _message(exc: Exception) -> str:
     return str(getattr(exc, "message", "") or exc)
 
@@ -189,19 +190,6 @@ def _to_firewall(body: dict[str, Any] | Any) -> compute_v1.Firewall:
     return firewall
 
 
-def firewall_items(rendered: RenderedFirewalls) -> list[DesiredItem]:
-    """One desired item per firewall: key = name, fingerprint over the normalised content."""
-    return [
-        DesiredItem(
-            key=body["name"],
-            fingerprint=fingerprint(normalise_firewall(body, rendered.project)),
-            body=body,
-            rows=rendered.rows_by_name.get(body["name"], ()),
-        )
-        for body in rendered.firewalls
-    ]
-
-
 class GcpTarget:
     """The ``gcp`` target: VPC firewall rules of one network (see the module doc)."""
 
@@ -217,6 +205,7 @@ class GcpTarget:
         client_factory: ClientFactory | None = None,
         record_call: ApiCallRecorder = ignore_call,
         retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
         operation_wait_rounds: int = 20,
     ) -> None:
         self.rendered = rendered
@@ -225,8 +214,7 @@ class GcpTarget:
         self.unmanaged_rules = unmanaged_rules
         self._factory: ClientFactory = client_factory or make_clients
         self._clients: GcpClients | None = None
-        self._record = record_call
-        self._retry = retry or RetryPolicy()
+        self._retrier = Retrier(retry, record_call, sleep=sleep)
         self._wait_rounds = operation_wait_rounds
         self._prefix = gcp_name_prefix(owner)
 
@@ -238,22 +226,24 @@ class GcpTarget:
 
     # -- Target protocol -----------------------------------------------------------------------
 
-    def desired(self) -> Sequence[DesiredItem]:
+    def desired(self) -> Sequence[DesiredItem[FirewallBody]]:
         return firewall_items(self.rendered)
 
-    def observe(self) -> Observation:
+    def observe(self) -> Observation[FirewallBody]:
+        self._retrier.new_pass()
         items = [self._observed(body) for body in self._list()]
         return Observation(items=tuple(items), findings=self.rendered.findings)
 
-    def judge_unmanaged(self) -> UnmanagedJudge:
+    def judge_unmanaged(self) -> UnmanagedJudge[FirewallBody]:
         rendered = self.rendered
 
-        def judge(item: ObservedItem) -> Finding | None:
-            return judge_firewall(item.body, rendered)
+        def judge(item: ObservedItem[FirewallBody]) -> Finding | None:
+            return judge_firewall(item.payload, rendered)
 
         return judge
 
-    def apply(self, plan: Plan) -> ApplyResult:
+    def apply(self, plan: Plan[FirewallBody]) -> ApplyResult:
+        self._retrier.new_pass()
         result = ApplyResult()
         if plan.empty:
             return result
@@ -284,7 +274,8 @@ class GcpTarget:
                     result.removed_unmanaged += 1
         return result
 
-    def release(self, observed: Observation, *, delete: bool) -> ApplyResult:
+    def release(self, observed: Observation[FirewallBody], *, delete: bool) -> ApplyResult:
+        self._retrier.new_pass()
         result = ApplyResult()
         for item in observed.items:
             if not item.owned:
@@ -294,7 +285,7 @@ class GcpTarget:
                 if self._delete(name, result):
                     result.deleted += 1
                 continue
-            description = released_description(str(item.body.get("description", "")))
+            description = released_description(str(item.payload.get("description", "")))
             errors = len(result.errors)
             self._write(
                 "firewalls.patch",
@@ -348,14 +339,14 @@ class GcpTarget:
             if not token:
                 return out
 
-    def _observed(self, body: dict[str, Any]) -> ObservedItem:
+    def _observed(self, body: FirewallBody) -> ObservedItem[FirewallBody]:
         name = str(body.get("name", ""))
         marked = description_owner(str(body.get("description", "")))
         mine = owner_key(self.owner)
         return ObservedItem(
             key=name,
             fingerprint=fingerprint(normalise_firewall(body, self.gcp.project)),
-            body=body,
+            payload=body,
             owned=name.startswith(self._prefix) and marked == mine,
             native_id=name,
             owner=marked if marked and marked != mine else "",
@@ -379,7 +370,7 @@ class GcpTarget:
                 result.findings.append(
                     Finding(
                         Severity.ERROR,
-                        "QuotaExceeded",
+                        FindingCode.QUOTA_EXCEEDED,
                         f"the FIREWALLS quota of project {self.gcp.project} is "
                         f"{quota.limit:.0f} with {quota.usage:.0f} in use: {inserts} new "
                         f"rule(s) need {inserts - free} more; nothing was written (raise the "
@@ -398,13 +389,13 @@ class GcpTarget:
         numbers = f" (limit {limit[1]})" if limit else ""
         return Finding(
             Severity.ERROR,
-            "QuotaExceeded",
+            FindingCode.QUOTA_EXCEEDED,
             f"project {self.gcp.project} ran out of firewall quota{numbers} while applying: "
             f"{message}; later changes were not written",
             target=TARGET,
         )
 
-    def _create(self, item: DesiredItem, result: ApplyResult) -> None:
+    def _create(self, item: DesiredItem[FirewallBody], result: ApplyResult) -> None:
         errors = len(result.errors)
         try:
             self._write(
@@ -413,7 +404,7 @@ class GcpTarget:
                 self._sender(
                     self._c.firewalls.insert_unary,
                     compute_v1.InsertFirewallRequest(
-                        project=self.gcp.project, firewall_resource=_to_firewall(item.body)
+                        project=self.gcp.project, firewall_resource=_to_firewall(item.payload)
                     ),
                 ),
                 result,
@@ -425,7 +416,7 @@ class GcpTarget:
         if len(result.errors) == errors:
             result.created += 1
 
-    def _resolve_conflict(self, item: DesiredItem, result: ApplyResult) -> None:
+    def _resolve_conflict(self, item: DesiredItem[FirewallBody], result: ApplyResult) -> None:
         """409 on insert: the name is taken. Identical: success. Ours by name and unmarked by
         anyone else (an orphaned rule of a resource of the same name): take it back."""
         existing = _to_dict(
@@ -450,7 +441,7 @@ class GcpTarget:
                 result.findings.append(
                     Finding(
                         Severity.INFO,
-                        "FirewallAdopted",
+                        FindingCode.FIREWALL_ADOPTED,
                         f"{item.key} existed without this resource's mark (released earlier?) "
                         "and was taken back",
                         target=TARGET,
@@ -462,7 +453,7 @@ class GcpTarget:
             f"{'of ' + other if other else 'this resource does not own'}"
         )
 
-    def _update(self, item: DesiredItem, result: ApplyResult) -> bool:
+    def _update(self, item: DesiredItem[FirewallBody], result: ApplyResult) -> bool:
         """PUT the whole desired rule in place (so fields that must become empty do)."""
         errors = len(result.errors)
         self._write(
@@ -473,7 +464,7 @@ class GcpTarget:
                 compute_v1.UpdateFirewallRequest(
                     project=self.gcp.project,
                     firewall=item.key,
-                    firewall_resource=_to_firewall(item.body),
+                    firewall_resource=_to_firewall(item.payload),
                 ),
             ),
             result,
@@ -566,34 +557,16 @@ class GcpTarget:
     # -- one call, with retries and error translation -------------------------------------------
 
     def _call(self, operation: str, resource: str, fn: Callable[[], T]) -> T:
-        attempt = 0
-        while True:
-            try:
-                out = fn()
-            except Exception as exc:
-                kind = _kind(exc)
-                if kind in ("throttled", "transient"):
-                    self._record(
-                        operation, "throttled" if kind == "throttled" else "transient_error"
-                    )
-                    attempt += 1
-                    if attempt >= self._retry.attempts:
-                        raise TransientTargetError(
-                            f"{operation} {resource}: {_message(exc)} (gave up after "
-                            f"{attempt} attempts)",
-                            operation=operation,
-                            resource=resource,
-                        ) from exc
-                    self._retry.sleep(self._retry.delay(attempt - 1))
-                    continue
-                self._record(operation, "error")
-                if kind == "quota":
-                    raise _QuotaError(_message(exc)) from exc
-                if kind in ("permission", "auth"):
-                    raise self._permanent(operation, resource, exc) from exc
-                raise
-            self._record(operation, "ok")
-            return out
+        """One call: the shared retry loop, then this SDK's errors translated once."""
+        try:
+            return self._retrier.call(operation, resource, fn, classify)
+        except Exception as exc:
+            kind = _kind(exc)
+            if kind == "quota":
+                raise _QuotaError(_message(exc)) from exc
+            if kind in ("permission", "auth"):
+                raise self._permanent(operation, resource, exc) from exc
+            raise
 
     def _permanent(self, operation: str, resource: str, exc: Exception) -> PermanentTargetError:
         message = _message(exc)
@@ -609,5 +582,5 @@ class GcpTarget:
         return PermanentTargetError(text, operation=operation, resource=resource)
 
 
-def owned_names(items: Iterable[ObservedItem]) -> list[str]:
+def owned_names(items: Iterable[ObservedItem[FirewallBody]]) -> list[str]:
     return sorted(i.key for i in items if i.owned)

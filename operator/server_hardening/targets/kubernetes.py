@@ -16,7 +16,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from server_hardening import checks, components
+from server_hardening import components
 from server_hardening.compiler import CompiledIntent
 from server_hardening.drift import DesiredItem, ObservedItem, Plan, UnmanagedJudge
 from server_hardening.guide import Component
@@ -29,12 +29,14 @@ from server_hardening.ownership import (
     owner_from_annotation,
     owner_key,
 )
+from server_hardening.policy import networkpolicy as np_policy
 from server_hardening.renderers.networkpolicy import (
+    Manifest,
     desired_items,
     policy_fingerprint,
     render_network_policies,
 )
-from server_hardening.rules import Finding, Severity
+from server_hardening.rules import Finding, FindingCode, Severity
 from server_hardening.targets.base import (
     ApiCallRecorder,
     ApplyResult,
@@ -44,12 +46,15 @@ from server_hardening.targets.base import (
     TransientTargetError,
     ignore_call,
 )
+from server_hardening.targets.retry import Retrier, RetryPolicy, Verdict
 
 NAME = "kubernetes"
 
 
 def translate(exc: Exception, operation: str, resource: str) -> TargetError:
     """One place that turns client errors into the two kinds the pipeline knows."""
+    if isinstance(exc, TargetError):
+        return exc
     if isinstance(exc, ApiException):
         status = int(exc.status or 0)
         reason = _api_message(exc)
@@ -69,30 +74,33 @@ def _api_message(exc: ApiException) -> str:
         return str(exc.reason)
 
 
-def _outcome(exc: Exception) -> str:
+def classify(exc: Exception) -> Verdict:
+    """Retry throttling (429), 5xx and a dropped connection; a 409 is not retried as-is (the
+    object changed under us: the next pass judges the new version)."""
     if isinstance(exc, ApiException):
-        if exc.status == 429:
-            return "throttled"
-        if exc.status is not None and exc.status >= 500:
-            return "transient_error"
-        return "error"
-    return "transient_error"
+        status = int(exc.status or 0)
+        if status == 429:
+            return Verdict("throttled", retry=True, why=f"HTTP 429 {_api_message(exc)}")
+        if status >= 500:
+            return Verdict("transient_error", retry=True, why=f"HTTP {status} {_api_message(exc)}")
+        return Verdict("error")
+    if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
+        return Verdict("transient_error", retry=True, why=str(exc))
+    return Verdict("error")
 
 
-class _Calls:
-    """Runs one API call, recording it and translating its errors."""
+class KubernetesCalls:
+    """Runs one API call under the shared retry policy, recording it and translating its
+    errors."""
 
-    def __init__(self, record: ApiCallRecorder) -> None:
-        self.record = record
+    def __init__(self, record: ApiCallRecorder, retry: RetryPolicy | None = None) -> None:
+        self.retrier = Retrier(retry, record)
 
     def __call__(self, operation: str, resource: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            result = fn(*args, **kwargs)
-        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-            self.record(operation, _outcome(exc))
+            return self.retrier.call(operation, resource, lambda: fn(*args, **kwargs), classify)
+        except (ApiException, urllib3.exceptions.HTTPError, OSError, TargetError) as exc:
             raise translate(exc, operation, resource) from exc
-        self.record(operation, "ok")
-        return result
 
 
 def _json(response: Any) -> dict[str, Any]:
@@ -108,7 +116,7 @@ def resolve_components(
 ) -> tuple[dict[Component, components.ResolvedComponent], list[Finding]]:
     """Read the guide's Services and find the pods and pod ports behind them."""
     core = client.CoreV1Api(api)
-    call = _Calls(record)
+    call = KubernetesCalls(record)
     pinned, pending = components.lookups(intent)
     resolved = {c.component: c for c in pinned}
     findings: list[Finding] = []
@@ -140,7 +148,7 @@ def resolve_components(
             findings.append(
                 Finding(
                     Severity.WARNING,
-                    "ServiceNotFound",
+                    FindingCode.SERVICE_NOT_FOUND,
                     f"{lookup.component.value}: no Service named "
                     + " or ".join(lookup.names)
                     + f" in {namespace}; its pods get no allow rule (default deny holds) until "
@@ -180,14 +188,15 @@ class KubernetesTarget:
         self.ref = ref
         self.api = api
         self.net = client.NetworkingV1Api(api)
-        self.call = _Calls(record_call)
+        self.call = KubernetesCalls(record_call)
         self.policies = render_network_policies(intent, ref.namespace, ref, resolved)
         self.findings = tuple(findings)
 
-    def desired(self) -> Sequence[DesiredItem]:
+    def desired(self) -> Sequence[DesiredItem[Manifest]]:
         return desired_items(self.policies)
 
-    def observe(self) -> Observation:
+    def observe(self) -> Observation[Manifest]:
+        self.call.retrier.new_pass()
         listing = _json(
             self.call(
                 "list_networkpolicies",
@@ -198,7 +207,7 @@ class KubernetesTarget:
             )
         )
         me = owner_key(self.ref)
-        items = []
+        items: list[ObservedItem[Manifest]] = []
         for policy in listing.get("items") or []:
             meta = policy["metadata"]
             owned, owner = _ownership(policy, me)
@@ -206,7 +215,7 @@ class KubernetesTarget:
                 ObservedItem(
                     key=meta["name"],
                     fingerprint=policy_fingerprint(policy),
-                    body=policy,
+                    payload=policy,
                     owned=owned,
                     native_id=meta["name"],
                     owner="" if owned else owner,
@@ -214,36 +223,41 @@ class KubernetesTarget:
             )
         return Observation(items=tuple(items), findings=self.findings)
 
-    def judge_unmanaged(self) -> UnmanagedJudge:
-        view = checks.managed_view(
+    def judge_unmanaged(self) -> UnmanagedJudge[Manifest]:
+        view = np_policy.managed_view(
             self.policies,
             restrict_egress=self.intent.spec.kubernetes.network_policies.restrict_egress,
         )
 
-        def judge(item: ObservedItem) -> Finding | None:
-            return checks.judge_policy(item.body, view)
+        def judge(item: ObservedItem[Manifest]) -> Finding | None:
+            return np_policy.judge_policy(item.payload, view)
 
         return judge
 
-    def apply(self, plan: Plan) -> ApplyResult:
+    def apply(self, plan: Plan[Manifest]) -> ApplyResult:
         """Create and replace first, then delete: the namespace is never less reachable than
         both the old and the new desired state allow."""
+        self.call.retrier.new_pass()
         result = ApplyResult()
         ns = self.ref.namespace
         create = self.net.create_namespaced_network_policy
         replace = self.net.replace_namespaced_network_policy
         for item in plan.create:
-            if self._try(result, "create_networkpolicy", item.key, create, ns, dict(item.body)):
+            if self._call_noting_errors(
+                result, "create_networkpolicy", item.key, create, ns, dict(item.payload)
+            ):
                 result.created += 1
         for change in plan.update:
             key = change.desired.key
-            body = json.loads(json.dumps(change.desired.body))
+            body = json.loads(json.dumps(change.desired.payload))
             # Replace exactly the version we judged; a newer edit makes this a 409 and the
             # next pass judges that one.
-            body["metadata"]["resourceVersion"] = change.observed.body["metadata"][
+            body["metadata"]["resourceVersion"] = change.observed.payload["metadata"][
                 "resourceVersion"
             ]
-            if self._try(result, "replace_networkpolicy", key, replace, key, ns, body):
+            if self._call_noting_errors(
+                result, "replace_networkpolicy", key, replace, key, ns, body
+            ):
                 result.updated += 1
         if result.errors:
             # Something we meant to allow is not in place yet: removing now could leave the
@@ -257,8 +271,8 @@ class KubernetesTarget:
                 result.removed_unmanaged += 1
         return result
 
-    def _delete(self, result: ApplyResult, item: ObservedItem) -> bool:
-        meta = item.body["metadata"]
+    def _delete(self, result: ApplyResult, item: ObservedItem[Manifest]) -> bool:
+        meta = item.payload["metadata"]
         options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=meta["uid"]))
         try:
             self.call(
@@ -276,7 +290,10 @@ class KubernetesTarget:
             return False
         return True
 
-    def _try(self, result: ApplyResult, operation: str, key: str, fn: Any, *args: Any) -> bool:
+    def _call_noting_errors(
+        self, result: ApplyResult, operation: str, key: str, fn: Any, *args: Any
+    ) -> bool:
+        """One write; a refusal lands in ``result.errors`` (False) instead of raising."""
         try:
             self.call(operation, key, fn, *args)
         except TargetError as exc:
@@ -287,8 +304,9 @@ class KubernetesTarget:
             return False
         return True
 
-    def release(self, observed: Observation, *, delete: bool) -> ApplyResult:
+    def release(self, observed: Observation[Manifest], *, delete: bool) -> ApplyResult:
         """Deletion of the resource: delete owned policies, or orphan them (drop the marks)."""
+        self.call.retrier.new_pass()
         result = ApplyResult()
         for item in observed.items:
             if not item.owned:
@@ -305,7 +323,7 @@ class KubernetesTarget:
             }
             patch_policy = self.net.patch_namespaced_network_policy
             ns = self.ref.namespace
-            if self._try(
+            if self._call_noting_errors(
                 result, "patch_networkpolicy", item.key, patch_policy, item.key, ns, patch
             ):
                 result.updated += 1

@@ -20,6 +20,7 @@ from adapters.aws.world import (
     bulk_rules,
     capture_calls,
     reconcile,
+    run_pass,
 )
 from server_hardening.model import ResourceRef
 from server_hardening.ownership import (
@@ -165,7 +166,7 @@ def test_only_owned_and_missing_rules_change_and_unmanaged_ones_are_reported(wor
     assert unmanaged in by_id
     assert world_ssh in by_id
     codes = {(f.code, f.message.split(" ")[0]) for f in plan.findings}
-    assert ("UnmanagedRule", unmanaged) in codes
+    assert ("UnmanagedWidening", unmanaged) in codes
     assert ("WorldOpenSensitivePort", world_ssh) in codes
     # The four default allow-all egress rules: reported with what they do to the guide.
     moot = [f for f in plan.findings if "makes every egress restriction" in f.message]
@@ -190,6 +191,9 @@ def test_only_owned_and_missing_rules_change_and_unmanaged_ones_are_reported(wor
 
 
 def test_a_rule_owned_by_another_resource_is_a_conflict_and_left_alone(world: World) -> None:
+    """As the operator runs it (the production per-target pipeline): a rule tagged by another
+    ServerHardening makes the whole target a conflict; nothing is written there, not even with
+    unmanagedRules: Remove, and the conflict names the other resource."""
     nomad = world.groups[Role.NOMAD_CLIENTS]
     theirs = _authorize_tagged(
         world,
@@ -198,13 +202,18 @@ def test_a_rule_owned_by_another_resource_is_a_conflict_and_left_alone(world: Wo
          "IpRanges": [{"CidrIp": "10.7.0.0/16"}]},
         owner="other/installation",
     )  # fmt: skip
+    before = {r["SecurityGroupRuleId"] for r in world.rules()}
+    world.double.proxy.reset()
 
-    plan, _ = reconcile(world.target(world.guide_rendering()), remove_unmanaged=True)
+    report = run_pass(world.target(world.guide_rendering()), remove_unmanaged=True)
 
-    conflicts = [f for f in plan.findings if f.code == "OwnershipConflict"]
-    assert len(conflicts) == 1
-    assert "other/installation" in conflicts[0].message
-    assert theirs in {r["SecurityGroupRuleId"] for r in world.rules()}
+    assert report.conflict_with == "other/installation"
+    assert report.plan is None and report.applied is None
+    conflicts = [f for f in report.findings if f.code == "Conflict"]
+    assert len(conflicts) == 1 and "other/installation" in conflicts[0].message
+    assert {r["SecurityGroupRuleId"] for r in world.rules()} == before
+    assert theirs in before
+    assert set(world.double.counts()) == {"DescribeSecurityGroupRules"}
 
 
 def test_an_identical_unmanaged_rule_blocks_ours_until_it_is_removed(world: World) -> None:

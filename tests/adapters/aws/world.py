@@ -9,11 +9,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from builders import make_spec
 from server_hardening.compiler import compile_intent
 from server_hardening.drift import Plan
-from server_hardening.model import AwsSpec, ResourceRef, ServerHardeningSpec, parse_spec
+from server_hardening.model import (
+    AwsSpec,
+    Mode,
+    ResourceRef,
+    ServerHardeningSpec,
+    UnmanagedRules,
+    parse_spec,
+)
 from server_hardening.ownership import describe, owner_key
-from server_hardening.reconcile import plan_target
+from server_hardening.reconcile import Event, TargetReport, run_target
 from server_hardening.renderers.aws import (
     AtomicRule,
     RenderedSecurityGroups,
@@ -190,14 +198,36 @@ def many_groups(
     )
 
 
+def run_pass(
+    target: AwsTarget,
+    *,
+    apply: bool = True,
+    remove_unmanaged: bool = False,
+    previously_managed: int = 0,
+) -> TargetReport:
+    """One pass of the production per-target pipeline (``reconcile.run_target``): observe,
+    ownership conflicts, plan, and in Enforce apply."""
+    # Only mode and unmanagedRules matter to run_target: the target comes already rendered.
+    spec = make_spec().model_copy(
+        update={
+            "mode": Mode.ENFORCE if apply else Mode.AUDIT,
+            "unmanaged_rules": UnmanagedRules.REMOVE if remove_unmanaged else UnmanagedRules.REPORT,
+        }
+    )
+    events: list[Event] = []
+    return run_target("aws", lambda: target, spec, previously_managed, events)
+
+
 def reconcile(
     target: AwsTarget, *, apply: bool = True, remove_unmanaged: bool = False
-) -> tuple[Plan, ApplyResult | None]:
-    """One pass of the pipeline for this target: observe, plan, apply (unless Audit)."""
-    plan = plan_target(target, target.observe(), remove_unmanaged=remove_unmanaged)
-    if not apply or plan.empty:
-        return plan, None
-    return plan, target.apply(plan)
+) -> tuple[Plan[AtomicRule], ApplyResult | None]:
+    """:func:`run_pass`, as (the plan it acted on, what the apply did); an error that stopped
+    the pass is raised, as the pipeline recorded it."""
+    report = run_pass(target, apply=apply, remove_unmanaged=remove_unmanaged)
+    if report.error is not None:
+        raise report.error
+    assert report.plan is not None, f"no plan: {report.conflict_with or report.last_error}"
+    return report.plan, report.applied
 
 
 def capture_calls(ec2: EC2Client) -> list[tuple[str, dict[str, Any]]]:

@@ -14,7 +14,7 @@ from fakes.gcp_compute import FakeCompute
 from server_hardening.compiler import compile_intent
 from server_hardening.drift import Plan
 from server_hardening.model import GcpSpec, ResourceRef, ServerHardeningSpec, UnmanagedRules
-from server_hardening.reconcile import plan_target
+from server_hardening.reconcile import plan_target, run_target
 from server_hardening.targets.base import ApplyResult, Observation
 from server_hardening.targets.gcp import GcpClients, GcpTarget, RetryPolicy, make_clients
 
@@ -64,18 +64,26 @@ def make_target(
         unmanaged_rules=unmanaged,
         client_factory=anonymous,
         record_call=recorder,
-        retry=RetryPolicy(attempts=attempts, sleep=recorder.sleeps.append, jitter=lambda: 0.5),
+        retry=RetryPolicy(max_attempts=attempts),
+        sleep=recorder.sleeps.append,
     )
 
 
-def plan_for(target: GcpTarget, *, remove: bool = False) -> tuple[Observation, Plan]:
+def plan_for(target: GcpTarget, *, remove: bool = False) -> tuple[Observation[Any], Plan[Any]]:
     observed = target.observe()
     return observed, plan_target(target, observed, remove_unmanaged=remove)
 
 
-def reconcile(target: GcpTarget, *, remove: bool = False) -> tuple[Plan, ApplyResult]:
-    _, plan = plan_for(target, remove=remove)
-    return plan, target.apply(plan)
+def reconcile(target: GcpTarget, *, remove: bool = False) -> tuple[Plan[Any], ApplyResult]:
+    """One Enforce pass of the production per-target pipeline (``reconcile.run_target``)."""
+    spec = make_spec().model_copy(
+        update={"unmanaged_rules": UnmanagedRules.REMOVE if remove else UnmanagedRules.REPORT}
+    )
+    report = run_target("gcp", lambda: target, spec, 0, [])
+    if report.error is not None:
+        raise report.error
+    assert report.plan is not None, f"no plan: {report.conflict_with or report.last_error}"
+    return report.plan, report.applied or ApplyResult()
 
 
 @pytest.fixture

@@ -14,10 +14,11 @@ from adapters.gcp.gcp_support import (
     reconcile,
     recorder,
 )
-from builders import OWNER
+from builders import OWNER, make_spec
 from fakes.gcp_compute import FakeCompute
 from server_hardening.model import ResourceRef, UnmanagedRules
 from server_hardening.ownership import gcp_name_prefix
+from server_hardening.reconcile import run_target
 from server_hardening.targets.base import PermanentTargetError, TransientTargetError
 
 __all__ = ["fake", "recorder"]  # fixtures
@@ -92,7 +93,7 @@ def test_converges_a_default_network_changing_only_owned_and_missing_rules(
 ) -> None:
     fake.seed_default_network(PROJECT, "default")
     target = make_target(gcp_spec(fake, network="default"), recorder)
-    bodies = {d.key: dict(d.body) for d in target.desired()}
+    bodies = {d.key: dict(d.payload) for d in target.desired()}
     correct = f"{PREFIX}nomad-in-allow-k8s"
     wrong = f"{PREFIX}nomad-in-allow-rerun"
     fake.seed(PROJECT, bodies[correct])
@@ -156,9 +157,11 @@ def test_drift_by_another_client_is_detected_then_repaired_or_only_reported(
     assert [c.key for c in plan.create] == [deleted]
     assert [u.desired.key for u in plan.update] == [edited]
     assert [u.key for u in plan.unmanaged] == ["debug-ssh"]
-    widening = [f for f in plan.findings if f.code == "UnmanagedWidening"]
-    assert len(widening) == 1 and widening[0].row == "ALL-IN-1"
-    assert "tcp:22" in widening[0].message and "0.0.0.0/0" in widening[0].message
+    # A world-open SSH rule is the same finding on GCP as on every target.
+    exposed = [f for f in plan.findings if f.code == "WorldOpenSensitivePort"]
+    assert len(exposed) == 1 and exposed[0].row == "ALL-IN-1"
+    assert exposed[0].severity.value == "error"
+    assert "debug-ssh" in exposed[0].message and "22 (SSH)" in exposed[0].message
     assert plan.drift().as_status() == {
         "missing": 1, "unexpected": 0, "modified": 1, "unmanagedWidening": 1,
     }  # fmt: skip
@@ -278,7 +281,13 @@ def test_release_deletes_owned_rules_only(fake: FakeCompute, recorder: Recorder)
     target = make_target(gcp_spec(fake), recorder)
     reconcile(target)
     other = make_target(gcp_spec(fake), recorder, owner=ResourceRef("other-ns", "other", "uid-2"))
-    reconcile(other)
+    # Another resource's rules on the same network (seeded: as the operator runs it, a second
+    # resource that meets ours is a conflict and writes nothing, asserted below).
+    for item in other.desired():
+        fake.seed(PROJECT, dict(item.payload))
+    assert run_target("gcp", lambda: other, make_spec(), 0, []).conflict_with == (
+        "circleci-server/circleci"
+    )
     observed = target.observe()
     assert any(i.owner == "other-ns/other" for i in observed.items)
     result = target.release(observed, delete=True)

@@ -5,18 +5,18 @@ from __future__ import annotations
 import pytest
 
 from server_hardening.drift import DesiredItem, ObservedItem, compute_plan
-from server_hardening.rules import Finding, Severity
+from server_hardening.rules import Finding, FindingCode, Severity
 
 
 def desired(key: str, content: str = "v1") -> DesiredItem:
-    return DesiredItem(key=key, fingerprint=content, body={"k": key}, rows=("ROW-1",))
+    return DesiredItem(key=key, fingerprint=content, payload={"k": key}, rows=("ROW-1",))
 
 
 def observed(key: str, content: str = "v1", *, owned: bool = True, owner: str = "") -> ObservedItem:
     return ObservedItem(
         key=key,
         fingerprint=content,
-        body={"k": key},
+        payload={"k": key},
         owned=owned,
         native_id=f"id-{key}",
         owner=owner,
@@ -25,7 +25,9 @@ def observed(key: str, content: str = "v1", *, owned: bool = True, owner: str = 
 
 def widening(item: ObservedItem) -> Finding | None:
     if item.key.startswith("wide"):
-        return Finding(Severity.WARNING, "UnmanagedWidening", f"{item.key} widens", target="t")
+        return Finding(
+            Severity.WARNING, FindingCode("UnmanagedWidening"), f"{item.key} widens", target="t"
+        )
     return None
 
 

@@ -11,7 +11,7 @@ from server_hardening.compiler import CompiledIntent
 from server_hardening.drift import DesiredItem, ObservedItem, Plan, UnmanagedJudge
 from server_hardening.model import ResourceRef, ServerHardeningSpec
 from server_hardening.reconcile import Phase, reconcile
-from server_hardening.rules import Finding, Severity
+from server_hardening.rules import Finding, FindingCode, Severity
 from server_hardening.targets.base import ApplyResult, Observation, PermanentTargetError, Target
 
 NOW = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
@@ -42,7 +42,12 @@ class MemoryTarget:
 
     def judge_unmanaged(self) -> UnmanagedJudge:
         return lambda item: (
-            Finding(Severity.WARNING, "UnmanagedWidening", f"{item.key} widens", target=self.name)
+            Finding(
+                Severity.WARNING,
+                FindingCode("UnmanagedWidening"),
+                f"{item.key} widens",
+                target=self.name,
+            )
             if item.key.startswith("wide")
             else None
         )

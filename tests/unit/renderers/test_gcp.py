@@ -9,17 +9,21 @@ from builders import OWNER, make_spec
 from server_hardening.compiler import compile_intent
 from server_hardening.drift import fingerprint
 from server_hardening.model import GcpSpec, ResourceRef, ServerHardeningSpec
-from server_hardening.ownership import DESCRIPTION_MARKER, gcp_name_prefix, owner_key
+from server_hardening.ownership import (
+    DESCRIPTION_MARKER,
+    description_owner,
+    gcp_name_prefix,
+    owner_key,
+    released_description,
+)
+from server_hardening.policy.gcp import judge_firewall
 from server_hardening.renderers.gcp import (
     ALLOW_PRIORITY,
     FLOOR_PRIORITY,
     ISOLATION_PRIORITY,
     RenderedFirewalls,
-    description_owner,
     is_valid_name,
-    judge_firewall,
     normalise_firewall,
-    released_description,
     render_firewalls,
 )
 from server_hardening.rules import (

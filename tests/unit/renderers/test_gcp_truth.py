@@ -12,7 +12,8 @@ from builders import OWNER, make_spec
 from fakes.gcp_compute import FakeCompute
 from server_hardening.compiler import compile_intent
 from server_hardening.model import ServerHardeningSpec
-from server_hardening.renderers.gcp import judge_firewall, render_firewalls
+from server_hardening.policy.gcp import judge_firewall
+from server_hardening.renderers.gcp import render_firewalls
 from server_hardening.rules import Role
 from truth import probes as guide
 from truth.gcp_eval import Endpoint, allowed, explain
@@ -124,4 +125,9 @@ def test_an_unmanaged_world_open_ssh_rule_breaks_the_table_and_is_flagged() -> N
     # ... but still not between Nomad clients: the isolation deny sits above it.
     assert not allowed(rules, eps["nomad2"], eps["nomad"], "tcp", 22)
     finding = judge_firewall(debug, rendered)
-    assert finding is not None and finding.code == "UnmanagedWidening" and finding.row == "ALL-IN-1"
+    assert (
+        finding is not None
+        and finding.code == "WorldOpenSensitivePort"
+        and finding.row == "ALL-IN-1"
+    )
+    assert finding.severity.value == "error"

@@ -1,9 +1,11 @@
 """Checks on NetworkPolicies the operator does not own. Pure: no I/O here.
 
-NetworkPolicies add up: one extra policy that allows more undoes the managed ones. Each check is
-a named pure function over one unmanaged policy and the managed set; the chain returns the first
-finding (with a reason and the guide row the policy undermines), or None when the policy only
-allows what the managed policies allow already (or less).
+NetworkPolicies add up: one extra policy that allows more undoes the managed ones. The chain
+first asks what every target asks (:func:`.exposure.world_open_sensitive_port`: does it open a
+sensitive port to the whole internet?), then the NetworkPolicy-specific checks, each a named
+pure function over one unmanaged policy and the managed set that returns why it widens access,
+or None. :func:`judge_policy` returns the first finding, or None when the policy only allows what
+the managed policies allow already (or less).
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from server_hardening.rules import Finding, Severity
+from server_hardening.policy.exposure import WORLD, Access, world_open_sensitive_port
+from server_hardening.rules import Direction, Finding, FindingCode, PortRange
 
-CODE = "UnmanagedWidening"
 TARGET = "kubernetes"
 
 
@@ -139,15 +141,49 @@ CHAIN: tuple[Check, ...] = (
 )
 
 
+def accesses(policy: Mapping[str, Any]) -> list[Access]:
+    """The policy's ingress rules as Accesses: a rule with no ``from`` admits every source (the
+    whole internet too, through a load balancer or NodePort); ``ipBlock`` peers are their CIDRs;
+    pod and namespace selectors are cluster-internal and name no addresses. Named ports cannot
+    be resolved here and match no numbered port."""
+    name = str((policy.get("metadata") or {}).get("name", ""))
+    spec = policy.get("spec") or {}
+    out = []
+    for rule in spec.get("ingress") or []:
+        peers = _peers(rule, "from")
+        cidrs = WORLD if not peers else tuple(p["ipBlock"]["cidr"] for p in peers if "ipBlock" in p)
+        if not cidrs:
+            continue
+        by_protocol: dict[str, list[PortRange]] = {}
+        every_port: set[str] = set()
+        for port in rule.get("ports") or [{}]:
+            protocol = str(port.get("protocol") or "TCP").lower()
+            number = port.get("port")
+            if number is None:
+                every_port.add(protocol if port else "all")
+            elif isinstance(number, int):
+                last = int(port.get("endPort") or number)
+                by_protocol.setdefault(protocol, []).append(PortRange(number, last))
+        where = f"NetworkPolicy {name} (not managed)"
+        for protocol in sorted(every_port):
+            out.append(Access(Direction.INGRESS, cidrs, protocol, None, where))
+        for protocol, ranges in sorted(by_protocol.items()):
+            out.append(Access(Direction.INGRESS, cidrs, protocol, tuple(ranges), where))
+    return out
+
+
 def judge_policy(policy: Mapping[str, Any], view: ManagedView) -> Finding | None:
+    for access in accesses(policy):
+        exposed = world_open_sensitive_port(access, TARGET)
+        if exposed is not None:
+            return exposed
     name = str((policy.get("metadata") or {}).get("name", ""))
     spec = policy.get("spec") or {}
     for check in CHAIN:
         reason = check(name, spec, view)
         if reason is not None:
-            return Finding(
-                Severity.WARNING,
-                CODE,
+            return Finding.of(
+                FindingCode.UNMANAGED_WIDENING,
                 f"NetworkPolicy {name} (not managed) {reason} [{check.__name__}]",
                 row="CHOICE-NP-DEFAULT-DENY",
                 target=TARGET,

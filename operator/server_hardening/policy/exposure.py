@@ -1,0 +1,85 @@
+"""What a rule exposes, the same way for every target. Pure: no I/O here.
+
+An :class:`Access` is one observed grant reduced to what exposure depends on: direction, the
+peer addresses, protocol and ports, and where it is (for messages). Adapters' rules become
+Accesses in the per-target policy modules; the checks here never see a provider's format.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from server_hardening.guide import SENSITIVE_PORTS
+from server_hardening.rules import Direction, Finding, FindingCode, PortRange
+
+WORLD = ("0.0.0.0/0", "::/0")
+_WHOLE = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
+
+
+@dataclass(frozen=True)
+class Access:
+    """One grant: ``direction`` traffic from (ingress) or to (egress) ``peers`` on ``protocol``
+    (``tcp``, ``udp``, ``all``, or another IANA name) and ``ports`` (None: every port)."""
+
+    direction: Direction
+    peers: tuple[str, ...]
+    protocol: str
+    ports: tuple[PortRange, ...] | None
+    where: str
+
+    def covers_port(self, port: int, protocol: str = "tcp") -> bool:
+        if self.protocol not in (protocol, "all"):
+            return False
+        return self.ports is None or any(r.first <= port <= r.last for r in self.ports)
+
+
+def world_families(cidrs: Iterable[str]) -> tuple[int, ...]:
+    """The IP families (4, 6) whose whole address space the union of ``cidrs`` covers.
+
+    By meaning, not spelling: ``0.0.0.0/1`` plus ``128.0.0.0/1`` is the whole IPv4 internet,
+    and so is ``1.2.3.4/0``. Unparseable entries (a prefix-list ID, a tag) cover nothing.
+    """
+    by_family: dict[int, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {4: [], 6: []}
+    for cidr in cidrs:
+        try:
+            network = ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            continue
+        by_family[network.version].append(network)
+    covered = []
+    for family, networks in by_family.items():
+        collapsed = list(ipaddress.collapse_addresses(networks))  # type: ignore[type-var]
+        if collapsed == [_WHOLE[family]]:
+            covered.append(family)
+    return tuple(covered)
+
+
+def is_world_open(access: Access) -> bool:
+    return bool(world_families(access.peers))
+
+
+def sensitive_ports_open_to_world(access: Access) -> list[int]:
+    """The guide's sensitive ports this grant opens to the whole internet (ingress only)."""
+    if access.direction is not Direction.INGRESS or not is_world_open(access):
+        return []
+    return [port for port in SENSITIVE_PORTS if access.covers_port(port)]
+
+
+def world_open_sensitive_port(access: Access, target: str, fate: str = "") -> Finding | None:
+    """The check every target's chain runs first: a sensitive port open to the world."""
+    ports = sensitive_ports_open_to_world(access)
+    if not ports:
+        return None
+    row = SENSITIVE_PORTS[ports[0]][0]
+    opened = ", ".join(f"{p} ({SENSITIVE_PORTS[p][1]})" for p in ports)
+    families = "+".join(f"IPv{f}" for f in world_families(access.peers))
+    tail = f"; {fate}" if fate else ""
+    return Finding.of(
+        FindingCode.WORLD_OPEN_SENSITIVE_PORT,
+        f"{access.where} opens {opened} to the whole internet ({families}); the guide scopes "
+        f"these to named peers{tail}",
+        row=row,
+        target=target,
+    )

@@ -1,0 +1,264 @@
+"""Checks on VPC firewall rules the operator does not own. Pure: no I/O here.
+
+GCP evaluates firewall rules by priority (lowest number first; a deny wins a tie), so an
+unmanaged allow matters only where it reaches a managed tag with something none of our allows
+grants and none of our denies blocks first. The chain asks, of a rule that allows traffic to a
+managed tag: does it open a sensitive port to the whole internet with nothing of ours denying
+it first (:func:`.exposure.world_open_sensitive_port`, as on every target)? Else does it widen
+access beyond our rules (``UnmanagedWidening``, with the row it undercuts), or is its excess all
+denied by ours (``UnmanagedRuleShadowed``, info: it would open access if our rules went)?
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from server_hardening.policy.exposure import (
+    Access,
+    sensitive_ports_open_to_world,
+    world_open_sensitive_port,
+)
+from server_hardening.renderers.gcp import (
+    DEFAULT_PRIORITY,
+    FLOOR_PRIORITY,
+    ISOLATION_PRIORITY,
+    WORLD_V4,
+    WORLD_V6,
+    RenderedFirewalls,
+    _norm_entries,
+    _port_bounds,
+    _port_text,
+    normalise_firewall,
+)
+from server_hardening.rules import Direction, Finding, FindingCode, PortRange, Role
+
+TARGET = "gcp"
+
+
+@dataclass(frozen=True)
+class _Flow:
+    protocol: str  # tcp, udp, icmp, all, ...
+    ports: tuple[int, int]
+
+
+def _flows(body: Mapping[str, Any], action: str) -> list[_Flow]:
+    out = []
+    for entry in _norm_entries(body.get(action) or []):
+        proto = entry["IPProtocol"]
+        if "ports" in entry:
+            for text in entry["ports"]:
+                out.append(_Flow(proto, _port_bounds(text)))
+        else:
+            out.append(_Flow(proto, (0, 65535)))
+    return out
+
+
+def _flow_covered(flow: _Flow, body: Mapping[str, Any], action: str) -> bool:
+    for other in _flows(body, action):
+        if other.protocol == "all" or (
+            other.protocol == flow.protocol
+            and other.ports[0] <= flow.ports[0]
+            and flow.ports[1] <= other.ports[1]
+        ):
+            return True
+    return False
+
+
+def _peer_covered(
+    ranges: Sequence[str], peer_tags: Sequence[str], body: Mapping[str, Any], direction: str
+) -> bool:
+    """Every source (ingress) or destination (egress) of the unmanaged rule is one of ``body``'s."""
+    if direction == "INGRESS":
+        their_ranges, their_tags = body.get("sourceRanges") or [], body.get("sourceTags") or []
+    else:
+        their_ranges, their_tags = body.get("destinationRanges") or [WORLD_V4, WORLD_V6], []
+    nets = [ipaddress.ip_network(r, strict=False) for r in their_ranges]
+    for cidr in ranges:
+        net = ipaddress.ip_network(cidr, strict=False)
+        if not any(net.version == n.version and net.subnet_of(n) for n in nets):  # type: ignore[arg-type]
+            return False
+    return all(tag in their_tags for tag in peer_tags)
+
+
+def _targets(body: Mapping[str, Any], tags: Mapping[Role, str]) -> list[Role]:
+    if body.get("targetServiceAccounts"):
+        return []  # scoped to service accounts we do not manage: cannot tell, not judged
+    target_tags = body.get("targetTags") or []
+    return [role for role, tag in tags.items() if not target_tags or tag in target_tags]
+
+
+def judge_firewall(body: Mapping[str, Any], rendered: RenderedFirewalls) -> Finding | None:
+    """Does this unmanaged firewall widen access to a managed tag beyond what we render?
+
+    - A deny, a disabled rule, or one that targets no managed tag: harmless (None).
+    - An allow whose every (protocol, port, peer) is allowed by one of our rules too: None.
+    - An allow whose excess is all denied by one of ours at a higher (or equal) priority, e.g.
+      ``default-allow-internal`` under the isolation denies and the floor: an ``info`` finding
+      (``UnmanagedRuleShadowed``), since it would open access if our rules went.
+    - Otherwise a ``warning`` (``UnmanagedWidening``), with the guide row it undercuts.
+    """
+    if body.get("disabled") or not body.get("allowed"):
+        return None
+    direction = str(body.get("direction") or "INGRESS").upper()
+    targets = _targets(body, rendered.tags)
+    if not targets:
+        return None
+    if direction == "INGRESS":
+        ranges = list(body.get("sourceRanges") or [])
+        peer_tags = list(body.get("sourceTags") or [])
+        if not ranges and not peer_tags and not body.get("sourceServiceAccounts"):
+            ranges = [WORLD_V4]
+    else:
+        ranges = list(body.get("destinationRanges") or [WORLD_V4])
+        peer_tags = []
+    priority = int(body.get("priority", DEFAULT_PRIORITY))
+    ours = [normalise_firewall(f, rendered.project) for f in rendered.firewalls]
+    exposed = opens_a_sensitive_port_to_the_world(body, ours, targets, rendered, priority)
+    if exposed is not None:
+        return exposed
+    shadowed_by: list[str] = []
+    for role in targets:
+        tag = rendered.tags[role]
+        mine = [f for f in ours if tag in f.get("targetTags", []) and f["direction"] == direction]
+        no_floor = not any(f["priority"] == FLOOR_PRIORITY for f in mine)
+        if direction == "EGRESS" and no_floor and priority >= ISOLATION_PRIORITY:
+            # No egress floor: egress is open anyway; only a rule above the isolation denies
+            # can widen anything.
+            continue
+        for flow in _flows(body, "allowed"):
+            sources = [*(("r", r) for r in ranges), *(("t", t) for t in peer_tags)]
+            for source in sources:
+                src_ranges = [source[1]] if source[0] == "r" else []
+                src_tags = [source[1]] if source[0] == "t" else []
+                if any(
+                    "allowed" in f
+                    and _flow_covered(flow, f, "allowed")
+                    and _peer_covered(src_ranges, src_tags, f, direction)
+                    for f in mine
+                ):
+                    continue
+                deny = next(
+                    (
+                        f
+                        for f in sorted(mine, key=lambda f: f["priority"])
+                        if "denied" in f
+                        and f["priority"] <= priority
+                        and _flow_covered(flow, f, "denied")
+                        and _peer_covered(src_ranges, src_tags, f, direction)
+                    ),
+                    None,
+                )
+                if deny is not None:
+                    shadowed_by.append(deny["name"])
+                    continue
+                return _widening(body, role, flow, source, direction, mine)
+    if shadowed_by:
+        return Finding.of(
+            FindingCode.UNMANAGED_RULE_SHADOWED,
+            f"firewall {body.get('name')} (priority {priority}) allows more than the guide on "
+            f"managed tags, but {', '.join(sorted(set(shadowed_by)))} deny it first",
+            target=TARGET,
+        )
+    return None
+
+
+def accesses(body: Mapping[str, Any]) -> list[Access]:
+    """An ingress allow as Accesses, one per allowed entry: sources are its ranges (none at all:
+    the whole internet, as GCP reads it); tags and service accounts name no addresses."""
+    if str(body.get("direction") or "INGRESS").upper() != "INGRESS":
+        return []
+    ranges = tuple(body.get("sourceRanges") or ())
+    if not ranges and not body.get("sourceTags") and not body.get("sourceServiceAccounts"):
+        ranges = (WORLD_V4, WORLD_V6)
+    where = f"firewall {body.get('name')} (not managed)"
+    out = []
+    for entry in _norm_entries(body.get("allowed") or []):
+        ports = entry.get("ports")
+        spans = tuple(PortRange(*_port_bounds(text)) for text in ports) if ports else None
+        out.append(Access(Direction.INGRESS, ranges, entry["IPProtocol"], spans, where))
+    return out
+
+
+def opens_a_sensitive_port_to_the_world(
+    body: Mapping[str, Any],
+    ours: Sequence[Mapping[str, Any]],
+    targets: Sequence[Role],
+    rendered: RenderedFirewalls,
+    priority: int,
+) -> Finding | None:
+    """A sensitive port from the whole internet that no deny of ours (at a higher or equal
+    priority) blocks first, on some managed tag the rule reaches."""
+    for seen in accesses(body):
+        finding = world_open_sensitive_port(seen, TARGET)
+        if finding is None:
+            continue
+        for role in targets:
+            tag = rendered.tags[role]
+            denies = [
+                f
+                for f in ours
+                if "denied" in f
+                and tag in f.get("targetTags", [])
+                and f["direction"] == "INGRESS"
+                and f["priority"] <= priority
+            ]
+            for port in sensitive_ports_open_to_world(seen):
+                flow = _Flow("tcp", (port, port))
+                if not any(
+                    _flow_covered(flow, f, "denied")
+                    and _peer_covered(list(seen.peers), [], f, "INGRESS")
+                    for f in denies
+                ):
+                    return finding
+    return None
+
+
+def _widening(
+    body: Mapping[str, Any],
+    role: Role,
+    flow: _Flow,
+    source: tuple[str, str],
+    direction: str,
+    mine: Sequence[Mapping[str, Any]],
+) -> Finding:
+    """A warning naming the first excess flow and the guide row it undercuts."""
+    ports = "all" if flow.ports == (0, 65535) else _port_text(*flow.ports)
+    src_ranges = [source[1]] if source[0] == "r" else []
+    src_tags = [source[1]] if source[0] == "t" else []
+    row = ""
+    for f in mine:
+        # Above our isolation deny (a lower number) and on its peer: it undoes the isolation.
+        if (
+            "denied" in f
+            and f["priority"] == ISOLATION_PRIORITY
+            and _flow_covered(flow, f, "denied")
+            and _peer_covered(src_ranges, src_tags, f, direction)
+        ):
+            row = next((r for r in _rows_of(f) if r.endswith("ISO-1")), "")
+            break
+    if not row and flow.protocol in ("tcp", "all") and flow.ports[0] <= 22 <= flow.ports[1]:
+        row = "ALL-IN-1" if direction == "INGRESS" else "ALL-OUT-4"
+    if not row:
+        for f in mine:
+            if "allowed" in f and _flow_covered(flow, f, "allowed"):
+                row = next(iter(_rows_of(f)), "")
+                break
+    way = "from" if direction == "INGRESS" else "to"
+    return Finding.of(
+        FindingCode.UNMANAGED_WIDENING,
+        f"firewall {body.get('name')} (priority {body.get('priority', DEFAULT_PRIORITY)}) allows "
+        f"{direction.lower()} {flow.protocol}:{ports} {way} {source[1]} on {role.value} "
+        f"(targets {','.join(body.get('targetTags') or []) or 'all instances'}), which the "
+        "guide does not list",
+        row=row,
+        target=TARGET,
+    )
+
+
+def _rows_of(body: Mapping[str, Any]) -> list[str]:
+    match = re.search(r"\[([^\]]*)\]", str(body.get("description", "")))
+    return [r for r in match[1].split(",") if r] if match else []

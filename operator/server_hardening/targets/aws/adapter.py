@@ -1,0 +1,508 @@
+"""The AWS target: security-group rules through the EC2 API.
+
+What it costs (asserted by ``tests/adapters/aws``; measured in docs/aws.md):
+
+- ``observe``: ``DescribeSecurityGroupRules`` filtered by *all* managed group IDs at once, paged
+  by 1,000 rules: a no-op reconcile is ``ceil(rules / 1000)`` reads and no write.
+  ``DescribeSecurityGroups`` is called only when a managed group shows no rule at all (to tell
+  an empty group from a missing one).
+- ``apply``: the calls :func:`~server_hardening.planners.aws.plan_writes` orders (per group and
+  direction at most one ``AuthorizeSecurityGroup*`` and one ``RevokeSecurityGroup*``, by
+  ``SecurityGroupRuleIds``, never by a permission match; per group at most one
+  ``ModifySecurityGroupRules``), executed here and nowhere decided here.
+
+SDK types never leave this package: rules become ``ObservedItem[AtomicRule]`` and errors are
+translated once, in :mod:`.errors`; retries are the shared :class:`~..retry.Retrier`'s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from server_hardening.drift import DesiredItem, ObservedItem, Plan, UnmanagedJudge
+from server_hardening.model import AwsSpec, ResourceRef, UnmanagedRules
+from server_hardening.ownership import (
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    OWNER_TAG,
+    OWNER_UID_TAG,
+    owner_key,
+)
+from server_hardening.planners.aws import Write, WriteKind, plan_writes
+from server_hardening.policy.aws import judge_rule
+from server_hardening.renderers.aws import (
+    AtomicRule,
+    RenderedSecurityGroups,
+    atomic_rules,
+    normalise_cidr,
+    normalise_protocol,
+    permissions,
+    render_security_groups,
+    rule_fingerprint,
+)
+from server_hardening.rules import Direction, Finding, FindingCode
+from server_hardening.targets.aws.errors import (
+    DUPLICATE_CODES,
+    QUOTA_CODES,
+    RULE_GONE_CODES,
+    AlreadyDoneError,
+    GroupChangeRefusedError,
+    classify,
+    default_client,
+    saying_what_was_applied,
+    translate,
+)
+from server_hardening.targets.base import (
+    ApiCallRecorder,
+    ApplyResult,
+    Observation,
+    PermanentTargetError,
+    ignore_call,
+)
+from server_hardening.targets.retry import Retrier, RetryPolicy
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
+
+    from server_hardening.compiler import CompiledIntent
+
+TARGET = "aws"
+PAGE_SIZE = 1000  # DescribeSecurityGroupRules: MaxResults 5..1000
+FILTER_VALUES = 200  # values per filter; more groups are split over several requests
+
+SecurityGroupRuleItem = ObservedItem[AtomicRule]
+
+
+class AwsTarget:
+    """EC2 security groups as a :class:`~server_hardening.targets.base.Target`."""
+
+    name = TARGET
+
+    def __init__(
+        self,
+        rendered: RenderedSecurityGroups,
+        aws: AwsSpec,
+        owner: ResourceRef,
+        *,
+        unmanaged_rules: UnmanagedRules = UnmanagedRules.REPORT,
+        client: EC2Client | None = None,
+        client_factory: Callable[[AwsSpec], EC2Client] | None = None,
+        record_call: ApiCallRecorder = ignore_call,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.rendered = rendered
+        self.aws = aws
+        self.owner = owner
+        self.owner_key = owner_key(owner)
+        self.unmanaged_rules = unmanaged_rules
+        self._client = client
+        self._client_factory = client_factory or default_client
+        self._retrier = Retrier(retry, record_call, sleep=sleep)
+        self._last: tuple[SecurityGroupRuleItem, ...] | None = None
+
+    @classmethod
+    def from_intent(
+        cls, intent: CompiledIntent, aws: AwsSpec, owner: ResourceRef, **kwargs: Any
+    ) -> AwsTarget:
+        rendered = render_security_groups(intent.cloud_rules("aws"), aws, owner)
+        return cls(rendered, aws, owner, **kwargs)
+
+    @property
+    def client(self) -> EC2Client:
+        if self._client is None:
+            self._client = self._client_factory(self.aws)
+        return self._client
+
+    # --------------------------------------------------------------------------------------
+    # Target protocol
+
+    def desired(self) -> Sequence[DesiredItem[AtomicRule]]:
+        return atomic_rules(self.rendered)
+
+    def observe(self) -> Observation[AtomicRule]:
+        self._retrier.new_pass()
+        group_ids = self.rendered.group_ids
+        raw = self._describe_rules(group_ids, operation_resource=",".join(group_ids))
+        seen = {str(r.get("GroupId", "")) for r in raw}
+        unseen = [g for g in group_ids if g not in seen]
+        if unseen:
+            existing = self._existing_groups(unseen)
+            missing = [g for g in unseen if g not in existing]
+            if missing:
+                raise PermanentTargetError(
+                    "; ".join(
+                        f"security group {g} (spec.aws.securityGroups."
+                        f"{self.rendered.role_of(g) or '?'}) does not exist in {self.aws.region}"
+                        for g in missing
+                    ),
+                    operation="DescribeSecurityGroups",
+                    resource=",".join(missing),
+                )
+        items = tuple(self._observed(r) for r in raw if r.get("GroupId") in group_ids)
+        self._last = items
+        # What rendering taught (over quota, roles without a group, isolation by omission)
+        # travels with the observation: the Target contract has no other way up for it.
+        return Observation(items=items, findings=self.rendered.findings)
+
+    def judge_unmanaged(self) -> UnmanagedJudge[AtomicRule]:
+        rendered = self.rendered
+        removing = self.unmanaged_rules is UnmanagedRules.REMOVE
+
+        def judge(item: SecurityGroupRuleItem) -> Finding | None:
+            return judge_rule(item.payload, item.native_id, rendered, removing=removing)
+
+        return judge
+
+    def apply(self, plan: Plan[AtomicRule]) -> ApplyResult:
+        self._retrier.new_pass()
+        writes = plan_writes(plan, self.rendered, self._last, self.aws.rule_quota)
+        result = ApplyResult(findings=list(writes.findings), errors=list(writes.errors))
+        refused: set[str] = set()
+        with saying_what_was_applied(result):
+            for write in writes.writes:
+                if write.group in refused:
+                    continue  # a group-level 4xx stops that group's later writes only
+                try:
+                    self._execute(write, result)
+                except GroupChangeRefusedError as exc:
+                    refused.add(write.group)
+                    self._group_refused(write.group, exc, result)
+        return result
+
+    def _execute(self, write: Write, result: ApplyResult) -> None:
+        if write.kind is WriteKind.AUTHORIZE and write.direction is not None:
+            self._authorize(write.group, write.direction, list(write.rules), result)
+        elif write.kind is WriteKind.REVOKE and write.direction is not None:
+            self._revoke(write.group, write.direction, write.items, result)
+        elif write.kind is WriteKind.MODIFY:
+            self._modify(write.group, list(write.changes), result)
+
+    def release(self, observed: Observation[AtomicRule], *, delete: bool) -> ApplyResult:
+        """Delete: revoke the owned rules (one call per group and direction). Orphan: leave
+        every rule and drop this resource's ownership tags from the owned ones (one
+        ``DeleteTags`` call per 1,000 rules), so they become unmanaged rules with a
+        description that still says where they came from."""
+        self._retrier.new_pass()
+        result = ApplyResult()
+        owned = [item for item in observed.items if item.owned]
+        with saying_what_was_applied(result):
+            if delete:
+                by_lane: dict[tuple[str, Direction], list[SecurityGroupRuleItem]] = defaultdict(
+                    list
+                )
+                for item in owned:
+                    by_lane[(item.payload.group_id, item.payload.direction)].append(item)
+                for (group, direction), items in sorted(by_lane.items()):
+                    try:
+                        self._revoke(group, direction, items, result)
+                    except GroupChangeRefusedError as exc:
+                        result.errors.append(f"{group} {direction.value}: {exc}")
+            else:
+                ids = [item.native_id for item in owned]
+                tags = [{"Key": OWNER_TAG, "Value": self.owner_key}, {"Key": OWNER_UID_TAG}]
+                tags.append({"Key": MANAGED_BY_LABEL, "Value": MANAGED_BY_VALUE})
+                for start in range(0, len(ids), 1000):
+                    chunk = ids[start : start + 1000]
+                    try:
+                        self._call(
+                            "DeleteTags",
+                            ",".join(chunk),
+                            self.client.delete_tags,
+                            {"Resources": chunk, "Tags": tags},
+                        )
+                    except GroupChangeRefusedError as exc:
+                        result.errors.append(f"DeleteTags: {exc}")
+        return result
+
+    # --------------------------------------------------------------------------------------
+    # Observing
+
+    def _paged(
+        self, operation: str, resource: str, fn: Callable[..., Any], kwargs: dict[str, Any]
+    ) -> Iterable[dict[str, Any]]:
+        token = ""
+        while True:
+            page = self._call(operation, resource, fn, {**kwargs, "NextToken": token} if token
+                              else kwargs)  # fmt: skip
+            yield page
+            token = str(page.get("NextToken") or "")
+            if not token:
+                return
+
+    def _describe_rules(
+        self,
+        group_ids: Sequence[str],
+        *,
+        operation_resource: str,
+        rule_ids: Sequence[str] = (),
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for start in range(0, max(len(group_ids), 1), FILTER_VALUES):
+            filters = [
+                {"Name": "group-id", "Values": list(group_ids[start : start + FILTER_VALUES])}
+            ]
+            if rule_ids:
+                filters.append({"Name": "security-group-rule-id", "Values": list(rule_ids)})
+            for page in self._paged(
+                "DescribeSecurityGroupRules",
+                operation_resource,
+                self.client.describe_security_group_rules,
+                {"Filters": filters, "MaxResults": PAGE_SIZE},
+            ):
+                out.extend(page.get("SecurityGroupRules", []))
+        return out
+
+    def _existing_groups(self, group_ids: Sequence[str]) -> set[str]:
+        # A filter, not GroupIds: a missing ID then is simply absent instead of failing the
+        # whole call, so the error can name exactly the groups that are missing.
+        found: set[str] = set()
+        for start in range(0, len(group_ids), FILTER_VALUES):
+            chunk = list(group_ids[start : start + FILTER_VALUES])
+            for page in self._paged(
+                "DescribeSecurityGroups",
+                ",".join(chunk),
+                self.client.describe_security_groups,
+                {"Filters": [{"Name": "group-id", "Values": chunk}], "MaxResults": PAGE_SIZE},
+            ):
+                found.update(str(g["GroupId"]) for g in page.get("SecurityGroups", []))
+        return found
+
+    def _observed(self, rule: Mapping[str, Any]) -> SecurityGroupRuleItem:
+        atom = parse_rule(rule)
+        tags = {str(t["Key"]): str(t.get("Value", "")) for t in rule.get("Tags", []) or []}
+        mark = tags.get(OWNER_TAG, "")
+        owned = mark == self.owner_key
+        return ObservedItem(
+            key=atom.key(),
+            fingerprint=rule_fingerprint(atom.description, mark),
+            payload=atom,
+            owned=owned,
+            native_id=str(rule.get("SecurityGroupRuleId", "")),
+            owner="" if owned else mark,
+        )
+
+    # --------------------------------------------------------------------------------------
+    # Writing
+
+    def _group_refused(self, group: str, exc: GroupChangeRefusedError, result: ApplyResult) -> None:
+        result.errors.append(
+            f"{group} ({self.rendered.role_of(group)}): {exc}; the rest of this group's "
+            "changes were not applied"
+        )
+        if exc.code in QUOTA_CODES:
+            result.findings.append(
+                Finding.of(
+                    FindingCode.QUOTA_EXCEEDED,
+                    f"{group}: AWS refused the rules as over its quota ({exc}); set "
+                    "spec.aws.ruleQuota to your account's real quota or remove rules",
+                    target=TARGET,
+                )
+            )
+
+    def _tags(self) -> list[dict[str, str]]:
+        tags = [
+            {"Key": OWNER_TAG, "Value": self.owner_key},
+            {"Key": MANAGED_BY_LABEL, "Value": MANAGED_BY_VALUE},
+        ]
+        if self.owner.uid:
+            tags.append({"Key": OWNER_UID_TAG, "Value": self.owner.uid})
+        return tags
+
+    def _authorize(
+        self, group: str, direction: Direction, atoms: list[AtomicRule], result: ApplyResult
+    ) -> None:
+        operation, call = self._authorize_call(direction)
+        kwargs: dict[str, Any] = {
+            "GroupId": group,
+            "IpPermissions": permissions(atoms),
+            "TagSpecifications": [{"ResourceType": "security-group-rule", "Tags": self._tags()}],
+        }
+        try:
+            self._call(operation, group, call, kwargs, benign=DUPLICATE_CODES)
+        except AlreadyDoneError:
+            if len(atoms) == 1:
+                return  # already there: nothing to add
+            # Some of the batch exist already (a concurrent writer, or a stale observation):
+            # look once, then add exactly the rest.
+            present = {
+                item.key: item
+                for item in map(
+                    self._observed, self._describe_rules([group], operation_resource=group)
+                )
+            }
+            rest = [a for a in atoms if a.key() not in present]
+            for atom in atoms:
+                holder = present.get(atom.key())
+                if holder is None:
+                    continue
+                if holder.owned:
+                    result.created += 1  # ours after all (a concurrent pass of this resource)
+                    continue
+                whose = f"owned by {holder.owner}" if holder.owner else "unmanaged"
+                result.findings.append(
+                    Finding.of(
+                        FindingCode.HELD_BY_OTHER_RULE,
+                        f"{atom.key()} appeared as {holder.native_id} ({whose}) while this "
+                        "pass ran; AWS allows no duplicate, so this resource does not write "
+                        "its own",
+                        row=atom.rows[0] if atom.rows else "",
+                        target=TARGET,
+                    )
+                )
+            if rest:
+                kwargs["IpPermissions"] = permissions(rest)
+                try:
+                    self._call(operation, group, call, kwargs, benign=DUPLICATE_CODES)
+                except AlreadyDoneError:
+                    result.errors.append(
+                        f"{group} {direction.value}: {len(rest)} rules kept colliding with "
+                        "rules added concurrently; the next pass retries"
+                    )
+                    return
+            result.created += len(rest)
+            return
+        result.created += len(atoms)
+
+    def _still_there(self, group: str, rule_ids: Sequence[str]) -> set[str]:
+        return {
+            str(r.get("SecurityGroupRuleId"))
+            for r in self._describe_rules([group], operation_resource=group, rule_ids=rule_ids)
+        }
+
+    def _revoke(
+        self,
+        group: str,
+        direction: Direction,
+        items: Sequence[SecurityGroupRuleItem],
+        result: ApplyResult,
+    ) -> None:
+        if not items:
+            return
+        operation, call = self._revoke_call(direction)
+        ids = [item.native_id for item in items]
+        gone: set[str] = set()
+        try:
+            self._call(operation, group, call, {"GroupId": group, "SecurityGroupRuleIds": ids},
+                       benign=RULE_GONE_CODES)  # fmt: skip
+            gone = set(ids)
+        except AlreadyDoneError:
+            # Some were gone already: revoke exactly the ones still there.
+            still = self._still_there(group, ids) if len(ids) > 1 else set()
+            rest = [i for i in ids if i in still]
+            if rest:
+                try:
+                    self._call(operation, group, call,
+                               {"GroupId": group, "SecurityGroupRuleIds": rest},
+                               benign=RULE_GONE_CODES)  # fmt: skip
+                    gone = set(rest)
+                except AlreadyDoneError:
+                    gone = set()
+        for item in items:
+            if item.native_id not in gone:
+                continue
+            if item.owned:
+                result.deleted += 1
+            else:
+                result.removed_unmanaged += 1
+
+    def _modify(
+        self, group: str, changes: list[tuple[str, AtomicRule]], result: ApplyResult
+    ) -> None:
+        def request(subset: Iterable[tuple[str, AtomicRule]]) -> dict[str, Any]:
+            return {
+                "GroupId": group,
+                "SecurityGroupRules": [
+                    {"SecurityGroupRuleId": rule_id, "SecurityGroupRule": atom.modify_request()}
+                    for rule_id, atom in subset
+                ],
+            }
+
+        call = self.client.modify_security_group_rules
+        try:
+            self._call("ModifySecurityGroupRules", group, call, request(changes),
+                       benign=RULE_GONE_CODES)  # fmt: skip
+        except AlreadyDoneError:
+            still = self._still_there(group, [rule_id for rule_id, _ in changes])
+            rest = [(i, a) for i, a in changes if i in still]
+            if len(rest) < len(changes):
+                result.errors.append(
+                    f"{group}: {len(changes) - len(rest)} rules vanished before their "
+                    "description could be fixed; the next pass re-creates them"
+                )
+            if rest:
+                self._call("ModifySecurityGroupRules", group, call, request(rest))
+            result.updated += len(rest)
+            return
+        result.updated += len(changes)
+
+    def _authorize_call(self, direction: Direction) -> tuple[str, Callable[..., Any]]:
+        if direction is Direction.INGRESS:
+            return "AuthorizeSecurityGroupIngress", self.client.authorize_security_group_ingress
+        return "AuthorizeSecurityGroupEgress", self.client.authorize_security_group_egress
+
+    def _revoke_call(self, direction: Direction) -> tuple[str, Callable[..., Any]]:
+        if direction is Direction.INGRESS:
+            return "RevokeSecurityGroupIngress", self.client.revoke_security_group_ingress
+        return "RevokeSecurityGroupEgress", self.client.revoke_security_group_egress
+
+    # --------------------------------------------------------------------------------------
+    # One call: the shared retry loop, then this SDK's errors translated once
+
+    def _call(
+        self,
+        operation: str,
+        resource: str,
+        fn: Callable[..., Any],
+        kwargs: Mapping[str, Any],
+        *,
+        benign: frozenset[str] = frozenset(),
+    ) -> dict[str, Any]:
+        try:
+            response = self._retrier.call(
+                operation, resource, lambda: fn(**kwargs), partial(classify, benign=benign)
+            )
+        except Exception as exc:
+            translated = translate(
+                exc,
+                operation,
+                resource,
+                region=self.aws.region,
+                role_of=self.rendered.role_of,
+                benign=benign,
+            )
+            if translated is exc:
+                raise
+            raise translated from None
+        return dict(response)
+
+
+def parse_rule(rule: Mapping[str, Any]) -> AtomicRule:
+    """A ``SecurityGroupRule`` from DescribeSecurityGroupRules as a normalised AtomicRule."""
+    protocol = normalise_protocol(rule.get("IpProtocol", "-1"))
+    first = rule.get("FromPort")
+    last = rule.get("ToPort")
+    if protocol == "-1":
+        first = last = None
+    if rule.get("CidrIpv4"):
+        peer_type, peer = "cidr4", normalise_cidr(str(rule["CidrIpv4"]))
+    elif rule.get("CidrIpv6"):
+        peer_type, peer = "cidr6", normalise_cidr(str(rule["CidrIpv6"]))
+    elif rule.get("ReferencedGroupInfo"):
+        peer_type, peer = "group", str(rule["ReferencedGroupInfo"].get("GroupId", ""))
+    else:
+        peer_type, peer = "prefix-list", str(rule.get("PrefixListId", ""))
+    return AtomicRule(
+        group_id=str(rule.get("GroupId", "")),
+        direction=Direction.EGRESS if rule.get("IsEgress") else Direction.INGRESS,
+        protocol=protocol,
+        from_port=None if first is None else int(first),
+        to_port=None if last is None else int(last),
+        peer_type=peer_type,
+        peer=peer,
+        description=str(rule.get("Description") or ""),
+    )

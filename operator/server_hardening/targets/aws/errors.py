@@ -1,0 +1,253 @@
+"""AWS errors, translated once: the EC2 client's configuration, which error codes mean what,
+and the two errors an apply or release raises with what it got done. The only place that reads
+botocore's errors."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+)
+
+from server_hardening.model import AwsSpec
+from server_hardening.targets.base import (
+    ApplyResult,
+    PermanentTargetError,
+    TargetError,
+    TransientTargetError,
+)
+from server_hardening.targets.retry import Verdict
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
+
+_SG_ID = re.compile(r"\bsg-[0-9a-f]{8,17}\b")
+
+THROTTLE_CODES = frozenset(
+    {
+        "RequestLimitExceeded",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "EC2ThrottledException",
+        "SlowDown",
+    }
+)
+TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "Unavailable",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
+    }
+)
+AUTH_CODES = frozenset(
+    {
+        "UnauthorizedOperation",
+        "AuthFailure",
+        "AccessDenied",
+        "AccessDeniedException",
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "IncompleteSignature",
+        "MissingAuthenticationToken",
+        "UnrecognizedClientException",
+        "ExpiredToken",
+        "OptInRequired",
+        "Blocked",
+    }
+)
+GROUP_MISSING_CODES = frozenset(
+    {"InvalidGroup.NotFound", "InvalidGroupId.NotFound", "InvalidGroupId.Malformed"}
+)
+DUPLICATE_CODES = frozenset({"InvalidPermission.Duplicate"})
+RULE_GONE_CODES = frozenset({"InvalidPermission.NotFound", "InvalidSecurityGroupRuleId.NotFound"})
+QUOTA_CODES = frozenset({"RulesPerSecurityGroupLimitExceeded"})
+
+_CONNECTION_ERRORS = (
+    EndpointConnectionError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    ReadTimeoutError,
+)
+
+
+def client_config() -> Config:
+    """Retries are the adapter's own (bounded, jittered, every attempt recorded), so botocore
+    makes one attempt per call: ``standard`` mode with ``total_max_attempts=1``. Letting both
+    retry would multiply attempts and hide throttling from the metrics."""
+    return Config(
+        retries={"mode": "standard", "total_max_attempts": 1},
+        connect_timeout=5,
+        read_timeout=30,
+        user_agent_extra="server-hardening",
+    )
+
+
+def default_client(aws: AwsSpec) -> EC2Client:
+    """The default credential chain; region from the spec; endpoint ``spec.aws.endpointUrl``,
+    else botocore's own ``AWS_ENDPOINT_URL_EC2``/``AWS_ENDPOINT_URL``, else the regional one."""
+    session = boto3.session.Session()
+    return session.client(
+        "ec2",
+        region_name=aws.region,
+        endpoint_url=aws.endpoint_url or None,
+        config=client_config(),
+    )
+
+
+class AlreadyDoneError(Exception):
+    """An error code the caller said means "already done" (a duplicate rule, a rule gone)."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class GroupChangeRefusedError(Exception):
+    """A 4xx that concerns one group's change, not the whole target (bad parameter, quota)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class _StoppedApplyError(TargetError):
+    """An error that stopped an apply or release; ``result`` says what was applied before it."""
+
+    def __init__(
+        self, message: str, *, operation: str = "", resource: str = "", result: ApplyResult
+    ) -> None:
+        super().__init__(message, operation=operation, resource=resource)
+        self.result = result
+
+
+class AwsPermanentError(_StoppedApplyError, PermanentTargetError):
+    """A permanent error during apply/release."""
+
+
+class AwsTransientError(_StoppedApplyError, TransientTargetError):
+    """Retries ran out during apply/release."""
+
+
+def _code(exc: ClientError) -> tuple[str, str, int]:
+    error = exc.response.get("Error", {})
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+    return str(error.get("Code", "")), str(error.get("Message", "")), status
+
+
+def classify(exc: Exception, benign: frozenset[str] = frozenset()) -> Verdict:
+    """One failed attempt: retry throttling, 5xx and dropped connections; the rest is final."""
+    if isinstance(exc, ClientError):
+        code, message, status = _code(exc)
+        if code in benign:
+            return Verdict("ok")
+        if code in THROTTLE_CODES:
+            return Verdict("throttled", retry=True, why=f"{code}: {message}")
+        if code in TRANSIENT_CODES or status >= 500:
+            return Verdict("transient_error", retry=True, why=f"{code}: {message}")
+        return Verdict("error")
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return Verdict("transient_error", retry=True, why=str(exc))
+    return Verdict("error")
+
+
+def translate(  # noqa: PLR0911 - one answer per error family
+    exc: Exception,
+    operation: str,
+    resource: str,
+    *,
+    region: str,
+    role_of: Callable[[str], str],
+    benign: frozenset[str] = frozenset(),
+) -> Exception:
+    """A final (not retried) SDK error as what the adapter raises: :class:`AlreadyDoneError`,
+    :class:`GroupChangeRefusedError` (one group's change), or a permanent target error naming the
+    group, the missing IAM action or the credentials."""
+    if isinstance(exc, ClientError):
+        code, message, _ = _code(exc)
+        if code in benign:
+            return AlreadyDoneError(code)
+        if code in GROUP_MISSING_CODES:
+            # Name the group the error is about: the call's own group, or one its rules
+            # reference (AWS puts the ID in the message).
+            named = [g for g in dict.fromkeys(_SG_ID.findall(message)) if g] or resource.split(",")
+            groups = ", ".join(
+                f"{g} (spec.aws.securityGroups.{role_of(g)})" if role_of(g) else g for g in named
+            )
+            return PermanentTargetError(
+                f"{operation} on {resource}: security group {groups} does not exist in "
+                f"{region} ({code}: {message})",
+                operation=operation,
+                resource=",".join(named),
+            )
+        if code in AUTH_CODES:
+            return PermanentTargetError(
+                f"{operation} on {resource} was refused ({code}): the operator's AWS identity "
+                f"lacks ec2:{operation} or its credentials are invalid; see "
+                f"deploy/aws/iam-policy.json ({message})",
+                operation=operation,
+                resource=resource,
+            )
+        return GroupChangeRefusedError(code, message)
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError | NoRegionError):
+        return PermanentTargetError(
+            f"{operation}: no usable AWS credentials or region ({exc})",
+            operation=operation,
+            resource=resource,
+        )
+    if isinstance(exc, BotoCoreError):
+        return PermanentTargetError(
+            f"{operation} on {resource}: {exc}", operation=operation, resource=resource
+        )
+    return exc
+
+
+@contextmanager
+def saying_what_was_applied(result: ApplyResult) -> Iterator[None]:
+    """Re-raise an error that stops an apply or release with what was and was not applied."""
+    try:
+        yield
+    except PermanentTargetError as exc:
+        raise AwsPermanentError(
+            f"{exc}; {_summary(result)}",
+            operation=exc.operation,
+            resource=exc.resource,
+            result=result,
+        ) from exc
+    except TransientTargetError as exc:
+        raise AwsTransientError(
+            f"{exc}; {_summary(result)}",
+            operation=exc.operation,
+            resource=exc.resource,
+            result=result,
+        ) from exc
+
+
+def _summary(result: ApplyResult) -> str:
+    done = (
+        f"applied before the error: created {result.created}, updated {result.updated}, "
+        f"deleted {result.deleted}, removed unmanaged {result.removed_unmanaged}"
+    )
+    if result.errors:
+        done += "; not applied: " + " | ".join(result.errors)
+    return done
