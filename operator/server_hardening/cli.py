@@ -23,7 +23,7 @@ import yaml
 
 from server_hardening import __version__
 from server_hardening.model import ResourceRef, SpecError, parse_resource
-from server_hardening.rules import Action, Role, Rule
+from server_hardening.rules import Action, Rule
 
 EXIT_INVALID = 2
 
@@ -126,6 +126,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _print_table(doc: Any, ref: ResourceRef) -> None:
+    from server_hardening.renderers.aws import groups_by_role
+    from server_hardening.renderers.gcp import role_tags
+
     out = sys.stdout
     out.write(f"ServerHardening {ref} - guide profile {doc.profile}\n\n")
     header = ["TARGET", "WHERE", "DIRECTION", "ACTION", "PEER", "PROTO", "PORTS", "GUIDE ROWS"]
@@ -134,26 +137,15 @@ def _print_table(doc: Any, ref: ResourceRef) -> None:
         rows.extend(_np_rows(doc.network_policies))
     spec = doc.intent.spec
     if spec.aws is not None:
-        groups = spec.aws.security_groups
-        by_role = {
-            Role.KUBERNETES_NODES: groups.kubernetes_nodes,
-            Role.NOMAD_CLIENTS: groups.nomad_clients,
-            Role.EXTERNAL_VMS: groups.external_v_ms,
-            Role.LOAD_BALANCERS: groups.load_balancers,
-        }
+        groups = groups_by_role(spec.aws)
         for rule in doc.intent.cloud_rules("aws"):
-            group = by_role.get(rule.subject)
+            group = groups.get(rule.subject)
             if group and rule.action is Action.ALLOW:
                 rows.append(_rule_row("aws", f"{group} ({rule.subject.value})", rule))
     if spec.gcp is not None:
-        tags = spec.gcp.target_tags
-        by_tag = {
-            Role.KUBERNETES_NODES: tags.kubernetes_nodes,
-            Role.NOMAD_CLIENTS: tags.nomad_clients,
-            Role.EXTERNAL_VMS: tags.external_v_ms,
-        }
+        tags = role_tags(spec.gcp)
         for rule in doc.intent.cloud_rules("gcp"):
-            tag = by_tag.get(rule.subject)
+            tag = tags.get(rule.subject)
             if tag:
                 rows.append(_rule_row("gcp", f"tag:{tag}", rule))
     _table(rows, out)

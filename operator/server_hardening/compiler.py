@@ -35,7 +35,6 @@ from server_hardening.rules import (
     Protocol,
     Role,
     Rule,
-    Severity,
     parse_network,
 )
 
@@ -92,7 +91,7 @@ class _Resolver:
         self.addresses: dict[PeerKind, tuple[str, ...]] = {
             PeerKind.KUBERNETES_NODES: tuple(topo.kubernetes_nodes.cidrs),
             PeerKind.NOMAD_CLIENTS: tuple(topo.nomad_clients.cidrs),
-            PeerKind.EXTERNAL_VMS: tuple(topo.external_v_ms.cidrs),
+            PeerKind.EXTERNAL_VMS: tuple(topo.external_vms.cidrs),
             PeerKind.LOAD_BALANCERS: lb_cidrs,
             PeerKind.EXTERNAL: external,
             PeerKind.VCS: tuple(topo.vcs.cidrs) if topo.vcs else external,
@@ -119,13 +118,13 @@ class _Resolver:
         checks = {
             Requires.ADMIN_SSH: self.spec.access.admin_ssh.enabled,
             Requires.SSH_RERUN: self.spec.access.ssh_rerun.enabled,
-            Requires.EXTERNAL_VMS: self.spec.topology.external_v_ms.enabled,
+            Requires.EXTERNAL_VMS: self.spec.topology.external_vms.enabled,
             Requires.DNS: self.spec.topology.dns is not None,
             Requires.LB_LAYER: not self.transparent,
         }
         if not all(checks[r] for r in row.requires):
             return False
-        vms_off = not self.spec.topology.external_v_ms.enabled
+        vms_off = not self.spec.topology.external_vms.enabled
         return not (
             vms_off and (row.subject is Role.EXTERNAL_VMS or row.peer is PeerKind.EXTERNAL_VMS)
         )
@@ -245,11 +244,10 @@ def _findings(spec: ServerHardeningSpec, profile: Profile) -> list[Finding]:
     rerun_sources = rerun.sources or spec.topology.external.cidrs
     if rerun.enabled and any(parse_network(c).prefixlen == 0 for c in rerun_sources):
         for row, ports in (("NOMAD-IN-2", "64535-65535"), ("VM-IN-5", "54782")):
-            if row == "VM-IN-5" and not spec.topology.external_v_ms.enabled:
+            if row == "VM-IN-5" and not spec.topology.external_vms.enabled:
                 continue
             findings.append(
-                Finding(
-                    Severity.WARNING,
+                Finding.of(
                     FindingCode.WORLD_OPEN_SSH_RERUN,
                     f"SSH-rerun ports {ports} are open to the world, as the guide allows; "
                     "narrow spec.access.sshRerun.sources to your users' addresses (VPN/office) "
@@ -259,8 +257,7 @@ def _findings(spec: ServerHardeningSpec, profile: Profile) -> list[Finding]:
             )
     if not spec.topology.dns:
         findings.append(
-            Finding(
-                Severity.INFO,
+            Finding.of(
                 FindingCode.DNS_NOT_CONFIGURED,
                 "spec.topology.dns is not set: ALL-OUT-1 is not rendered (AWS never filters its "
                 "own resolver; elsewhere set the VPC resolver's address)",
@@ -269,8 +266,7 @@ def _findings(spec: ServerHardeningSpec, profile: Profile) -> list[Finding]:
         )
     if profile.name.startswith("v4") and spec.aws and not spec.aws.security_groups.load_balancers:
         findings.append(
-            Finding(
-                Severity.WARNING,
+            Finding.of(
                 FindingCode.PUBLIC_NOMAD_PORT,
                 "v4 serves 4647 on the public circleci-proxy load balancer; without "
                 "spec.aws.securityGroups.loadBalancers it is not narrowed here: set "
@@ -280,8 +276,7 @@ def _findings(spec: ServerHardeningSpec, profile: Profile) -> list[Finding]:
         )
     if spec.access.admin_ssh.enabled:
         findings.append(
-            Finding(
-                Severity.INFO,
+            Finding.of(
                 FindingCode.ADMIN_SSH_ENABLED,
                 "admin SSH (ALL-IN-1) is open from "
                 + ", ".join(spec.access.admin_ssh.sources)
@@ -291,8 +286,7 @@ def _findings(spec: ServerHardeningSpec, profile: Profile) -> list[Finding]:
         )
     if set(spec.topology.external.cidrs) - set(WORLD):
         findings.append(
-            Finding(
-                Severity.INFO,
+            Finding.of(
                 FindingCode.EXTERNAL_NARROWED,
                 "external is narrowed to " + ", ".join(spec.topology.external.cidrs),
             )

@@ -14,7 +14,7 @@ from typing import Any
 
 from server_hardening.compiler import CompiledIntent
 from server_hardening.guide import Component
-from server_hardening.rules import Finding, FindingCode, Severity
+from server_hardening.rules import Finding, FindingCode
 
 
 @dataclass(frozen=True, order=True)
@@ -102,8 +102,7 @@ def from_service(lookup: ServiceLookup, service: Mapping[str, Any]) -> ResolvedC
     spec = service.get("spec") or {}
     selector = spec.get("selector") or {}
     if not selector:
-        return Finding(
-            Severity.WARNING,
+        return Finding.of(
             FindingCode.SERVICE_WITHOUT_SELECTOR,
             f"Service {name} has no selector: the pods behind {lookup.component.value} cannot "
             f"be found; pin them with spec.kubernetes.components.{lookup.component.value}"
@@ -117,8 +116,7 @@ def from_service(lookup: ServiceLookup, service: Mapping[str, Any]) -> ResolvedC
             ports.append(PodPort(target, str(port.get("protocol") or "TCP")))
     if not ports:
         wanted = ", ".join(str(p) for p in lookup.service_ports)
-        return Finding(
-            Severity.WARNING,
+        return Finding.of(
             FindingCode.SERVICE_PORT_MISSING,
             f"Service {name} does not serve port {wanted} that the guide routes to "
             f"{lookup.component.value}",
@@ -144,8 +142,7 @@ def assumed(lookup: ServiceLookup) -> tuple[ResolvedComponent, Finding]:
         source="assumed",
         service=name,
     )
-    finding = Finding(
-        Severity.INFO,
+    finding = Finding.of(
         FindingCode.COMPONENT_ASSUMED,
         f"{lookup.component.value}: assumed pods labelled app={name} on ports "
         + ", ".join(str(p) for p in lookup.service_ports)

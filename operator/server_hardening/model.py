@@ -27,6 +27,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from server_hardening.rules import Role
+
 GROUP = "hardening.circleci.com"
 VERSION = "v1alpha1"
 KIND = "ServerHardening"
@@ -174,7 +176,7 @@ class ExternalTopology(_Spec):
 class Topology(_Spec):
     kubernetes_nodes: RoleTopology = Field(description="Required: the cluster's node subnets.")
     nomad_clients: RoleTopology = Field(description="Required: the Nomad clients' subnets.")
-    external_v_ms: ExternalVMsTopology = Field(
+    external_vms: ExternalVMsTopology = Field(
         default_factory=ExternalVMsTopology, alias="externalVMs"
     )
     load_balancers: LoadBalancersTopology = Field(default_factory=LoadBalancersTopology)
@@ -323,8 +325,16 @@ SG_PATTERN = r"^sg-[0-9a-f]{8,17}$"
 class AwsSecurityGroups(_Spec):
     kubernetes_nodes: str | None = Field(None, pattern=SG_PATTERN)
     nomad_clients: str | None = Field(None, pattern=SG_PATTERN)
-    external_v_ms: str | None = Field(None, pattern=SG_PATTERN, alias="externalVMs")
+    external_vms: str | None = Field(None, pattern=SG_PATTERN, alias="externalVMs")
     load_balancers: str | None = Field(None, pattern=SG_PATTERN)
+
+
+def configured_by_role(section: BaseModel) -> dict[Role, str]:
+    """A per-role section of the spec (security groups, network tags) as ``{role: value}`` for
+    the roles that have one. The spec's keys are the roles' own names, so the mapping from a
+    role to its field is written once, here."""
+    values = section.model_dump(by_alias=True)
+    return {role: str(values[role.value]) for role in Role if values.get(role.value)}
 
 
 class RuleQuota(_Spec):
@@ -352,7 +362,7 @@ NETWORK_TAG_PATTERN = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
 class GcpTargetTags(_Spec):
     kubernetes_nodes: str | None = Field(None, pattern=NETWORK_TAG_PATTERN)
     nomad_clients: str | None = Field(None, pattern=NETWORK_TAG_PATTERN)
-    external_v_ms: str | None = Field(None, pattern=NETWORK_TAG_PATTERN, alias="externalVMs")
+    external_vms: str | None = Field(None, pattern=NETWORK_TAG_PATTERN, alias="externalVMs")
 
 
 class GcpSpec(_Spec):
@@ -465,8 +475,8 @@ def _overlaps(spec: ServerHardeningSpec) -> list[FieldError]:
         ("kubernetesNodes", spec.topology.kubernetes_nodes.cidrs),
         ("nomadClients", spec.topology.nomad_clients.cidrs),
     ]
-    if spec.topology.external_v_ms.enabled:
-        roles.append(("externalVMs", spec.topology.external_v_ms.cidrs))
+    if spec.topology.external_vms.enabled:
+        roles.append(("externalVMs", spec.topology.external_vms.cidrs))
     roles.append(("loadBalancers", spec.topology.load_balancers.cidrs))
     errors: list[FieldError] = []
     for i, (role_a, cidrs_a) in enumerate(roles):
@@ -490,7 +500,7 @@ def _overlaps(spec: ServerHardeningSpec) -> list[FieldError]:
 def semantic_errors(spec: ServerHardeningSpec) -> list[FieldError]:
     """Rules that span fields (and so are not field validators)."""
     errors = _overlaps(spec)
-    vms = spec.topology.external_v_ms
+    vms = spec.topology.external_vms
     if vms.enabled and not vms.cidrs:
         errors.append(
             FieldError("spec.topology.externalVMs.cidrs", "required when externalVMs is enabled")

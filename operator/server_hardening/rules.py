@@ -203,6 +203,7 @@ _SEVERITY: dict[FindingCode, Severity] = {
     FindingCode.DNS_NOT_CONFIGURED: Severity.INFO,
     FindingCode.EXTERNAL_NARROWED: Severity.INFO,
     FindingCode.ISOLATION_BY_OMISSION: Severity.INFO,
+    FindingCode.NO_SECURITY_GROUP: Severity.INFO,
     FindingCode.GCP_ROLE_UNTAGGED: Severity.INFO,
     FindingCode.GCP_EGRESS_UNRESTRICTED: Severity.INFO,
     FindingCode.GCP_LOAD_BALANCER_RULE_SKIPPED: Severity.INFO,
@@ -211,6 +212,7 @@ _SEVERITY: dict[FindingCode, Severity] = {
     FindingCode.INVALID_SPEC: Severity.ERROR,
     FindingCode.WORLD_OPEN_SENSITIVE_PORT: Severity.ERROR,
     FindingCode.CONFLICT: Severity.ERROR,
+    FindingCode.QUOTA_EXCEEDED: Severity.ERROR,
 }
 
 

@@ -58,9 +58,9 @@ def endpoints(spec: ServerHardeningSpec) -> dict[str, Endpoint]:
         "nomad2": Endpoint(host(topo.nomad_clients.cidrs[0], 11), Role.NOMAD_CLIENTS, "nomad"),
         "outsider": Endpoint(OUTSIDER, None, "outsider"),
     }
-    if topo.external_v_ms.enabled:
-        out["vm"] = Endpoint(host(topo.external_v_ms.cidrs[0], 10), Role.EXTERNAL_VMS, "vm")
-        out["vm2"] = Endpoint(host(topo.external_v_ms.cidrs[0], 11), Role.EXTERNAL_VMS, "vm")
+    if topo.external_vms.enabled:
+        out["vm"] = Endpoint(host(topo.external_vms.cidrs[0], 10), Role.EXTERNAL_VMS, "vm")
+        out["vm2"] = Endpoint(host(topo.external_vms.cidrs[0], 11), Role.EXTERNAL_VMS, "vm")
     return out
 
 
@@ -99,7 +99,7 @@ def allowed_probes(spec: ServerHardeningSpec) -> list[Probe]:
     checks = {
         Requires.ADMIN_SSH: spec.access.admin_ssh.enabled,
         Requires.SSH_RERUN: spec.access.ssh_rerun.enabled,
-        Requires.EXTERNAL_VMS: spec.topology.external_v_ms.enabled,
+        Requires.EXTERNAL_VMS: spec.topology.external_vms.enabled,
         Requires.DNS: spec.topology.dns is not None,
         Requires.LB_LAYER: not spec.topology.load_balancers.transparent,
     }

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Required, TypedDict
 
 from server_hardening.drift import DesiredItem, fingerprint
-from server_hardening.model import AwsSpec, ResourceRef
+from server_hardening.model import AwsSpec, ResourceRef, configured_by_role
 from server_hardening.ownership import describe, owner_key
 from server_hardening.rules import (
     Action,
@@ -41,7 +41,6 @@ from server_hardening.rules import (
     Protocol,
     Role,
     Rule,
-    Severity,
     most_important_first,
 )
 
@@ -284,22 +283,9 @@ def _lane_key(lane: tuple[str, int | None, int | None]) -> tuple[str, int, int]:
 # Rendering
 
 
-_ROLE_GROUP_FIELDS = {
-    Role.KUBERNETES_NODES: "kubernetes_nodes",
-    Role.NOMAD_CLIENTS: "nomad_clients",
-    Role.EXTERNAL_VMS: "external_v_ms",
-    Role.LOAD_BALANCERS: "load_balancers",
-}
-
-
 def groups_by_role(aws: AwsSpec) -> dict[Role, str]:
     """The configured security group of each role (roles without one are absent)."""
-    out: dict[Role, str] = {}
-    for role, attr in _ROLE_GROUP_FIELDS.items():
-        group = getattr(aws.security_groups, attr)
-        if group:
-            out[role] = str(group)
-    return out
+    return configured_by_role(aws.security_groups)
 
 
 @dataclass(frozen=True)
@@ -429,8 +415,7 @@ def render_security_groups(
 
     for role, rows in sorted(skipped_roles.items()):
         findings.append(
-            Finding(
-                Severity.INFO,
+            Finding.of(
                 FindingCode.NO_SECURITY_GROUP,
                 f"spec.aws.securityGroups.{role.value} is not set: rows "
                 f"{', '.join(sorted(rows))} are not written to any security group",
@@ -440,8 +425,7 @@ def render_security_groups(
         )
     for row, where in sorted(skipped_denies.items()):
         findings.append(
-            Finding(
-                Severity.INFO,
+            Finding.of(
                 FindingCode.ISOLATION_BY_OMISSION,
                 f"{row}: security groups only allow, so this block is not written as a rule; "
                 "it holds because no managed rule allows it (" + ", ".join(sorted(where)) + ")",
@@ -487,8 +471,7 @@ def quota_finding(use: QuotaUse, *, role: str, existing: str = "") -> Finding:
         counts.append(f"{use.ipv4} IPv4 rules")
     if use.ipv6 > use.quota:
         counts.append(f"{use.ipv6} IPv6 rules")
-    return Finding(
-        Severity.ERROR,
+    return Finding.of(
         FindingCode.QUOTA_EXCEEDED,
         f"{use.group_id} ({role}) {use.direction.value} needs {' and '.join(counts)}"
         f"{existing}; the quota is {use.quota} per address family "

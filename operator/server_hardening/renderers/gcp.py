@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server_hardening.drift import DesiredItem, fingerprint
-from server_hardening.model import GcpSpec, ResourceRef
+from server_hardening.model import GcpSpec, ResourceRef, configured_by_role
 from server_hardening.ownership import describe, gcp_name_prefix
 from server_hardening.rules import (
     Action,
@@ -61,7 +61,6 @@ from server_hardening.rules import (
     Protocol,
     Role,
     Rule,
-    Severity,
 )
 
 TARGET = "gcp"
@@ -121,16 +120,8 @@ def network_path(gcp: GcpSpec) -> str:
 
 
 def role_tags(gcp: GcpSpec) -> dict[Role, str]:
-    tags = gcp.target_tags
-    out: dict[Role, str] = {}
-    for role, tag in (
-        (Role.KUBERNETES_NODES, tags.kubernetes_nodes),
-        (Role.NOMAD_CLIENTS, tags.nomad_clients),
-        (Role.EXTERNAL_VMS, tags.external_v_ms),
-    ):
-        if tag:
-            out[role] = tag
-    return out
+    """The configured network tag of each role (roles without one are absent)."""
+    return configured_by_role(gcp.target_tags)
 
 
 @dataclass
@@ -254,8 +245,7 @@ def _group_rules(rules: Sequence[Rule], gcp: GcpSpec, tags: Mapping[Role, str]) 
     for rule in sorted(rules, key=Rule.sort_key):
         if rule.subject is Role.LOAD_BALANCERS:
             out.findings.append(
-                Finding(
-                    Severity.INFO,
+                Finding.of(
                     FindingCode.GCP_LOAD_BALANCER_RULE_SKIPPED,
                     "GCP load balancers are pass-through and hold no firewall: "
                     f"{rule.direction.value} {rule.peer.label()} {rule.protocol.value} "
@@ -283,8 +273,7 @@ def _group_rules(rules: Sequence[Rule], gcp: GcpSpec, tags: Mapping[Role, str]) 
             out.groups[key].add(rule)
     for role, count in sorted(untagged.items()):
         out.findings.append(
-            Finding(
-                Severity.INFO,
+            Finding.of(
                 FindingCode.GCP_ROLE_UNTAGGED,
                 f"spec.gcp.targetTags.{role.value} is not set: {count} rule(s) for {role.value} "
                 "are not written on GCP",
@@ -293,8 +282,7 @@ def _group_rules(rules: Sequence[Rule], gcp: GcpSpec, tags: Mapping[Role, str]) 
         )
     if egress_skipped:
         out.findings.append(
-            Finding(
-                Severity.INFO,
+            Finding.of(
                 FindingCode.GCP_EGRESS_UNRESTRICTED,
                 f"spec.gcp.restrictEgress is false: GCP allows all egress, so {egress_skipped} "
                 "outbound allow(s) of the guide are not written",

@@ -36,7 +36,7 @@ from server_hardening.renderers.networkpolicy import (
     policy_fingerprint,
     render_network_policies,
 )
-from server_hardening.rules import Finding, FindingCode, Severity
+from server_hardening.rules import Finding, FindingCode
 from server_hardening.targets.base import (
     ApiCallRecorder,
     ApplyResult,
@@ -146,8 +146,7 @@ def resolve_components(
             findings.append(outcome)
         else:
             findings.append(
-                Finding(
-                    Severity.WARNING,
+                Finding.of(
                     FindingCode.SERVICE_NOT_FOUND,
                     f"{lookup.component.value}: no Service named "
                     + " or ".join(lookup.names)

@@ -1,4 +1,5 @@
-"""GCP VPC firewall rules through the Compute Engine v1 API: the only module importing google.cloud.
+"""GCP VPC firewall rules through the Compute Engine v1 API (with :mod:`.client`, the only code
+importing google.cloud).
 
 - **Observe**: one filtered, paged ``firewalls.list`` (``network eq ".*/global/networks/<n>$"``)
   per reconcile. A rule is *owned* when its name carries this resource's prefix
@@ -30,19 +31,12 @@ that helper polls through a ``GlobalOperationsClient`` built without the caller'
 from __future__ import annotations
 
 import functools
-import json
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import requests
 from google.api_core import exceptions as gexc
-from google.api_core.client_options import ClientOptions
-from google.auth import credentials as gauth_credentials
-from google.auth import exceptions as gauth_exceptions
 from google.cloud import compute_v1
 
 from server_hardening.drift import DesiredItem, ObservedItem, Plan, UnmanagedJudge, fingerprint
@@ -62,132 +56,35 @@ from server_hardening.renderers.gcp import (
     normalise_firewall,
     render_firewalls,
 )
-from server_hardening.rules import Finding, FindingCode, Rule, Severity
+from server_hardening.rules import Finding, FindingCode, Rule
 from server_hardening.targets.base import (
     ApiCallRecorder,
     ApplyResult,
     Observation,
-    PermanentTargetError,
     TransientTargetError,
     ignore_call,
 )
-from server_hardening.targets.retry import Retrier, RetryPolicy, Verdict
+from server_hardening.targets.gcp.client import (
+    CALL_TIMEOUT,
+    LIMIT_RE,
+    PAGE_SIZE,
+    QUOTA_REASONS,
+    ClientFactory,
+    GcpClients,
+    OperationFailedError,
+    QuotaExhaustedError,
+    Send,
+    classify,
+    kind_of,
+    make_clients,
+    message_of,
+    permanent_error,
+    to_dict,
+    to_firewall,
+)
+from server_hardening.targets.retry import Retrier, RetryPolicy
 
 T = TypeVar("T")
-
-PAGE_SIZE = 500
-CALL_TIMEOUT = 30.0
-THROTTLE_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "RATE_LIMIT_EXCEEDED"}
-QUOTA_REASONS = {"quotaExceeded", "QUOTA_EXCEEDED"}
-PERMISSIONS = {
-    "firewalls.list": "compute.firewalls.list",
-    "firewalls.get": "compute.firewalls.get",
-    "firewalls.insert": "compute.firewalls.create",
-    "firewalls.update": "compute.firewalls.update",
-    "firewalls.patch": "compute.firewalls.update",
-    "firewalls.delete": "compute.firewalls.delete",
-    "globalOperations.wait": "compute.globalOperations.get",
-    "projects.get": "compute.projects.get",
-}
-_PERMISSION_RE = re.compile(r"Required '([A-Za-z0-9_.]+)' permission")
-_LIMIT_RE = re.compile(r"Limit:\s*([0-9.]+)")
-
-
-@dataclass(frozen=True)
-class GcpClients:
-    firewalls: compute_v1.FirewallsClient
-    operations: compute_v1.GlobalOperationsClient
-    projects: compute_v1.ProjectsClient
-
-
-ClientFactory = Callable[[GcpSpec], GcpClients]
-
-
-def make_clients(
-    gcp: GcpSpec, credentials: gauth_credentials.Credentials | None = None
-) -> GcpClients:
-    """REST clients for ``gcp.endpoint`` (or the public endpoint). Without ``credentials``:
-    Application Default Credentials (Workload Identity on GKE, a key file elsewhere)."""
-    options = ClientOptions(api_endpoint=gcp.endpoint) if gcp.endpoint else None
-    return GcpClients(
-        firewalls=compute_v1.FirewallsClient(
-            credentials=credentials, transport="rest", client_options=options
-        ),
-        operations=compute_v1.GlobalOperationsClient(
-            credentials=credentials, transport="rest", client_options=options
-        ),
-        projects=compute_v1.ProjectsClient(
-            credentials=credentials, transport="rest", client_options=options
-        ),
-    )
-
-
-_Send = Callable[[str], compute_v1.Operation]
-
-
-class _QuotaError(Exception):
-    pass
-
-
-class _OperationError(Exception):
-    pass
-
-
-def _reason(exc: gexc.GoogleAPICallError) -> str:
-    if exc.reason:
-        return str(exc.reason)
-    for err in exc.errors or ():
-        if isinstance(err, dict) and err.get("reason"):
-            return str(err["reason"])
-    return ""
-
-
-def _kind(exc: Exception) -> str:  # noqa: PLR0911 - one answer per error family
-    if isinstance(exc, requests.exceptions.RequestException | ConnectionError | TimeoutError):
-        return "transient"
-    if isinstance(exc, gauth_exceptions.GoogleAuthError):
-        return "auth"
-    if not isinstance(exc, gexc.GoogleAPICallError):
-        return "other"
-    reason = _reason(exc)
-    if isinstance(exc, gexc.TooManyRequests) or reason in THROTTLE_REASONS:
-        return "throttled"
-    if reason in QUOTA_REASONS:
-        return "quota"
-    if isinstance(exc, gexc.ServerError):
-        return "transient"
-    if isinstance(exc, gexc.Forbidden | gexc.PermissionDenied):
-        return "permission"
-    if isinstance(exc, gexc.Unauthorized | gexc.Unauthenticated):
-        return "auth"
-    return "other"
-
-
-def classify(exc: Exception) -> Verdict:
-    """Retry throttling, 5xx and connection errors; the rest is final."""
-    kind = _kind(exc)
-    if kind == "throttled":
-        return Verdict("throttled", retry=True, why=_message(exc))
-    if kind == "transient":
-        return Verdict("transient_error", retry=True, why=_message(exc))
-    return Verdict("error")
-
-
-def _message(exc: Exception) -> str:
-    return str(getattr(exc, "message", "") or exc)
-
-
-def _to_dict(firewall: compute_v1.Firewall) -> dict[str, Any]:
-    text = compute_v1.Firewall.to_json(
-        firewall, indent=None, always_print_fields_with_no_presence=False
-    )
-    out: dict[str, Any] = json.loads(text)
-    return out
-
-
-def _to_firewall(body: dict[str, Any] | Any) -> compute_v1.Firewall:
-    firewall: compute_v1.Firewall = compute_v1.Firewall.from_json(json.dumps(dict(body)))
-    return firewall
 
 
 class GcpTarget:
@@ -255,7 +152,7 @@ class GcpTarget:
             for change in plan.update:
                 if self._update(change.desired, result):
                     result.updated += 1
-        except _QuotaError as exc:
+        except QuotaExhaustedError as exc:
             result.findings.append(self._quota_finding(str(exc)))
             result.errors.append(f"quota exceeded: {exc}; nothing further was written")
             return result
@@ -291,7 +188,7 @@ class GcpTarget:
                 "firewalls.patch",
                 name,
                 self._sender(
-                    self._c.firewalls.patch_unary,
+                    self._api.firewalls.patch_unary,
                     compute_v1.PatchFirewallRequest(
                         project=self.gcp.project,
                         firewall=name,
@@ -307,7 +204,7 @@ class GcpTarget:
     # -- observing -----------------------------------------------------------------------------
 
     @property
-    def _c(self) -> GcpClients:
+    def _api(self) -> GcpClients:
         if self._clients is None:
             self._clients = self._factory(self.gcp)
         return self._clients
@@ -329,12 +226,12 @@ class GcpTarget:
                 "firewalls.list",
                 self.gcp.network,
                 functools.partial(
-                    self._c.firewalls.list, request=request, retry=None, timeout=CALL_TIMEOUT
+                    self._api.firewalls.list, request=request, retry=None, timeout=CALL_TIMEOUT
                 ),
             )
             # The pager's attributes are the first page's; later pages are asked for here, so
             # each page is one retried, recorded call.
-            out.extend(_to_dict(f) for f in pager.items)
+            out.extend(to_dict(f) for f in pager.items)
             token = pager.next_page_token
             if not token:
                 return out
@@ -358,7 +255,7 @@ class GcpTarget:
         project = self._call(
             "projects.get",
             self.gcp.project,
-            lambda: self._c.projects.get(
+            lambda: self._api.projects.get(
                 project=self.gcp.project, retry=None, timeout=CALL_TIMEOUT
             ),
         )
@@ -368,8 +265,7 @@ class GcpTarget:
             free = int(quota.limit - quota.usage)
             if inserts > free:
                 result.findings.append(
-                    Finding(
-                        Severity.ERROR,
+                    Finding.of(
                         FindingCode.QUOTA_EXCEEDED,
                         f"the FIREWALLS quota of project {self.gcp.project} is "
                         f"{quota.limit:.0f} with {quota.usage:.0f} in use: {inserts} new "
@@ -385,10 +281,9 @@ class GcpTarget:
         return True
 
     def _quota_finding(self, message: str) -> Finding:
-        limit = _LIMIT_RE.search(message)
+        limit = LIMIT_RE.search(message)
         numbers = f" (limit {limit[1]})" if limit else ""
-        return Finding(
-            Severity.ERROR,
+        return Finding.of(
             FindingCode.QUOTA_EXCEEDED,
             f"project {self.gcp.project} ran out of firewall quota{numbers} while applying: "
             f"{message}; later changes were not written",
@@ -402,9 +297,9 @@ class GcpTarget:
                 "firewalls.insert",
                 item.key,
                 self._sender(
-                    self._c.firewalls.insert_unary,
+                    self._api.firewalls.insert_unary,
                     compute_v1.InsertFirewallRequest(
-                        project=self.gcp.project, firewall_resource=_to_firewall(item.payload)
+                        project=self.gcp.project, firewall_resource=to_firewall(item.payload)
                     ),
                 ),
                 result,
@@ -419,11 +314,11 @@ class GcpTarget:
     def _resolve_conflict(self, item: DesiredItem[FirewallBody], result: ApplyResult) -> None:
         """409 on insert: the name is taken. Identical: success. Ours by name and unmarked by
         anyone else (an orphaned rule of a resource of the same name): take it back."""
-        existing = _to_dict(
+        existing = to_dict(
             self._call(
                 "firewalls.get",
                 item.key,
-                lambda: self._c.firewalls.get(
+                lambda: self._api.firewalls.get(
                     project=self.gcp.project,
                     firewall=item.key,
                     retry=None,
@@ -439,8 +334,7 @@ class GcpTarget:
             if self._update(item, result):
                 result.updated += 1
                 result.findings.append(
-                    Finding(
-                        Severity.INFO,
+                    Finding.of(
                         FindingCode.FIREWALL_ADOPTED,
                         f"{item.key} existed without this resource's mark (released earlier?) "
                         "and was taken back",
@@ -460,11 +354,11 @@ class GcpTarget:
             "firewalls.update",
             item.key,
             self._sender(
-                self._c.firewalls.update_unary,
+                self._api.firewalls.update_unary,
                 compute_v1.UpdateFirewallRequest(
                     project=self.gcp.project,
                     firewall=item.key,
-                    firewall_resource=_to_firewall(item.payload),
+                    firewall_resource=to_firewall(item.payload),
                 ),
             ),
             result,
@@ -472,7 +366,7 @@ class GcpTarget:
         return len(result.errors) == errors
 
     @staticmethod
-    def _sender(method: Callable[..., compute_v1.Operation], request: Any) -> _Send:
+    def _sender(method: Callable[..., compute_v1.Operation], request: Any) -> Send:
         """A call that stamps ``request_id`` on the request: the same ID on every retry."""
 
         def send(request_id: str) -> compute_v1.Operation:
@@ -488,7 +382,7 @@ class GcpTarget:
                 "firewalls.delete",
                 name,
                 self._sender(
-                    self._c.firewalls.delete_unary,
+                    self._api.firewalls.delete_unary,
                     compute_v1.DeleteFirewallRequest(project=self.gcp.project, firewall=name),
                 ),
                 result,
@@ -502,7 +396,7 @@ class GcpTarget:
         self,
         operation: str,
         resource: str,
-        send: _Send,
+        send: Send,
         result: ApplyResult,
         *,
         raise_conflict: bool = False,
@@ -521,9 +415,9 @@ class GcpTarget:
         except gexc.NotFound as exc:
             if raise_not_found:
                 raise
-            result.errors.append(f"{operation} {resource}: {_message(exc)}")
-        except (gexc.GoogleAPICallError, _OperationError) as exc:
-            result.errors.append(f"{operation} {resource}: {_message(exc)}")
+            result.errors.append(f"{operation} {resource}: {message_of(exc)}")
+        except (gexc.GoogleAPICallError, OperationFailedError) as exc:
+            result.errors.append(f"{operation} {resource}: {message_of(exc)}")
 
     def _wait(self, op: compute_v1.Operation, operation: str, resource: str) -> None:
         rounds = 0
@@ -539,7 +433,7 @@ class GcpTarget:
                 "globalOperations.wait",
                 op.name,
                 functools.partial(
-                    self._c.operations.wait,
+                    self._api.operations.wait,
                     project=self.gcp.project,
                     operation=op.name,
                     retry=None,
@@ -551,8 +445,8 @@ class GcpTarget:
             codes = {e.code for e in errors}
             text = "; ".join(f"{e.code}: {e.message}" for e in errors)
             if codes & QUOTA_REASONS:
-                raise _QuotaError(text)
-            raise _OperationError(f"operation {op.name} failed: {text}")
+                raise QuotaExhaustedError(text)
+            raise OperationFailedError(f"operation {op.name} failed: {text}")
 
     # -- one call, with retries and error translation -------------------------------------------
 
@@ -561,25 +455,12 @@ class GcpTarget:
         try:
             return self._retrier.call(operation, resource, fn, classify)
         except Exception as exc:
-            kind = _kind(exc)
+            kind = kind_of(exc)
             if kind == "quota":
-                raise _QuotaError(_message(exc)) from exc
+                raise QuotaExhaustedError(message_of(exc)) from exc
             if kind in ("permission", "auth"):
-                raise self._permanent(operation, resource, exc) from exc
+                raise permanent_error(operation, resource, exc, self.gcp.project) from exc
             raise
-
-    def _permanent(self, operation: str, resource: str, exc: Exception) -> PermanentTargetError:
-        message = _message(exc)
-        found = _PERMISSION_RE.search(message)
-        permission = found[1] if found else PERMISSIONS.get(operation, "")
-        if isinstance(exc, gauth_exceptions.GoogleAuthError | gexc.Unauthorized):
-            text = f"{operation} {resource}: the credentials were refused: {message}"
-        else:
-            text = (
-                f"{operation} {resource}: permission {permission} is missing on project "
-                f"{self.gcp.project} (see deploy/gcp/iam-role.yaml): {message}"
-            )
-        return PermanentTargetError(text, operation=operation, resource=resource)
 
 
 def owned_names(items: Iterable[ObservedItem[FirewallBody]]) -> list[str]:
