@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from packaging.utils import canonicalize_name
 from runtime_lock import LOCK, lock_text, read_pins, runtime_closure
 
 REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 
@@ -291,3 +293,25 @@ def test_builder_steps_install_a_working_hardening_into_a_fresh_venv(
     installed = {canonicalize_name(d["name"]): d["version"] for d in json.loads(listed)}
     assert installed.pop("server-hardening") == "0.1.0"
     assert installed == read_pins(LOCK.read_text()), "the venv holds exactly the pinned set"
+
+    # The wheel holds the product only: no developer tools, no test doubles.
+    (wheel,) = wheels.glob("server_hardening-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    packages = {n.split("/")[0] for n in names if n.endswith(".py")}
+    assert packages == {"server_hardening"}, packages
+    assert not [n for n in names if "devtools" in n or "moto" in n or "controlplane" in n]
+    top_help = subprocess.run(
+        [str(hardening), "--help"], capture_output=True, text=True, check=True, env=env
+    ).stdout
+    assert "demo" not in top_help and "{plan,crd,run}" in top_help
+    # ... and it plans every example, from the installed wheel alone.
+    for example in sorted(EXAMPLES.glob("*.yaml")):
+        proc = subprocess.run(
+            [str(hardening), "plan", "-f", str(example), "-o", "json"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=env,
+        )
+        assert proc.returncode == 0, f"{example.name}: {proc.stderr}"
+        assert json.loads(proc.stdout)["profile"], example.name

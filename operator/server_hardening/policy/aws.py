@@ -4,12 +4,17 @@ Security groups only allow, so every rule in a managed group that this resource 
 widens access beyond the guide: the chain says *how* (a sensitive port open to the whole
 internet first, as on every target; then the default allow-all egress rule of a new group; then
 any other rule), so the worst reading is the one reported.
+
+AWS keeps one CIDR per rule, so "the whole internet" is judged on the union of the sources of
+the unmanaged rules of the same group and direction that reach the same port: ``0.0.0.0/1`` and
+``128.0.0.0/1`` on port 22 are two rules, and together the world.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from server_hardening.guide import SENSITIVE_PORTS
 from server_hardening.policy.exposure import Access, is_world_open, world_open_sensitive_port
 from server_hardening.renderers.aws import AtomicRule, RenderedSecurityGroups
 from server_hardening.rules import Direction, Finding, FindingCode, PortRange
@@ -29,6 +34,23 @@ def access(rule: AtomicRule, where: str) -> Access:
 
 
 Check = Callable[[AtomicRule, Access, str], Finding | None]
+
+
+def with_neighbours(seen: Access, neighbours: Sequence[Access]) -> list[Access]:
+    """Per sensitive port the rule reaches, one Access whose sources are the union of the rule's
+    and of every neighbour's (same group and direction) that reaches that port too."""
+    out = []
+    for port in SENSITIVE_PORTS:
+        if not seen.covers_port(port):
+            continue
+        peers = set(seen.peers)
+        for other in neighbours:
+            if other.direction is seen.direction and other.covers_port(port):
+                peers.update(other.peers)
+        out.append(
+            Access(seen.direction, tuple(sorted(peers)), "tcp", (PortRange.single(port),), seen.where)
+        )
+    return out
 
 
 def opens_a_sensitive_port_to_the_world(
@@ -66,9 +88,15 @@ CHAIN: tuple[Check, ...] = (
 
 
 def judge_rule(
-    rule: AtomicRule, rule_id: str, rendered: RenderedSecurityGroups, *, removing: bool
+    rule: AtomicRule,
+    rule_id: str,
+    rendered: RenderedSecurityGroups,
+    *,
+    removing: bool,
+    neighbours: Sequence[AtomicRule] = (),
 ) -> Finding | None:
-    """The first finding of the chain for an unmanaged rule in a managed group."""
+    """The first finding of the chain for an unmanaged rule in a managed group; ``neighbours``
+    are the other unmanaged rules of its group (see the module doc)."""
     fate = (
         "it will be revoked (unmanagedRules: Remove)"
         if removing
@@ -76,6 +104,11 @@ def judge_rule(
     )
     where = f"{rule_id} in {rule.group_id} ({rendered.role_of(rule.group_id)})"
     seen = access(rule, where)
+    around = [access(n, where) for n in neighbours if n.group_id == rule.group_id]
+    for joint in with_neighbours(seen, around):
+        exposed = world_open_sensitive_port(joint, TARGET, fate)
+        if exposed is not None:
+            return exposed
     for check in CHAIN:
         finding = check(rule, seen, fate)
         if finding is not None:

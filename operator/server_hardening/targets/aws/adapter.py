@@ -152,9 +152,13 @@ class AwsTarget:
     def judge_unmanaged(self) -> UnmanagedJudge[AtomicRule]:
         rendered = self.rendered
         removing = self.unmanaged_rules is UnmanagedRules.REMOVE
+        unmanaged = [i for i in self._last or () if not i.owned and not i.owner]
 
         def judge(item: SecurityGroupRuleItem) -> Finding | None:
-            return judge_rule(item.payload, item.native_id, rendered, removing=removing)
+            neighbours = [i.payload for i in unmanaged if i.native_id != item.native_id]
+            return judge_rule(
+                item.payload, item.native_id, rendered, removing=removing, neighbours=neighbours
+            )
 
         return judge
 

@@ -1,0 +1,104 @@
+"""The AWS write plan, without boto3: add before remove, one call per lane and kind, nothing lost."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from server_hardening.drift import DesiredItem, ObservedItem, Plan
+from server_hardening.model import RuleQuota
+from server_hardening.planners.aws import WriteKind, plan_writes
+from server_hardening.renderers.aws import AtomicRule, RenderedSecurityGroups
+from server_hardening.rules import Direction, Role
+
+GROUPS = ("sg-0000000a", "sg-0000000b", "sg-0000000c")
+RENDERED = RenderedSecurityGroups(
+    atoms=(),
+    group_roles=tuple((group, (role,)) for group, role in zip(GROUPS, list(Role)[:3], strict=True)),
+    owner="ns/name",
+)
+
+rules = st.builds(
+    AtomicRule,
+    group_id=st.sampled_from(GROUPS),
+    direction=st.sampled_from(list(Direction)),
+    protocol=st.just("tcp"),
+    from_port=st.integers(1, 400),
+    to_port=st.just(None),
+    peer_type=st.just("cidr4"),
+    peer=st.sampled_from(["10.0.0.0/16", "10.1.0.0/16", "0.0.0.0/0"]),
+).map(
+    lambda r: AtomicRule(
+        r.group_id, r.direction, r.protocol, r.from_port, r.from_port, r.peer_type, r.peer
+    )
+)
+
+
+def _desired(rule: AtomicRule) -> DesiredItem[AtomicRule]:
+    return DesiredItem(rule.key(), "f", rule)
+
+
+def _owned(rule: AtomicRule, n: int) -> ObservedItem[AtomicRule]:
+    return ObservedItem(rule.key(), "f", rule, owned=True, native_id=f"sgr-{n:08x}")
+
+
+@given(
+    creates=st.lists(rules, unique_by=AtomicRule.key, max_size=30),
+    deletes=st.lists(rules, unique_by=AtomicRule.key, max_size=30),
+)
+def test_every_add_comes_before_every_remove_and_each_lane_is_one_call_per_kind(
+    creates: list[AtomicRule], deletes: list[AtomicRule]
+) -> None:
+    deletes = [d for d in deletes if d.key() not in {c.key() for c in creates}]
+    stale = [_owned(rule, n) for n, rule in enumerate(deletes)]
+    plan: Plan[AtomicRule] = Plan("aws", create=tuple(map(_desired, creates)), delete=tuple(stale))
+
+    writes = plan_writes(plan, RENDERED, stale, RuleQuota(inbound=1000, outbound=1000)).writes
+
+    kinds = [w.kind for w in writes]
+    if WriteKind.REVOKE in kinds:
+        assert WriteKind.AUTHORIZE not in kinds[kinds.index(WriteKind.REVOKE) :]
+    lanes = [(w.kind, w.group, w.direction) for w in writes]
+    assert len(lanes) == len(set(lanes))
+    authorised = [r for w in writes for r in w.rules]
+    revoked = [i for w in writes for i in w.items]
+    assert sorted(r.key() for r in authorised) == sorted(r.key() for r in creates)
+    assert sorted(i.native_id for i in revoked) == sorted(i.native_id for i in stale)
+
+
+@given(extra=st.integers(0, 5))
+def test_a_lane_over_the_quota_is_not_written_at_all(extra: int) -> None:
+    group = GROUPS[1]
+    have = [
+        _owned(AtomicRule(group, Direction.INGRESS, "tcp", p, p, "cidr4", "10.0.0.0/16"), p)
+        for p in range(1, 6)
+    ]
+    new = [
+        AtomicRule(group, Direction.INGRESS, "tcp", p, p, "cidr4", "10.9.0.0/16")
+        for p in range(100, 101 + extra)
+    ]
+    plan: Plan[AtomicRule] = Plan("aws", create=tuple(map(_desired, new)))
+
+    out = plan_writes(plan, RENDERED, have, RuleQuota(inbound=5, outbound=5))
+
+    assert out.writes == ()
+    assert out.blocked == frozenset({group})
+    assert [f.code.value for f in out.findings] == ["QuotaExceeded"]
+    assert "over the quota of 5" in out.errors[0]
+
+
+def test_a_full_lane_that_fits_at_the_end_revokes_first() -> None:
+    group = GROUPS[0]
+    old = [
+        _owned(AtomicRule(group, Direction.INGRESS, "tcp", p, p, "cidr4", "10.0.0.0/16"), p)
+        for p in range(1, 6)
+    ]
+    new = [
+        AtomicRule(group, Direction.INGRESS, "tcp", p, p, "cidr4", "10.9.0.0/16")
+        for p in range(1, 6)
+    ]
+    plan: Plan[AtomicRule] = Plan("aws", create=tuple(map(_desired, new)), delete=tuple(old))
+
+    writes = plan_writes(plan, RENDERED, old, RuleQuota(inbound=5, outbound=5)).writes
+
+    assert [w.kind for w in writes] == [WriteKind.REVOKE, WriteKind.AUTHORIZE]

@@ -1,0 +1,123 @@
+"""Each target's chain, a table per check: what it flags, with which code, and what it lets by."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from builders import OWNER, make_spec
+from server_hardening.compiler import compile_intent
+from server_hardening.model import parse_spec
+from server_hardening.policy import aws as aws_policy
+from server_hardening.policy import networkpolicy as np_policy
+from server_hardening.renderers.aws import AtomicRule, render_security_groups
+from server_hardening.renderers.networkpolicy import render_network_policies
+from server_hardening.rules import Direction, FindingCode
+
+NOMAD = "sg-0000000b"
+
+
+def _rendered() -> Any:
+    body: dict[str, Any] = make_spec().model_dump(by_alias=True, exclude_none=True)
+    body["aws"] = {"region": "us-east-1", "securityGroups": {"nomadClients": NOMAD}}
+    spec = parse_spec(body)
+    return render_security_groups(compile_intent(spec).cloud_rules("aws"), spec.aws, OWNER)
+
+
+@pytest.mark.parametrize(
+    ("rule", "code", "check"),
+    [
+        (
+            AtomicRule(NOMAD, Direction.INGRESS, "tcp", 4647, 4647, "cidr6", "::/0"),
+            FindingCode.WORLD_OPEN_SENSITIVE_PORT,
+            "opens 4647",
+        ),
+        (
+            AtomicRule(NOMAD, Direction.INGRESS, "-1", None, None, "cidr4", "0.0.0.0/0"),
+            FindingCode.WORLD_OPEN_SENSITIVE_PORT,
+            "opens 22",
+        ),
+        (
+            AtomicRule(NOMAD, Direction.EGRESS, "-1", None, None, "cidr4", "0.0.0.0/0"),
+            FindingCode.UNMANAGED_WIDENING,
+            "allows all egress",
+        ),
+        (
+            AtomicRule(NOMAD, Direction.INGRESS, "tcp", 8080, 8080, "cidr4", "10.8.0.0/16"),
+            FindingCode.UNMANAGED_WIDENING,
+            "every rule widens access",
+        ),
+        (
+            AtomicRule(NOMAD, Direction.INGRESS, "tcp", 22, 22, "group", "sg-0000000f"),
+            FindingCode.UNMANAGED_WIDENING,
+            "every rule widens access",
+        ),
+    ],
+)
+def test_aws_chain(rule: AtomicRule, code: FindingCode, check: str) -> None:
+    finding = aws_policy.judge_rule(rule, "sgr-1", _rendered(), removing=True)
+    assert finding is not None
+    assert finding.code is code
+    assert check in finding.message
+    assert finding.message.endswith("it will be revoked (unmanagedRules: Remove)")
+
+
+def _policy(ingress: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"metadata": {"name": "extra"}, "spec": {"podSelector": {}, "ingress": ingress}}
+
+
+@pytest.mark.parametrize(
+    ("ingress", "code", "check"),
+    [
+        ([{}], FindingCode.WORLD_OPEN_SENSITIVE_PORT, "opens 22 (SSH), 2376"),
+        (
+            [{"ports": [{"port": 4647}]}],
+            FindingCode.WORLD_OPEN_SENSITIVE_PORT,
+            "opens 4647",
+        ),
+        (
+            [
+                {
+                    "from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+                    "ports": [{"port": 4000, "endPort": 5000}],
+                }
+            ],
+            FindingCode.WORLD_OPEN_SENSITIVE_PORT,
+            "opens 4647",
+        ),
+        ([{"ports": [{"port": 8080}]}], FindingCode.UNMANAGED_WIDENING, "allows_every_source"),
+        (
+            [{"from": [{"namespaceSelector": {}}]}],
+            FindingCode.UNMANAGED_WIDENING,
+            "admits_other_namespaces",
+        ),
+        (
+            [{"from": [{"ipBlock": {"cidr": "203.0.113.0/24"}}], "ports": [{"port": 8080}]}],
+            FindingCode.UNMANAGED_WIDENING,
+            "admits_addresses_beyond_the_guide",
+        ),
+        (
+            [{"ports": [{"port": "nomad-rpc"}]}],
+            FindingCode.UNMANAGED_WIDENING,
+            "allows_every_source",
+        ),
+    ],
+)
+def test_networkpolicy_chain(ingress: list[dict[str, Any]], code: FindingCode, check: str) -> None:
+    spec = make_spec()
+    managed = render_network_policies(compile_intent(spec), OWNER.namespace, OWNER, {})
+    view = np_policy.managed_view(managed, restrict_egress=False)
+    finding = np_policy.judge_policy(_policy(ingress), view)
+    assert finding is not None
+    assert finding.code is code
+    assert check in finding.message
+    assert finding.target == "kubernetes"
+
+
+def test_a_policy_within_the_namespace_is_not_flagged() -> None:
+    spec = make_spec()
+    managed = render_network_policies(compile_intent(spec), OWNER.namespace, OWNER, {})
+    view = np_policy.managed_view(managed, restrict_egress=False)
+    inside = _policy([{"from": [{"podSelector": {}}], "ports": [{"port": 22}]}])
+    assert np_policy.judge_policy(inside, view) is None
