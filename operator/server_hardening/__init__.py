@@ -1,11 +1,15 @@
 """server-hardening: keeps a CircleCI Server installation hardened as CircleCI's guide prescribes.
 
-Data flows one way (see docs/architecture.md):
+Data flows one way (docs/architecture.md has the layers, the flow and where each finding is
+produced and shown):
 
-    model -> guide -> compiler -> renderers -> drift -> targets -> reconcile -> handlers
-                                                                             -> metrics, cli
+    model -> guide -> compiler -> renderers -> policy, planners -> drift plan
+          -> targets (observe, apply) -> reconcile -> service -> handlers
+                                                  -> metrics, cli
 
-``model``, ``guide``, ``compiler``, ``renderers`` and ``drift`` are pure: no I/O, no clock, no SDK.
+``model``, ``guide``, ``compiler``, ``renderers``, ``policy``, ``planners`` and ``drift`` are pure:
+no I/O, no clock, no SDK. Only ``targets`` talk to APIs; only ``handlers`` and ``runner`` import
+kopf. The developer tools are not in this package (``dev/server_hardening_dev``).
 """
 
 __version__ = "0.1.0"

@@ -228,6 +228,6 @@ def test_without_moto_the_demo_names_the_step_and_the_install_command(
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "step 1 (start the control plane and the EC2 API): moto is not installed" in proc.stderr
-    assert "pip install 'server-hardening[dev]'" in proc.stderr
+    assert "pip install -e ./dev" in proc.stderr
     assert "left behind: nothing" in proc.stdout
     assert "processes started: none" in proc.stdout
