@@ -192,31 +192,18 @@ def compute_plan(
         for k, d in sorted(desired_by_key.items())
         if k in owned_by_key and owned_by_key[k].fingerprint != d.fingerprint
     ]
-    for absent in create:
+    drifted: list[tuple[FindingCode, DesiredItem[PayloadT] | ObservedItem[PayloadT], str]] = [
+        *((FindingCode.MISSING, d, "is desired and absent") for d in create),
+        *(
+            (FindingCode.MODIFIED, u.desired, "differs from what the guide requires")
+            for u in update
+        ),
+        *((FindingCode.UNEXPECTED, o, "is managed but no longer desired") for o in delete),
+    ]
+    for code, subject, what in drifted:
+        rows = subject.rows if isinstance(subject, DesiredItem) else ()
         notes.append(
-            Finding.of(
-                FindingCode.MISSING,
-                f"{absent.key} is desired and absent",
-                row=absent.rows[0] if absent.rows else "",
-                target=target,
-            )
-        )
-    for change in update:
-        notes.append(
-            Finding.of(
-                FindingCode.MODIFIED,
-                f"{change.desired.key} differs from what the guide requires",
-                row=change.desired.rows[0] if change.desired.rows else "",
-                target=target,
-            )
-        )
-    for stale in delete:
-        notes.append(
-            Finding.of(
-                FindingCode.UNEXPECTED,
-                f"{stale.key} is managed but no longer desired",
-                target=target,
-            )
+            Finding.of(code, f"{subject.key} {what}", row=rows[0] if rows else "", target=target)
         )
     return Plan(
         target=target,

@@ -222,9 +222,22 @@ def test_an_allow_all_policy_is_reported_then_removed_when_asked(
     status = wait_for("Drifted", phase_is(admin_api, ns, "Drifted"))
     (kube,) = status["targets"]
     assert kube["drift"]["unmanagedWidening"] == 1
+    # Every source on every port: that opens the guide's sensitive ports to the whole internet,
+    # the same finding (and the same paging metric) as a world-open rule on either cloud.
     assert any(
-        "allow-everything" in f["message"] and f["code"] == "UnmanagedWidening"
+        "allow-everything" in f["message"]
+        and f["code"] == "WorldOpenSensitivePort"
+        and f["severity"] == "error"
         for f in kube["findings"]
+    )
+    assert (
+        operator.metric(
+            "server_hardening_world_open_sensitive_ports",
+            namespace=ns,
+            name=NAME,
+            target="kubernetes",
+        )
+        == 1
     )
     assert "allow-everything" in network_policies(admin_api, ns)  # Report: left alone
     assert (

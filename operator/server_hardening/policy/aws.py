@@ -48,7 +48,9 @@ def with_neighbours(seen: Access, neighbours: Sequence[Access]) -> list[Access]:
             if other.direction is seen.direction and other.covers_port(port):
                 peers.update(other.peers)
         out.append(
-            Access(seen.direction, tuple(sorted(peers)), "tcp", (PortRange.single(port),), seen.where)
+            Access(
+                seen.direction, tuple(sorted(peers)), "tcp", (PortRange.single(port),), seen.where
+            )
         )
     return out
 

@@ -227,15 +227,9 @@ def saying_what_was_applied(result: ApplyResult) -> Iterator[None]:
     """Re-raise an error that stops an apply or release with what was and was not applied."""
     try:
         yield
-    except PermanentTargetError as exc:
-        raise AwsPermanentError(
-            f"{exc}; {_summary(result)}",
-            operation=exc.operation,
-            resource=exc.resource,
-            result=result,
-        ) from exc
-    except TransientTargetError as exc:
-        raise AwsTransientError(
+    except (PermanentTargetError, TransientTargetError) as exc:
+        kind = AwsPermanentError if isinstance(exc, PermanentTargetError) else AwsTransientError
+        raise kind(
             f"{exc}; {_summary(result)}",
             operation=exc.operation,
             resource=exc.resource,
