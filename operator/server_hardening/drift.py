@@ -45,9 +45,11 @@ class ObservedItem(Generic[PayloadT]):
     """One thing a target holds now.
 
     ``owned`` is True only when it carries *this* resource's ownership mark. ``owner`` names the
-    other resource that marked it, if any (a conflict, not an unmanaged item). ``native_id`` is
-    what the adapter needs to change or remove exactly this item (a security-group rule ID, a
-    firewall name, a NetworkPolicy name).
+    other ServerHardening that marked it, if any (a conflict, not an unmanaged item).
+    ``controller`` names another controller that owns it by its documented marks (the Kubernetes
+    cloud provider, the AWS Load Balancer Controller, GKE, ...): never changed or removed, only
+    judged for exposure. ``native_id`` is what the adapter needs to change or remove exactly this
+    item (a security-group rule ID, a firewall name, a NetworkPolicy name).
     """
 
     key: str
@@ -56,6 +58,7 @@ class ObservedItem(Generic[PayloadT]):
     owned: bool
     native_id: str = ""
     owner: str = ""
+    controller: str = ""
 
 
 class DriftKind(enum.StrEnum):
@@ -101,6 +104,37 @@ class Update(Generic[PayloadT]):
     desired: DesiredItem[PayloadT]
 
 
+class Claim(enum.Enum):
+    """What this resource may do with an unmarked item that holds a desired key."""
+
+    ADOPT = "adopt"  # it is exactly the desired item: add the marks, access never changes
+    TAKE_BACK = "take back"  # it was this resource's (marks stripped, orphaned): make it desired
+
+
+Claimer = Callable[[ObservedItem[PayloadT], DesiredItem[PayloadT]], Claim | None]
+"""Says whether an unmarked observed item with a desired key can be adopted or taken back."""
+
+
+@dataclass(frozen=True)
+class Left(Generic[PayloadT]):
+    """An item the plan leaves alone on purpose, and why (another controller's, an exception)."""
+
+    observed: ObservedItem[PayloadT]
+    reason: str
+
+
+ExceptionMatcher = Callable[[ObservedItem[PayloadT]], "DeclaredException | None"]
+
+
+@dataclass(frozen=True)
+class DeclaredException:
+    """An exception of the spec that matched an item: ``expired`` ones no longer excuse it."""
+
+    index: int
+    reason: str
+    expired: bool
+
+
 @dataclass(frozen=True)
 class Plan(Generic[PayloadT]):
     """What it takes to make a target hold exactly the desired items.
@@ -120,15 +154,25 @@ class Plan(Generic[PayloadT]):
     remove_unmanaged: tuple[ObservedItem[PayloadT], ...] = ()
     findings: tuple[Finding, ...] = field(default=())
     managed: int = 0
+    adopt: tuple[Update[PayloadT], ...] = ()
+    leave: tuple[Left[PayloadT], ...] = ()
 
     @property
     def empty(self) -> bool:
         """Up to date: nothing to write (unmanaged items only reported do not count)."""
-        return not (self.create or self.update or self.delete or self.remove_unmanaged)
+        return not (
+            self.create or self.update or self.delete or self.remove_unmanaged or self.adopt
+        )
 
     @property
     def writes(self) -> int:
-        return len(self.create) + len(self.update) + len(self.delete) + len(self.remove_unmanaged)
+        return (
+            len(self.create)
+            + len(self.update)
+            + len(self.delete)
+            + len(self.remove_unmanaged)
+            + len(self.adopt)
+        )
 
     def drift(self) -> DriftCounts:
         return DriftCounts(
@@ -144,6 +188,87 @@ UnmanagedJudge = Callable[[ObservedItem[PayloadT]], Finding | None]
 group), or None when it is harmless."""
 
 
+@dataclass
+class _Placement(Generic[PayloadT]):
+    """Where compute_plan puts each observed item (an accumulator, not a result)."""
+
+    claim: Claimer[PayloadT] | None
+    adopt_identical: bool
+    exception_for: ExceptionMatcher[PayloadT] | None
+    judge_unmanaged: UnmanagedJudge[PayloadT]
+    owned_by_key: dict[str, ObservedItem[PayloadT]] = field(default_factory=dict)
+    take_back: set[str] = field(default_factory=set)
+    held: set[str] = field(default_factory=set)
+    unmanaged: list[ObservedItem[PayloadT]] = field(default_factory=list)
+    adopt: list[Update[PayloadT]] = field(default_factory=list)
+    leave: list[Left[PayloadT]] = field(default_factory=list)
+    notes: list[Finding] = field(default_factory=list)
+
+
+def _place_unmarked(
+    item: ObservedItem[PayloadT],
+    candidate: DesiredItem[PayloadT] | None,
+    acc: _Placement[PayloadT],
+    target: str,
+) -> None:
+    """An item without this resource's mark: claimed (adopted, taken back), excused by an
+    exception, or judged."""
+    claimed = (
+        acc.claim(item, candidate)
+        if acc.claim is not None and candidate is not None and item.key not in acc.owned_by_key
+        else None
+    )
+    if claimed is Claim.TAKE_BACK:
+        acc.owned_by_key[item.key] = item
+        acc.take_back.add(item.key)
+        return
+    if claimed is Claim.ADOPT and not acc.adopt_identical:
+        # The access is exactly the desired one: it is there, so nothing is missing, and the
+        # user asked that it stay unmarked.
+        acc.held.add(item.key)
+        acc.leave.append(Left(item, "identical to a desired item; spec.adoption: Never"))
+        return
+    if claimed is Claim.ADOPT and candidate is not None:
+        acc.owned_by_key[item.key] = item
+        acc.adopt.append(Update(observed=item, desired=candidate))
+        acc.notes.append(
+            Finding.of(
+                FindingCode.ADOPTABLE,
+                f"{item.native_id or item.key} is exactly {item.key} as the guide wants it, "
+                "without this resource's marks: adopted in Enforce (only the marks are added; "
+                "access does not change)",
+                row=candidate.rows[0] if candidate.rows else "",
+                target=target,
+            )
+        )
+        return
+    excused = acc.exception_for(item) if acc.exception_for is not None else None
+    if excused is not None:
+        where = f"spec.exceptions[{excused.index}]"
+        if not excused.expired:
+            acc.leave.append(Left(item, f"{where}: {excused.reason}"))
+            acc.notes.append(
+                Finding.of(
+                    FindingCode.DECLARED_EXCEPTION,
+                    f"{item.native_id or item.key} is excepted by {where}: {excused.reason}",
+                    target=target,
+                )
+            )
+            return
+        acc.notes.append(
+            Finding.of(
+                FindingCode.EXCEPTION_EXPIRED,
+                f"{where} for {item.native_id or item.key} has expired ({excused.reason}): it "
+                "is judged like any other unmanaged item again",
+                target=target,
+            )
+        )
+    finding = acc.judge_unmanaged(item)
+    if finding is not None:
+        acc.unmanaged.append(item)
+        acc.notes.append(finding)
+
+
 def compute_plan(
     target: str,
     desired: Iterable[DesiredItem[PayloadT]],
@@ -152,14 +277,21 @@ def compute_plan(
     judge_unmanaged: UnmanagedJudge[PayloadT],
     remove_unmanaged: bool,
     findings: Iterable[Finding] = (),
+    claim: Claimer[PayloadT] | None = None,
+    adopt_identical: bool = True,
+    judge_foreign: UnmanagedJudge[PayloadT] | None = None,
+    exception_for: ExceptionMatcher[PayloadT] | None = None,
 ) -> Plan[PayloadT]:
     """The normalised set diff.
 
-    Only owned items are ever updated or deleted. An observed item with the desired key that the
-    resource does not own is left alone; the desired item is still created beside it when the
-    target allows two (the adapter decides), and the unowned one is judged like any other.
-    Items owned by *another* resource are neither changed nor judged here: the caller reports
-    that as a conflict before planning.
+    Only owned items are ever updated or deleted. An unmarked item with a desired key is claimed
+    when ``claim`` says so: *adopted* (identical: only marks are added) or *taken back* (it was
+    this resource's: updated to the desired state); otherwise it is left alone and judged like
+    any other unmarked item (the desired one is still created beside it when the target allows
+    two). Items of another controller are left, judged for exposure only (``judge_foreign``);
+    items a declared exception matches are left with its reason (an expired exception excuses
+    nothing). Items owned by *another* ServerHardening are neither changed nor judged here: the
+    caller reports that as a conflict before planning.
     """
     desired_by_key: dict[str, DesiredItem[PayloadT]] = {}
     for wanted in desired:
@@ -167,18 +299,21 @@ def compute_plan(
             raise ValueError(f"{target}: two desired items share the key {wanted.key!r}")
         desired_by_key[wanted.key] = wanted
 
-    owned_by_key: dict[str, ObservedItem[PayloadT]] = {}
+    acc = _Placement(claim, adopt_identical, exception_for, judge_unmanaged)
+    acc.notes.extend(findings)
+    owned_by_key = acc.owned_by_key
     delete: list[ObservedItem[PayloadT]] = []
-    unmanaged: list[ObservedItem[PayloadT]] = []
-    notes: list[Finding] = list(findings)
     for item in sorted(observed, key=lambda o: (o.key, o.native_id)):
         if item.owner and not item.owned:
             continue
+        if item.controller:
+            acc.leave.append(Left(item, f"owned by {item.controller}"))
+            exposed = judge_foreign(item) if judge_foreign is not None else None
+            if exposed is not None:
+                acc.notes.append(exposed)
+            continue
         if not item.owned:
-            finding = judge_unmanaged(item)
-            if finding is not None:
-                unmanaged.append(item)
-                notes.append(finding)
+            _place_unmarked(item, desired_by_key.get(item.key), acc, target)
             continue
         if item.key in desired_by_key and item.key not in owned_by_key:
             owned_by_key[item.key] = item
@@ -186,11 +321,16 @@ def compute_plan(
             # Not desired any more, or a duplicate of an owned item: ours to remove.
             delete.append(item)
 
-    create = [d for k, d in sorted(desired_by_key.items()) if k not in owned_by_key]
+    create = [
+        d for k, d in sorted(desired_by_key.items()) if k not in owned_by_key and k not in acc.held
+    ]
+    adopted = {a.desired.key for a in acc.adopt}
     update = [
         Update(observed=owned_by_key[k], desired=d)
         for k, d in sorted(desired_by_key.items())
-        if k in owned_by_key and owned_by_key[k].fingerprint != d.fingerprint
+        if k in owned_by_key
+        and k not in adopted
+        and (k in acc.take_back or owned_by_key[k].fingerprint != d.fingerprint)
     ]
     drifted: list[tuple[FindingCode, DesiredItem[PayloadT] | ObservedItem[PayloadT], str]] = [
         *((FindingCode.MISSING, d, "is desired and absent") for d in create),
@@ -202,7 +342,7 @@ def compute_plan(
     ]
     for code, subject, what in drifted:
         rows = subject.rows if isinstance(subject, DesiredItem) else ()
-        notes.append(
+        acc.notes.append(
             Finding.of(code, f"{subject.key} {what}", row=rows[0] if rows else "", target=target)
         )
     return Plan(
@@ -210,8 +350,10 @@ def compute_plan(
         create=tuple(create),
         update=tuple(update),
         delete=tuple(delete),
-        unmanaged=tuple(unmanaged),
-        remove_unmanaged=tuple(unmanaged) if remove_unmanaged else (),
-        findings=tuple(most_important_first(notes)),
+        unmanaged=tuple(acc.unmanaged),
+        remove_unmanaged=tuple(acc.unmanaged) if remove_unmanaged else (),
+        findings=tuple(most_important_first(acc.notes)),
         managed=len(desired_by_key),
+        adopt=tuple(acc.adopt),
+        leave=tuple(acc.leave),
     )

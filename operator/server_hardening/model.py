@@ -10,6 +10,7 @@ Errors name the field and the reason, e.g.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import ipaddress
 import re
@@ -365,6 +366,24 @@ class GcpTargetTags(_Spec):
     external_vms: str | None = Field(None, pattern=NETWORK_TAG_PATTERN, alias="externalVMs")
 
 
+class LoggingMode(enum.StrEnum):
+    KEEP = "Keep"
+    ENABLED = "Enabled"
+    DISABLED = "Disabled"
+
+
+class FirewallLogging(_Spec):
+    """``Keep`` leaves logging as it is on each rule (a repair never switches it off);
+    ``Enabled``/``Disabled`` manage it."""
+
+    mode: LoggingMode = Field(LoggingMode.KEEP)
+    metadata: str = Field(
+        "EXCLUDE_ALL_METADATA",
+        pattern=r"^(EXCLUDE_ALL_METADATA|INCLUDE_ALL_METADATA)$",
+        description="With Enabled: what each log entry carries.",
+    )
+
+
 class GcpSpec(_Spec):
     project: str = Field(pattern=r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
     network: str = Field(pattern=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -376,6 +395,47 @@ class GcpSpec(_Spec):
         True,
         description="Write the guide's outbound rows as EGRESS allows plus a lowest-priority "
         "EGRESS deny for the managed tags (GCP allows all egress by default).",
+    )
+    installation_id: str = Field(
+        "",
+        pattern=r"^([a-z0-9]{1,8})?$",
+        description="Tells installations apart in one project: part of every firewall name and "
+        "of the ownership mark. Set a different one per cluster when several clusters' "
+        "resources share a namespace/name and a project.",
+    )
+    logging: FirewallLogging = Field(
+        default_factory=FirewallLogging,
+        description="Firewall Rules Logging on the rules this resource writes.",
+    )
+
+
+class Adoption(enum.StrEnum):
+    ADOPT = "Adopt"
+    NEVER = "Never"
+
+
+class ExceptionTarget(enum.StrEnum):
+    KUBERNETES = "kubernetes"
+    AWS = "aws"
+    GCP = "gcp"
+
+
+class DeclaredExceptionSpec(_Spec):
+    """A rule or policy this resource does not own that is there on purpose: not drift while
+    it lasts, reported with its reason; past ``expires`` it is a finding again (and removable
+    with ``unmanagedRules: Remove``). Also the break-glass path: open something for a time,
+    with a reason on record."""
+
+    target: ExceptionTarget
+    name: str = Field(
+        min_length=1,
+        max_length=255,
+        description="What it matches: a NetworkPolicy name, a security-group rule ID (sgr-...) "
+        "or a firewall name; shell-style wildcards (*, ?) allowed.",
+    )
+    reason: str = Field(min_length=1, max_length=1024)
+    expires: dt.datetime | None = Field(
+        None, description="RFC 3339; from then on the exception excuses nothing."
     )
 
 
@@ -399,6 +459,12 @@ class ServerHardeningSpec(_Spec):
         DeletionPolicy.DELETE, description="Delete or Orphan managed rules when the resource goes."
     )
     drift_check_interval: str = Field("60s", pattern=DURATION_PATTERN)
+    adoption: Adoption = Field(
+        Adoption.ADOPT,
+        description="Adopt: an unmarked rule or policy that is exactly a desired one is adopted "
+        "(only the ownership marks are added; access never changes). Never: leave it unmanaged.",
+    )
+    exceptions: list[DeclaredExceptionSpec] = Field(default_factory=list, max_length=200)
 
     @property
     def drift_check_seconds(self) -> int:

@@ -49,20 +49,38 @@ def owner_label(ref: ResourceRef) -> str:
     return f"{raw[:52].rstrip('.-_')}-{digest}"
 
 
-def gcp_name_prefix(ref: ResourceRef) -> str:
-    """A firewall-name prefix unique per resource, within GCP's 63-character name limit.
+def installation_owner_key(ref: ResourceRef, installation: str = "") -> str:
+    """The identity ownership is matched on where names are shared by several clusters (a GCP
+    project): ``namespace/name``, plus ``@installation`` when the spec sets one."""
+    return f"{owner_key(ref)}@{installation}" if installation else owner_key(ref)
 
-    ``svh-`` + a 10-hex digest of namespace/name: collision-proof across resources and
-    namespaces, leaving room for a readable rule suffix. The description carries the readable
-    owner too.
+
+def gcp_name_prefix(ref: ResourceRef, installation: str = "") -> str:
+    """A firewall-name prefix unique per resource and installation, within GCP's 63-character
+    name limit.
+
+    ``svh-`` + a 10-hex digest of namespace/name (and the installation ID when set): collision
+    proof across resources, namespaces and installations that set different IDs, leaving room
+    for a readable rule suffix. The description carries the readable owner too.
     """
-    digest = hashlib.sha256(owner_key(ref).encode()).hexdigest()[:10]
+    digest = hashlib.sha256(installation_owner_key(ref, installation).encode()).hexdigest()[:10]
     return f"svh-{digest}-"
 
 
-def describe(rows: tuple[str, ...] | list[str], ref: ResourceRef, purpose: str = "") -> str:
-    """A description that marks the owner and cites the guide rows (AWS: 255 chars max)."""
-    text = f"{DESCRIPTION_MARKER} {owner_key(ref)} [{','.join(rows)}]"
+def describe(
+    rows: tuple[str, ...] | list[str],
+    ref: ResourceRef,
+    purpose: str = "",
+    *,
+    installation: str = "",
+    with_uid: bool = False,
+) -> str:
+    """A description that marks the owner and cites the guide rows (AWS: 255 chars max).
+    ``with_uid`` (GCP) adds the resource's UID, so another cluster's resource of the same
+    namespace/name is told apart from this one."""
+    text = f"{DESCRIPTION_MARKER} {installation_owner_key(ref, installation)} [{','.join(rows)}]"
+    if with_uid and ref.uid:
+        text += f" uid={ref.uid}"
     if purpose:
         text += f" {purpose}"
     return text[:255]
@@ -72,9 +90,19 @@ _MARK = re.compile(rf"^{re.escape(DESCRIPTION_MARKER)} (?P<owner>[^/\s]+/[^/\s]+
 
 
 def description_owner(description: str) -> str:
-    """``ns/name`` of the resource that marked this description, or "" when unmarked."""
+    """``ns/name`` (``ns/name@installation``) of the resource that marked this description, or
+    "" when unmarked."""
     match = _MARK.match(description or "")
     return match["owner"] if match else ""
+
+
+_UID = re.compile(r"\] uid=(?P<uid>[0-9A-Za-z-]+)")
+
+
+def description_uid(description: str) -> str:
+    """The resource UID a mark carries, or "" (marks written before UIDs were recorded)."""
+    match = _UID.search(description or "")
+    return match["uid"] if match else ""
 
 
 def released_description(description: str) -> str:

@@ -19,12 +19,15 @@ from server_hardening.compiler import CompiledIntent, compile_intent
 from server_hardening.drift import DriftCounts, Plan, compute_plan
 from server_hardening.metrics import ResourceSnapshot, TargetSnapshot
 from server_hardening.model import (
+    Adoption,
+    DeclaredExceptionSpec,
     FieldError,
     Mode,
     ResourceRef,
     ServerHardeningSpec,
     UnmanagedRules,
 )
+from server_hardening.policy.exceptions import matcher as exception_matcher
 from server_hardening.rules import Finding, FindingCode, most_important_first
 from server_hardening.targets.base import (
     AnyTarget,
@@ -248,6 +251,8 @@ def _drift_event(target: str, plan: Plan[Any], initial: bool) -> Event | None:
 def _apply_event(target: str, plan: Plan[Any], result: ApplyResult) -> list[Event]:
     events = []
     done = []
+    if result.adopted:
+        done.append(f"adopted {_names([a.desired for a in plan.adopt])} (marks only)")
     if result.created:
         done.append(f"created {_names(plan.create)}")
     if result.updated:
@@ -271,7 +276,13 @@ def _apply_event(target: str, plan: Plan[Any], result: ApplyResult) -> list[Even
 
 
 def plan_target(
-    target: AnyTarget, observation: Observation[Any], *, remove_unmanaged: bool
+    target: AnyTarget,
+    observation: Observation[Any],
+    *,
+    remove_unmanaged: bool,
+    adopt: bool = True,
+    exceptions: Sequence[DeclaredExceptionSpec] = (),
+    now: dt.datetime | None = None,
 ) -> Plan[Any]:
     """What it takes to make ``target`` hold its desired items, given what it was seen to hold."""
     return compute_plan(
@@ -281,6 +292,10 @@ def plan_target(
         judge_unmanaged=target.judge_unmanaged(),
         remove_unmanaged=remove_unmanaged,
         findings=observation.findings,
+        claim=target.claimer(),
+        adopt_identical=adopt,
+        judge_foreign=target.judge_foreign(),
+        exception_for=exception_matcher(exceptions, target.name, now or dt.datetime.now(dt.UTC)),
     )
 
 
@@ -290,6 +305,7 @@ def run_target(
     spec: ServerHardeningSpec,
     previously_managed: int,
     events: list[Event],
+    now: dt.datetime | None = None,
 ) -> TargetReport:
     """One target's pipeline: build, observe, check ownership conflicts, plan, and in Enforce
     apply. The operator, the CLI and the adapter test suites all run exactly this."""
@@ -316,7 +332,12 @@ def run_target(
         events.append(Event("Warning", "Conflict", f"{name}: already managed by {others[0]}"))
         return report
     plan = plan_target(
-        target, observation, remove_unmanaged=spec.unmanaged_rules is UnmanagedRules.REMOVE
+        target,
+        observation,
+        remove_unmanaged=spec.unmanaged_rules is UnmanagedRules.REMOVE,
+        adopt=spec.adoption is Adoption.ADOPT,
+        exceptions=spec.exceptions,
+        now=now,
     )
     report.plan = plan
     owned_before = sum(1 for i in observation.items if i.owned)
@@ -370,8 +391,9 @@ def reconcile(
         t.get("name"): int(t.get("managedRules") or 0)
         for t in (previous_status or {}).get("targets") or []
     }
+    started = now()
     targets = [
-        run_target(name, build, spec, previously.get(name, 0), events)
+        run_target(name, build, spec, previously.get(name, 0), events, started)
         for name, build in factory.build(intent, ref)
     ]
     report = Report(
@@ -381,7 +403,7 @@ def reconcile(
         phase=Phase.ENFORCED,
         reason="Enforced",
         message="",
-        checked_at=now(),
+        checked_at=started,
         targets=targets,
         findings=list(intent.findings),
         events=events,

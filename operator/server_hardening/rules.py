@@ -191,6 +191,15 @@ class FindingCode(enum.StrEnum):
     CONFLICT = "Conflict"
     HELD_BY_OTHER_RULE = "HeldByOtherRule"
     FIREWALL_ADOPTED = "FirewallAdopted"
+    ADOPTABLE = "Adoptable"
+    INSTALLATION_CLASH = "InstallationClash"
+    # Declared exceptions (spec.exceptions).
+    DECLARED_EXCEPTION = "DeclaredException"
+    EXCEPTION_EXPIRED = "ExceptionExpired"
+    # Components whose Service vanished (the last resolved allow is kept).
+    COMPONENT_SERVICE_MISSING = "ComponentServiceMissing"
+    # Cloud firewall policies evaluated before the VPC rules (GCP).
+    FIREWALL_POLICY_OVERRIDES = "FirewallPolicyOverrides"
 
     @property
     def severity(self) -> Severity:
@@ -209,6 +218,9 @@ _SEVERITY: dict[FindingCode, Severity] = {
     FindingCode.GCP_LOAD_BALANCER_RULE_SKIPPED: Severity.INFO,
     FindingCode.UNMANAGED_RULE_SHADOWED: Severity.INFO,
     FindingCode.FIREWALL_ADOPTED: Severity.INFO,
+    FindingCode.ADOPTABLE: Severity.INFO,
+    FindingCode.DECLARED_EXCEPTION: Severity.INFO,
+    FindingCode.INSTALLATION_CLASH: Severity.ERROR,
     FindingCode.INVALID_SPEC: Severity.ERROR,
     FindingCode.WORLD_OPEN_SENSITIVE_PORT: Severity.ERROR,
     FindingCode.CONFLICT: Severity.ERROR,

@@ -1,14 +1,18 @@
 """The AWS write plan: which calls, in which order, for one drift plan. Pure: no I/O here.
 
 Per security group and direction ("lane") at most one ``Authorize`` and one ``Revoke`` call, per
-group at most one ``ModifySecurityGroupRules``. The order keeps access from narrowing:
+group at most one ``ModifySecurityGroupRules``, and per pass one ``CreateTags`` per 1,000
+adopted rules. The order keeps access from narrowing at every moment, below both the old and
+the new desired state:
 
-0. lanes whose end state fits the quota but old and new side by side do not revoke their
+0. adoptions: identical unmarked rules get this resource's tags (access does not change);
+1. lanes whose end state fits the quota but old and new side by side do not revoke their
    undesired rules first (those grant nothing the new state keeps);
-1. every authorise and modify, across all groups;
-2. every revoke;
-3. desired rules that an identical unmanaged rule being removed (``unmanagedRules: Remove``)
-   stood in the way of: AWS refuses duplicates, so they can only be authorised after it.
+2. every authorise and modify, across all groups;
+3. every revoke.
+
+A desired rule that an unmarked identical rule holds is adopted, never revoked and re-created,
+so no revoke ever precedes the authorise of the same access.
 
 A lane over the quota at the end of the pass is not written at all (a ``QuotaExceeded``
 finding and an error say by how much).
@@ -38,6 +42,7 @@ Lane = tuple[str, Direction]
 
 
 class WriteKind(enum.StrEnum):
+    ADOPT = "adopt"
     AUTHORIZE = "authorize"
     REVOKE = "revoke"
     MODIFY = "modify"
@@ -45,8 +50,9 @@ class WriteKind(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Write:
-    """One API call: authorise ``rules`` or revoke ``items`` in a lane, or fix the descriptions
-    of ``changes`` (rule ID, desired rule) in ``group``."""
+    """One API call: authorise ``rules`` or revoke ``items`` in a lane, fix the descriptions of
+    ``changes`` (rule ID, desired rule) in ``group``, or adopt ``changes`` (tag them as this
+    resource's, then fix their descriptions)."""
 
     kind: WriteKind
     group: str
@@ -69,7 +75,6 @@ class LaneChanges:
     """What one lane will see in this pass."""
 
     creates: list[AtomicRule] = field(default_factory=list)
-    after_removal: list[AtomicRule] = field(default_factory=list)
     revokes: list[ObservedItem[AtomicRule]] = field(default_factory=list)
 
 
@@ -114,7 +119,6 @@ def lane_changes(
     lanes: dict[Lane, LaneChanges] = defaultdict(LaneChanges)
     modifies: dict[str, list[tuple[str, AtomicRule]]] = defaultdict(list)
     findings: list[Finding] = []
-    removing = {u.native_id for u in plan.remove_unmanaged}
     held = holders(plan, observed)
     for desired in plan.create:
         rule = desired.payload
@@ -124,10 +128,8 @@ def lane_changes(
         holding = held.get(desired.key, [])
         if not holding:
             lane.creates.append(rule)
-        elif all(h.native_id in removing for h in holding):
-            lane.after_removal.append(rule)
         else:
-            keeper = next(h for h in holding if h.native_id not in removing)
+            keeper = holding[0]
             whose = f"owned by {keeper.owner}" if keeper.owner else "unmanaged"
             findings.append(
                 Finding.of(
@@ -167,7 +169,7 @@ def over_quota(
         return blocked, findings, errors
     for (group, direction), lane in sorted(lanes.items()):
         have = counts.get((group, direction), (0, 0))
-        adds = [*lane.creates, *lane.after_removal]
+        adds = lane.creates
         removes = [i.payload for i in lane.revokes]
         end = [
             have[i] + _family_count(adds, family) - _family_count(removes, family)
@@ -228,7 +230,17 @@ def plan_writes(
     both = (Direction.INGRESS, Direction.EGRESS)
     empty = LaneChanges()
 
+    adoptions: dict[str, list[tuple[str, AtomicRule]]] = defaultdict(list)
+    for adoption in plan.adopt:
+        rule = adoption.desired.payload
+        if rule.group_id in set(groups):
+            adoptions[rule.group_id].append((adoption.observed.native_id, rule))
     writes: list[Write] = [
+        Write(WriteKind.ADOPT, group, changes=tuple(adoptions[group]))
+        for group in groups
+        if adoptions.get(group)
+    ]
+    writes += [
         Write(WriteKind.REVOKE, group, way, items=tuple(lanes[(group, way)].revokes))
         for group, way in sorted(room_first)
     ]
@@ -244,11 +256,6 @@ def plan_writes(
             revokes = lanes.get((group, way), empty).revokes
             if revokes and (group, way) not in room_first:
                 writes.append(Write(WriteKind.REVOKE, group, way, items=tuple(revokes)))
-    for group in groups:
-        for way in both:
-            waiting = lanes.get((group, way), empty).after_removal
-            if waiting:
-                writes.append(Write(WriteKind.AUTHORIZE, group, way, rules=tuple(waiting)))
     return WritePlan(
         writes=tuple(writes),
         findings=tuple(findings + quota_findings),

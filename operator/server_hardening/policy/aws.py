@@ -12,6 +12,7 @@ the unmanaged rules of the same group and direction that reach the same port: ``
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Sequence
 
 from server_hardening.guide import SENSITIVE_PORTS
@@ -72,6 +73,36 @@ def allows_all_egress(rule: AtomicRule, seen: Access, fate: str) -> Finding | No
     )
 
 
+def _ports_within(inner: AtomicRule, outer: AtomicRule) -> bool:
+    if outer.protocol == "-1" or outer.from_port is None or outer.to_port is None:
+        return outer.protocol in ("-1", inner.protocol)
+    if outer.protocol != inner.protocol or inner.from_port is None or inner.to_port is None:
+        return False
+    return outer.from_port <= inner.from_port and inner.to_port <= outer.to_port
+
+
+def _peer_within(inner: AtomicRule, outer: AtomicRule) -> bool:
+    if inner.peer_type != outer.peer_type:
+        return False
+    if inner.peer_type not in ("cidr4", "cidr6"):
+        return inner.peer == outer.peer
+    inside = ipaddress.ip_network(inner.peer, strict=False)
+    around = ipaddress.ip_network(outer.peer, strict=False)
+    return inside.version == around.version and inside.subnet_of(around)  # type: ignore[arg-type]
+
+
+def _within(inner: AtomicRule, outer: AtomicRule) -> bool:
+    """Everything ``inner`` allows, ``outer`` allows too."""
+    same_lane = (inner.group_id, inner.direction) == (outer.group_id, outer.direction)
+    return same_lane and _ports_within(inner, outer) and _peer_within(inner, outer)
+
+
+def covered_by_the_guide(rule: AtomicRule, desired: Sequence[AtomicRule]) -> bool:
+    """Widening is judged by meaning: a rule every packet of which a desired rule allows too
+    (identical or narrower, e.g. 4647 from a /24 inside the nodes' /20) widens nothing."""
+    return any(_within(rule, wanted) for wanted in desired)
+
+
 def widens_the_group(rule: AtomicRule, seen: Access, fate: str) -> Finding | None:
     text = f" ({rule.description!r})" if rule.description else ""
     return Finding.of(
@@ -111,8 +142,23 @@ def judge_rule(
         exposed = world_open_sensitive_port(joint, TARGET, fate)
         if exposed is not None:
             return exposed
+    if covered_by_the_guide(rule, rendered.atoms):
+        return None
     for check in CHAIN:
         finding = check(rule, seen, fate)
         if finding is not None:
             return finding
     return None
+
+
+def judge_foreign_rule(
+    rule: AtomicRule, rule_id: str, controller: str, rendered: RenderedSecurityGroups
+) -> Finding | None:
+    """Another controller's rule: never removed, but a sensitive port it opens to the whole
+    internet is reported like anyone's."""
+    where = (
+        f"{rule_id} in {rule.group_id} ({rendered.role_of(rule.group_id)}, owned by {controller})"
+    )
+    return world_open_sensitive_port(
+        access(rule, where), TARGET, "left alone: another controller's"
+    )

@@ -262,3 +262,26 @@ def _widening(
 def _rows_of(body: Mapping[str, Any]) -> list[str]:
     match = re.search(r"\[([^\]]*)\]", str(body.get("description", "")))
     return [r for r in match[1].split(",") if r] if match else []
+
+
+def judge_foreign_firewall(
+    body: Mapping[str, Any], controller: str, rendered: RenderedFirewalls
+) -> Finding | None:
+    """Another controller's firewall (GKE's, the service controller's): never removed, but a
+    sensitive port it opens to the whole internet on a managed tag is reported like anyone's."""
+    if body.get("disabled") or not body.get("allowed"):
+        return None
+    targets = _targets(body, rendered.tags)
+    if not targets:
+        return None
+    ours = [normalise_firewall(f, rendered.project) for f in rendered.firewalls]
+    priority = int(body.get("priority", DEFAULT_PRIORITY))
+    finding = opens_a_sensitive_port_to_the_world(body, ours, targets, rendered, priority)
+    if finding is None:
+        return None
+    return Finding.of(
+        finding.code,
+        f"{finding.message} (owned by {controller}: left alone)",
+        row=finding.row,
+        target=finding.target,
+    )

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server_hardening.drift import DesiredItem, fingerprint
-from server_hardening.model import GcpSpec, ResourceRef, configured_by_role
+from server_hardening.model import GcpSpec, LoggingMode, ResourceRef, configured_by_role
 from server_hardening.ownership import describe, gcp_name_prefix
 from server_hardening.rules import (
     Action,
@@ -113,6 +113,7 @@ class RenderedFirewalls:
     network: str
     tags: Mapping[Role, str] = field(default_factory=dict)
     rows_by_name: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    manages_logging: bool = False
 
 
 def network_path(gcp: GcpSpec) -> str:
@@ -329,6 +330,8 @@ def _body(
     network: str,
     tags: Mapping[Role, str],
     owner: ResourceRef,
+    installation: str,
+    log_config: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     rows = tuple(sorted(group.rows))
     purpose = "default deny below the guide's rules" if floor else _purpose(group)
@@ -338,9 +341,11 @@ def _body(
         "direction": group.direction.value.upper(),
         "priority": group.priority,
         "targetTags": [tags[group.role]],
-        "description": describe(rows, owner, purpose),
+        "description": describe(rows, owner, purpose, installation=installation, with_uid=True),
         ("allowed" if group.action is Action.ALLOW else "denied"): _entries(group.protocols),
     }
+    if log_config is not None:
+        body["logConfig"] = dict(log_config)
     if group.direction is Direction.INGRESS:
         if group.tags:
             body["sourceTags"] = list(group.tags)
@@ -351,10 +356,21 @@ def _body(
     return body
 
 
+def log_config(gcp: GcpSpec) -> dict[str, Any] | None:
+    """The ``logConfig`` every rule carries when the spec manages logging (None: ``Keep``, each
+    rule keeps whatever logging it has; a repair never switches it off)."""
+    mode = gcp.logging.mode
+    if mode is LoggingMode.KEEP:
+        return None
+    if mode is LoggingMode.ENABLED:
+        return {"enable": True, "metadata": gcp.logging.metadata}
+    return {"enable": False}
+
+
 def render_firewalls(rules: Sequence[Rule], gcp: GcpSpec, owner: ResourceRef) -> RenderedFirewalls:
     """The firewall rules that implement ``rules`` on ``gcp.network`` (see the module doc)."""
     tags = role_tags(gcp)
-    prefix = gcp_name_prefix(owner)
+    prefix = gcp_name_prefix(owner, gcp.installation_id)
     network = network_path(gcp)
     grouping = _group_rules(rules, gcp, tags)
     named = [(_name(prefix, g), g, False) for g in grouping.groups.values()]
@@ -369,7 +385,16 @@ def render_firewalls(rules: Sequence[Rule], gcp: GcpSpec, owner: ResourceRef) ->
         salt = _digest(group.tags, group.ranges)
         name = _fit(f"{base}-{salt}" if counts[base] > 1 else base, salt)
         firewalls.append(
-            _body(name, group, floor=is_floor, network=network, tags=tags, owner=owner)
+            _body(
+                name,
+                group,
+                floor=is_floor,
+                network=network,
+                tags=tags,
+                owner=owner,
+                installation=gcp.installation_id,
+                log_config=log_config(gcp),
+            )
         )
         rows_by_name[name] = tuple(sorted(group.rows))
 
@@ -383,6 +408,7 @@ def render_firewalls(rules: Sequence[Rule], gcp: GcpSpec, owner: ResourceRef) ->
         network=network,
         tags=tags,
         rows_by_name=rows_by_name,
+        manages_logging=log_config(gcp) is not None,
     )
 
 
@@ -435,8 +461,11 @@ def _norm_ranges(values: Iterable[str]) -> list[str]:
     return sorted(out)
 
 
-def normalise_firewall(body: Mapping[str, Any], project: str) -> dict[str, Any]:
-    """The content that matters, in one canonical form (same meaning, same dict)."""
+def normalise_firewall(
+    body: Mapping[str, Any], project: str, *, with_logging: bool = False
+) -> dict[str, Any]:
+    """The content that matters, in one canonical form (same meaning, same dict). Logging is
+    part of it only where the spec manages it (``with_logging``)."""
     action = "denied" if body.get("denied") else "allowed"
     out: dict[str, Any] = {
         "name": body.get("name", ""),
@@ -455,6 +484,14 @@ def normalise_firewall(body: Mapping[str, Any], project: str) -> dict[str, Any]:
         values = sorted(set(body.get(key) or []))
         if values:
             out[key] = values
+    if with_logging:
+        logging = body.get("logConfig") or {}
+        out["logConfig"] = {
+            "enable": bool(logging.get("enable", False)),
+            "metadata": str(logging.get("metadata") or "EXCLUDE_ALL_METADATA")
+            if logging.get("enable")
+            else "",
+        }
     return out
 
 
@@ -467,7 +504,9 @@ def firewall_items(rendered: RenderedFirewalls) -> list[DesiredItem[FirewallBody
     return [
         DesiredItem(
             key=body["name"],
-            fingerprint=fingerprint(normalise_firewall(body, rendered.project)),
+            fingerprint=fingerprint(
+                normalise_firewall(body, rendered.project, with_logging=rendered.manages_logging)
+            ),
             payload=body,
             rows=rendered.rows_by_name.get(body["name"], ()),
         )

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from server_hardening.drift import DesiredItem, ObservedItem, Plan, UnmanagedJudge
+from server_hardening.drift import Claimer, DesiredItem, ObservedItem, Plan, UnmanagedJudge
 from server_hardening.rules import Finding
 
 PayloadT = TypeVar("PayloadT")
@@ -43,6 +43,7 @@ class ApplyResult:
     """What an apply did. ``errors`` are per-change messages; the rest were applied."""
 
     created: int = 0
+    adopted: int = 0
     updated: int = 0
     deleted: int = 0
     removed_unmanaged: int = 0
@@ -51,7 +52,7 @@ class ApplyResult:
 
     @property
     def writes(self) -> int:
-        return self.created + self.updated + self.deleted + self.removed_unmanaged
+        return self.created + self.adopted + self.updated + self.deleted + self.removed_unmanaged
 
 
 class Target(Protocol[PayloadT]):
@@ -69,6 +70,14 @@ class Target(Protocol[PayloadT]):
 
     def judge_unmanaged(self) -> UnmanagedJudge[PayloadT]:
         """How to judge an item this resource does not own."""
+        ...
+
+    def judge_foreign(self) -> UnmanagedJudge[PayloadT]:
+        """How to judge an item another controller owns: for exposure only."""
+        ...
+
+    def claimer(self) -> Claimer[PayloadT]:
+        """Which unmarked items holding a desired key this resource may adopt or take back."""
         ...
 
     def apply(self, plan: Plan[PayloadT]) -> ApplyResult:

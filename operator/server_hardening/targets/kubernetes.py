@@ -18,7 +18,15 @@ from kubernetes.client.rest import ApiException
 
 from server_hardening import components
 from server_hardening.compiler import CompiledIntent
-from server_hardening.drift import DesiredItem, ObservedItem, Plan, UnmanagedJudge
+from server_hardening.drift import (
+    Claim,
+    Claimer,
+    DesiredItem,
+    ObservedItem,
+    Plan,
+    UnmanagedJudge,
+    Update,
+)
 from server_hardening.guide import Component
 from server_hardening.model import ResourceRef
 from server_hardening.ownership import (
@@ -26,6 +34,7 @@ from server_hardening.ownership import (
     MANAGED_BY_VALUE,
     OWNER_ANNOTATION,
     OWNER_LABEL,
+    ROWS_ANNOTATION,
     owner_from_annotation,
     owner_key,
 )
@@ -33,6 +42,7 @@ from server_hardening.policy import networkpolicy as np_policy
 from server_hardening.renderers.networkpolicy import (
     Manifest,
     desired_items,
+    normalise_spec,
     policy_fingerprint,
     render_network_policies,
 )
@@ -222,6 +232,24 @@ class KubernetesTarget:
             )
         return Observation(items=tuple(items), findings=self.findings)
 
+    def judge_foreign(self) -> UnmanagedJudge[Manifest]:
+        """No other controller's NetworkPolicies are known here: declare them as exceptions."""
+        return lambda item: None
+
+    def claimer(self) -> Claimer[Manifest]:
+        """An unmarked policy under one of our names: adopted when its spec is exactly the
+        desired one; taken back when it still carries our guide-rows annotation (an orphaning
+        release, or stripped ownership marks), so an Orphan then re-create converges."""
+
+        def claim(item: ObservedItem[Manifest], desired: DesiredItem[Manifest]) -> Claim | None:
+            observed_spec = normalise_spec(item.payload.get("spec") or {})
+            if observed_spec == normalise_spec(desired.payload.get("spec") or {}):
+                return Claim.ADOPT
+            annotations = (item.payload.get("metadata") or {}).get("annotations") or {}
+            return Claim.TAKE_BACK if ROWS_ANNOTATION in annotations else None
+
+        return claim
+
     def judge_unmanaged(self) -> UnmanagedJudge[Manifest]:
         view = np_policy.managed_view(
             self.policies,
@@ -240,23 +268,16 @@ class KubernetesTarget:
         result = ApplyResult()
         ns = self.ref.namespace
         create = self.net.create_namespaced_network_policy
-        replace = self.net.replace_namespaced_network_policy
+        for adoption in plan.adopt:
+            if self._replace(result, adoption):
+                result.adopted += 1
         for item in plan.create:
             if self._call_noting_errors(
                 result, "create_networkpolicy", item.key, create, ns, dict(item.payload)
             ):
                 result.created += 1
         for change in plan.update:
-            key = change.desired.key
-            body = json.loads(json.dumps(change.desired.payload))
-            # Replace exactly the version we judged; a newer edit makes this a 409 and the
-            # next pass judges that one.
-            body["metadata"]["resourceVersion"] = change.observed.payload["metadata"][
-                "resourceVersion"
-            ]
-            if self._call_noting_errors(
-                result, "replace_networkpolicy", key, replace, key, ns, body
-            ):
+            if self._replace(result, change):
                 result.updated += 1
         if result.errors:
             # Something we meant to allow is not in place yet: removing now could leave the
@@ -269,6 +290,17 @@ class KubernetesTarget:
             if self._delete(result, extra):
                 result.removed_unmanaged += 1
         return result
+
+    def _replace(self, result: ApplyResult, change: Update[Manifest]) -> bool:
+        """Write the desired policy over the observed one. Replace exactly the version we
+        judged: a newer edit makes this a 409, and the next pass judges that one."""
+        key = change.desired.key
+        body = json.loads(json.dumps(change.desired.payload))
+        body["metadata"]["resourceVersion"] = change.observed.payload["metadata"]["resourceVersion"]
+        replace = self.net.replace_namespaced_network_policy
+        return self._call_noting_errors(
+            result, "replace_networkpolicy", key, replace, key, self.ref.namespace, body
+        )
 
     def _delete(self, result: ApplyResult, item: ObservedItem[Manifest]) -> bool:
         meta = item.payload["metadata"]

@@ -22,7 +22,7 @@ from adapters.aws.world import (
     reconcile,
     run_pass,
 )
-from server_hardening.model import ResourceRef
+from server_hardening.model import Adoption, ResourceRef
 from server_hardening.ownership import (
     MANAGED_BY_LABEL,
     OWNER_TAG,
@@ -216,7 +216,10 @@ def test_a_rule_owned_by_another_resource_is_a_conflict_and_left_alone(world: Wo
     assert set(world.double.counts()) == {"DescribeSecurityGroupRules"}
 
 
-def test_an_identical_unmanaged_rule_blocks_ours_until_it_is_removed(world: World) -> None:
+def test_an_identical_hand_made_rule_is_adopted_never_duplicated_or_revoked(world: World) -> None:
+    """Brownfield: the install docs have admins create the guide's rules by hand. One that is
+    exactly a desired rule is adopted: tagged and described, no authorise, no revoke, the same
+    rule ID before and after, even with unmanagedRules: Remove."""
     nomad, nodes = world.groups[Role.NOMAD_CLIENTS], world.groups[Role.KUBERNETES_NODES]
     twin = _authorize_tagged(
         world,
@@ -224,23 +227,63 @@ def test_an_identical_unmanaged_rule_blocks_ours_until_it_is_removed(world: Worl
         {"IpProtocol": "tcp", "FromPort": 4647, "ToPort": 4647,
          "UserIdGroupPairs": [{"GroupId": nodes, "Description": "by hand"}]},
     )  # fmt: skip
-    target = world.target(world.guide_rendering())
+    calls = capture_calls(world.ec2)
 
-    _, result = reconcile(target)
-    assert result is not None
-    assert [f.code for f in result.findings] == ["HeldByOtherRule"]
-    assert result.created == GUIDE_RULES - 1
-    assert result.errors == []
+    report = run_pass(world.target(world.guide_rendering()), remove_unmanaged=True)
 
-    # Remove: the unmanaged twin is revoked, then ours is added (AWS allows no duplicate).
-    _plan, result = reconcile(target, remove_unmanaged=True)
-    assert result is not None
-    assert result.created == 1
-    rules = world.rules(nomad)
-    assert twin not in {r["SecurityGroupRuleId"] for r in rules}
-    ours = [r for r in rules if r.get("ReferencedGroupInfo", {}).get("GroupId") == nodes]
-    assert len(ours) == 1
-    assert _tags(ours[0])[OWNER_TAG] == owner_key(OWNER)
+    assert report.applied is not None and report.error is None
+    assert report.applied.adopted == 1
+    assert report.applied.created == GUIDE_RULES - 1
+    assert report.applied.removed_unmanaged == 4  # the default egress rules, not the twin
+    authorised = [
+        pair.get("GroupId")
+        for op, params in calls
+        if op == "AuthorizeSecurityGroupIngress" and params["GroupId"] == nomad
+        for perm in params["IpPermissions"]
+        if perm.get("FromPort") == 4647
+        for pair in perm.get("UserIdGroupPairs", [])
+    ]
+    assert authorised == []
+    assert not [
+        params
+        for op, params in calls
+        if op.startswith("RevokeSecurityGroup") and twin in params["SecurityGroupRuleIds"]
+    ]
+    by_id = {r["SecurityGroupRuleId"]: r for r in world.rules(nomad)}
+    assert _tags(by_id[twin])[OWNER_TAG] == owner_key(OWNER)
+    assert by_id[twin]["Description"] == describe(["NOMAD-IN-1"], OWNER)
+    adoptable = [f for f in report.findings if f.code == "Adoptable"]
+    assert len(adoptable) == 1 and twin in adoptable[0].message
+
+    again = run_pass(world.target(world.guide_rendering()), previously_managed=GUIDE_RULES)
+    assert again.plan is not None and again.plan.empty
+    assert again.drift.total == 0
+
+
+def test_with_adoption_never_an_identical_rule_is_left_and_nothing_is_missing(world: World) -> None:
+    nomad, nodes = world.groups[Role.NOMAD_CLIENTS], world.groups[Role.KUBERNETES_NODES]
+    twin = _authorize_tagged(
+        world,
+        nomad,
+        {"IpProtocol": "tcp", "FromPort": 4647, "ToPort": 4647,
+         "UserIdGroupPairs": [{"GroupId": nodes, "Description": "by hand"}]},
+    )  # fmt: skip
+    run_pass(world.target(world.guide_rendering()), adoption=Adoption.NEVER)
+
+    again = run_pass(
+        world.target(world.guide_rendering()),
+        adoption=Adoption.NEVER,
+        remove_unmanaged=True,
+        previously_managed=GUIDE_RULES - 1,
+    )
+
+    assert again.plan is not None
+    assert [left.observed.native_id for left in again.plan.leave] == [twin]
+    assert again.drift.missing == 0
+    assert twin in {r["SecurityGroupRuleId"] for r in world.rules(nomad)}
+    assert OWNER_TAG not in _tags(
+        next(r for r in world.rules(nomad) if r["SecurityGroupRuleId"] == twin)
+    )
 
 
 # ------------------------------------------------------------------------------------------

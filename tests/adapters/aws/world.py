@@ -13,6 +13,7 @@ from builders import make_spec
 from server_hardening.compiler import compile_intent
 from server_hardening.drift import Plan
 from server_hardening.model import (
+    Adoption,
     AwsSpec,
     Mode,
     ResourceRef,
@@ -204,6 +205,7 @@ def run_pass(
     apply: bool = True,
     remove_unmanaged: bool = False,
     previously_managed: int = 0,
+    adoption: Adoption = Adoption.ADOPT,
 ) -> TargetReport:
     """One pass of the production per-target pipeline (``reconcile.run_target``): observe,
     ownership conflicts, plan, and in Enforce apply."""
@@ -212,6 +214,7 @@ def run_pass(
         update={
             "mode": Mode.ENFORCE if apply else Mode.AUDIT,
             "unmanaged_rules": UnmanagedRules.REMOVE if remove_unmanaged else UnmanagedRules.REPORT,
+            "adoption": adoption,
         }
     )
     events: list[Event] = []

@@ -312,10 +312,17 @@ def test_release_orphan_unmarks_and_a_recreated_resource_takes_them_back(
     assert all(r.get("allowed") or r.get("denied") for r in rules.values())
     assert not any(i.owned for i in target.observe().items)
 
+    # Re-created under the same name: the released rules are exactly the desired ones, so they
+    # are planned as adoptions (no insert, no 409): only their descriptions get the mark back.
     again = make_target(gcp_spec(fake), recorder)
-    _, result = reconcile(again)
+    fake.reset_log()
+    plan, result = reconcile(again)
     assert result.errors == []
-    assert result.updated == desired  # 409 on insert, then taken back in place
-    assert {f.code for f in result.findings} == {"FirewallAdopted"}
+    assert result.adopted == desired and result.created == 0
+    assert {f.code for f in plan.findings} == {"Adoptable"}
+    assert writes(fake) == ["firewalls.update"] * desired
+    assert all(
+        r["description"].startswith("server-hardening ") for r in fake.rules(PROJECT).values()
+    )
     _, settled = plan_for(again)
     assert settled.empty

@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from builders import OWNER, make_spec
 from server_hardening.compiler import CompiledIntent
-from server_hardening.drift import DesiredItem, ObservedItem, Plan, UnmanagedJudge
+from server_hardening.drift import Claimer, DesiredItem, ObservedItem, Plan, UnmanagedJudge
 from server_hardening.model import ResourceRef, ServerHardeningSpec
 from server_hardening.reconcile import Phase, reconcile
 from server_hardening.rules import Finding, FindingCode, Severity
@@ -39,6 +40,12 @@ class MemoryTarget:
                 for k, (fp, owned, owner) in self.held.items()
             )
         )
+
+    def claimer(self) -> Claimer[Any]:
+        return lambda item, desired: None
+
+    def judge_foreign(self) -> UnmanagedJudge:
+        return lambda item: None
 
     def judge_unmanaged(self) -> UnmanagedJudge:
         return lambda item: (

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from server_hardening.drift import DesiredItem, ObservedItem, Plan, UnmanagedJudge
+from server_hardening.drift import Claim, Claimer, DesiredItem, ObservedItem, Plan, UnmanagedJudge
 from server_hardening.model import AwsSpec, ResourceRef, UnmanagedRules
 from server_hardening.ownership import (
     MANAGED_BY_LABEL,
@@ -33,7 +33,8 @@ from server_hardening.ownership import (
     owner_key,
 )
 from server_hardening.planners.aws import Write, WriteKind, plan_writes
-from server_hardening.policy.aws import judge_rule
+from server_hardening.policy.aws import judge_foreign_rule, judge_rule
+from server_hardening.policy.owners import aws_rule_controller
 from server_hardening.renderers.aws import (
     AtomicRule,
     RenderedSecurityGroups,
@@ -162,6 +163,23 @@ class AwsTarget:
 
         return judge
 
+    def judge_foreign(self) -> UnmanagedJudge[AtomicRule]:
+        rendered = self.rendered
+
+        def judge(item: SecurityGroupRuleItem) -> Finding | None:
+            return judge_foreign_rule(item.payload, item.native_id, item.controller, rendered)
+
+        return judge
+
+    def claimer(self) -> Claimer[AtomicRule]:
+        """The key is the access itself (group, direction, protocol, ports, peer): an unmarked
+        rule with a desired key is that rule exactly, whatever its description says."""
+
+        def claim(item: SecurityGroupRuleItem, desired: DesiredItem[AtomicRule]) -> Claim | None:
+            return Claim.ADOPT
+
+        return claim
+
     def apply(self, plan: Plan[AtomicRule]) -> ApplyResult:
         self._retrier.new_pass()
         writes = plan_writes(plan, self.rendered, self._last, self.aws.rule_quota)
@@ -179,7 +197,9 @@ class AwsTarget:
         return result
 
     def _execute(self, write: Write, result: ApplyResult) -> None:
-        if write.kind is WriteKind.AUTHORIZE and write.direction is not None:
+        if write.kind is WriteKind.ADOPT:
+            self._adopt(write.group, list(write.changes), result)
+        elif write.kind is WriteKind.AUTHORIZE and write.direction is not None:
             self._authorize(write.group, write.direction, list(write.rules), result)
         elif write.kind is WriteKind.REVOKE and write.direction is not None:
             self._revoke(write.group, write.direction, write.items, result)
@@ -288,6 +308,7 @@ class AwsTarget:
             owned=owned,
             native_id=str(rule.get("SecurityGroupRuleId", "")),
             owner="" if owned else mark,
+            controller="" if mark else aws_rule_controller(atom.description, tags),
         )
 
     # --------------------------------------------------------------------------------------
@@ -371,6 +392,23 @@ class AwsTarget:
             result.created += len(rest)
             return
         result.created += len(atoms)
+
+    def _adopt(
+        self, group: str, changes: list[tuple[str, AtomicRule]], result: ApplyResult
+    ) -> None:
+        """Tag identical unmarked rules as this resource's, then give them the guide's
+        description. Neither call changes what the rules allow."""
+        ids = [rule_id for rule_id, _ in changes]
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start : start + 1000]
+            self._call(
+                "CreateTags",
+                group,
+                self.client.create_tags,
+                {"Resources": chunk, "Tags": self._tags()},
+            )
+        self._modify(group, changes, ApplyResult())
+        result.adopted += len(changes)
 
     def _still_there(self, group: str, rule_ids: Sequence[str]) -> set[str]:
         return {

@@ -34,20 +34,32 @@ import functools
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
-from server_hardening.drift import DesiredItem, ObservedItem, Plan, UnmanagedJudge, fingerprint
+from server_hardening.drift import (
+    Claim,
+    Claimer,
+    DesiredItem,
+    ObservedItem,
+    Plan,
+    UnmanagedJudge,
+    Update,
+    fingerprint,
+)
 from server_hardening.model import GcpSpec, ResourceRef, UnmanagedRules
 from server_hardening.ownership import (
     description_owner,
+    description_uid,
     gcp_name_prefix,
-    owner_key,
+    installation_owner_key,
     released_description,
 )
-from server_hardening.policy.gcp import judge_firewall
+from server_hardening.policy.gcp import judge_firewall, judge_foreign_firewall
+from server_hardening.policy.owners import gcp_firewall_controller
 from server_hardening.renderers.gcp import (
     TARGET,
     FirewallBody,
@@ -113,7 +125,8 @@ class GcpTarget:
         self._clients: GcpClients | None = None
         self._retrier = Retrier(retry, record_call, sleep=sleep)
         self._wait_rounds = operation_wait_rounds
-        self._prefix = gcp_name_prefix(owner)
+        self._prefix = gcp_name_prefix(owner, gcp.installation_id)
+        self._mine = installation_owner_key(owner, gcp.installation_id)
 
     @classmethod
     def from_rules(
@@ -131,6 +144,39 @@ class GcpTarget:
         items = [self._observed(body) for body in self._list()]
         return Observation(items=tuple(items), findings=self.rendered.findings)
 
+    def judge_foreign(self) -> UnmanagedJudge[FirewallBody]:
+        rendered = self.rendered
+
+        def judge(item: ObservedItem[FirewallBody]) -> Finding | None:
+            return judge_foreign_firewall(item.payload, item.controller, rendered)
+
+        return judge
+
+    def claimer(self) -> Claimer[FirewallBody]:
+        """An unmarked rule under one of our names (the prefix is a digest of this resource):
+        adopted when it is exactly the desired rule, else taken back (its marks were stripped,
+        or an orphaning release left it)."""
+        project = self.gcp.project
+        logging = self.rendered.manages_logging
+
+        def content(body: FirewallBody) -> dict[str, Any]:
+            normal = normalise_firewall(body, project, with_logging=logging)
+            normal.pop("description", None)
+            return normal
+
+        def claim(
+            item: ObservedItem[FirewallBody], desired: DesiredItem[FirewallBody]
+        ) -> Claim | None:
+            if not item.key.startswith(self._prefix):
+                return None
+            return (
+                Claim.ADOPT
+                if content(item.payload) == content(desired.payload)
+                else Claim.TAKE_BACK
+            )
+
+        return claim
+
     def judge_unmanaged(self) -> UnmanagedJudge[FirewallBody]:
         rendered = self.rendered
 
@@ -147,10 +193,13 @@ class GcpTarget:
         try:
             if plan.create and not self._quota_allows(len(plan.create), result):
                 return result
+            for adoption in plan.adopt:
+                if self._update(self._keeping_logging(adoption), result):
+                    result.adopted += 1
             for item in plan.create:
                 self._create(item, result)
             for change in plan.update:
-                if self._update(change.desired, result):
+                if self._update(self._keeping_logging(change), result):
                     result.updated += 1
         except QuotaExhaustedError as exc:
             result.findings.append(self._quota_finding(str(exc)))
@@ -237,17 +286,44 @@ class GcpTarget:
                 return out
 
     def _observed(self, body: FirewallBody) -> ObservedItem[FirewallBody]:
+        """Ownership by the mark, never by the name alone: ours when the name has our prefix
+        and the mark is ours (this namespace/name and installation, and this resource's UID when
+        the mark records one). A mark of our namespace/name with another UID is another
+        cluster's resource of the same name: a clash, named and never overwritten. Another
+        resource's rules count as a conflict only where they reach our managed tags."""
         name = str(body.get("name", ""))
-        marked = description_owner(str(body.get("description", "")))
-        mine = owner_key(self.owner)
+        description = str(body.get("description", ""))
+        marked = description_owner(description)
+        uid = description_uid(description)
+        ours = marked == self._mine and (not uid or not self.owner.uid or uid == self.owner.uid)
+        other = ""
+        if marked and not ours and (name.startswith(self._prefix) or self._reaches_our_tags(body)):
+            other = marked if marked != self._mine else f"{marked} in another cluster (uid {uid})"
         return ObservedItem(
             key=name,
-            fingerprint=fingerprint(normalise_firewall(body, self.gcp.project)),
+            fingerprint=fingerprint(
+                normalise_firewall(
+                    body, self.gcp.project, with_logging=self.rendered.manages_logging
+                )
+            ),
             payload=body,
-            owned=name.startswith(self._prefix) and marked == mine,
+            owned=name.startswith(self._prefix) and ours,
             native_id=name,
-            owner=marked if marked and marked != mine else "",
+            owner=other,
+            controller="" if marked else gcp_firewall_controller(name, description),
         )
+
+    def _reaches_our_tags(self, body: FirewallBody) -> bool:
+        targets = set(body.get("targetTags") or [])
+        return not targets or bool(targets & set(self.rendered.tags.values()))
+
+    def _keeping_logging(self, change: Update[FirewallBody]) -> DesiredItem[FirewallBody]:
+        """A PUT replaces the whole rule: with ``logging: Keep`` the rule's own logConfig rides
+        along, so a repair never switches Firewall Rules Logging off."""
+        kept = change.observed.payload.get("logConfig")
+        if self.rendered.manages_logging or not kept:
+            return change.desired
+        return replace(change.desired, payload={**change.desired.payload, "logConfig": kept})
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -326,11 +402,18 @@ class GcpTarget:
                 ),
             )
         )
-        if fingerprint(normalise_firewall(existing, self.gcp.project)) == item.fingerprint:
+        if (
+            fingerprint(
+                normalise_firewall(
+                    existing, self.gcp.project, with_logging=self.rendered.manages_logging
+                )
+            )
+            == item.fingerprint
+        ):
             result.created += 1
             return
         other = description_owner(str(existing.get("description", "")))
-        if item.key.startswith(self._prefix) and other in ("", owner_key(self.owner)):
+        if item.key.startswith(self._prefix) and other in ("", self._mine):
             if self._update(item, result):
                 result.updated += 1
                 result.findings.append(
