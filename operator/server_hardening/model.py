@@ -20,9 +20,12 @@ from typing import Annotated, Any
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -42,10 +45,18 @@ WORLD = ("0.0.0.0/0", "::/0")
 MAX_CIDRS = 64  # bounded lists keep the CRD's CEL rules within the API server's cost budget
 
 
-def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
+def _cel(*rules: tuple[str, str] | tuple[str, str, str]) -> dict[str, Any]:
     """CEL rules for the CRD (``x-kubernetes-validations``), so the API server refuses what
-    the model refuses before the operator ever sees it. Each is ``(rule, message)``."""
-    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+    the model refuses before the operator ever sees it. Each is ``(rule, message)`` or
+    ``(rule, message, fieldPath)``: the field path makes the API server name the same field
+    the model names."""
+    out = []
+    for rule in rules:
+        entry = {"rule": rule[0], "message": rule[1]}
+        if len(rule) == 3:
+            entry["fieldPath"] = rule[2]
+        out.append(entry)
+    return {"x-kubernetes-validations": out}
 
 
 def _normalise_cidr(value: str) -> str:
@@ -233,52 +244,241 @@ class NetworkPolicies(_Spec):
     )
 
 
+# Label keys and values as Kubernetes validates them (apimachinery's IsQualifiedName and
+# IsValidLabelValue): an optional DNS-subdomain prefix (<= 253) and "/", then a name (<= 63).
 LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"  # noqa: E501
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 PORT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+MAX_LABELS = 16
+MAX_PORTS = 16
+
+# The same label-key rule in CEL, for the CRD: RE2 has no look-around, so the lengths of the
+# prefix and the name are checked apart.
+_CEL_LABEL_KEY = (
+    f"k.matches(r'{LABEL_KEY_PATTERN}') && (k.indexOf('/') < 0 ? size(k) <= 63 : "
+    "(k.indexOf('/') <= 253 && size(k) - k.indexOf('/') - 1 <= 63))"
+)
+
+
+def label_key_problem(key: str) -> str | None:
+    """Why ``key`` is not a Kubernetes label key, or None."""
+    prefix, _, name = key.rpartition("/")
+    if not re.match(LABEL_KEY_PATTERN, key) or len(name) > 63 or len(prefix) > 253:
+        return (
+            f"{key!r} is not a valid label key (an optional DNS-subdomain prefix of at most 253 "
+            "characters and '/', then a name of at most 63 alphanumerics, '-', '_' or '.')"
+        )
+    return None
 
 
 def _check_label_keys(labels: dict[str, str]) -> dict[str, str]:
     for key in labels:
-        if not re.match(LABEL_KEY_PATTERN, key) or len(key) > 253:
-            raise ValueError(f"{key!r} is not a valid label key")
+        problem = label_key_problem(key)
+        if problem:
+            raise ValueError(problem)
     return labels
 
 
-class ComponentPort(_Spec):
-    """A pod port: a number or a named container port (a Service port is not a pod port)."""
+LabelValue = Annotated[str, Field(pattern=LABEL_VALUE_PATTERN, max_length=63)]
 
-    port: int | str = Field(description="Container port number or name.")
-    protocol: str = Field("TCP", pattern=r"^(TCP|UDP)$")
+
+class SelectorOperator(enum.StrEnum):
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+class LabelSelectorRequirement(_Spec):
+    """One ``matchExpressions`` entry, as in a Kubernetes LabelSelector."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0)"
+                " : (!has(self.values) || size(self.values) == 0)",
+                "values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist",
+                ".values",
+            ),
+            (
+                _CEL_LABEL_KEY.replace("k.", "self.key.").replace("(k)", "(self.key)"),
+                "is not a valid label key",
+                ".key",
+            ),
+        )
+    )
+
+    key: str = Field(max_length=317, description="The label key the requirement applies to.")
+    operator: SelectorOperator
+    values: list[LabelValue] = Field(
+        default_factory=list,
+        max_length=MAX_LABELS,
+        validate_default=True,
+        description="Non-empty for In and NotIn; empty for Exists and DoesNotExist.",
+    )
+
+    @field_validator("key")
+    @classmethod
+    def _valid_key(cls, key: str) -> str:
+        problem = label_key_problem(key)
+        if problem:
+            raise ValueError(problem)
+        return key
+
+    @field_validator("values")
+    @classmethod
+    def _values_fit_the_operator(cls, values: list[str], info: ValidationInfo) -> list[str]:
+        operator = info.data.get("operator")
+        if operator in {SelectorOperator.IN, SelectorOperator.NOT_IN} and not values:
+            raise ValueError(f"values must be non-empty for operator {operator}")
+        if operator in {SelectorOperator.EXISTS, SelectorOperator.DOES_NOT_EXIST} and values:
+            raise ValueError(f"values must be empty for operator {operator}")
+        return values
+
+
+class LabelSelector(_Spec):
+    """A Kubernetes LabelSelector (``matchLabels`` and ``matchExpressions``, ANDed); it is
+    written as such into the component's NetworkPolicy."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "(has(self.matchLabels) && size(self.matchLabels) > 0) || "
+                "(has(self.matchExpressions) && size(self.matchExpressions) > 0)",
+                "must not be empty (an empty selector selects every pod)",
+            )
+        )
+    )
+
+    match_labels: Annotated[dict[str, LabelValue], AfterValidator(_check_label_keys)] = Field(
+        default_factory=dict,
+        max_length=MAX_LABELS,
+        json_schema_extra=_cel((f"self.all(k, {_CEL_LABEL_KEY})", "has an invalid label key")),
+    )
+    match_expressions: list[LabelSelectorRequirement] = Field(
+        default_factory=list, max_length=MAX_LABELS
+    )
 
     @model_validator(mode="after")
-    def _valid_port(self) -> ComponentPort:
-        if isinstance(self.port, int):
-            if not 1 <= self.port <= 65535:
-                raise ValueError(f"port {self.port} is outside 1-65535")
-        elif not re.match(PORT_NAME_PATTERN, self.port) or len(self.port) > 15:
-            raise ValueError(f"port name {self.port!r} is not a valid IANA service name")
+    def _not_empty(self) -> LabelSelector:
+        if not self.match_labels and not self.match_expressions:
+            raise ValueError("must not be empty (an empty selector selects every pod)")
         return self
+
+
+def port_entry_problem(value: object) -> str | None:
+    """Why one ``ports`` entry is not a pod port, or None: an entry is a container port number
+    or a container port name (an IANA service name, as Kubernetes validates it)."""
+    if isinstance(value, Mapping):
+        return (
+            "a port is a number or a container port name: write "
+            f"{value.get('port', 8080)!r} rather than an object (every guide row a component "
+            "serves is TCP)"
+        )
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return f"{value!r} is not a port number or a port name"
+    if isinstance(value, int):
+        if not 1 <= value <= 65535:
+            return f"port {value} is outside 1-65535"
+    elif (
+        not re.match(PORT_NAME_PATTERN, value)
+        or len(value) > 15
+        or "--" in value
+        or not re.search("[a-z]", value)
+    ):
+        return f"port name {value!r} is not a valid IANA service name"
+    return None
+
+
+def _port_entry(value: object) -> object:
+    problem = port_entry_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+# For the CRD: the API server applies minimum/maximum to a number and maxLength/pattern to a
+# string of an int-or-string; CEL adds the rest of IsValidPortName.
+_PORT_ENTRY_SCHEMA: dict[str, Any] = {
+    "minimum": 1,
+    "maximum": 65535,
+    "maxLength": 15,
+    "pattern": PORT_NAME_PATTERN,
+    **_cel(
+        (
+            "type(self) == int || (self.matches('[a-z]') && !self.contains('--'))",
+            "a port name needs a letter and no '--' (an IANA service name)",
+        )
+    ),
+}
+
+# Why not also {port, protocol} objects: a CRD list item that may be a number, a string or an
+# object has no structural type, and an untyped item hides the whole list from CEL (the API
+# server refuses such rules), so neither the port range nor the service/ports rules could be
+# checked at admission. Every guide row a component serves is TCP, so protocol meant nothing.
+PortEntry = Annotated[
+    int | str,
+    BeforeValidator(_port_entry),
+    Field(
+        description="A container port number (8000) or name (http); TCP.",
+        json_schema_extra=_PORT_ENTRY_SCHEMA,
+    ),
+]
 
 
 class Component(_Spec):
     """How to find the pods behind one of the guide's services.
 
-    Either ``service`` (resolved in the cluster: the Service's selector and target ports) or
-    ``podSelector`` with ``ports``.
+    Either ``service`` (resolved in the cluster: the Service's selector and its targetPorts)
+    or ``podSelector`` with ``ports``.
     """
 
     model_config = ConfigDict(
         json_schema_extra=_cel(
-            ("has(self.service) != has(self.podSelector)", "set either service or podSelector")
+            ("has(self.service) != has(self.podSelector)", "set either service or podSelector"),
+            (
+                "!has(self.service) || has(self.podSelector) || !has(self.ports) || "
+                "size(self.ports) == 0",
+                "ports come from the Service's targetPorts: remove ports, or pin the pods with "
+                "podSelector",
+                ".ports",
+            ),
+            (
+                "!has(self.podSelector) || has(self.service) || "
+                "(has(self.ports) && size(self.ports) > 0)",
+                "required with podSelector",
+                ".ports",
+            ),
         )
     )
 
     service: str | None = Field(None, pattern=DNS_LABEL_PATTERN, max_length=63)
-    pod_selector: Annotated[dict[str, str], AfterValidator(_check_label_keys)] | None = Field(
-        None, description="matchLabels of the component's pods."
+    pod_selector: LabelSelector | None = Field(
+        None, description="The component's pods (a Kubernetes LabelSelector)."
     )
-    ports: list[ComponentPort] = Field(default_factory=list, max_length=16)
+    ports: list[PortEntry] = Field(
+        default_factory=list,
+        max_length=MAX_PORTS,
+        validate_default=True,
+        description="With podSelector: the pods' ports that receive the guide's traffic.",
+    )
+
+    @field_validator("ports")
+    @classmethod
+    def _ports_fit_the_way_to_find_it(
+        cls, ports: list[int | str], info: ValidationInfo
+    ) -> list[int | str]:
+        # With both service and podSelector, the one error is "set either" (below).
+        service, selector = info.data.get("service"), info.data.get("pod_selector")
+        if service and selector is None and ports:
+            raise ValueError(
+                "ports come from the Service's targetPorts: remove ports, or pin the pods with "
+                "podSelector"
+            )
+        if selector is not None and not service and not ports:
+            raise ValueError("required with podSelector")
+        return ports
 
     @model_validator(mode="after")
     def _one_way_to_find_it(self) -> Component:
@@ -286,10 +486,6 @@ class Component(_Spec):
             raise ValueError("set either service or podSelector, not both")
         if not self.service and self.pod_selector is None:
             raise ValueError("set service or podSelector")
-        if self.pod_selector is not None and not self.ports:
-            raise ValueError("podSelector needs ports")
-        if self.pod_selector is not None and not self.pod_selector:
-            raise ValueError("podSelector must not be empty (it would select every pod)")
         return self
 
 

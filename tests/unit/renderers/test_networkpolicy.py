@@ -8,7 +8,7 @@ import pytest
 
 from builders import OWNER, make_spec
 from server_hardening.compiler import compile_intent
-from server_hardening.components import PodPort, ResolvedComponent
+from server_hardening.components import PodPort, PodSelector, ResolvedComponent
 from server_hardening.guide import Component
 from server_hardening.model import ServerHardeningSpec
 from server_hardening.plan import offline_components
@@ -68,14 +68,14 @@ def test_pod_ports_come_from_the_resolution_not_the_service() -> None:
     intent = compile_intent(make_spec(serverVersion="4.3"))
     proxy = ResolvedComponent(
         Component.FRONTEND,
-        (("app", "nginx"),),
+        PodSelector.of_labels({"app": "nginx"}),
         (PodPort(8080), PodPort(8443)),
         "service/circleci-proxy",
         "circleci-proxy",
     )
     nomad = ResolvedComponent(
         Component.NOMAD_SERVER,
-        (("app", "nginx"),),
+        PodSelector.of_labels({"app": "nginx"}),
         (PodPort("nomad-rpc"),),
         "service/circleci-proxy",
         "circleci-proxy",
@@ -195,3 +195,42 @@ def test_truth_table_with_restricted_egress() -> None:
     assert allows(policies, p["api"], p["postgres"], 5432)
     assert not allows(policies, p["api"], WORLD, 25)
     assert not allows(policies, p["api"], NOMAD, 64535)
+
+
+def test_a_spec_selector_is_written_as_the_kubernetes_label_selector_it_is() -> None:
+    spec = make_spec(
+        serverVersion="4.3",
+        **{
+            "kubernetes.components": {
+                "frontend": {
+                    "podSelector": {
+                        "matchLabels": {"app": "kong"},
+                        "matchExpressions": [
+                            {"key": "track", "operator": "In", "values": ["stable"]},
+                            {"key": "canary", "operator": "DoesNotExist"},
+                        ],
+                    },
+                    "ports": [8000, "proxy-tls"],
+                }
+            }
+        },
+    )
+    policies = render(spec)
+    (frontend,) = [p for p in policies if "LB-IN-1" in p["metadata"]["annotations"][
+        "hardening.circleci.com/guide-rows"]]  # fmt: skip
+    assert frontend["spec"]["podSelector"] == {
+        "matchLabels": {"app": "kong"},
+        "matchExpressions": [
+            {"key": "track", "operator": "In", "values": ["stable"]},
+            {"key": "canary", "operator": "DoesNotExist"},
+        ],
+    }
+    assert frontend["spec"]["ingress"][0]["ports"] == [
+        {"protocol": "TCP", "port": 8000},
+        {"protocol": "TCP", "port": "proxy-tls"},
+    ]
+    world = Outside("198.51.100.7")
+    kong = {"app": "kong", "track": "stable"}
+    assert allows(policies, world, Pod(NS, kong, "10.0.5.5"), 8000)
+    assert not allows(policies, world, Pod(NS, {**kong, "canary": "yes"}, "10.0.5.6"), 8000)
+    assert not allows(policies, world, Pod(NS, {**kong, "track": "edge"}, "10.0.5.7"), 8000)
