@@ -21,7 +21,7 @@ from server_hardening.guide import (
     Ports,
     Profile,
     Requires,
-    profile_for,
+    match_version,
 )
 from server_hardening.model import WORLD, ServerHardeningSpec
 from server_hardening.rules import (
@@ -299,8 +299,24 @@ def _findings(spec: ServerHardeningSpec, profile: Profile) -> list[Finding]:
     return findings
 
 
+def _version_findings(spec: ServerHardeningSpec) -> list[Finding]:
+    version = match_version(spec.server_version)
+    if not version.note:
+        return []
+    code = (
+        "ServerVersionNewerThanCatalogue"
+        if version.newer_than_catalogue
+        else "ServerVersionUnpinned"
+    )
+    return [
+        Finding(
+            Severity.WARNING if version.newer_than_catalogue else Severity.INFO, code, version.note
+        )
+    ]
+
+
 def compile_intent(spec: ServerHardeningSpec) -> CompiledIntent:
-    profile = profile_for(spec.server_version)
+    profile = match_version(spec.server_version).profile
     transparent = spec.topology.load_balancers.transparent
     resolver = _Resolver(spec, transparent=transparent)
     rules = merge_rules(_rules_from_rows(profile.rows, resolver))
@@ -324,6 +340,6 @@ def compile_intent(spec: ServerHardeningSpec) -> CompiledIntent:
         profile=profile,
         rules=rules,
         cluster=_cluster_access(profile, spec, resolver),
-        findings=tuple(_findings(spec, profile)),
+        findings=tuple(_version_findings(spec) + _findings(spec, profile)),
         _gcp_rules=merge_rules(gcp_rows),
     )

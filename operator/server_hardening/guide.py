@@ -366,17 +366,57 @@ V4_3 = Profile(
 PROFILES: dict[str, Profile] = {p.name: p for p in (V3, V4_0, V4_3)}
 
 
-def profile_for(server_version: str) -> Profile:
-    """``"3"``/``"3.x"`` -> v3; ``"4.0"``..``"4.2"`` -> v4.0; ``"4.3"`` and later -> v4.3."""
-    match = re.fullmatch(r"(\d+)(?:\.(\d+))?", server_version)
+# The newest release this catalogue was checked against. A newer 4.N maps to the newest profile
+# with a finding that says so, instead of refusing every resource on the day a release ships.
+NEWEST_KNOWN = (4, 10)
+
+
+@dataclass(frozen=True)
+class VersionMatch:
+    """The profile for a ``serverVersion``, and what a person should know about the mapping."""
+
+    profile: Profile
+    note: str = ""  # empty: an exact, known version
+    newer_than_catalogue: bool = False
+
+
+def match_version(server_version: str) -> VersionMatch:
+    """``"3"``, ``"3.x"``, ``"3.N"`` -> v3; ``"4.0"``..``"4.2"`` -> v4.0; ``"4.3"`` and later
+    (``"4.N.P"`` too) -> v4.3; ``"4"`` and ``"4.x"`` -> the newest profile, with a note (a 4.0-4.2
+    installation needs its minor version)."""
+    match = re.fullmatch(r"(\d+)(?:\.(x|\d+)(?:\.\d+)?)?", server_version)
     if not match:
         raise ValueError(f"{server_version!r} is not a server version")
-    major, minor = int(match.group(1)), int(match.group(2) or 0)
+    major, minor_text = int(match.group(1)), match.group(2)
     if major == 3:
-        return V3
-    if major == 4:
-        return V4_0 if minor <= 2 else V4_3
-    raise ValueError(f"server version {server_version!r} has no guide profile (3, 4.0-4.10)")
+        return VersionMatch(V3)
+    if major != 4:
+        raise ValueError(f"server version {server_version!r} has no guide profile (3.x or 4.x)")
+    if minor_text in {None, "x"}:
+        return VersionMatch(
+            V4_3,
+            f"serverVersion {server_version!r} is read as the newest 4.x release (profile "
+            f"{V4_3.name}, 4.3 and later); a 4.0-4.2 installation must name its minor version "
+            f"(profile {V4_0.name} keeps 2376, 3000 and 8585)",
+        )
+    minor = int(minor_text)
+    if minor <= 2:
+        return VersionMatch(V4_0)
+    if (major, minor) > NEWEST_KNOWN:
+        newest = ".".join(str(n) for n in NEWEST_KNOWN)
+        return VersionMatch(
+            V4_3,
+            f"serverVersion {server_version!r} is newer than the catalogue (checked against "
+            f"{newest}): the newest profile, {V4_3.name}, is applied; check the release notes "
+            "for network changes",
+            newer_than_catalogue=True,
+        )
+    return VersionMatch(V4_3)
+
+
+def profile_for(server_version: str) -> Profile:
+    """The guide profile of a ``serverVersion`` (see :func:`match_version`)."""
+    return match_version(server_version).profile
 
 
 GCP_HEALTH_CHECK_RANGES = ("130.211.0.0/22", "35.191.0.0/16")

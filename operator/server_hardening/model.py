@@ -39,8 +39,25 @@ SHORT_NAMES = ("svh",)
 API_VERSION = f"{GROUP}/{VERSION}"
 
 CIDR_PATTERN = r"^[0-9a-fA-F:.]+/[0-9]{1,3}$"
-SERVER_VERSION_PATTERN = r"^(3|3\.[0-9]+|4\.([0-9]|10))$"
-DURATION_PATTERN = r"^[0-9]+(s|m|h)$"
+SERVER_VERSION_PATTERN = r"^[34](\.(x|[0-9]+(\.[0-9]+)?))?$"
+# A Go/Kubernetes duration of whole hours, minutes and seconds: "90s", "1m30s", "2h", "1h30m0s".
+DURATION_PATTERN = r"^([0-9]+(h|m|s))+$"
+_DURATION_UNITS = {"h": 3600, "m": 60, "s": 1}
+
+
+def duration_seconds(text: str) -> int:
+    """Seconds in a duration that matches :data:`DURATION_PATTERN` ("1m30s" -> 90)."""
+    return sum(
+        int(number) * _DURATION_UNITS[unit] for number, unit in re.findall(r"([0-9]+)(h|m|s)", text)
+    )
+
+
+def _at_least_a_second(text: str) -> str:
+    if re.fullmatch(DURATION_PATTERN, text) and duration_seconds(text) < 1:
+        raise ValueError(f"{text!r} is shorter than 1s")
+    return text
+
+
 WORLD = ("0.0.0.0/0", "::/0")
 MAX_CIDRS = 64  # bounded lists keep the CRD's CEL rules within the API server's cost budget
 
@@ -570,7 +587,10 @@ class ServerHardeningSpec(_Spec):
 
     server_version: str = Field(
         pattern=SERVER_VERSION_PATTERN,
-        description='"3" (or "3.x"), "4.0" .. "4.10": picks the guide profile.',
+        max_length=16,
+        description='"3", "3.x", "3.N", "4", "4.x", "4.N" or "4.N.P": picks the guide profile '
+        '(3.x; 4.0-4.2; 4.3 and later). "4"/"4.x" and versions newer than the catalogue map to '
+        "the newest profile, with a finding.",
     )
     mode: Mode = Field(Mode.ENFORCE, description="Enforce writes; Audit observes and reports.")
     topology: Topology
@@ -584,12 +604,18 @@ class ServerHardeningSpec(_Spec):
     deletion_policy: DeletionPolicy = Field(
         DeletionPolicy.DELETE, description="Delete or Orphan managed rules when the resource goes."
     )
-    drift_check_interval: str = Field("60s", pattern=DURATION_PATTERN)
+    drift_check_interval: Annotated[str, AfterValidator(_at_least_a_second)] = Field(
+        "60s",
+        pattern=DURATION_PATTERN,
+        max_length=32,
+        description="How often the clouds are checked for drift: a Go/Kubernetes duration of "
+        'whole seconds ("90s", "1m30s", "2h"), at least 1s.',
+        json_schema_extra=_cel(("duration(self) >= duration('1s')", "must be at least 1s")),
+    )
 
     @property
     def drift_check_seconds(self) -> int:
-        number, unit = int(self.drift_check_interval[:-1]), self.drift_check_interval[-1]
-        return number * {"s": 1, "m": 60, "h": 3600}[unit]
+        return duration_seconds(self.drift_check_interval)
 
 
 # --------------------------------------------------------------------------------------------

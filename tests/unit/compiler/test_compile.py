@@ -141,3 +141,22 @@ def test_ipv6_peers_stay_ipv6() -> None:
         if r.subject is Role.NOMAD_CLIENTS
     ]
     assert https.peer.cidrs == ("0.0.0.0/0", "::/0")
+
+
+def test_a_version_newer_than_the_catalogue_compiles_the_newest_profile_and_warns() -> None:
+    intent = compile_intent(make_spec(serverVersion="4.11"))
+    assert intent.profile.name == "v4.3"
+    (finding,) = [f for f in intent.findings if f.code.startswith("ServerVersion")]
+    assert finding.code == "ServerVersionNewerThanCatalogue"
+    assert finding.severity.value == "warning" and "'4.11'" in finding.message
+    assert intent.rules == compile_intent(make_spec(serverVersion="4.10")).rules
+
+
+def test_an_unpinned_4_x_compiles_the_newest_profile_with_a_note() -> None:
+    intent = compile_intent(make_spec(serverVersion="4.x"))
+    assert intent.profile.name == "v4.3"
+    assert [f.code for f in intent.findings if f.code.startswith("ServerVersion")] == [
+        "ServerVersionUnpinned"
+    ]
+    pinned = compile_intent(make_spec(serverVersion="4.8"))
+    assert not [f for f in pinned.findings if f.code.startswith("ServerVersion")]

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from server_hardening.guide import CHOICES, PROFILES, V3, V4_0, V4_3, profile_for
+from server_hardening.guide import (
+    CHOICES,
+    PROFILES,
+    V3,
+    V4_0,
+    V4_3,
+    match_version,
+    profile_for,
+)
 from server_hardening.rules import Action, Protocol
 
 GUIDE = Path(__file__).resolve().parents[4] / "shared" / "guide" / "network-guide.md"
@@ -35,10 +43,35 @@ def test_every_row_of_the_guide_is_in_the_v3_profile() -> None:
         ("4.2", "v4.0"),
         ("4.3", "v4.3"),
         ("4.10", "v4.3"),
+        ("3.x", "v3"),
+        ("3.4.1", "v3"),
+        ("4.2.3", "v4.0"),
+        ("4", "v4.3"),
+        ("4.x", "v4.3"),
+        ("4.11", "v4.3"),
+        ("4.11.2", "v4.3"),
     ],
 )
 def test_server_versions_pick_their_profile(version: str, profile: str) -> None:
     assert profile_for(version).name == profile
+
+
+@pytest.mark.parametrize("version", ["3", "3.x", "4.0", "4.2", "4.3", "4.10.1"])
+def test_a_known_version_maps_without_a_note(version: str) -> None:
+    assert match_version(version).note == ""
+
+
+def test_a_version_newer_than_the_catalogue_says_so() -> None:
+    version = match_version("4.11")
+    assert version.newer_than_catalogue and version.profile is V4_3
+    assert "newer than the catalogue" in version.note and "4.10" in version.note
+
+
+@pytest.mark.parametrize("version", ["4", "4.x"])
+def test_an_unpinned_4_says_that_4_0_to_4_2_must_name_the_minor(version: str) -> None:
+    note = match_version(version)
+    assert note.profile is V4_3 and not note.newer_than_catalogue
+    assert "4.0-4.2" in note.note
 
 
 def test_v4_0_adds_ssh_from_nomad_clients_to_vms() -> None:

@@ -97,10 +97,32 @@ def test_external_vms_need_cidrs_when_enabled() -> None:
     ]
 
 
-@pytest.mark.parametrize("version", ["5", "4.11", "2", "4.3.1", "v4.3", ""])
+@pytest.mark.parametrize("version", ["5", "2", "v4.3", "", "4.x.1", "4.", "3.X", "4.3-rc1"])
 def test_a_server_version_without_a_profile_is_refused(version: str) -> None:
     (message,) = errors_of(spec_dict(serverVersion=version))
     assert message.startswith("spec.serverVersion: ")
+
+
+@pytest.mark.parametrize(
+    "version", ["3", "3.x", "3.4", "3.4.1", "4", "4.x", "4.0", "4.2.1", "4.10", "4.11", "4.25.3"]
+)
+def test_server_versions_as_people_write_them_are_accepted(version: str) -> None:
+    assert make_spec(serverVersion=version).server_version == version
+
+
+@pytest.mark.parametrize(
+    ("interval", "seconds"),
+    [("60s", 60), ("2m", 120), ("5s", 5), ("90s", 90), ("1m30s", 90), ("2h", 7200),
+     ("1h30m0s", 5400), ("1s", 1)],
+)  # fmt: skip
+def test_drift_check_intervals_are_go_durations(interval: str, seconds: int) -> None:
+    assert make_spec(driftCheckInterval=interval).drift_check_seconds == seconds
+
+
+@pytest.mark.parametrize("interval", ["0s", "0m0s", "1.5s", "90", "1d", "-1s", "1 m", "500ms"])
+def test_a_bad_drift_check_interval_is_refused(interval: str) -> None:
+    (message,) = errors_of(spec_dict(driftCheckInterval=interval))
+    assert message.startswith("spec.driftCheckInterval: ")
 
 
 def test_ipv6_is_accepted_and_host_bits_are_cleared() -> None:
