@@ -23,6 +23,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictInt,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -96,14 +98,15 @@ Cidr = Annotated[
 
 
 class _Spec(BaseModel):
-    """Base: camelCase on the wire, unknown fields refused, immutable once parsed."""
+    """Base: camelCase on the wire, unknown fields refused, immutable once parsed. Booleans and
+    integers are strict and strings are kept as written, as the API server takes them (one
+    verdict: ``"yes"`` is no boolean and ``" 4.3"`` no version in either)."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
         frozen=True,
-        str_strip_whitespace=True,
     )
 
 
@@ -129,8 +132,8 @@ class PortRangeSpec(_Spec):
         json_schema_extra=_cel(("self.from <= self.to", "from must not be greater than to"))
     )
 
-    from_: int = Field(alias="from", ge=1, le=65535, description="First port.")
-    to: int = Field(ge=1, le=65535, description="Last port (>= from).")
+    from_: StrictInt = Field(alias="from", ge=1, le=65535, description="First port.")
+    to: StrictInt = Field(ge=1, le=65535, description="Last port (>= from).")
 
     @model_validator(mode="after")
     def _ordered(self) -> PortRangeSpec:
@@ -154,12 +157,15 @@ class ExternalVMsTopology(_Spec):
         json_schema_extra=_cel(
             (
                 "(has(self.enabled) && !self.enabled) || (has(self.cidrs) && size(self.cidrs) > 0)",
-                "cidrs are required when externalVMs is enabled",
+                "required when externalVMs is enabled",
+                ".cidrs",
             )
         )
     )
 
-    enabled: bool = Field(True, description="False when the installation runs no external VMs.")
+    enabled: StrictBool = Field(
+        True, description="False when the installation runs no external VMs."
+    )
     cidrs: list[Cidr] = Field(
         default_factory=list, max_length=MAX_CIDRS, description="Required when enabled."
     )
@@ -168,7 +174,7 @@ class ExternalVMsTopology(_Spec):
 class LoadBalancersTopology(_Spec):
     """The load balancers in front of the cluster (LB-IN, LB-OUT, K8S-IN-1)."""
 
-    transparent: bool = Field(
+    transparent: StrictBool = Field(
         False,
         description="A transparent load balancer keeps client addresses and is no layer of its "
         "own: its LB-IN rows apply to the Kubernetes nodes (always so on GCP).",
@@ -239,7 +245,7 @@ class AdminSSH(_Spec):
 class SSHRerun(_Spec):
     """NOMAD-IN-2 / VM-IN-5: "rerun job with SSH"."""
 
-    enabled: bool = True
+    enabled: StrictBool = True
     sources: list[Cidr] = Field(
         default_factory=list,
         max_length=MAX_CIDRS,
@@ -253,8 +259,8 @@ class Access(_Spec):
 
 
 class NetworkPolicies(_Spec):
-    enabled: bool = True
-    restrict_egress: bool = Field(
+    enabled: StrictBool = True
+    restrict_egress: StrictBool = Field(
         False,
         description="Also deny egress from the namespace except DNS, the API server, the "
         "namespace itself and the guide's outbound rows for the Kubernetes nodes.",
@@ -519,7 +525,7 @@ class ApiServer(_Spec):
     """Where the Kubernetes API server is, for the egress allow-list."""
 
     cidrs: list[Cidr] = Field(default_factory=list, max_length=MAX_CIDRS)
-    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
+    ports: list[Annotated[StrictInt, Field(ge=1, le=65535)]] = Field(
         default_factory=lambda: [443, 6443], max_length=16
     )
 
@@ -543,8 +549,8 @@ class AwsSecurityGroups(_Spec):
 class RuleQuota(_Spec):
     """Rules per security group and direction (AWS default 60; raise it if your account has)."""
 
-    inbound: int = Field(60, ge=1, le=1000)
-    outbound: int = Field(60, ge=1, le=1000)
+    inbound: StrictInt = Field(60, ge=1, le=1000)
+    outbound: StrictInt = Field(60, ge=1, le=1000)
 
 
 class AwsSpec(_Spec):
@@ -575,7 +581,7 @@ class GcpSpec(_Spec):
     endpoint: str | None = Field(
         None, pattern=r"^https?://", description="Compute API endpoint override (tests)."
     )
-    restrict_egress: bool = Field(
+    restrict_egress: StrictBool = Field(
         True,
         description="Write the guide's outbound rows as EGRESS allows plus a lowest-priority "
         "EGRESS deny for the managed tags (GCP allows all egress by default).",
