@@ -260,6 +260,16 @@ CHOICES: tuple[Choice, ...] = (
         "(GCP allows all egress by default).",
     ),
     Choice(
+        "CHOICE-V43-NO-SSH-TO-VMS",
+        "v4.3+: no SSH to the VMs from the cluster or the Nomad clients, in either direction. "
+        "The v4.3 guide drops the VMs' inbound 22 (VM-IN-1/2: its AWS VM table keeps only "
+        "54782) yet keeps ALL-OUT-4's 22 to the VM subnet and the v4 Nomad clients' 22 to the "
+        "VMs (V4-NOMAD-OUT-22): an egress no ingress accepts can never carry traffic. Since 4.3 "
+        "machine jobs run entirely on the VM and no longer flow through Nomad, so nothing needs "
+        "that path: both sides go (ALL-OUT-4 keeps 22 to the VCS), rather than reopening SSH "
+        "into every VM from the hosts that run users' jobs.",
+    ),
+    Choice(
         "CHOICE-V43-OBSOLETE-PORTS",
         "v4.3+: the overview exposes only 80/443 and 4647, so LB-IN-3 (3000) and LB-IN-5 (8585) "
         "are not written; the table still lists them.",
@@ -352,11 +362,19 @@ _REMOVED_IN_V43 = {
     "LB-IN-5",
 }
 
+
+def _ssh_to_the_vms(row: GuideRow) -> bool:
+    """SSH from the cluster or the Nomad clients to the VMs: gone in v4.3 with its inbound side
+    (CHOICE-V43-NO-SSH-TO-VMS)."""
+    return row.peer is P.EXTERNAL_VMS and row.direction is OUT and row.ports == _tcp(22)
+
+
 V4_3 = Profile(
     name="v4.3",
     summary="CircleCI Server 4.3 and later: circleci-proxy exposes 80/443 and 4647 only; "
-    "machine jobs run entirely on the VM (VMs keep only 54782 inbound).",
-    rows=tuple(r for r in V4_0.rows if r.id not in _REMOVED_IN_V43),
+    "machine jobs run entirely on the VM (VMs keep only 54782 inbound, and nothing SSHes to "
+    "them: CHOICE-V43-NO-SSH-TO-VMS).",
+    rows=tuple(r for r in V4_0.rows if r.id not in _REMOVED_IN_V43 and not _ssh_to_the_vms(r)),
     components={
         Component.FRONTEND: ComponentDefault(_PROXY, (80, 443)),
         Component.NOMAD_SERVER: ComponentDefault(_PROXY, (4647,)),

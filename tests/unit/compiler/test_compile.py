@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from builders import make_spec
 from server_hardening.compiler import compile_intent
 from server_hardening.guide import CHOICES, PROFILES
@@ -160,3 +162,46 @@ def test_an_unpinned_4_x_compiles_the_newest_profile_with_a_note() -> None:
     ]
     pinned = compile_intent(make_spec(serverVersion="4.8"))
     assert not [f for f in pinned.findings if f.code.startswith("ServerVersion")]
+
+
+def _covers(wide: Rule, narrow: Rule) -> bool:
+    protocol = wide.protocol in {Protocol.ALL, narrow.protocol}
+    if wide.ports is None:
+        return protocol
+    if narrow.ports is None:
+        return False
+    return (
+        protocol and wide.ports.first <= narrow.ports.first <= narrow.ports.last <= wide.ports.last
+    )
+
+
+@pytest.mark.parametrize("version", ["3", "4.0", "4.3", "4.x"])
+def test_every_rule_between_two_roles_has_its_other_half(version: str) -> None:
+    """An egress that no ingress accepts (or the reverse) can never carry traffic: between two
+    roles the product manages, every allow has its pair on the other side."""
+    rules = compile_intent(make_spec(serverVersion=version)).rules
+    allows = [r for r in rules if r.action is Action.ALLOW and r.peer.role is not None]
+    for rule in allows:
+        assert rule.peer.role is not None
+        pair = Direction.INGRESS if rule.direction is Direction.EGRESS else Direction.EGRESS
+        assert any(
+            other.subject is rule.peer.role
+            and other.direction is pair
+            and other.peer.role is rule.subject
+            and _covers(other, rule)
+            for other in allows
+        ), f"{version}: {sorted(rule.rows)} ({rule.subject} {rule.direction} {rule.peer.kind} "
+        f"{rule.ports}) has no {pair} pair on {rule.peer.role}"
+
+
+def test_v4_3_writes_no_ssh_to_the_vms() -> None:
+    rules = compile_intent(make_spec(serverVersion="4.3")).rules
+    assert not [
+        r for r in rules
+        if r.peer.kind is PeerKind.EXTERNAL_VMS and r.action is Action.ALLOW
+        and r.ports is not None and r.ports.first <= 22 <= r.ports.last
+    ]  # fmt: skip
+    v4_0 = compile_intent(make_spec(serverVersion="4.0")).rules
+    assert {"ALL-OUT-4", "V4-NOMAD-OUT-22"} <= {
+        row for r in v4_0 if r.peer.kind is PeerKind.EXTERNAL_VMS for row in r.rows
+    }

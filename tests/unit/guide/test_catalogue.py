@@ -85,7 +85,11 @@ def test_v4_3_drops_what_the_guide_says_it_dropped() -> None:
     assert dropped == {
         "K8S-OUT-1", "NOMAD-OUT-1", "NOMAD-OUT-2", "NOMAD-OUT-4",
         "VM-IN-1", "VM-IN-2", "VM-IN-3", "VM-IN-4", "LB-IN-3", "LB-IN-5",
+        "V4-NOMAD-OUT-22",  # CHOICE-V43-NO-SSH-TO-VMS
     }  # fmt: skip
+    # ALL-OUT-4 stays for the VCS, without its VM-subnet half (CHOICE-V43-NO-SSH-TO-VMS).
+    assert {r.peer.value for r in V4_3.rows if r.id == "ALL-OUT-4"} == {"vcs"}
+    assert {r.peer.value for r in V4_0.rows if r.id == "ALL-OUT-4"} == {"vcs", "externalVMs"}
     assert "VM-IN-5" in V4_3.row_ids() and V4_3.row("VM-IN-5").ports.first == 54782  # type: ignore[union-attr]
 
 
