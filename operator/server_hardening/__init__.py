@@ -1,6 +1,6 @@
 """server-hardening: keeps a CircleCI Server installation hardened as CircleCI's guide prescribes.
 
-Data flows one way (see docs/architecture.md):
+Data flows one way (see README.md, "How it maps the guide", and docs/guide.md):
 
     model -> guide -> compiler -> renderers -> drift -> targets -> reconcile -> handlers
                                                                              -> metrics, cli

@@ -1,9 +1,9 @@
 """The guide catalogue: CircleCI's "hardening your cluster" rows as data, per server version.
 
 Pure: no I/O here. Every rule the product writes cites the ``id`` of a row below. IDs are the
-ones ``shared/guide/network-guide.md`` gives; rows that the guide leaves to the implementer
-(NetworkPolicy shapes, the v4 table's unnamed row, GCP health checks) carry IDs of the form
-``CHOICE-*`` or ``V4-*`` and say what was chosen and why.
+ones ``docs/guide.md`` gives (its tables are this catalogue's test); rows that the guide leaves
+to the implementer (NetworkPolicy shapes, the v4 table's unnamed row, GCP health checks) carry
+IDs of the form ``CHOICE-*`` or ``V4-*`` and say what was chosen and why.
 
 Three profiles: ``v3`` (3.x), ``v4.0`` (4.0 to 4.2) and ``v4.3`` (4.3 and later).
 """
