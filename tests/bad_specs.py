@@ -162,6 +162,14 @@ CORPUS: tuple[BadSpec, ...] = (
     _component("an expression without operator", {"podSelector": {"matchExpressions": [
                {"key": "app"}]}, "ports": [80]},
                f"{FRONTEND}.podSelector.matchExpressions[0].operator"),
+    # External Nomad servers (4.8+).
+    _case("external Nomad servers on 4.7", {"serverVersion": "4.7", "topology.nomadServers":
+          {"cidrs": ["10.3.0.0/24"]}}, "spec.topology.nomadServers"),
+    _case("external Nomad servers without CIDRs", {"serverVersion": "4.8",
+          "topology.nomadServers": {"cidrs": []}}, "spec.topology.nomadServers.cidrs"),
+    _case("a bad Nomad servers' security group", {"serverVersion": "4.8",
+          "topology.nomadServers": {"cidrs": ["10.3.0.0/24"]}, "aws": {"region": "us-east-1",
+          "securityGroups": {"nomadServers": "sg-1"}}}, "spec.aws.securityGroups.nomadServers"),
     # Clouds.
     _case("a bad security group", {"aws": {"region": "us-east-1", "securityGroups": {
           "nomadClients": "sg-XYZ"}}}, "spec.aws.securityGroups.nomadClients"),

@@ -23,7 +23,9 @@ import yaml
 
 from server_hardening import __version__
 from server_hardening.model import ResourceRef, SpecError, parse_resource
-from server_hardening.rules import Action, Role, Rule
+from server_hardening.renderers.aws import groups_by_role
+from server_hardening.renderers.gcp import role_tags
+from server_hardening.rules import Action, Rule
 
 EXIT_INVALID = 2
 
@@ -138,24 +140,13 @@ def _print_table(doc: Any, ref: ResourceRef) -> None:
         rows.extend(_np_rows(doc.network_policies))
     spec = doc.intent.spec
     if spec.aws is not None:
-        groups = spec.aws.security_groups
-        by_role = {
-            Role.KUBERNETES_NODES: groups.kubernetes_nodes,
-            Role.NOMAD_CLIENTS: groups.nomad_clients,
-            Role.EXTERNAL_VMS: groups.external_v_ms,
-            Role.LOAD_BALANCERS: groups.load_balancers,
-        }
+        by_role = groups_by_role(spec.aws)
         for rule in doc.intent.cloud_rules("aws"):
             group = by_role.get(rule.subject)
             if group and rule.action is Action.ALLOW:
                 rows.append(_rule_row("aws", f"{group} ({rule.subject.value})", rule))
     if spec.gcp is not None:
-        tags = spec.gcp.target_tags
-        by_tag = {
-            Role.KUBERNETES_NODES: tags.kubernetes_nodes,
-            Role.NOMAD_CLIENTS: tags.nomad_clients,
-            Role.EXTERNAL_VMS: tags.external_v_ms,
-        }
+        by_tag = role_tags(spec.gcp)
         for rule in doc.intent.cloud_rules("gcp"):
             tag = by_tag.get(rule.subject)
             if tag:

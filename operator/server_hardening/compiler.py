@@ -93,6 +93,7 @@ class _Resolver:
             PeerKind.NOMAD_CLIENTS: tuple(topo.nomad_clients.cidrs),
             PeerKind.EXTERNAL_VMS: tuple(topo.external_v_ms.cidrs),
             PeerKind.LOAD_BALANCERS: lb_cidrs,
+            PeerKind.NOMAD_SERVERS: tuple(topo.nomad_servers.cidrs) if topo.nomad_servers else (),
             PeerKind.EXTERNAL: external,
             PeerKind.VCS: tuple(topo.vcs.cidrs) if topo.vcs else external,
             PeerKind.DNS: tuple(topo.dns.cidrs) if topo.dns else (),
@@ -121,6 +122,8 @@ class _Resolver:
             Requires.EXTERNAL_VMS: self.spec.topology.external_v_ms.enabled,
             Requires.DNS: self.spec.topology.dns is not None,
             Requires.LB_LAYER: not self.transparent,
+            Requires.IN_CLUSTER_NOMAD: self.spec.topology.nomad_servers is None,
+            Requires.EXTERNAL_NOMAD: self.spec.topology.nomad_servers is not None,
         }
         if not all(checks[r] for r in row.requires):
             return False
@@ -266,7 +269,13 @@ def _findings(spec: ServerHardeningSpec, profile: Profile) -> list[Finding]:
                 row="ALL-OUT-1",
             )
         )
-    if profile.name.startswith("v4") and spec.aws and not spec.aws.security_groups.load_balancers:
+    in_cluster_nomad = spec.topology.nomad_servers is None  # else 4647 is not on the proxy
+    if (
+        profile.name.startswith("v4")
+        and in_cluster_nomad
+        and spec.aws
+        and not spec.aws.security_groups.load_balancers
+    ):
         findings.append(
             Finding(
                 Severity.WARNING,

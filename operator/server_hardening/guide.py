@@ -25,6 +25,8 @@ class Requires(enum.StrEnum):
     EXTERNAL_VMS = "externalVMs enabled"
     DNS = "topology.dns set"
     LB_LAYER = "load balancers are not transparent"
+    IN_CLUSTER_NOMAD = "Nomad servers in the cluster"
+    EXTERNAL_NOMAD = "topology.nomadServers set"
 
 
 class Ports(enum.StrEnum):
@@ -46,6 +48,7 @@ K8S = Role.KUBERNETES_NODES
 NOMAD = Role.NOMAD_CLIENTS
 VMS = Role.EXTERNAL_VMS
 LB = Role.LOAD_BALANCERS
+SERVERS = Role.NOMAD_SERVERS
 COMPUTE = (K8S, NOMAD, VMS)  # "all compute instances (not the load balancers)"
 
 
@@ -112,7 +115,7 @@ _LB_IN_VM_SERVICE = _row(
 )  # fmt: skip
 _LB_IN_NOMAD = _row(
     "LB-IN-4", LB, IN, P.NOMAD_CLIENTS, _tcp(4647), "Nomad clients talk to the Nomad server",
-    component=Component.NOMAD_SERVER,
+    component=Component.NOMAD_SERVER, requires=(Requires.IN_CLUSTER_NOMAD,),
 )  # fmt: skip
 _LB_IN_OUTPUT = _row(
     "LB-IN-5", LB, IN, P.NOMAD_CLIENTS, _tcp(8585), "Nomad clients send job output",
@@ -141,7 +144,8 @@ _K8S = [
           "the NodePort range is all that inbound needs", requires=(Requires.LB_LAYER,)),
     *_row("K8S-OUT-1", K8S, OUT, P.EXTERNAL_VMS, _tcp(2376), "talk to the VMs (remote Docker)",
           requires=(Requires.EXTERNAL_VMS,)),
-    *_row("K8S-OUT-2", K8S, OUT, P.NOMAD_CLIENTS, _tcp(4647), "talk to the Nomad clients"),
+    *_row("K8S-OUT-2", K8S, OUT, P.NOMAD_CLIENTS, _tcp(4647), "talk to the Nomad clients",
+          requires=(Requires.IN_CLUSTER_NOMAD,)),
     *_row("K8S-OUT-3", K8S, OUT, P.KUBERNETES_NODES, None, "traffic inside the cluster",
           protocols=(Protocol.ALL,)),
     *_row("K8S-IN-2", K8S, IN, P.KUBERNETES_NODES, None, "traffic inside the cluster",
@@ -150,7 +154,7 @@ _K8S = [
 
 _NOMAD_IN = [
     *_row("NOMAD-IN-1", NOMAD, IN, P.KUBERNETES_NODES, _tcp(4647),
-          "the Nomad server talks to the client"),
+          "the Nomad server talks to the client", requires=(Requires.IN_CLUSTER_NOMAD,)),
     *_row("NOMAD-IN-2", NOMAD, IN, P.SSH_RERUN, _tcp(64535, 65535), "rerun job with SSH",
           requires=(Requires.SSH_RERUN,)),
 ]  # fmt: skip
@@ -161,9 +165,10 @@ _NOMAD_OUT_VM_DOCKER = _row(
 _NOMAD_OUT_VM_SERVICE = _row(
     "NOMAD-OUT-2", NOMAD, OUT, P.LOAD_BALANCERS, _tcp(3000), "the VM-service load balancer"
 )
-_NOMAD_OUT_NOMAD = _row(
-    "NOMAD-OUT-3", NOMAD, OUT, P.LOAD_BALANCERS, _tcp(4647), "the Nomad load balancer"
-)
+_NOMAD_OUT_NOMAD = [
+    *_row("NOMAD-OUT-3", NOMAD, OUT, P.LOAD_BALANCERS, _tcp(4647), "the Nomad load balancer",
+          requires=(Requires.IN_CLUSTER_NOMAD,)),
+]  # fmt: skip
 _NOMAD_OUT_OUTPUT = _row(
     "NOMAD-OUT-4", NOMAD, OUT, P.LOAD_BALANCERS, _tcp(8585), "the output-processor load balancer"
 )
@@ -201,6 +206,55 @@ _V4_NOMAD_SSH_TO_VMS = _row(
     "V4-NOMAD-OUT-22", NOMAD, OUT, P.EXTERNAL_VMS, _tcp(22), "v4: Nomad clients SSH to the VMs",
     requires=(Requires.EXTERNAL_VMS,),
 )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# 4.8+: Nomad servers outside the cluster (spec.topology.nomadServers). The guide's tables predate
+# them; these rows follow the v4.8+ docs and CircleCI's server-terraform:
+#   nomad-aws/modules/nomad-server-aws/server.tf: the servers' own security group, TCP 4646-4648
+#     in (from the VPC CIDR there; narrowed here to who needs it), all egress;
+#   nomad-aws/modules/nomad-server-aws/nlb.tf: an internal NLB with TCP listeners 4646, 4647 and
+#     4648 in front of the servers;
+#   nomad-gcp/modules/nomad-server-gcp/firewall.tf: TCP and UDP 4646-4648 to the servers'
+#     network tags (from their subnet and Google's health-check ranges).
+# Nomad's own ports: 4646 HTTP API, 4647 RPC, 4648 Serf (TCP and UDP, between servers).
+
+_NOMAD_SERVERS_PORTS = _tcp(4646, 4648)
+_EXTERNAL_NOMAD = (Requires.EXTERNAL_NOMAD,)
+_NOMAD_SERVERS = [
+    # The guide's rows that concern the servers, moved: NOMAD-IN-1's source is the servers, and
+    # the Nomad load balancer of NOMAD-OUT-3 is theirs (server-terraform's internal NLB keeps the
+    # clients' addresses; its addresses belong in topology.nomadServers). LB-IN-4 and K8S-OUT-2
+    # require in-cluster servers; V48-SRV-OUT-1 is K8S-OUT-2 from the servers.
+    *_row("NOMAD-IN-1", NOMAD, IN, P.NOMAD_SERVERS, _tcp(4647),
+          "the Nomad server talks to the client", requires=_EXTERNAL_NOMAD),
+    *_row("NOMAD-OUT-3", NOMAD, OUT, P.NOMAD_SERVERS, _tcp(4647), "the Nomad load balancer",
+          requires=_EXTERNAL_NOMAD),
+    *_row("V48-K8S-OUT-1", K8S, OUT, P.NOMAD_SERVERS, _NOMAD_SERVERS_PORTS,
+          "the server's services drive Nomad (its NLB listens on 4646-4648)",
+          requires=_EXTERNAL_NOMAD),
+    *_row("V48-SRV-IN-1", SERVERS, IN, P.KUBERNETES_NODES, _NOMAD_SERVERS_PORTS,
+          "the server's services drive Nomad", requires=_EXTERNAL_NOMAD),
+    *_row("V48-SRV-IN-2", SERVERS, IN, P.NOMAD_CLIENTS, _tcp(4647),
+          "Nomad clients reach the servers (RPC, through the NLB)", requires=_EXTERNAL_NOMAD),
+    *_row("V48-SRV-OUT-1", SERVERS, OUT, P.NOMAD_CLIENTS, _tcp(4647),
+          "the servers reach their clients (K8S-OUT-2, moved)", requires=_EXTERNAL_NOMAD),
+    *[row for direction in (IN, OUT)
+      for row in _row("V48-SRV-PEER-1", SERVERS, direction, P.NOMAD_SERVERS,
+                      _NOMAD_SERVERS_PORTS, "the servers among themselves (HTTP, RPC, Serf)",
+                      requires=_EXTERNAL_NOMAD)],
+    *[row for direction in (IN, OUT)
+      for row in _row("V48-SRV-PEER-1", SERVERS, direction, P.NOMAD_SERVERS, _tcp(4648),
+                      "the servers among themselves (Serf)", protocols=(Protocol.UDP,),
+                      requires=_EXTERNAL_NOMAD)],
+    # The servers are compute instances too: the guide's rows for all of them.
+    *_row("ALL-IN-1", SERVERS, IN, P.ADMIN_SSH, _tcp(22), "SSH to the instance (admin)",
+          requires=(Requires.ADMIN_SSH, Requires.EXTERNAL_NOMAD)),
+    *_row("ALL-OUT-1", SERVERS, OUT, P.DNS, _tcp(53), "name resolution",
+          protocols=(Protocol.UDP, Protocol.TCP), requires=(Requires.DNS, Requires.EXTERNAL_NOMAD)),
+    *_row("ALL-OUT-2", SERVERS, OUT, P.EXTERNAL, _tcp(80), "HTTP", requires=_EXTERNAL_NOMAD),
+    *_row("ALL-OUT-3", SERVERS, OUT, P.EXTERNAL, _tcp(443), "HTTPS", requires=_EXTERNAL_NOMAD),
+]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------
@@ -374,7 +428,10 @@ V4_3 = Profile(
     summary="CircleCI Server 4.3 and later: circleci-proxy exposes 80/443 and 4647 only; "
     "machine jobs run entirely on the VM (VMs keep only 54782 inbound, and nothing SSHes to "
     "them: CHOICE-V43-NO-SSH-TO-VMS).",
-    rows=tuple(r for r in V4_0.rows if r.id not in _REMOVED_IN_V43 and not _ssh_to_the_vms(r)),
+    rows=(
+        *(r for r in V4_0.rows if r.id not in _REMOVED_IN_V43 and not _ssh_to_the_vms(r)),
+        *_NOMAD_SERVERS,
+    ),
     components={
         Component.FRONTEND: ComponentDefault(_PROXY, (80, 443)),
         Component.NOMAD_SERVER: ComponentDefault(_PROXY, (4647,)),
@@ -430,6 +487,18 @@ def match_version(server_version: str) -> VersionMatch:
             newer_than_catalogue=True,
         )
     return VersionMatch(V4_3)
+
+
+EXTERNAL_NOMAD_SINCE = (4, 8)
+
+
+def supports_external_nomad_servers(server_version: str) -> bool:
+    """Nomad servers may run outside the cluster from 4.8 ("4" and "4.x" mean the newest)."""
+    match = re.fullmatch(r"4(?:\.(x|\d+)(?:\.\d+)?)?", server_version)
+    if not match:
+        return False
+    minor = match.group(1)
+    return minor in {None, "x"} or (4, int(minor)) >= EXTERNAL_NOMAD_SINCE
 
 
 def profile_for(server_version: str) -> Profile:

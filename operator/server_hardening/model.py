@@ -205,9 +205,25 @@ class ExternalTopology(_Spec):
     )
 
 
+class NomadServersTopology(_Spec):
+    """Nomad servers outside the cluster (Server 4.8 and later)."""
+
+    cidrs: list[Cidr] = Field(
+        min_length=1,
+        max_length=MAX_CIDRS,
+        description="The servers' subnets, including their internal load balancer's addresses.",
+    )
+
+
 class Topology(_Spec):
     kubernetes_nodes: RoleTopology = Field(description="Required: the cluster's node subnets.")
     nomad_clients: RoleTopology = Field(description="Required: the Nomad clients' subnets.")
+    nomad_servers: NomadServersTopology | None = Field(
+        None,
+        description="Set only when the Nomad servers run outside the cluster (4.8+): their "
+        "rows move there (NOMAD-IN-1 from them, the clients' 4647 to them, the cluster's "
+        "4646-4648 to them). Unset: the servers run in the cluster.",
+    )
     external_v_ms: ExternalVMsTopology = Field(
         default_factory=ExternalVMsTopology, alias="externalVMs"
     )
@@ -544,6 +560,9 @@ class AwsSecurityGroups(_Spec):
     nomad_clients: str | None = Field(None, pattern=SG_PATTERN)
     external_v_ms: str | None = Field(None, pattern=SG_PATTERN, alias="externalVMs")
     load_balancers: str | None = Field(None, pattern=SG_PATTERN)
+    nomad_servers: str | None = Field(
+        None, pattern=SG_PATTERN, description="With topology.nomadServers: their security group."
+    )
 
 
 class RuleQuota(_Spec):
@@ -572,6 +591,11 @@ class GcpTargetTags(_Spec):
     kubernetes_nodes: str | None = Field(None, pattern=NETWORK_TAG_PATTERN)
     nomad_clients: str | None = Field(None, pattern=NETWORK_TAG_PATTERN)
     external_v_ms: str | None = Field(None, pattern=NETWORK_TAG_PATTERN, alias="externalVMs")
+    nomad_servers: str | None = Field(
+        None,
+        pattern=NETWORK_TAG_PATTERN,
+        description="With topology.nomadServers: their network tag.",
+    )
 
 
 class GcpSpec(_Spec):
@@ -588,8 +612,24 @@ class GcpSpec(_Spec):
     )
 
 
+# serverVersion values from which Nomad servers may run outside the cluster (4.8+, "4", "4.x"),
+# for CEL; guide.supports_external_nomad_servers says the same in Python.
+_EXTERNAL_NOMAD_VERSIONS = r"^4(\.(x|([89]|[1-9][0-9]+)(\.[0-9]+)?))?$"
+
+
 class ServerHardeningSpec(_Spec):
     """The user's intent for one CircleCI Server installation (its namespace)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.topology.nomadServers) || "
+                f"self.serverVersion.matches(r'{_EXTERNAL_NOMAD_VERSIONS}')",
+                "Nomad servers outside the cluster need serverVersion 4.8 or later",
+                ".topology.nomadServers",
+            )
+        )
+    )
 
     server_version: str = Field(
         pattern=SERVER_VERSION_PATTERN,
@@ -695,12 +735,14 @@ def _overlaps(spec: ServerHardeningSpec) -> list[FieldError]:
     ]
     if spec.topology.external_v_ms.enabled:
         roles.append(("externalVMs", spec.topology.external_v_ms.cidrs))
+    if spec.topology.nomad_servers is not None:
+        roles.append(("nomadServers", spec.topology.nomad_servers.cidrs))
     roles.append(("loadBalancers", spec.topology.load_balancers.cidrs))
     errors: list[FieldError] = []
     for i, (role_a, cidrs_a) in enumerate(roles):
         for role_b, cidrs_b in roles[i + 1 :]:
-            if role_b == "loadBalancers" and role_a == "kubernetesNodes":
-                continue  # a load balancer may live in the node subnets (the default)
+            if role_b == "loadBalancers" and role_a in {"kubernetesNodes", "nomadServers"}:
+                continue  # a load balancer may live in the node (or server) subnets
             for ia, a in enumerate(cidrs_a):
                 for ib, b in enumerate(cidrs_b):
                     na, nb = ipaddress.ip_network(a), ipaddress.ip_network(b)
@@ -718,6 +760,15 @@ def _overlaps(spec: ServerHardeningSpec) -> list[FieldError]:
 def semantic_errors(spec: ServerHardeningSpec) -> list[FieldError]:
     """Rules that span fields (and so are not field validators)."""
     errors = _overlaps(spec)
+    if spec.topology.nomad_servers is not None and not re.fullmatch(
+        _EXTERNAL_NOMAD_VERSIONS, spec.server_version
+    ):
+        errors.append(
+            FieldError(
+                "spec.topology.nomadServers",
+                "Nomad servers outside the cluster need serverVersion 4.8 or later",
+            )
+        )
     vms = spec.topology.external_v_ms
     if vms.enabled and not vms.cidrs:
         errors.append(

@@ -20,6 +20,7 @@ class Role(enum.StrEnum):
     NOMAD_CLIENTS = "nomadClients"
     EXTERNAL_VMS = "externalVMs"
     LOAD_BALANCERS = "loadBalancers"
+    NOMAD_SERVERS = "nomadServers"  # only when they run outside the cluster (4.8+)
 
 
 class PeerKind(enum.StrEnum):
@@ -29,6 +30,7 @@ class PeerKind(enum.StrEnum):
     NOMAD_CLIENTS = "nomadClients"
     EXTERNAL_VMS = "externalVMs"
     LOAD_BALANCERS = "loadBalancers"
+    NOMAD_SERVERS = "nomadServers"
     EXTERNAL = "external"
     VCS = "vcs"
     DNS = "dns"

@@ -288,6 +288,7 @@ _ROLE_GROUP_FIELDS = {
     Role.NOMAD_CLIENTS: "nomad_clients",
     Role.EXTERNAL_VMS: "external_v_ms",
     Role.LOAD_BALANCERS: "load_balancers",
+    Role.NOMAD_SERVERS: "nomad_servers",
 }
 
 

@@ -7,7 +7,16 @@ import pytest
 from builders import make_spec
 from server_hardening.compiler import compile_intent
 from server_hardening.guide import CHOICES, PROFILES
-from server_hardening.rules import Action, Direction, PeerKind, PortRange, Protocol, Role, Rule
+from server_hardening.rules import (
+    Action,
+    Direction,
+    Peer,
+    PeerKind,
+    PortRange,
+    Protocol,
+    Role,
+    Rule,
+)
 
 
 def rules_with(rules: tuple[Rule, ...], row: str) -> list[Rule]:
@@ -205,3 +214,44 @@ def test_v4_3_writes_no_ssh_to_the_vms() -> None:
     assert {"ALL-OUT-4", "V4-NOMAD-OUT-22"} <= {
         row for r in v4_0 if r.peer.kind is PeerKind.EXTERNAL_VMS for row in r.rows
     }
+
+
+EXTERNAL_SERVERS = {"serverVersion": "4.8", "topology.nomadServers": {"cidrs": ["10.3.0.0/24"]}}
+
+
+def test_external_nomad_servers_move_the_rows_that_concern_them() -> None:
+    intent = compile_intent(make_spec(**EXTERNAL_SERVERS))
+    servers = Peer(PeerKind.NOMAD_SERVERS, ("10.3.0.0/24",))
+    nomad_in_1 = rules_with(intent.rules, "NOMAD-IN-1")
+    assert [(r.subject, r.peer, r.ports) for r in nomad_in_1] == [
+        (Role.NOMAD_CLIENTS, servers, PortRange(4647, 4647))
+    ]
+    assert [(r.subject, r.peer.kind) for r in rules_with(intent.rules, "NOMAD-OUT-3")] == [
+        (Role.NOMAD_CLIENTS, PeerKind.NOMAD_SERVERS)
+    ]
+    for gone in ("K8S-OUT-2", "LB-IN-4"):
+        assert not rules_with(intent.rules, gone), gone
+    (drive,) = rules_with(intent.rules, "V48-K8S-OUT-1")
+    assert (drive.subject, drive.direction, drive.peer, drive.ports) == (
+        Role.KUBERNETES_NODES, Direction.EGRESS, servers, PortRange(4646, 4648),
+    )  # fmt: skip
+    assert {c.component.value for c in intent.cluster} == {"frontend"}  # no in-cluster Nomad
+
+
+def test_in_cluster_nomad_servers_write_no_server_rows() -> None:
+    intent = compile_intent(make_spec(serverVersion="4.8"))
+    assert not [r for r in intent.rules if Role.NOMAD_SERVERS in (r.subject, r.peer.role)]
+    assert rules_with(intent.rules, "K8S-OUT-2") and rules_with(intent.rules, "LB-IN-4")
+
+
+def test_with_external_servers_every_role_to_role_allow_has_its_pair() -> None:
+    rules = compile_intent(make_spec(**EXTERNAL_SERVERS)).rules
+    allows = [r for r in rules if r.action is Action.ALLOW and r.peer.role is not None]
+    assert any(r.subject is Role.NOMAD_SERVERS for r in allows)
+    for rule in allows:
+        pair = Direction.INGRESS if rule.direction is Direction.EGRESS else Direction.EGRESS
+        assert any(
+            o.subject is rule.peer.role and o.direction is pair and o.peer.role is rule.subject
+            and _covers(o, rule)
+            for o in allows
+        ), sorted(rule.rows)  # fmt: skip

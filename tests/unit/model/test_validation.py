@@ -275,3 +275,26 @@ def test_a_resource_of_another_kind_is_refused() -> None:
     body["kind"] = "NetworkPolicy"
     with pytest.raises(SpecError, match="kind: must be ServerHardening"):
         parse_resource(body)
+
+
+@pytest.mark.parametrize("version", ["4.8", "4.10.2", "4", "4.x", "4.11"])
+def test_external_nomad_servers_are_accepted_from_4_8(version: str) -> None:
+    spec = make_spec(serverVersion=version, **{"topology.nomadServers": {"cidrs": ["10.3.0.0/24"]}})
+    assert spec.topology.nomad_servers is not None
+
+
+@pytest.mark.parametrize("version", ["4.7", "4.3", "3.x", "4.0"])
+def test_external_nomad_servers_before_4_8_are_refused(version: str) -> None:
+    spec = spec_dict(serverVersion=version, **{"topology.nomadServers": {"cidrs": ["10.3.0.0/24"]}})
+    assert errors_of(spec) == [
+        "spec.topology.nomadServers: Nomad servers outside the cluster need serverVersion 4.8 "
+        "or later"
+    ]
+
+
+def test_nomad_servers_overlapping_the_clients_are_named() -> None:
+    spec = spec_dict(serverVersion="4.8", **{"topology.nomadServers": {"cidrs": ["10.1.2.0/24"]}})
+    (message,) = errors_of(spec)
+    assert message.startswith(
+        "spec.topology.nomadServers.cidrs[0]: 10.1.2.0/24 overlaps spec.topology.nomadClients"
+    )

@@ -234,3 +234,24 @@ def test_a_spec_selector_is_written_as_the_kubernetes_label_selector_it_is() -> 
     assert allows(policies, world, Pod(NS, kong, "10.0.5.5"), 8000)
     assert not allows(policies, world, Pod(NS, {**kong, "canary": "yes"}, "10.0.5.6"), 8000)
     assert not allows(policies, world, Pod(NS, {**kong, "track": "edge"}, "10.0.5.7"), 8000)
+
+
+def test_with_external_nomad_servers_the_pods_reach_them_and_no_policy_admits_4647() -> None:
+    spec = make_spec(
+        serverVersion="4.8",
+        **{
+            "topology.nomadServers": {"cidrs": ["10.3.0.0/24"]},
+            "kubernetes.networkPolicies": {"restrictEgress": True},
+        },
+    )
+    policies = render(spec)
+    pod = Pod(NS, {"app": "frontend"}, "10.0.5.5")
+    server = Outside("10.3.0.10")
+    assert all(allows(policies, pod, server, port) for port in (4646, 4647, 4648))
+    assert not allows(policies, pod, Outside("10.1.0.10"), 4647)  # K8S-OUT-2 moved to the servers
+    rows = {
+        row
+        for p in policies
+        for row in p["metadata"]["annotations"]["hardening.circleci.com/guide-rows"].split(",")
+    }
+    assert "V48-K8S-OUT-1" in rows and "LB-IN-4" not in rows
