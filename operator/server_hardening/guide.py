@@ -489,18 +489,6 @@ def match_version(server_version: str) -> VersionMatch:
     return VersionMatch(V4_3)
 
 
-EXTERNAL_NOMAD_SINCE = (4, 8)
-
-
-def supports_external_nomad_servers(server_version: str) -> bool:
-    """Nomad servers may run outside the cluster from 4.8 ("4" and "4.x" mean the newest)."""
-    match = re.fullmatch(r"4(?:\.(x|\d+)(?:\.\d+)?)?", server_version)
-    if not match:
-        return False
-    minor = match.group(1)
-    return minor in {None, "x"} or (4, int(minor)) >= EXTERNAL_NOMAD_SINCE
-
-
 def profile_for(server_version: str) -> Profile:
     """The guide profile of a ``serverVersion`` (see :func:`match_version`)."""
     return match_version(server_version).profile

@@ -612,8 +612,8 @@ class GcpSpec(_Spec):
     )
 
 
-# serverVersion values from which Nomad servers may run outside the cluster (4.8+, "4", "4.x"),
-# for CEL; guide.supports_external_nomad_servers says the same in Python.
+# serverVersion values from which Nomad servers may run outside the cluster (4.8+, "4", "4.x"):
+# one regular expression for the model and the CRD's CEL rule.
 _EXTERNAL_NOMAD_VERSIONS = r"^4(\.(x|([89]|[1-9][0-9]+)(\.[0-9]+)?))?$"
 
 
