@@ -344,6 +344,20 @@ def compile_intent(spec: ServerHardeningSpec) -> CompiledIntent:
             rows=frozenset({"K8S-IN-1", "CHOICE-GCP-HEALTH-CHECKS"}),
         )
     )
+    if spec.topology.nomad_servers is not None:
+        # The servers' load balancer is pass-through too: without this, the ingress floor
+        # (CHOICE-GCP-INGRESS-FLOOR) would fail its health checks and take the servers out.
+        gcp_rows.append(
+            Rule(
+                subject=Role.NOMAD_SERVERS,
+                direction=Direction.INGRESS,
+                action=Action.ALLOW,
+                peer=gcp_resolver.peer(PeerKind.HEALTH_CHECKS),
+                protocol=Protocol.TCP,
+                ports=PortRange(4646, 4648),
+                rows=frozenset({"V48-SRV-IN-2", "CHOICE-GCP-HEALTH-CHECKS"}),
+            )
+        )
     return CompiledIntent(
         spec=spec,
         profile=profile,

@@ -255,3 +255,15 @@ def test_with_external_servers_every_role_to_role_allow_has_its_pair() -> None:
             and _covers(o, rule)
             for o in allows
         ), sorted(rule.rows)  # fmt: skip
+
+
+def test_on_gcp_the_external_servers_admit_the_health_checks_of_their_load_balancer() -> None:
+    intent = compile_intent(make_spec(**EXTERNAL_SERVERS))
+    checks = [
+        r for r in intent.cloud_rules("gcp")
+        if r.subject is Role.NOMAD_SERVERS and r.peer.kind is PeerKind.HEALTH_CHECKS
+    ]  # fmt: skip
+    assert [(r.ports, r.peer.cidrs) for r in checks] == [
+        (PortRange(4646, 4648), ("35.191.0.0/16", "130.211.0.0/22"))
+    ]
+    assert not [r for r in intent.rules if r.peer.kind is PeerKind.HEALTH_CHECKS]  # GCP only
