@@ -32,3 +32,20 @@ def test_binaries() -> TestBinaries:
         return ensure_binaries(progress=progress)
     except ControlPlaneError as exc:
         pytest.fail(f"cannot build the control-plane binaries with scripts/testbin: {exc}")
+
+
+@pytest.fixture(scope="session")
+def control_plane_binaries() -> TestBinaries:
+    """kube-apiserver and etcd only (built if missing): what a control plane needs, without
+    waiting for helm and promtool."""
+    from server_hardening_dev.controlplane import (
+        CONTROL_PLANE_BINARIES,
+        ControlPlaneError,
+        ensure_binaries,
+    )
+
+    progress = sys.__stderr__ if sys.__stderr__ is not None else sys.stderr
+    try:
+        return ensure_binaries(progress=progress, names=CONTROL_PLANE_BINARIES)
+    except ControlPlaneError as exc:
+        pytest.fail(f"cannot build kube-apiserver and etcd with scripts/testbin: {exc}")

@@ -57,7 +57,9 @@ from kubernetes import client, config  # type: ignore[import-untyped,unused-igno
 from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped,unused-ignore]
 
 __all__ = [
+    "ALL_BINARIES",
     "AUDIT_POLICY",
+    "CONTROL_PLANE_BINARIES",
     "SERVICE_ACCOUNT_ISSUER",
     "ControlPlane",
     "ControlPlaneError",
@@ -95,6 +97,12 @@ class ControlPlaneError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 
 
+ALL_BINARIES = ("kube-apiserver", "etcd", "helm", "promtool")
+# What etcd + kube-apiserver need; helm and promtool (over half of a cold build) are for the
+# packaging tier only.
+CONTROL_PLANE_BINARIES = ("kube-apiserver", "etcd")
+
+
 @dataclass(frozen=True)
 class TestBinaries:
     """Paths of the pinned binaries built by ``scripts/testbin``."""
@@ -117,9 +125,9 @@ class TestBinaries:
             promtool=directory / "promtool",
         )
 
-    def missing(self) -> list[Path]:
-        """The binaries that do not exist (or are not executable)."""
-        paths = (self.kube_apiserver, self.etcd, self.helm, self.promtool)
+    def missing(self, names: Sequence[str] = ALL_BINARIES) -> list[Path]:
+        """The binaries among ``names`` that do not exist (or are not executable)."""
+        paths = [self.directory / name for name in names]
         return [p for p in paths if not (p.is_file() and os.access(p, os.X_OK))]
 
 
@@ -138,25 +146,34 @@ def find_testbin_script() -> Path:
     )
 
 
-def ensure_binaries(*, script: Path | None = None, progress: IO[str] | None = None) -> TestBinaries:
-    """Return the pinned binaries, building the missing ones with ``scripts/testbin``.
+def ensure_binaries(
+    *,
+    script: Path | None = None,
+    progress: IO[str] | None = None,
+    names: Sequence[str] = ALL_BINARIES,
+) -> TestBinaries:
+    """Return the pinned binaries, building the missing ones among ``names`` with
+    ``scripts/testbin`` (the control plane needs only :data:`CONTROL_PLANE_BINARIES`).
 
     The build's progress lines are streamed to ``progress`` (default: ``sys.stderr``). A cold
     build takes minutes (see docs/control-plane.md); a warm call costs one ``--print-dir``.
     """
+    unknown = set(names) - set(ALL_BINARIES)
+    if unknown:
+        raise ValueError(f"unknown binaries {sorted(unknown)}; known: {ALL_BINARIES}")
     script = script or find_testbin_script()
     out = progress if progress is not None else sys.stderr
     printed = subprocess.run(
         ["bash", str(script), "--print-dir"], check=True, capture_output=True, text=True
     )
     binaries = TestBinaries.in_directory(Path(printed.stdout.strip().splitlines()[-1]))
-    if not binaries.missing():
+    if not binaries.missing(names):
         return binaries
 
     out.write(f"server-hardening: building test binaries with {script}\n")
     out.flush()
     proc = subprocess.Popen(
-        ["bash", str(script)],
+        ["bash", str(script), *names],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -175,8 +192,9 @@ def ensure_binaries(*, script: Path | None = None, progress: IO[str] | None = No
             f"{script} failed with exit code {proc.returncode}:\n{''.join(tail)}"
         )
     binaries = TestBinaries.in_directory(Path(stdout.strip().splitlines()[-1]))
-    if binaries.missing():
-        raise ControlPlaneError(f"{script} finished but these are missing: {binaries.missing()}")
+    if binaries.missing(names):
+        missing = binaries.missing(names)
+        raise ControlPlaneError(f"{script} finished but these are missing: {missing}")
     return binaries
 
 
@@ -419,7 +437,7 @@ class ControlPlane:
     @property
     def binaries(self) -> TestBinaries:
         if self._binaries is None:
-            self._binaries = ensure_binaries()
+            self._binaries = ensure_binaries(names=CONTROL_PLANE_BINARIES)
         return self._binaries
 
     @property

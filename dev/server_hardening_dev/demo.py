@@ -196,8 +196,11 @@ class _BuildLines(io.StringIO):
         while "\n" in self._pending:
             line, self._pending = self._pending.split("\n", 1)
             if line.strip():
+                # Once: a plain (non-terminal) Progress prints status() as a line of its own,
+                # so it is only the spinner's text, and only on a terminal.
                 self._progress.say(f"    build: {line.strip()}")
-                self._progress.status(f"building: {line.strip()}")
+                if self._progress.live:
+                    self._progress.status(f"building: {line.strip()}")
         return len(s)
 
 
@@ -481,13 +484,17 @@ class Demo:
     # -- step 1 ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        from server_hardening_dev.controlplane import ControlPlane, ensure_binaries
+        from server_hardening_dev.controlplane import (
+            CONTROL_PLANE_BINARIES,
+            ControlPlane,
+            ensure_binaries,
+        )
 
         self.ec2_endpoint.check_installed()  # fail before minutes of building, not after
         self.p.status("checking the kube-apiserver and etcd binaries")
         self.p.say("    kube-apiserver and etcd: pinned builds (the first run builds them from")
         self.p.say("    source with scripts/testbin, which takes several minutes once)")
-        binaries = ensure_binaries(progress=_BuildLines(self.p))
+        binaries = ensure_binaries(progress=_BuildLines(self.p), names=CONTROL_PLANE_BINARIES)
         self.tmp = Path(tempfile.mkdtemp(prefix="server-hardening-demo-"))
         self.p.say(f"    temporary directory: {self.tmp}")
         self.p.status("starting etcd and kube-apiserver")

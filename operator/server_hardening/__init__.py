@@ -1,7 +1,7 @@
 """server-hardening: keeps a CircleCI Server installation hardened as CircleCI's guide prescribes.
 
 Data flows one way (docs/architecture.md has the layers, the flow and where each finding is
-produced and shown):
+produced and shown; docs/guide.md the guide itself):
 
     model -> guide -> compiler -> renderers -> policy, planners -> drift plan
           -> targets (observe, apply) -> reconcile -> service -> handlers

@@ -66,8 +66,12 @@ def _np_rows(policies: list[dict[str, Any]]) -> list[list[str]]:
         name = policy["metadata"]["name"]
         spec = policy["spec"]
         guide = policy["metadata"]["annotations"]["hardening.circleci.com/guide-rows"]
-        selector = spec["podSelector"].get("matchLabels") or {}
-        where = name + (" " + ",".join(f"{k}={v}" for k, v in selector.items()) if selector else "")
+        selector = spec["podSelector"]
+        terms = [f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items()]
+        for e in selector.get("matchExpressions") or []:
+            values = ",".join(e.get("values") or [])
+            terms.append(f"{e['key']} {e['operator']}" + (f" ({values})" if values else ""))
+        where = name + (" " + ",".join(terms) if terms else "")
         if not spec.get("ingress") and not spec.get("egress"):
             rows.append(["kubernetes", where, "/".join(spec["policyTypes"]).lower(), "deny",
                          "everything not allowed", "-", "-", guide])  # fmt: skip

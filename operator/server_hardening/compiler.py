@@ -21,7 +21,7 @@ from server_hardening.guide import (
     Ports,
     Profile,
     Requires,
-    profile_for,
+    match_version,
 )
 from server_hardening.model import WORLD, ServerHardeningSpec
 from server_hardening.rules import (
@@ -93,6 +93,7 @@ class _Resolver:
             PeerKind.NOMAD_CLIENTS: tuple(topo.nomad_clients.cidrs),
             PeerKind.EXTERNAL_VMS: tuple(topo.external_vms.cidrs),
             PeerKind.LOAD_BALANCERS: lb_cidrs,
+            PeerKind.NOMAD_SERVERS: tuple(topo.nomad_servers.cidrs) if topo.nomad_servers else (),
             PeerKind.EXTERNAL: external,
             PeerKind.VCS: tuple(topo.vcs.cidrs) if topo.vcs else external,
             PeerKind.DNS: tuple(topo.dns.cidrs) if topo.dns else (),
@@ -121,6 +122,8 @@ class _Resolver:
             Requires.EXTERNAL_VMS: self.spec.topology.external_vms.enabled,
             Requires.DNS: self.spec.topology.dns is not None,
             Requires.LB_LAYER: not self.transparent,
+            Requires.IN_CLUSTER_NOMAD: self.spec.topology.nomad_servers is None,
+            Requires.EXTERNAL_NOMAD: self.spec.topology.nomad_servers is not None,
         }
         if not all(checks[r] for r in row.requires):
             return False
@@ -264,7 +267,13 @@ def _findings(spec: ServerHardeningSpec, profile: Profile) -> list[Finding]:
                 row="ALL-OUT-1",
             )
         )
-    if profile.name.startswith("v4") and spec.aws and not spec.aws.security_groups.load_balancers:
+    in_cluster_nomad = spec.topology.nomad_servers is None  # else 4647 is not on the proxy
+    if (
+        profile.name.startswith("v4")
+        and in_cluster_nomad
+        and spec.aws
+        and not spec.aws.security_groups.load_balancers
+    ):
         findings.append(
             Finding.of(
                 FindingCode.PUBLIC_NOMAD_PORT,
@@ -294,8 +303,20 @@ def _findings(spec: ServerHardeningSpec, profile: Profile) -> list[Finding]:
     return findings
 
 
+def _version_findings(spec: ServerHardeningSpec) -> list[Finding]:
+    version = match_version(spec.server_version)
+    if not version.note:
+        return []
+    code = (
+        FindingCode.SERVER_VERSION_NEWER_THAN_CATALOGUE
+        if version.newer_than_catalogue
+        else FindingCode.SERVER_VERSION_UNPINNED
+    )
+    return [Finding.of(code, version.note)]
+
+
 def compile_intent(spec: ServerHardeningSpec) -> CompiledIntent:
-    profile = profile_for(spec.server_version)
+    profile = match_version(spec.server_version).profile
     transparent = spec.topology.load_balancers.transparent
     resolver = _Resolver(spec, transparent=transparent)
     rules = merge_rules(_rules_from_rows(profile.rows, resolver))
@@ -314,11 +335,25 @@ def compile_intent(spec: ServerHardeningSpec) -> CompiledIntent:
             rows=frozenset({"K8S-IN-1", "CHOICE-GCP-HEALTH-CHECKS"}),
         )
     )
+    if spec.topology.nomad_servers is not None:
+        # The servers' load balancer is pass-through too: without this, the ingress floor
+        # (CHOICE-GCP-INGRESS-FLOOR) would fail its health checks and take the servers out.
+        gcp_rows.append(
+            Rule(
+                subject=Role.NOMAD_SERVERS,
+                direction=Direction.INGRESS,
+                action=Action.ALLOW,
+                peer=gcp_resolver.peer(PeerKind.HEALTH_CHECKS),
+                protocol=Protocol.TCP,
+                ports=PortRange(4646, 4648),
+                rows=frozenset({"V48-SRV-IN-2", "CHOICE-GCP-HEALTH-CHECKS"}),
+            )
+        )
     return CompiledIntent(
         spec=spec,
         profile=profile,
         rules=rules,
         cluster=_cluster_access(profile, spec, resolver),
-        findings=tuple(_findings(spec, profile)),
+        findings=tuple(_version_findings(spec) + _findings(spec, profile)),
         _gcp_rules=merge_rules(gcp_rows),
     )

@@ -14,6 +14,7 @@ from typing import Any
 
 from server_hardening.compiler import CompiledIntent
 from server_hardening.guide import Component
+from server_hardening.model import LabelSelector
 from server_hardening.rules import Finding, FindingCode
 
 
@@ -26,19 +27,68 @@ class PodPort:
         return {"protocol": self.protocol, "port": self.port}
 
 
+@dataclass(frozen=True, order=True)
+class SelectorRequirement:
+    key: str
+    operator: str
+    values: tuple[str, ...] = ()
+
+    def as_manifest(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"key": self.key, "operator": self.operator}
+        if self.values:
+            out["values"] = list(self.values)
+        return out
+
+
+@dataclass(frozen=True)
+class PodSelector:
+    """A Kubernetes LabelSelector, hashable: components whose pods are the same share a policy.
+
+    A Service's selector is labels only; a spec's ``podSelector`` may add expressions."""
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    match_expressions: tuple[SelectorRequirement, ...] = ()
+
+    @classmethod
+    def of_labels(cls, labels: Mapping[str, Any]) -> PodSelector:
+        return cls(tuple(sorted((str(k), str(v)) for k, v in labels.items())))
+
+    @classmethod
+    def of_spec(cls, selector: LabelSelector) -> PodSelector:
+        return cls(
+            tuple(sorted(selector.match_labels.items())),
+            tuple(
+                SelectorRequirement(e.key, e.operator.value, tuple(e.values))
+                for e in selector.match_expressions
+            ),
+        )
+
+    def as_manifest(self) -> dict[str, Any]:
+        """As a NetworkPolicy's ``podSelector`` (and as the API server returns it)."""
+        out: dict[str, Any] = {}
+        if self.match_labels:
+            out["matchLabels"] = dict(self.match_labels)
+        if self.match_expressions:
+            out["matchExpressions"] = [e.as_manifest() for e in self.match_expressions]
+        return out
+
+    def __str__(self) -> str:
+        parts = [f"{k}={v}" for k, v in self.match_labels]
+        for e in self.match_expressions:
+            values = ",".join(e.values)
+            parts.append(f"{e.key} {e.operator}" + (f" ({values})" if values else ""))
+        return ",".join(parts)
+
+
 @dataclass(frozen=True)
 class ResolvedComponent:
     """The pods behind a component and the pod ports for each guide (Service) port."""
 
     component: Component
-    pod_selector: tuple[tuple[str, str], ...]
+    pod_selector: PodSelector
     ports: tuple[PodPort, ...]
     source: str  # "service/<name>", "spec.kubernetes.components.<c>" or "assumed"
     service: str = ""
-
-    @property
-    def selector(self) -> dict[str, str]:
-        return dict(self.pod_selector)
 
 
 @dataclass(frozen=True)
@@ -63,8 +113,8 @@ def lookups(intent: CompiledIntent) -> tuple[list[ResolvedComponent], list[Servi
             pinned.append(
                 ResolvedComponent(
                     component=access.component,
-                    pod_selector=tuple(sorted(override.pod_selector.items())),
-                    ports=tuple(PodPort(p.port, p.protocol) for p in override.ports),
+                    pod_selector=PodSelector.of_spec(override.pod_selector),
+                    ports=tuple(PodPort(p) for p in override.ports),
                     source=f"spec.kubernetes.components.{access.component.value}",
                 )
             )
@@ -124,7 +174,7 @@ def from_service(lookup: ServiceLookup, service: Mapping[str, Any]) -> ResolvedC
         )
     return ResolvedComponent(
         component=lookup.component,
-        pod_selector=tuple(sorted((str(k), str(v)) for k, v in selector.items())),
+        pod_selector=PodSelector.of_labels(selector),
         ports=tuple(sorted(set(ports), key=lambda p: (str(p.port), p.protocol))),
         source=f"service/{name}",
         service=name,
@@ -137,7 +187,7 @@ def assumed(lookup: ServiceLookup) -> tuple[ResolvedComponent, Finding]:
     name = lookup.names[0]
     resolved = ResolvedComponent(
         component=lookup.component,
-        pod_selector=(("app", name),),
+        pod_selector=PodSelector.of_labels({"app": name}),
         ports=tuple(PodPort(p) for p in lookup.service_ports),
         source="assumed",
         service=name,

@@ -185,7 +185,8 @@ def reference_markdown() -> str:
         "",
         f"`{GROUP}/{VERSION}`, kind `{KIND}`, namespaced (in the CircleCI Server namespace), "
         f"plural `{PLURAL}`, short name `{SHORT_NAMES[0]}`. The status is described in "
-        "[the README](../README.md#status).",
+        "[the README](../README.md#status); what an older spec must change, in "
+        "[upgrading.md](upgrading.md).",
         "",
         "| field | type | default | meaning and constraints |",
         "|---|---|---|---|",

@@ -1,9 +1,9 @@
 """The guide catalogue: CircleCI's "hardening your cluster" rows as data, per server version.
 
 Pure: no I/O here. Every rule the product writes cites the ``id`` of a row below. IDs are the
-ones ``shared/guide/network-guide.md`` gives; rows that the guide leaves to the implementer
-(NetworkPolicy shapes, the v4 table's unnamed row, GCP health checks) carry IDs of the form
-``CHOICE-*`` or ``V4-*`` and say what was chosen and why.
+ones ``docs/guide.md`` gives (its tables are this catalogue's test); rows that the guide leaves
+to the implementer (NetworkPolicy shapes, the v4 table's unnamed row, GCP health checks) carry
+IDs of the form ``CHOICE-*`` or ``V4-*`` and say what was chosen and why.
 
 Three profiles: ``v3`` (3.x), ``v4.0`` (4.0 to 4.2) and ``v4.3`` (4.3 and later).
 """
@@ -25,6 +25,8 @@ class Requires(enum.StrEnum):
     EXTERNAL_VMS = "externalVMs enabled"
     DNS = "topology.dns set"
     LB_LAYER = "load balancers are not transparent"
+    IN_CLUSTER_NOMAD = "Nomad servers in the cluster"
+    EXTERNAL_NOMAD = "topology.nomadServers set"
 
 
 class Ports(enum.StrEnum):
@@ -46,6 +48,7 @@ K8S = Role.KUBERNETES_NODES
 NOMAD = Role.NOMAD_CLIENTS
 VMS = Role.EXTERNAL_VMS
 LB = Role.LOAD_BALANCERS
+SERVERS = Role.NOMAD_SERVERS
 COMPUTE = (K8S, NOMAD, VMS)  # "all compute instances (not the load balancers)"
 
 
@@ -112,7 +115,7 @@ _LB_IN_VM_SERVICE = _row(
 )  # fmt: skip
 _LB_IN_NOMAD = _row(
     "LB-IN-4", LB, IN, P.NOMAD_CLIENTS, _tcp(4647), "Nomad clients talk to the Nomad server",
-    component=Component.NOMAD_SERVER,
+    component=Component.NOMAD_SERVER, requires=(Requires.IN_CLUSTER_NOMAD,),
 )  # fmt: skip
 _LB_IN_OUTPUT = _row(
     "LB-IN-5", LB, IN, P.NOMAD_CLIENTS, _tcp(8585), "Nomad clients send job output",
@@ -141,7 +144,8 @@ _K8S = [
           "the NodePort range is all that inbound needs", requires=(Requires.LB_LAYER,)),
     *_row("K8S-OUT-1", K8S, OUT, P.EXTERNAL_VMS, _tcp(2376), "talk to the VMs (remote Docker)",
           requires=(Requires.EXTERNAL_VMS,)),
-    *_row("K8S-OUT-2", K8S, OUT, P.NOMAD_CLIENTS, _tcp(4647), "talk to the Nomad clients"),
+    *_row("K8S-OUT-2", K8S, OUT, P.NOMAD_CLIENTS, _tcp(4647), "talk to the Nomad clients",
+          requires=(Requires.IN_CLUSTER_NOMAD,)),
     *_row("K8S-OUT-3", K8S, OUT, P.KUBERNETES_NODES, None, "traffic inside the cluster",
           protocols=(Protocol.ALL,)),
     *_row("K8S-IN-2", K8S, IN, P.KUBERNETES_NODES, None, "traffic inside the cluster",
@@ -150,7 +154,7 @@ _K8S = [
 
 _NOMAD_IN = [
     *_row("NOMAD-IN-1", NOMAD, IN, P.KUBERNETES_NODES, _tcp(4647),
-          "the Nomad server talks to the client"),
+          "the Nomad server talks to the client", requires=(Requires.IN_CLUSTER_NOMAD,)),
     *_row("NOMAD-IN-2", NOMAD, IN, P.SSH_RERUN, _tcp(64535, 65535), "rerun job with SSH",
           requires=(Requires.SSH_RERUN,)),
 ]  # fmt: skip
@@ -161,9 +165,10 @@ _NOMAD_OUT_VM_DOCKER = _row(
 _NOMAD_OUT_VM_SERVICE = _row(
     "NOMAD-OUT-2", NOMAD, OUT, P.LOAD_BALANCERS, _tcp(3000), "the VM-service load balancer"
 )
-_NOMAD_OUT_NOMAD = _row(
-    "NOMAD-OUT-3", NOMAD, OUT, P.LOAD_BALANCERS, _tcp(4647), "the Nomad load balancer"
-)
+_NOMAD_OUT_NOMAD = [
+    *_row("NOMAD-OUT-3", NOMAD, OUT, P.LOAD_BALANCERS, _tcp(4647), "the Nomad load balancer",
+          requires=(Requires.IN_CLUSTER_NOMAD,)),
+]  # fmt: skip
 _NOMAD_OUT_OUTPUT = _row(
     "NOMAD-OUT-4", NOMAD, OUT, P.LOAD_BALANCERS, _tcp(8585), "the output-processor load balancer"
 )
@@ -201,6 +206,55 @@ _V4_NOMAD_SSH_TO_VMS = _row(
     "V4-NOMAD-OUT-22", NOMAD, OUT, P.EXTERNAL_VMS, _tcp(22), "v4: Nomad clients SSH to the VMs",
     requires=(Requires.EXTERNAL_VMS,),
 )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# 4.8+: Nomad servers outside the cluster (spec.topology.nomadServers). The guide's tables predate
+# them; these rows follow the v4.8+ docs and CircleCI's server-terraform:
+#   nomad-aws/modules/nomad-server-aws/server.tf: the servers' own security group, TCP 4646-4648
+#     in (from the VPC CIDR there; narrowed here to who needs it), all egress;
+#   nomad-aws/modules/nomad-server-aws/nlb.tf: an internal NLB with TCP listeners 4646, 4647 and
+#     4648 in front of the servers;
+#   nomad-gcp/modules/nomad-server-gcp/firewall.tf: TCP and UDP 4646-4648 to the servers'
+#     network tags (from their subnet and Google's health-check ranges).
+# Nomad's own ports: 4646 HTTP API, 4647 RPC, 4648 Serf (TCP and UDP, between servers).
+
+_NOMAD_SERVERS_PORTS = _tcp(4646, 4648)
+_EXTERNAL_NOMAD = (Requires.EXTERNAL_NOMAD,)
+_NOMAD_SERVERS = [
+    # The guide's rows that concern the servers, moved: NOMAD-IN-1's source is the servers, and
+    # the Nomad load balancer of NOMAD-OUT-3 is theirs (server-terraform's internal NLB keeps the
+    # clients' addresses; its addresses belong in topology.nomadServers). LB-IN-4 and K8S-OUT-2
+    # require in-cluster servers; V48-SRV-OUT-1 is K8S-OUT-2 from the servers.
+    *_row("NOMAD-IN-1", NOMAD, IN, P.NOMAD_SERVERS, _tcp(4647),
+          "the Nomad server talks to the client", requires=_EXTERNAL_NOMAD),
+    *_row("NOMAD-OUT-3", NOMAD, OUT, P.NOMAD_SERVERS, _tcp(4647), "the Nomad load balancer",
+          requires=_EXTERNAL_NOMAD),
+    *_row("V48-K8S-OUT-1", K8S, OUT, P.NOMAD_SERVERS, _NOMAD_SERVERS_PORTS,
+          "the server's services drive Nomad (its NLB listens on 4646-4648)",
+          requires=_EXTERNAL_NOMAD),
+    *_row("V48-SRV-IN-1", SERVERS, IN, P.KUBERNETES_NODES, _NOMAD_SERVERS_PORTS,
+          "the server's services drive Nomad", requires=_EXTERNAL_NOMAD),
+    *_row("V48-SRV-IN-2", SERVERS, IN, P.NOMAD_CLIENTS, _tcp(4647),
+          "Nomad clients reach the servers (RPC, through the NLB)", requires=_EXTERNAL_NOMAD),
+    *_row("V48-SRV-OUT-1", SERVERS, OUT, P.NOMAD_CLIENTS, _tcp(4647),
+          "the servers reach their clients (K8S-OUT-2, moved)", requires=_EXTERNAL_NOMAD),
+    *[row for direction in (IN, OUT)
+      for row in _row("V48-SRV-PEER-1", SERVERS, direction, P.NOMAD_SERVERS,
+                      _NOMAD_SERVERS_PORTS, "the servers among themselves (HTTP, RPC, Serf)",
+                      requires=_EXTERNAL_NOMAD)],
+    *[row for direction in (IN, OUT)
+      for row in _row("V48-SRV-PEER-1", SERVERS, direction, P.NOMAD_SERVERS, _tcp(4648),
+                      "the servers among themselves (Serf)", protocols=(Protocol.UDP,),
+                      requires=_EXTERNAL_NOMAD)],
+    # The servers are compute instances too: the guide's rows for all of them.
+    *_row("ALL-IN-1", SERVERS, IN, P.ADMIN_SSH, _tcp(22), "SSH to the instance (admin)",
+          requires=(Requires.ADMIN_SSH, Requires.EXTERNAL_NOMAD)),
+    *_row("ALL-OUT-1", SERVERS, OUT, P.DNS, _tcp(53), "name resolution",
+          protocols=(Protocol.UDP, Protocol.TCP), requires=(Requires.DNS, Requires.EXTERNAL_NOMAD)),
+    *_row("ALL-OUT-2", SERVERS, OUT, P.EXTERNAL, _tcp(80), "HTTP", requires=_EXTERNAL_NOMAD),
+    *_row("ALL-OUT-3", SERVERS, OUT, P.EXTERNAL, _tcp(443), "HTTPS", requires=_EXTERNAL_NOMAD),
+]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------
@@ -246,7 +300,9 @@ CHOICES: tuple[Choice, ...] = (
     Choice(
         "CHOICE-GCP-HEALTH-CHECKS",
         "GCP load balancers are pass-through: Google's health-check ranges (130.211.0.0/22, "
-        "35.191.0.0/16) must reach the NodePort range, with K8S-IN-1's purpose.",
+        "35.191.0.0/16) must reach the NodePort range, with K8S-IN-1's purpose, and, with "
+        "external Nomad servers, the servers' 4646-4648 behind their load balancer (as "
+        "server-terraform's nomad-server-gcp firewall opens them).",
     ),
     Choice(
         "CHOICE-GCP-INGRESS-FLOOR",
@@ -258,6 +314,16 @@ CHOICES: tuple[Choice, ...] = (
         "CHOICE-GCP-EGRESS-FLOOR",
         "With gcp.restrictEgress every managed tag gets an EGRESS deny-all at priority 65000 "
         "(GCP allows all egress by default).",
+    ),
+    Choice(
+        "CHOICE-V43-NO-SSH-TO-VMS",
+        "v4.3+: no SSH to the VMs from the cluster or the Nomad clients, in either direction. "
+        "The v4.3 guide drops the VMs' inbound 22 (VM-IN-1/2: its AWS VM table keeps only "
+        "54782) yet keeps ALL-OUT-4's 22 to the VM subnet and the v4 Nomad clients' 22 to the "
+        "VMs (V4-NOMAD-OUT-22): an egress no ingress accepts can never carry traffic. Since 4.3 "
+        "machine jobs run entirely on the VM and no longer flow through Nomad, so nothing needs "
+        "that path: both sides go (ALL-OUT-4 keeps 22 to the VCS), rather than reopening SSH "
+        "into every VM from the hosts that run users' jobs.",
     ),
     Choice(
         "CHOICE-V43-OBSOLETE-PORTS",
@@ -352,11 +418,22 @@ _REMOVED_IN_V43 = {
     "LB-IN-5",
 }
 
+
+def _ssh_to_the_vms(row: GuideRow) -> bool:
+    """SSH from the cluster or the Nomad clients to the VMs: gone in v4.3 with its inbound side
+    (CHOICE-V43-NO-SSH-TO-VMS)."""
+    return row.peer is P.EXTERNAL_VMS and row.direction is OUT and row.ports == _tcp(22)
+
+
 V4_3 = Profile(
     name="v4.3",
     summary="CircleCI Server 4.3 and later: circleci-proxy exposes 80/443 and 4647 only; "
-    "machine jobs run entirely on the VM (VMs keep only 54782 inbound).",
-    rows=tuple(r for r in V4_0.rows if r.id not in _REMOVED_IN_V43),
+    "machine jobs run entirely on the VM (VMs keep only 54782 inbound, and nothing SSHes to "
+    "them: CHOICE-V43-NO-SSH-TO-VMS).",
+    rows=(
+        *(r for r in V4_0.rows if r.id not in _REMOVED_IN_V43 and not _ssh_to_the_vms(r)),
+        *_NOMAD_SERVERS,
+    ),
     components={
         Component.FRONTEND: ComponentDefault(_PROXY, (80, 443)),
         Component.NOMAD_SERVER: ComponentDefault(_PROXY, (4647,)),
@@ -366,17 +443,57 @@ V4_3 = Profile(
 PROFILES: dict[str, Profile] = {p.name: p for p in (V3, V4_0, V4_3)}
 
 
-def profile_for(server_version: str) -> Profile:
-    """``"3"``/``"3.x"`` -> v3; ``"4.0"``..``"4.2"`` -> v4.0; ``"4.3"`` and later -> v4.3."""
-    match = re.fullmatch(r"(\d+)(?:\.(\d+))?", server_version)
+# The newest release this catalogue was checked against. A newer 4.N maps to the newest profile
+# with a finding that says so, instead of refusing every resource on the day a release ships.
+NEWEST_KNOWN = (4, 10)
+
+
+@dataclass(frozen=True)
+class VersionMatch:
+    """The profile for a ``serverVersion``, and what a person should know about the mapping."""
+
+    profile: Profile
+    note: str = ""  # empty: an exact, known version
+    newer_than_catalogue: bool = False
+
+
+def match_version(server_version: str) -> VersionMatch:
+    """``"3"``, ``"3.x"``, ``"3.N"`` -> v3; ``"4.0"``..``"4.2"`` -> v4.0; ``"4.3"`` and later
+    (``"4.N.P"`` too) -> v4.3; ``"4"`` and ``"4.x"`` -> the newest profile, with a note (a 4.0-4.2
+    installation needs its minor version)."""
+    match = re.fullmatch(r"(\d+)(?:\.(x|\d+)(?:\.\d+)?)?", server_version)
     if not match:
         raise ValueError(f"{server_version!r} is not a server version")
-    major, minor = int(match.group(1)), int(match.group(2) or 0)
+    major, minor_text = int(match.group(1)), match.group(2)
     if major == 3:
-        return V3
-    if major == 4:
-        return V4_0 if minor <= 2 else V4_3
-    raise ValueError(f"server version {server_version!r} has no guide profile (3, 4.0-4.10)")
+        return VersionMatch(V3)
+    if major != 4:
+        raise ValueError(f"server version {server_version!r} has no guide profile (3.x or 4.x)")
+    if minor_text in {None, "x"}:
+        return VersionMatch(
+            V4_3,
+            f"serverVersion {server_version!r} is read as the newest 4.x release (profile "
+            f"{V4_3.name}, 4.3 and later); a 4.0-4.2 installation must name its minor version "
+            f"(profile {V4_0.name} keeps 2376, 3000 and 8585)",
+        )
+    minor = int(minor_text)
+    if minor <= 2:
+        return VersionMatch(V4_0)
+    if (major, minor) > NEWEST_KNOWN:
+        newest = ".".join(str(n) for n in NEWEST_KNOWN)
+        return VersionMatch(
+            V4_3,
+            f"serverVersion {server_version!r} is newer than the catalogue (checked against "
+            f"{newest}): the newest profile, {V4_3.name}, is applied; check the release notes "
+            "for network changes",
+            newer_than_catalogue=True,
+        )
+    return VersionMatch(V4_3)
+
+
+def profile_for(server_version: str) -> Profile:
+    """The guide profile of a ``serverVersion`` (see :func:`match_version`)."""
+    return match_version(server_version).profile
 
 
 GCP_HEALTH_CHECK_RANGES = ("130.211.0.0/22", "35.191.0.0/16")

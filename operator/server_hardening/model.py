@@ -21,9 +21,14 @@ from typing import Annotated, Any
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictInt,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -39,16 +44,41 @@ SHORT_NAMES = ("svh",)
 API_VERSION = f"{GROUP}/{VERSION}"
 
 CIDR_PATTERN = r"^[0-9a-fA-F:.]+/[0-9]{1,3}$"
-SERVER_VERSION_PATTERN = r"^(3|3\.[0-9]+|4\.([0-9]|10))$"
-DURATION_PATTERN = r"^[0-9]+(s|m|h)$"
+SERVER_VERSION_PATTERN = r"^[34](\.(x|[0-9]+(\.[0-9]+)?))?$"
+# A Go/Kubernetes duration of whole hours, minutes and seconds: "90s", "1m30s", "2h", "1h30m0s".
+DURATION_PATTERN = r"^([0-9]+(h|m|s))+$"
+_DURATION_UNITS = {"h": 3600, "m": 60, "s": 1}
+
+
+def duration_seconds(text: str) -> int:
+    """Seconds in a duration that matches :data:`DURATION_PATTERN` ("1m30s" -> 90)."""
+    return sum(
+        int(number) * _DURATION_UNITS[unit] for number, unit in re.findall(r"([0-9]+)(h|m|s)", text)
+    )
+
+
+def _at_least_a_second(text: str) -> str:
+    if re.fullmatch(DURATION_PATTERN, text) and duration_seconds(text) < 1:
+        raise ValueError(f"{text!r} is shorter than 1s")
+    return text
+
+
 WORLD = ("0.0.0.0/0", "::/0")
 MAX_CIDRS = 64  # bounded lists keep the CRD's CEL rules within the API server's cost budget
 
 
-def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
+def _cel(*rules: tuple[str, str] | tuple[str, str, str]) -> dict[str, Any]:
     """CEL rules for the CRD (``x-kubernetes-validations``), so the API server refuses what
-    the model refuses before the operator ever sees it. Each is ``(rule, message)``."""
-    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+    the model refuses before the operator ever sees it. Each is ``(rule, message)`` or
+    ``(rule, message, fieldPath)``: the field path makes the API server name the same field
+    the model names."""
+    out = []
+    for rule in rules:
+        entry = {"rule": rule[0], "message": rule[1]}
+        if len(rule) == 3:
+            entry["fieldPath"] = rule[2]
+        out.append(entry)
+    return {"x-kubernetes-validations": out}
 
 
 def _normalise_cidr(value: str) -> str:
@@ -71,14 +101,15 @@ Cidr = Annotated[
 
 
 class _Spec(BaseModel):
-    """Base: camelCase on the wire, unknown fields refused, immutable once parsed."""
+    """Base: camelCase on the wire, unknown fields refused, immutable once parsed. Booleans and
+    integers are strict and strings are kept as written, as the API server takes them (one
+    verdict: ``"yes"`` is no boolean and ``" 4.3"`` no version in either)."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
         frozen=True,
-        str_strip_whitespace=True,
     )
 
 
@@ -104,8 +135,8 @@ class PortRangeSpec(_Spec):
         json_schema_extra=_cel(("self.from <= self.to", "from must not be greater than to"))
     )
 
-    from_: int = Field(alias="from", ge=1, le=65535, description="First port.")
-    to: int = Field(ge=1, le=65535, description="Last port (>= from).")
+    from_: StrictInt = Field(alias="from", ge=1, le=65535, description="First port.")
+    to: StrictInt = Field(ge=1, le=65535, description="Last port (>= from).")
 
     @model_validator(mode="after")
     def _ordered(self) -> PortRangeSpec:
@@ -129,12 +160,15 @@ class ExternalVMsTopology(_Spec):
         json_schema_extra=_cel(
             (
                 "(has(self.enabled) && !self.enabled) || (has(self.cidrs) && size(self.cidrs) > 0)",
-                "cidrs are required when externalVMs is enabled",
+                "required when externalVMs is enabled",
+                ".cidrs",
             )
         )
     )
 
-    enabled: bool = Field(True, description="False when the installation runs no external VMs.")
+    enabled: StrictBool = Field(
+        True, description="False when the installation runs no external VMs."
+    )
     cidrs: list[Cidr] = Field(
         default_factory=list, max_length=MAX_CIDRS, description="Required when enabled."
     )
@@ -143,7 +177,7 @@ class ExternalVMsTopology(_Spec):
 class LoadBalancersTopology(_Spec):
     """The load balancers in front of the cluster (LB-IN, LB-OUT, K8S-IN-1)."""
 
-    transparent: bool = Field(
+    transparent: StrictBool = Field(
         False,
         description="A transparent load balancer keeps client addresses and is no layer of its "
         "own: its LB-IN rows apply to the Kubernetes nodes (always so on GCP).",
@@ -174,9 +208,25 @@ class ExternalTopology(_Spec):
     )
 
 
+class NomadServersTopology(_Spec):
+    """Nomad servers outside the cluster (Server 4.8 and later)."""
+
+    cidrs: list[Cidr] = Field(
+        min_length=1,
+        max_length=MAX_CIDRS,
+        description="The servers' subnets, including their internal load balancer's addresses.",
+    )
+
+
 class Topology(_Spec):
     kubernetes_nodes: RoleTopology = Field(description="Required: the cluster's node subnets.")
     nomad_clients: RoleTopology = Field(description="Required: the Nomad clients' subnets.")
+    nomad_servers: NomadServersTopology | None = Field(
+        None,
+        description="Set only when the Nomad servers run outside the cluster (4.8+): their "
+        "rows move there (NOMAD-IN-1 from them, the clients' 4647 to them, the cluster's "
+        "4646-4648 to them). Unset: the servers run in the cluster.",
+    )
     external_vms: ExternalVMsTopology = Field(
         default_factory=ExternalVMsTopology, alias="externalVMs"
     )
@@ -214,7 +264,7 @@ class AdminSSH(_Spec):
 class SSHRerun(_Spec):
     """NOMAD-IN-2 / VM-IN-5: "rerun job with SSH"."""
 
-    enabled: bool = True
+    enabled: StrictBool = True
     sources: list[Cidr] = Field(
         default_factory=list,
         max_length=MAX_CIDRS,
@@ -228,60 +278,249 @@ class Access(_Spec):
 
 
 class NetworkPolicies(_Spec):
-    enabled: bool = True
-    restrict_egress: bool = Field(
+    enabled: StrictBool = True
+    restrict_egress: StrictBool = Field(
         False,
         description="Also deny egress from the namespace except DNS, the API server, the "
         "namespace itself and the guide's outbound rows for the Kubernetes nodes.",
     )
 
 
+# Label keys and values as Kubernetes validates them (apimachinery's IsQualifiedName and
+# IsValidLabelValue): an optional DNS-subdomain prefix (<= 253) and "/", then a name (<= 63).
 LABEL_KEY_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"  # noqa: E501
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 PORT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+MAX_LABELS = 16
+MAX_PORTS = 16
+
+# The same label-key rule in CEL, for the CRD: RE2 has no look-around, so the lengths of the
+# prefix and the name are checked apart.
+_CEL_LABEL_KEY = (
+    f"k.matches(r'{LABEL_KEY_PATTERN}') && (k.indexOf('/') < 0 ? size(k) <= 63 : "
+    "(k.indexOf('/') <= 253 && size(k) - k.indexOf('/') - 1 <= 63))"
+)
+
+
+def label_key_problem(key: str) -> str | None:
+    """Why ``key`` is not a Kubernetes label key, or None."""
+    prefix, _, name = key.rpartition("/")
+    if not re.match(LABEL_KEY_PATTERN, key) or len(name) > 63 or len(prefix) > 253:
+        return (
+            f"{key!r} is not a valid label key (an optional DNS-subdomain prefix of at most 253 "
+            "characters and '/', then a name of at most 63 alphanumerics, '-', '_' or '.')"
+        )
+    return None
 
 
 def _check_label_keys(labels: dict[str, str]) -> dict[str, str]:
     for key in labels:
-        if not re.match(LABEL_KEY_PATTERN, key) or len(key) > 253:
-            raise ValueError(f"{key!r} is not a valid label key")
+        problem = label_key_problem(key)
+        if problem:
+            raise ValueError(problem)
     return labels
 
 
-class ComponentPort(_Spec):
-    """A pod port: a number or a named container port (a Service port is not a pod port)."""
+LabelValue = Annotated[str, Field(pattern=LABEL_VALUE_PATTERN, max_length=63)]
 
-    port: int | str = Field(description="Container port number or name.")
-    protocol: str = Field("TCP", pattern=r"^(TCP|UDP)$")
+
+class SelectorOperator(enum.StrEnum):
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+class LabelSelectorRequirement(_Spec):
+    """One ``matchExpressions`` entry, as in a Kubernetes LabelSelector."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0)"
+                " : (!has(self.values) || size(self.values) == 0)",
+                "values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist",
+                ".values",
+            ),
+            (
+                _CEL_LABEL_KEY.replace("k.", "self.key.").replace("(k)", "(self.key)"),
+                "is not a valid label key",
+                ".key",
+            ),
+        )
+    )
+
+    key: str = Field(max_length=317, description="The label key the requirement applies to.")
+    operator: SelectorOperator
+    values: list[LabelValue] = Field(
+        default_factory=list,
+        max_length=MAX_LABELS,
+        validate_default=True,
+        description="Non-empty for In and NotIn; empty for Exists and DoesNotExist.",
+    )
+
+    @field_validator("key")
+    @classmethod
+    def _valid_key(cls, key: str) -> str:
+        problem = label_key_problem(key)
+        if problem:
+            raise ValueError(problem)
+        return key
+
+    @field_validator("values")
+    @classmethod
+    def _values_fit_the_operator(cls, values: list[str], info: ValidationInfo) -> list[str]:
+        operator = info.data.get("operator")
+        if operator in {SelectorOperator.IN, SelectorOperator.NOT_IN} and not values:
+            raise ValueError(f"values must be non-empty for operator {operator}")
+        if operator in {SelectorOperator.EXISTS, SelectorOperator.DOES_NOT_EXIST} and values:
+            raise ValueError(f"values must be empty for operator {operator}")
+        return values
+
+
+class LabelSelector(_Spec):
+    """A Kubernetes LabelSelector (``matchLabels`` and ``matchExpressions``, ANDed); it is
+    written as such into the component's NetworkPolicy."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "(has(self.matchLabels) && size(self.matchLabels) > 0) || "
+                "(has(self.matchExpressions) && size(self.matchExpressions) > 0)",
+                "must not be empty (an empty selector selects every pod)",
+            )
+        )
+    )
+
+    match_labels: Annotated[dict[str, LabelValue], AfterValidator(_check_label_keys)] = Field(
+        default_factory=dict,
+        max_length=MAX_LABELS,
+        json_schema_extra=_cel((f"self.all(k, {_CEL_LABEL_KEY})", "has an invalid label key")),
+    )
+    match_expressions: list[LabelSelectorRequirement] = Field(
+        default_factory=list, max_length=MAX_LABELS
+    )
 
     @model_validator(mode="after")
-    def _valid_port(self) -> ComponentPort:
-        if isinstance(self.port, int):
-            if not 1 <= self.port <= 65535:
-                raise ValueError(f"port {self.port} is outside 1-65535")
-        elif not re.match(PORT_NAME_PATTERN, self.port) or len(self.port) > 15:
-            raise ValueError(f"port name {self.port!r} is not a valid IANA service name")
+    def _not_empty(self) -> LabelSelector:
+        if not self.match_labels and not self.match_expressions:
+            raise ValueError("must not be empty (an empty selector selects every pod)")
         return self
+
+
+def port_entry_problem(value: object) -> str | None:
+    """Why one ``ports`` entry is not a pod port, or None: an entry is a container port number
+    or a container port name (an IANA service name, as Kubernetes validates it)."""
+    if isinstance(value, Mapping):
+        return (
+            "a port is a number or a container port name: write "
+            f"{value.get('port', 8080)!r} rather than an object (every guide row a component "
+            "serves is TCP)"
+        )
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return f"{value!r} is not a port number or a port name"
+    if isinstance(value, int):
+        if not 1 <= value <= 65535:
+            return f"port {value} is outside 1-65535"
+    elif (
+        not re.match(PORT_NAME_PATTERN, value)
+        or len(value) > 15
+        or "--" in value
+        or not re.search("[a-z]", value)
+    ):
+        return f"port name {value!r} is not a valid IANA service name"
+    return None
+
+
+def _port_entry(value: object) -> object:
+    problem = port_entry_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+# For the CRD: the API server applies minimum/maximum to a number and maxLength/pattern to a
+# string of an int-or-string; CEL adds the rest of IsValidPortName.
+_PORT_ENTRY_SCHEMA: dict[str, Any] = {
+    "minimum": 1,
+    "maximum": 65535,
+    "maxLength": 15,
+    "pattern": PORT_NAME_PATTERN,
+    **_cel(
+        (
+            "type(self) == int || (self.matches('[a-z]') && !self.contains('--'))",
+            "a port name needs a letter and no '--' (an IANA service name)",
+        )
+    ),
+}
+
+# Why not also {port, protocol} objects: a CRD list item that may be a number, a string or an
+# object has no structural type, and an untyped item hides the whole list from CEL (the API
+# server refuses such rules), so neither the port range nor the service/ports rules could be
+# checked at admission. Every guide row a component serves is TCP, so protocol meant nothing.
+PortEntry = Annotated[
+    int | str,
+    BeforeValidator(_port_entry),
+    Field(
+        description="A container port number (8000) or name (http); TCP.",
+        json_schema_extra=_PORT_ENTRY_SCHEMA,
+    ),
+]
 
 
 class Component(_Spec):
     """How to find the pods behind one of the guide's services.
 
-    Either ``service`` (resolved in the cluster: the Service's selector and target ports) or
-    ``podSelector`` with ``ports``.
+    Either ``service`` (resolved in the cluster: the Service's selector and its targetPorts)
+    or ``podSelector`` with ``ports``.
     """
 
     model_config = ConfigDict(
         json_schema_extra=_cel(
-            ("has(self.service) != has(self.podSelector)", "set either service or podSelector")
+            ("has(self.service) != has(self.podSelector)", "set either service or podSelector"),
+            (
+                "!has(self.service) || has(self.podSelector) || !has(self.ports) || "
+                "size(self.ports) == 0",
+                "ports come from the Service's targetPorts: remove ports, or pin the pods with "
+                "podSelector",
+                ".ports",
+            ),
+            (
+                "!has(self.podSelector) || has(self.service) || "
+                "(has(self.ports) && size(self.ports) > 0)",
+                "required with podSelector",
+                ".ports",
+            ),
         )
     )
 
     service: str | None = Field(None, pattern=DNS_LABEL_PATTERN, max_length=63)
-    pod_selector: Annotated[dict[str, str], AfterValidator(_check_label_keys)] | None = Field(
-        None, description="matchLabels of the component's pods."
+    pod_selector: LabelSelector | None = Field(
+        None, description="The component's pods (a Kubernetes LabelSelector)."
     )
-    ports: list[ComponentPort] = Field(default_factory=list, max_length=16)
+    ports: list[PortEntry] = Field(
+        default_factory=list,
+        max_length=MAX_PORTS,
+        validate_default=True,
+        description="With podSelector: the pods' ports that receive the guide's traffic.",
+    )
+
+    @field_validator("ports")
+    @classmethod
+    def _ports_fit_the_way_to_find_it(
+        cls, ports: list[int | str], info: ValidationInfo
+    ) -> list[int | str]:
+        # With both service and podSelector, the one error is "set either" (below).
+        service, selector = info.data.get("service"), info.data.get("pod_selector")
+        if service and selector is None and ports:
+            raise ValueError(
+                "ports come from the Service's targetPorts: remove ports, or pin the pods with "
+                "podSelector"
+            )
+        if selector is not None and not service and not ports:
+            raise ValueError("required with podSelector")
+        return ports
 
     @model_validator(mode="after")
     def _one_way_to_find_it(self) -> Component:
@@ -289,10 +528,6 @@ class Component(_Spec):
             raise ValueError("set either service or podSelector, not both")
         if not self.service and self.pod_selector is None:
             raise ValueError("set service or podSelector")
-        if self.pod_selector is not None and not self.ports:
-            raise ValueError("podSelector needs ports")
-        if self.pod_selector is not None and not self.pod_selector:
-            raise ValueError("podSelector must not be empty (it would select every pod)")
         return self
 
 
@@ -309,7 +544,7 @@ class ApiServer(_Spec):
     """Where the Kubernetes API server is, for the egress allow-list."""
 
     cidrs: list[Cidr] = Field(default_factory=list, max_length=MAX_CIDRS)
-    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
+    ports: list[Annotated[StrictInt, Field(ge=1, le=65535)]] = Field(
         default_factory=lambda: [443, 6443], max_length=16
     )
 
@@ -328,6 +563,9 @@ class AwsSecurityGroups(_Spec):
     nomad_clients: str | None = Field(None, pattern=SG_PATTERN)
     external_vms: str | None = Field(None, pattern=SG_PATTERN, alias="externalVMs")
     load_balancers: str | None = Field(None, pattern=SG_PATTERN)
+    nomad_servers: str | None = Field(
+        None, pattern=SG_PATTERN, description="With topology.nomadServers: their security group."
+    )
 
 
 def configured_by_role(section: BaseModel) -> dict[Role, str]:
@@ -341,8 +579,8 @@ def configured_by_role(section: BaseModel) -> dict[Role, str]:
 class RuleQuota(_Spec):
     """Rules per security group and direction (AWS default 60; raise it if your account has)."""
 
-    inbound: int = Field(60, ge=1, le=1000)
-    outbound: int = Field(60, ge=1, le=1000)
+    inbound: StrictInt = Field(60, ge=1, le=1000)
+    outbound: StrictInt = Field(60, ge=1, le=1000)
 
 
 class AwsSpec(_Spec):
@@ -364,6 +602,11 @@ class GcpTargetTags(_Spec):
     kubernetes_nodes: str | None = Field(None, pattern=NETWORK_TAG_PATTERN)
     nomad_clients: str | None = Field(None, pattern=NETWORK_TAG_PATTERN)
     external_vms: str | None = Field(None, pattern=NETWORK_TAG_PATTERN, alias="externalVMs")
+    nomad_servers: str | None = Field(
+        None,
+        pattern=NETWORK_TAG_PATTERN,
+        description="With topology.nomadServers: their network tag.",
+    )
 
 
 class LoggingMode(enum.StrEnum):
@@ -391,7 +634,7 @@ class GcpSpec(_Spec):
     endpoint: str | None = Field(
         None, pattern=r"^https?://", description="Compute API endpoint override (tests)."
     )
-    restrict_egress: bool = Field(
+    restrict_egress: StrictBool = Field(
         True,
         description="Write the guide's outbound rows as EGRESS allows plus a lowest-priority "
         "EGRESS deny for the managed tags (GCP allows all egress by default).",
@@ -439,12 +682,31 @@ class DeclaredExceptionSpec(_Spec):
     )
 
 
+# serverVersion values from which Nomad servers may run outside the cluster (4.8+, "4", "4.x"):
+# one regular expression for the model and the CRD's CEL rule.
+_EXTERNAL_NOMAD_VERSIONS = r"^4(\.(x|([89]|[1-9][0-9]+)(\.[0-9]+)?))?$"
+
+
 class ServerHardeningSpec(_Spec):
     """The user's intent for one CircleCI Server installation (its namespace)."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.topology.nomadServers) || "
+                f"self.serverVersion.matches(r'{_EXTERNAL_NOMAD_VERSIONS}')",
+                "Nomad servers outside the cluster need serverVersion 4.8 or later",
+                ".topology.nomadServers",
+            )
+        )
+    )
+
     server_version: str = Field(
         pattern=SERVER_VERSION_PATTERN,
-        description='"3" (or "3.x"), "4.0" .. "4.10": picks the guide profile.',
+        max_length=16,
+        description='"3", "3.x", "3.N", "4", "4.x", "4.N" or "4.N.P": picks the guide profile '
+        '(3.x; 4.0-4.2; 4.3 and later). "4"/"4.x" and versions newer than the catalogue map to '
+        "the newest profile, with a finding.",
     )
     mode: Mode = Field(Mode.ENFORCE, description="Enforce writes; Audit observes and reports.")
     topology: Topology
@@ -458,7 +720,14 @@ class ServerHardeningSpec(_Spec):
     deletion_policy: DeletionPolicy = Field(
         DeletionPolicy.DELETE, description="Delete or Orphan managed rules when the resource goes."
     )
-    drift_check_interval: str = Field("60s", pattern=DURATION_PATTERN)
+    drift_check_interval: Annotated[str, AfterValidator(_at_least_a_second)] = Field(
+        "60s",
+        pattern=DURATION_PATTERN,
+        max_length=32,
+        description="How often the clouds are checked for drift: a Go/Kubernetes duration of "
+        'whole seconds ("90s", "1m30s", "2h"), at least 1s.',
+        json_schema_extra=_cel(("duration(self) >= duration('1s')", "must be at least 1s")),
+    )
     adoption: Adoption = Field(
         Adoption.ADOPT,
         description="Adopt: an unmarked rule or policy that is exactly a desired one is adopted "
@@ -468,8 +737,7 @@ class ServerHardeningSpec(_Spec):
 
     @property
     def drift_check_seconds(self) -> int:
-        number, unit = int(self.drift_check_interval[:-1]), self.drift_check_interval[-1]
-        return number * {"s": 1, "m": 60, "h": 3600}[unit]
+        return duration_seconds(self.drift_check_interval)
 
 
 # --------------------------------------------------------------------------------------------
@@ -543,12 +811,14 @@ def _overlaps(spec: ServerHardeningSpec) -> list[FieldError]:
     ]
     if spec.topology.external_vms.enabled:
         roles.append(("externalVMs", spec.topology.external_vms.cidrs))
+    if spec.topology.nomad_servers is not None:
+        roles.append(("nomadServers", spec.topology.nomad_servers.cidrs))
     roles.append(("loadBalancers", spec.topology.load_balancers.cidrs))
     errors: list[FieldError] = []
     for i, (role_a, cidrs_a) in enumerate(roles):
         for role_b, cidrs_b in roles[i + 1 :]:
-            if role_b == "loadBalancers" and role_a == "kubernetesNodes":
-                continue  # a load balancer may live in the node subnets (the default)
+            if role_b == "loadBalancers" and role_a in {"kubernetesNodes", "nomadServers"}:
+                continue  # a load balancer may live in the node (or server) subnets
             for ia, a in enumerate(cidrs_a):
                 for ib, b in enumerate(cidrs_b):
                     na, nb = ipaddress.ip_network(a), ipaddress.ip_network(b)
@@ -566,6 +836,15 @@ def _overlaps(spec: ServerHardeningSpec) -> list[FieldError]:
 def semantic_errors(spec: ServerHardeningSpec) -> list[FieldError]:
     """Rules that span fields (and so are not field validators)."""
     errors = _overlaps(spec)
+    if spec.topology.nomad_servers is not None and not re.fullmatch(
+        _EXTERNAL_NOMAD_VERSIONS, spec.server_version
+    ):
+        errors.append(
+            FieldError(
+                "spec.topology.nomadServers",
+                "Nomad servers outside the cluster need serverVersion 4.8 or later",
+            )
+        )
     vms = spec.topology.external_vms
     if vms.enabled and not vms.cidrs:
         errors.append(

@@ -20,6 +20,7 @@ class Role(enum.StrEnum):
     NOMAD_CLIENTS = "nomadClients"
     EXTERNAL_VMS = "externalVMs"
     LOAD_BALANCERS = "loadBalancers"
+    NOMAD_SERVERS = "nomadServers"  # only when they run outside the cluster (4.8+)
 
 
 class PeerKind(enum.StrEnum):
@@ -29,6 +30,7 @@ class PeerKind(enum.StrEnum):
     NOMAD_CLIENTS = "nomadClients"
     EXTERNAL_VMS = "externalVMs"
     LOAD_BALANCERS = "loadBalancers"
+    NOMAD_SERVERS = "nomadServers"
     EXTERNAL = "external"
     VCS = "vcs"
     DNS = "dns"
@@ -175,6 +177,8 @@ class FindingCode(enum.StrEnum):
     GCP_LOAD_BALANCER_RULE_SKIPPED = "GcpLoadBalancerRuleSkipped"
     QUOTA_EXCEEDED = "QuotaExceeded"
     INVALID_SPEC = "InvalidSpec"
+    SERVER_VERSION_UNPINNED = "ServerVersionUnpinned"
+    SERVER_VERSION_NEWER_THAN_CATALOGUE = "ServerVersionNewerThanCatalogue"
     # What resolving the cluster's Services found.
     SERVICE_NOT_FOUND = "ServiceNotFound"
     SERVICE_PORT_MISSING = "ServicePortMissing"
@@ -208,6 +212,7 @@ class FindingCode(enum.StrEnum):
 
 _SEVERITY: dict[FindingCode, Severity] = {
     FindingCode.ADMIN_SSH_ENABLED: Severity.INFO,
+    FindingCode.SERVER_VERSION_UNPINNED: Severity.INFO,
     FindingCode.COMPONENT_ASSUMED: Severity.INFO,
     FindingCode.DNS_NOT_CONFIGURED: Severity.INFO,
     FindingCode.EXTERNAL_NARROWED: Severity.INFO,

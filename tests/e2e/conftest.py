@@ -21,9 +21,9 @@ from server_hardening_dev.controlplane import (
 
 
 @pytest.fixture(scope="session")
-def control_plane(test_binaries: TestBinaries) -> Iterator[ControlPlane]:
+def control_plane(control_plane_binaries: TestBinaries) -> Iterator[ControlPlane]:
     """A running etcd + kube-apiserver on 127.0.0.1, stopped and deleted after the session."""
-    with ControlPlane(test_binaries) as cp:
+    with ControlPlane(control_plane_binaries) as cp:
         yield cp
 
 

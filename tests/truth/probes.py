@@ -61,6 +61,10 @@ def endpoints(spec: ServerHardeningSpec) -> dict[str, Endpoint]:
     if topo.external_vms.enabled:
         out["vm"] = Endpoint(host(topo.external_vms.cidrs[0], 10), Role.EXTERNAL_VMS, "vm")
         out["vm2"] = Endpoint(host(topo.external_vms.cidrs[0], 11), Role.EXTERNAL_VMS, "vm")
+    if topo.nomad_servers is not None:
+        servers = topo.nomad_servers.cidrs[0]
+        out["nsrv"] = Endpoint(host(servers, 10), Role.NOMAD_SERVERS, "nsrv")
+        out["nsrv2"] = Endpoint(host(servers, 11), Role.NOMAD_SERVERS, "nsrv")
     return out
 
 
@@ -69,6 +73,7 @@ def _peer_endpoint(spec: ServerHardeningSpec, kind: PeerKind, eps: dict[str, End
         PeerKind.KUBERNETES_NODES: "k8s",
         PeerKind.NOMAD_CLIENTS: "nomad",
         PeerKind.EXTERNAL_VMS: "vm",
+        PeerKind.NOMAD_SERVERS: "nsrv",
     }
     if kind in by_role:
         return eps[by_role[kind]]
@@ -102,6 +107,8 @@ def allowed_probes(spec: ServerHardeningSpec) -> list[Probe]:
         Requires.EXTERNAL_VMS: spec.topology.external_vms.enabled,
         Requires.DNS: spec.topology.dns is not None,
         Requires.LB_LAYER: not spec.topology.load_balancers.transparent,
+        Requires.IN_CLUSTER_NOMAD: spec.topology.nomad_servers is None,
+        Requires.EXTERNAL_NOMAD: spec.topology.nomad_servers is not None,
     }
     paired = _paired_rows(intent.profile.rows)
     for row in intent.profile.rows:
@@ -118,16 +125,22 @@ def allowed_probes(spec: ServerHardeningSpec) -> list[Probe]:
             # (K8S-OUT-2 with NOMAD-IN-1, ...). An unpaired one is half a flow: not probed.
             continue
         subject = eps[
-            {"kubernetesNodes": "k8s", "nomadClients": "nomad", "externalVMs": "vm"}[
-                row.subject.value
-            ]
+            {
+                "kubernetesNodes": "k8s",
+                "nomadClients": "nomad",
+                "externalVMs": "vm",
+                "nomadServers": "nsrv",
+            }[row.subject.value]
         ]
         other = _peer_endpoint(spec, row.peer, eps)
         if row.peer.role == row.subject:
             other = eps[
-                {"kubernetesNodes": "k8s2", "nomadClients": "nomad2", "externalVMs": "vm2"}[
-                    row.subject.value
-                ]
+                {
+                    "kubernetesNodes": "k8s2",
+                    "nomadClients": "nomad2",
+                    "externalVMs": "vm2",
+                    "nomadServers": "nsrv2",
+                }[row.subject.value]
             ]
         src, dst = (other, subject) if row.direction is Direction.INGRESS else (subject, other)
         for proto in row.protocols:

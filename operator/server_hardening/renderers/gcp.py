@@ -80,12 +80,14 @@ ROLE_ABBREVIATION = {
     Role.NOMAD_CLIENTS: "nomad",
     Role.EXTERNAL_VMS: "vm",
     Role.LOAD_BALANCERS: "lb",
+    Role.NOMAD_SERVERS: "nsrv",
 }
 PEER_ABBREVIATION = {
     PeerKind.KUBERNETES_NODES: "k8s",
     PeerKind.NOMAD_CLIENTS: "nomad",
     PeerKind.EXTERNAL_VMS: "vm",
     PeerKind.LOAD_BALANCERS: "lb",
+    PeerKind.NOMAD_SERVERS: "nsrv",
     PeerKind.EXTERNAL: "ext",
     PeerKind.VCS: "vcs",
     PeerKind.DNS: "dns",
@@ -95,7 +97,7 @@ PEER_ABBREVIATION = {
     PeerKind.CIDRS: "cidr",
 }
 # Nomad clients and VMs are plain instances: their traffic leaves from the primary IP.
-TAG_ONLY_PEERS = {PeerKind.NOMAD_CLIENTS, PeerKind.EXTERNAL_VMS}
+TAG_ONLY_PEERS = {PeerKind.NOMAD_CLIENTS, PeerKind.EXTERNAL_VMS, PeerKind.NOMAD_SERVERS}
 PROTOCOL_NUMBERS = {"6": "tcp", "17": "udp", "1": "icmp", "132": "sctp", "50": "esp", "51": "ah"}
 
 

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from server_hardening.compiler import CompiledIntent, ComponentAccess
-from server_hardening.components import ResolvedComponent
+from server_hardening.components import PodSelector, ResolvedComponent
 from server_hardening.drift import DesiredItem, fingerprint
 from server_hardening.guide import Component
 from server_hardening.model import ResourceRef
@@ -87,7 +87,7 @@ def _component_policies(
     resolved: Mapping[Component, ResolvedComponent],
 ) -> list[dict[str, Any]]:
     """One policy per set of pods; components that share pods (v4's proxy) share a policy."""
-    groups: dict[tuple[tuple[str, str], ...], list[tuple[ComponentAccess, ResolvedComponent]]] = {}
+    groups: dict[PodSelector, list[tuple[ComponentAccess, ResolvedComponent]]] = {}
     for access in cluster:
         component = resolved.get(access.component)
         if component is not None:
@@ -113,7 +113,7 @@ def _component_policies(
                 owner,
                 rows,
                 {
-                    "podSelector": {"matchLabels": dict(selector)},
+                    "podSelector": selector.as_manifest(),
                     "policyTypes": ["Ingress"],
                     "ingress": ingress,
                 },

@@ -78,7 +78,7 @@ def test_plan_yaml_prints_manifests_ready_for_kubectl() -> None:
     assert [d["metadata"]["name"] for d in docs] == [
         "svh-default-deny",
         "svh-allow-namespace",
-        "svh-allow-circleci-proxy",
+        "svh-allow-frontend",  # pinned by podSelector in the example
     ]
 
 

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import pytest
+
 from builders import make_spec
 from server_hardening.compiler import compile_intent
 from server_hardening.guide import CHOICES, PROFILES
-from server_hardening.rules import Action, Direction, PeerKind, PortRange, Protocol, Role, Rule
+from server_hardening.rules import (
+    Action,
+    Direction,
+    Peer,
+    PeerKind,
+    PortRange,
+    Protocol,
+    Role,
+    Rule,
+)
 
 
 def rules_with(rules: tuple[Rule, ...], row: str) -> list[Rule]:
@@ -141,3 +152,118 @@ def test_ipv6_peers_stay_ipv6() -> None:
         if r.subject is Role.NOMAD_CLIENTS
     ]
     assert https.peer.cidrs == ("0.0.0.0/0", "::/0")
+
+
+def test_a_version_newer_than_the_catalogue_compiles_the_newest_profile_and_warns() -> None:
+    intent = compile_intent(make_spec(serverVersion="4.11"))
+    assert intent.profile.name == "v4.3"
+    (finding,) = [f for f in intent.findings if f.code.startswith("ServerVersion")]
+    assert finding.code == "ServerVersionNewerThanCatalogue"
+    assert finding.severity.value == "warning" and "'4.11'" in finding.message
+    assert intent.rules == compile_intent(make_spec(serverVersion="4.10")).rules
+
+
+def test_an_unpinned_4_x_compiles_the_newest_profile_with_a_note() -> None:
+    intent = compile_intent(make_spec(serverVersion="4.x"))
+    assert intent.profile.name == "v4.3"
+    assert [f.code for f in intent.findings if f.code.startswith("ServerVersion")] == [
+        "ServerVersionUnpinned"
+    ]
+    pinned = compile_intent(make_spec(serverVersion="4.8"))
+    assert not [f for f in pinned.findings if f.code.startswith("ServerVersion")]
+
+
+def _covers(wide: Rule, narrow: Rule) -> bool:
+    protocol = wide.protocol in {Protocol.ALL, narrow.protocol}
+    if wide.ports is None:
+        return protocol
+    if narrow.ports is None:
+        return False
+    return (
+        protocol and wide.ports.first <= narrow.ports.first <= narrow.ports.last <= wide.ports.last
+    )
+
+
+@pytest.mark.parametrize("version", ["3", "4.0", "4.3", "4.x"])
+def test_every_rule_between_two_roles_has_its_other_half(version: str) -> None:
+    """An egress that no ingress accepts (or the reverse) can never carry traffic: between two
+    roles the product manages, every allow has its pair on the other side."""
+    rules = compile_intent(make_spec(serverVersion=version)).rules
+    allows = [r for r in rules if r.action is Action.ALLOW and r.peer.role is not None]
+    for rule in allows:
+        assert rule.peer.role is not None
+        pair = Direction.INGRESS if rule.direction is Direction.EGRESS else Direction.EGRESS
+        assert any(
+            other.subject is rule.peer.role
+            and other.direction is pair
+            and other.peer.role is rule.subject
+            and _covers(other, rule)
+            for other in allows
+        ), f"{version}: {sorted(rule.rows)} ({rule.subject} {rule.direction} {rule.peer.kind} "
+        f"{rule.ports}) has no {pair} pair on {rule.peer.role}"
+
+
+def test_v4_3_writes_no_ssh_to_the_vms() -> None:
+    rules = compile_intent(make_spec(serverVersion="4.3")).rules
+    assert not [
+        r for r in rules
+        if r.peer.kind is PeerKind.EXTERNAL_VMS and r.action is Action.ALLOW
+        and r.ports is not None and r.ports.first <= 22 <= r.ports.last
+    ]  # fmt: skip
+    v4_0 = compile_intent(make_spec(serverVersion="4.0")).rules
+    assert {"ALL-OUT-4", "V4-NOMAD-OUT-22"} <= {
+        row for r in v4_0 if r.peer.kind is PeerKind.EXTERNAL_VMS for row in r.rows
+    }
+
+
+EXTERNAL_SERVERS = {"serverVersion": "4.8", "topology.nomadServers": {"cidrs": ["10.3.0.0/24"]}}
+
+
+def test_external_nomad_servers_move_the_rows_that_concern_them() -> None:
+    intent = compile_intent(make_spec(**EXTERNAL_SERVERS))
+    servers = Peer(PeerKind.NOMAD_SERVERS, ("10.3.0.0/24",))
+    nomad_in_1 = rules_with(intent.rules, "NOMAD-IN-1")
+    assert [(r.subject, r.peer, r.ports) for r in nomad_in_1] == [
+        (Role.NOMAD_CLIENTS, servers, PortRange(4647, 4647))
+    ]
+    assert [(r.subject, r.peer.kind) for r in rules_with(intent.rules, "NOMAD-OUT-3")] == [
+        (Role.NOMAD_CLIENTS, PeerKind.NOMAD_SERVERS)
+    ]
+    for gone in ("K8S-OUT-2", "LB-IN-4"):
+        assert not rules_with(intent.rules, gone), gone
+    (drive,) = rules_with(intent.rules, "V48-K8S-OUT-1")
+    assert (drive.subject, drive.direction, drive.peer, drive.ports) == (
+        Role.KUBERNETES_NODES, Direction.EGRESS, servers, PortRange(4646, 4648),
+    )  # fmt: skip
+    assert {c.component.value for c in intent.cluster} == {"frontend"}  # no in-cluster Nomad
+
+
+def test_in_cluster_nomad_servers_write_no_server_rows() -> None:
+    intent = compile_intent(make_spec(serverVersion="4.8"))
+    assert not [r for r in intent.rules if Role.NOMAD_SERVERS in (r.subject, r.peer.role)]
+    assert rules_with(intent.rules, "K8S-OUT-2") and rules_with(intent.rules, "LB-IN-4")
+
+
+def test_with_external_servers_every_role_to_role_allow_has_its_pair() -> None:
+    rules = compile_intent(make_spec(**EXTERNAL_SERVERS)).rules
+    allows = [r for r in rules if r.action is Action.ALLOW and r.peer.role is not None]
+    assert any(r.subject is Role.NOMAD_SERVERS for r in allows)
+    for rule in allows:
+        pair = Direction.INGRESS if rule.direction is Direction.EGRESS else Direction.EGRESS
+        assert any(
+            o.subject is rule.peer.role and o.direction is pair and o.peer.role is rule.subject
+            and _covers(o, rule)
+            for o in allows
+        ), sorted(rule.rows)  # fmt: skip
+
+
+def test_on_gcp_the_external_servers_admit_the_health_checks_of_their_load_balancer() -> None:
+    intent = compile_intent(make_spec(**EXTERNAL_SERVERS))
+    checks = [
+        r for r in intent.cloud_rules("gcp")
+        if r.subject is Role.NOMAD_SERVERS and r.peer.kind is PeerKind.HEALTH_CHECKS
+    ]  # fmt: skip
+    assert [(r.ports, r.peer.cidrs) for r in checks] == [
+        (PortRange(4646, 4648), ("35.191.0.0/16", "130.211.0.0/22"))
+    ]
+    assert not [r for r in intent.rules if r.peer.kind is PeerKind.HEALTH_CHECKS]  # GCP only

@@ -97,10 +97,32 @@ def test_external_vms_need_cidrs_when_enabled() -> None:
     ]
 
 
-@pytest.mark.parametrize("version", ["5", "4.11", "2", "4.3.1", "v4.3", ""])
+@pytest.mark.parametrize("version", ["5", "2", "v4.3", "", "4.x.1", "4.", "3.X", "4.3-rc1"])
 def test_a_server_version_without_a_profile_is_refused(version: str) -> None:
     (message,) = errors_of(spec_dict(serverVersion=version))
     assert message.startswith("spec.serverVersion: ")
+
+
+@pytest.mark.parametrize(
+    "version", ["3", "3.x", "3.4", "3.4.1", "4", "4.x", "4.0", "4.2.1", "4.10", "4.11", "4.25.3"]
+)
+def test_server_versions_as_people_write_them_are_accepted(version: str) -> None:
+    assert make_spec(serverVersion=version).server_version == version
+
+
+@pytest.mark.parametrize(
+    ("interval", "seconds"),
+    [("60s", 60), ("2m", 120), ("5s", 5), ("90s", 90), ("1m30s", 90), ("2h", 7200),
+     ("1h30m0s", 5400), ("1s", 1)],
+)  # fmt: skip
+def test_drift_check_intervals_are_go_durations(interval: str, seconds: int) -> None:
+    assert make_spec(driftCheckInterval=interval).drift_check_seconds == seconds
+
+
+@pytest.mark.parametrize("interval", ["0s", "0m0s", "1.5s", "90", "1d", "-1s", "1 m", "500ms"])
+def test_a_bad_drift_check_interval_is_refused(interval: str) -> None:
+    (message,) = errors_of(spec_dict(driftCheckInterval=interval))
+    assert message.startswith("spec.driftCheckInterval: ")
 
 
 def test_ipv6_is_accepted_and_host_bits_are_cleared() -> None:
@@ -122,24 +144,119 @@ def test_defaults_follow_the_api_contract() -> None:
     ) == (30000, 32767)
 
 
-def test_a_component_pinned_by_selector_needs_ports() -> None:
-    spec = spec_dict(
-        **{"kubernetes.components": {"frontend": {"podSelector": {"app": "frontend"}}}}
+def frontend(component: dict[str, object]) -> dict[str, object]:
+    return spec_dict(**{"kubernetes.components": {"frontend": component}})
+
+
+def test_a_component_is_written_as_a_kubernetes_user_writes_it() -> None:
+    spec = parse_spec(
+        frontend(
+            {
+                "podSelector": {
+                    "matchLabels": {"app": "kong"},
+                    "matchExpressions": [
+                        {"key": "app.kubernetes.io/part-of", "operator": "In", "values": ["a"]},
+                        {"key": "canary", "operator": "DoesNotExist"},
+                    ],
+                },
+                "ports": [8000, 8443, "http"],
+            }
+        )
     )
-    assert errors_of(spec) == ["spec.kubernetes.components.frontend: podSelector needs ports"]
+    component = spec.kubernetes.components.frontend
+    assert component is not None and component.pod_selector is not None
+    assert component.pod_selector.match_labels == {"app": "kong"}
+    assert [e.operator.value for e in component.pod_selector.match_expressions] == [
+        "In",
+        "DoesNotExist",
+    ]
+    assert component.ports == [8000, 8443, "http"]
+
+
+def test_a_component_pinned_by_selector_needs_ports() -> None:
+    assert errors_of(frontend({"podSelector": {"matchLabels": {"app": "frontend"}}})) == [
+        "spec.kubernetes.components.frontend.ports: required with podSelector"
+    ]
 
 
 def test_a_component_takes_a_service_or_a_selector_not_both() -> None:
-    spec = spec_dict(
-        **{
-            "kubernetes.components": {
-                "frontend": {"service": "x", "podSelector": {"a": "b"}, "ports": [{"port": 80}]}
-            }
-        }
-    )
+    spec = frontend({"service": "x", "podSelector": {"matchLabels": {"a": "b"}}, "ports": [80]})
     assert errors_of(spec) == [
         "spec.kubernetes.components.frontend: set either service or podSelector, not both"
     ]
+
+
+def test_ports_beside_a_service_are_refused_at_ports() -> None:
+    (message,) = errors_of(frontend({"service": "kong", "ports": [8000]}))
+    assert message.startswith(
+        "spec.kubernetes.components.frontend.ports: ports come from the Service's targetPorts"
+    )
+
+
+def test_an_empty_selector_is_refused() -> None:
+    assert errors_of(frontend({"podSelector": {}, "ports": [80]})) == [
+        "spec.kubernetes.components.frontend.podSelector: must not be empty (an empty selector "
+        "selects every pod)"
+    ]
+
+
+def test_the_old_flat_selector_names_the_unknown_label() -> None:
+    assert errors_of(frontend({"podSelector": {"app": "kong"}, "ports": [80]})) == [
+        "spec.kubernetes.components.frontend.podSelector.app: unknown field"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("port", "reason"),
+    [
+        (70000, "port 70000 is outside 1-65535"),
+        (0, "port 0 is outside 1-65535"),
+        ("HTTP", "port name 'HTTP' is not a valid IANA service name"),
+        ("8000", "port name '8000' is not a valid IANA service name"),
+        ("a--b", "port name 'a--b' is not a valid IANA service name"),
+        ("sixteen-letters1", "port name 'sixteen-letters1' is not a valid IANA service name"),
+        ({"port": 8080}, "a port is a number or a container port name: write 8080 rather"),
+    ],
+)
+def test_a_bad_port_is_named_by_its_index(port: object, reason: str) -> None:
+    spec = frontend({"podSelector": {"matchLabels": {"app": "kong"}}, "ports": [80, port]})
+    (message,) = errors_of(spec)
+    assert message.startswith(f"spec.kubernetes.components.frontend.ports[1]: {reason}")
+
+
+@pytest.mark.parametrize(
+    ("expression", "path", "reason"),
+    [
+        ({"key": "a", "operator": "In"}, "values", "values must be non-empty for operator In"),
+        ({"key": "a", "operator": "NotIn", "values": []}, "values", "values must be non-empty"),
+        ({"key": "a", "operator": "Exists", "values": ["x"]}, "values", "values must be empty"),
+        ({"key": "a", "operator": "Has"}, "operator", "'Has' is not one of"),
+        ({"key": "-a", "operator": "Exists"}, "key", "'-a' is not a valid label key"),
+        ({"key": "a/b/c", "operator": "Exists"}, "key", "'a/b/c' is not a valid label key"),
+        ({"key": "a", "operator": "In", "values": ["-x"]}, "values[0]", "'-x' does not match"),
+    ],
+)
+def test_a_bad_match_expression_is_named_as_kubernetes_would(
+    expression: dict[str, object], path: str, reason: str
+) -> None:
+    spec = frontend({"podSelector": {"matchExpressions": [expression]}, "ports": [80]})
+    (message,) = errors_of(spec)
+    prefix = f"spec.kubernetes.components.frontend.podSelector.matchExpressions[0].{path}: "
+    assert message.startswith(prefix + reason)
+
+
+@pytest.mark.parametrize("key", ["-a", "a" * 64, "x" * 254 + "/a", "a_b/c"])
+def test_a_bad_label_key_is_refused(key: str) -> None:
+    spec = frontend({"podSelector": {"matchLabels": {key: "v"}}, "ports": [80]})
+    (message,) = errors_of(spec)
+    assert message.startswith(
+        f"spec.kubernetes.components.frontend.podSelector.matchLabels: {key!r}"
+    )
+
+
+@pytest.mark.parametrize("key", ["app", "app.kubernetes.io/name", "a" * 63, "x" * 253 + "/a"])
+def test_a_good_label_key_is_kept(key: str) -> None:
+    parse_spec(frontend({"podSelector": {"matchLabels": {key: "v"}}, "ports": [80]}))
 
 
 def test_a_bad_security_group_id_is_named() -> None:
@@ -158,3 +275,26 @@ def test_a_resource_of_another_kind_is_refused() -> None:
     body["kind"] = "NetworkPolicy"
     with pytest.raises(SpecError, match="kind: must be ServerHardening"):
         parse_resource(body)
+
+
+@pytest.mark.parametrize("version", ["4.8", "4.10.2", "4", "4.x", "4.11"])
+def test_external_nomad_servers_are_accepted_from_4_8(version: str) -> None:
+    spec = make_spec(serverVersion=version, **{"topology.nomadServers": {"cidrs": ["10.3.0.0/24"]}})
+    assert spec.topology.nomad_servers is not None
+
+
+@pytest.mark.parametrize("version", ["4.7", "4.3", "3.x", "4.0"])
+def test_external_nomad_servers_before_4_8_are_refused(version: str) -> None:
+    spec = spec_dict(serverVersion=version, **{"topology.nomadServers": {"cidrs": ["10.3.0.0/24"]}})
+    assert errors_of(spec) == [
+        "spec.topology.nomadServers: Nomad servers outside the cluster need serverVersion 4.8 "
+        "or later"
+    ]
+
+
+def test_nomad_servers_overlapping_the_clients_are_named() -> None:
+    spec = spec_dict(serverVersion="4.8", **{"topology.nomadServers": {"cidrs": ["10.1.2.0/24"]}})
+    (message,) = errors_of(spec)
+    assert message.startswith(
+        "spec.topology.nomadServers.cidrs[0]: 10.1.2.0/24 overlaps spec.topology.nomadClients"
+    )

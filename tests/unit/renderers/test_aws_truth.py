@@ -21,12 +21,14 @@ GROUPS = {
     "nomadClients": "sg-0000000000000000b",
     "externalVMs": "sg-0000000000000000c",
     "loadBalancers": "sg-0000000000000000d",
+    "nomadServers": "sg-0000000000000000e",
 }
 ROLE_KEY = {
     Role.KUBERNETES_NODES: "kubernetesNodes",
     Role.NOMAD_CLIENTS: "nomadClients",
     Role.EXTERNAL_VMS: "externalVMs",
     Role.LOAD_BALANCERS: "loadBalancers",
+    Role.NOMAD_SERVERS: "nomadServers",
 }
 LB_IP = "10.0.200.5"  # in the node subnet (the default for loadBalancers.cidrs)
 
@@ -67,6 +69,10 @@ CASES: dict[str, dict[str, Any]] = {
     "v3 external narrowed to a proxy": {"topology.external": {"cidrs": ["192.0.2.10/32"]}},
     "v4.2": {"serverVersion": "4.2"},
     "v4.3": {"serverVersion": "4.3"},
+    "v4.8 external Nomad servers": {
+        "serverVersion": "4.8",
+        "topology.nomadServers": {"cidrs": ["10.3.0.0/24"]},
+    },
     "v3 no external VMs": {"topology.externalVMs": {"enabled": False}},
     "v3 transparent load balancers": {"topology.loadBalancers": {"transparent": True}},
 }

@@ -19,11 +19,17 @@ from truth import probes as guide
 from truth.gcp_eval import Endpoint, allowed, explain
 
 PROJECT = "truth-proj-1"
-TAGS = {"kubernetesNodes": "k8s-node", "nomadClients": "nomad-client", "externalVMs": "circleci-vm"}
+TAGS = {
+    "kubernetesNodes": "k8s-node",
+    "nomadClients": "nomad-client",
+    "externalVMs": "circleci-vm",
+    "nomadServers": "nomad-server",
+}
 ROLE_TAG = {
     Role.KUBERNETES_NODES: "k8s-node",
     Role.NOMAD_CLIENTS: "nomad-client",
     Role.EXTERNAL_VMS: "circleci-vm",
+    Role.NOMAD_SERVERS: "nomad-server",
 }
 HEALTH_CHECKER = Endpoint("health-check", "35.191.3.4", on_network=False)
 
@@ -62,6 +68,10 @@ CASES = {
     "v4.2": {"serverVersion": "4.2"},
     "v4.3": {"serverVersion": "4.3"},
     "v3 no external VMs": {"topology.externalVMs": {"enabled": False}},
+    "v4.8 external Nomad servers": {
+        "serverVersion": "4.8",
+        "topology.nomadServers": {"cidrs": ["10.3.0.0/24"]},
+    },
 }
 
 
@@ -131,3 +141,18 @@ def test_an_unmanaged_world_open_ssh_rule_breaks_the_table_and_is_flagged() -> N
         and finding.row == "ALL-IN-1"
     )
     assert finding.severity.value == "error"
+
+
+def test_external_nomad_servers_on_gcp_pass_health_checks_and_refuse_the_rest() -> None:
+    spec = spec_with_gcp(
+        serverVersion="4.8", **{"topology.nomadServers": {"cidrs": ["10.3.0.0/24"]}}
+    )
+    rules = world(spec)
+    eps = {k: endpoint(v) for k, v in guide.endpoints(spec).items()}
+    for port in (4646, 4647, 4648):
+        assert allowed(rules, HEALTH_CHECKER, eps["nsrv"], "tcp", port)
+        assert allowed(rules, eps["k8s"], eps["nsrv"], "tcp", port)
+    assert allowed(rules, eps["nomad"], eps["nsrv"], "tcp", 4647)
+    assert not allowed(rules, eps["nomad"], eps["nsrv"], "tcp", 4646)  # clients need RPC only
+    assert not allowed(rules, eps["outsider"], eps["nsrv"], "tcp", 4647)
+    assert not allowed(rules, eps["k8s"], eps["nomad"], "tcp", 4647)  # K8S-OUT-2 moved

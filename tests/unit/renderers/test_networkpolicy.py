@@ -8,7 +8,7 @@ import pytest
 
 from builders import OWNER, make_spec
 from server_hardening.compiler import compile_intent
-from server_hardening.components import PodPort, ResolvedComponent
+from server_hardening.components import PodPort, PodSelector, ResolvedComponent
 from server_hardening.guide import Component
 from server_hardening.model import ServerHardeningSpec
 from server_hardening.plan import offline_components
@@ -68,14 +68,14 @@ def test_pod_ports_come_from_the_resolution_not_the_service() -> None:
     intent = compile_intent(make_spec(serverVersion="4.3"))
     proxy = ResolvedComponent(
         Component.FRONTEND,
-        (("app", "nginx"),),
+        PodSelector.of_labels({"app": "nginx"}),
         (PodPort(8080), PodPort(8443)),
         "service/circleci-proxy",
         "circleci-proxy",
     )
     nomad = ResolvedComponent(
         Component.NOMAD_SERVER,
-        (("app", "nginx"),),
+        PodSelector.of_labels({"app": "nginx"}),
         (PodPort("nomad-rpc"),),
         "service/circleci-proxy",
         "circleci-proxy",
@@ -195,3 +195,63 @@ def test_truth_table_with_restricted_egress() -> None:
     assert allows(policies, p["api"], p["postgres"], 5432)
     assert not allows(policies, p["api"], WORLD, 25)
     assert not allows(policies, p["api"], NOMAD, 64535)
+
+
+def test_a_spec_selector_is_written_as_the_kubernetes_label_selector_it_is() -> None:
+    spec = make_spec(
+        serverVersion="4.3",
+        **{
+            "kubernetes.components": {
+                "frontend": {
+                    "podSelector": {
+                        "matchLabels": {"app": "kong"},
+                        "matchExpressions": [
+                            {"key": "track", "operator": "In", "values": ["stable"]},
+                            {"key": "canary", "operator": "DoesNotExist"},
+                        ],
+                    },
+                    "ports": [8000, "proxy-tls"],
+                }
+            }
+        },
+    )
+    policies = render(spec)
+    (frontend,) = [p for p in policies if "LB-IN-1" in p["metadata"]["annotations"][
+        "hardening.circleci.com/guide-rows"]]  # fmt: skip
+    assert frontend["spec"]["podSelector"] == {
+        "matchLabels": {"app": "kong"},
+        "matchExpressions": [
+            {"key": "track", "operator": "In", "values": ["stable"]},
+            {"key": "canary", "operator": "DoesNotExist"},
+        ],
+    }
+    assert frontend["spec"]["ingress"][0]["ports"] == [
+        {"protocol": "TCP", "port": 8000},
+        {"protocol": "TCP", "port": "proxy-tls"},
+    ]
+    world = Outside("198.51.100.7")
+    kong = {"app": "kong", "track": "stable"}
+    assert allows(policies, world, Pod(NS, kong, "10.0.5.5"), 8000)
+    assert not allows(policies, world, Pod(NS, {**kong, "canary": "yes"}, "10.0.5.6"), 8000)
+    assert not allows(policies, world, Pod(NS, {**kong, "track": "edge"}, "10.0.5.7"), 8000)
+
+
+def test_with_external_nomad_servers_the_pods_reach_them_and_no_policy_admits_4647() -> None:
+    spec = make_spec(
+        serverVersion="4.8",
+        **{
+            "topology.nomadServers": {"cidrs": ["10.3.0.0/24"]},
+            "kubernetes.networkPolicies": {"restrictEgress": True},
+        },
+    )
+    policies = render(spec)
+    pod = Pod(NS, {"app": "frontend"}, "10.0.5.5")
+    server = Outside("10.3.0.10")
+    assert all(allows(policies, pod, server, port) for port in (4646, 4647, 4648))
+    assert not allows(policies, pod, Outside("10.1.0.10"), 4647)  # K8S-OUT-2 moved to the servers
+    rows = {
+        row
+        for p in policies
+        for row in p["metadata"]["annotations"]["hardening.circleci.com/guide-rows"].split(",")
+    }
+    assert "V48-K8S-OUT-1" in rows and "LB-IN-4" not in rows
