@@ -401,6 +401,7 @@ class ControlPlane:
         self.extra_apiserver_args = tuple(extra_apiserver_args)
         self._etcd: subprocess.Popen[bytes] | None = None
         self._apiserver: subprocess.Popen[bytes] | None = None
+        self._apiserver_argv: list[str] = []
         self._ca: _CertificateAuthority | None = None
         self._lock = threading.Lock()
         self._root: Path | None = None
@@ -601,8 +602,7 @@ class ControlPlane:
 
         pki = self.root_dir / "pki"
         self.url = f"https://127.0.0.1:{api_port}"
-        self._apiserver = _spawn(
-            [
+        self._apiserver_argv = [
                 str(binaries.kube_apiserver),
                 f"--etcd-servers={self.etcd_url}",
                 "--bind-address=127.0.0.1",
@@ -627,13 +627,33 @@ class ControlPlane:
                 "--audit-log-format=json",
                 "--audit-log-mode=blocking",  # an event is on disk before its response is sent
                 *self.extra_apiserver_args,
-            ],
+        ]  # fmt: skip
+        self._spawn_apiserver()
+        self.version = str(self.get_json("/version").get("gitVersion", ""))
+
+    def _spawn_apiserver(self) -> None:
+        self._apiserver = _spawn(
+            self._apiserver_argv,
             self.apiserver_log,
             # Stateless, and its graceful shutdown retries a vanished etcd for ~30 s.
             death_signal=signal.SIGKILL if self.die_with_parent else None,
         )
         self._wait("kube-apiserver", self._apiserver, self.apiserver_log, self._apiserver_ready)
-        self.version = str(self.get_json("/version").get("gitVersion", ""))
+
+    def stop_apiserver(self) -> None:
+        """An API-server outage: stop kube-apiserver only (etcd and all state stay) until
+        :meth:`start_apiserver`. Clients see connections refused on the same address."""
+        with self._lock:
+            proc, self._apiserver = self._apiserver, None
+            if proc is not None:
+                proc.kill()  # an outage, not a graceful shutdown
+                proc.wait(timeout=30)
+
+    def start_apiserver(self) -> None:
+        """Start kube-apiserver again on the same address, port and certificates."""
+        with self._lock:
+            if self._apiserver is None or self._apiserver.poll() is not None:
+                self._spawn_apiserver()
 
     def _wait(
         self,
