@@ -158,7 +158,9 @@ class Finding:
 
     Findings are data, never exceptions. ``code`` is a stable CamelCase identifier (metrics and
     alerts key on it); ``row`` is the guide row it concerns, when there is one; ``target`` is the
-    target it was found on ("kubernetes", "aws", "gcp"), or "" for the spec itself.
+    target it was found on ("kubernetes", "aws", "gcp"), or "" for the spec itself; ``objects``
+    names what it is about, by native ID (a NetworkPolicy name, ``sg-...``/``sgr-...``, a
+    firewall name), for the OpenReports results.
     """
 
     severity: Severity
@@ -166,6 +168,7 @@ class Finding:
     message: str
     row: str = ""
     target: str = ""
+    objects: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, str]:
         out = {"severity": self.severity.value, "code": self.code, "message": self.message}
