@@ -106,6 +106,7 @@ class TestBinaries:
     etcd: Path
     helm: Path
     promtool: Path
+    prometheus: Path
 
     @classmethod
     def in_directory(cls, directory: Path) -> TestBinaries:
@@ -115,11 +116,12 @@ class TestBinaries:
             etcd=directory / "etcd",
             helm=directory / "helm",
             promtool=directory / "promtool",
+            prometheus=directory / "prometheus",
         )
 
     def missing(self) -> list[Path]:
         """The binaries that do not exist (or are not executable)."""
-        paths = (self.kube_apiserver, self.etcd, self.helm, self.promtool)
+        paths = (self.kube_apiserver, self.etcd, self.helm, self.promtool, self.prometheus)
         return [p for p in paths if not (p.is_file() and os.access(p, os.X_OK))]
 
 
