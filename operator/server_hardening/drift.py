@@ -178,6 +178,7 @@ def compute_plan(
                 f"{absent.key} is desired and absent",
                 row=absent.rows[0] if absent.rows else "",
                 target=target,
+                objects=(absent.key,),
             )
         )
     for change in update:
@@ -188,6 +189,7 @@ def compute_plan(
                 f"{change.desired.key} differs from what the guide requires",
                 row=change.desired.rows[0] if change.desired.rows else "",
                 target=target,
+                objects=(change.observed.native_id or change.observed.key,),
             )
         )
     for stale in delete:
@@ -197,6 +199,7 @@ def compute_plan(
                 "Unexpected",
                 f"{stale.key} is managed but no longer desired",
                 target=target,
+                objects=(stale.native_id or stale.key,),
             )
         )
     return Plan(

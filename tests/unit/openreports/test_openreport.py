@@ -121,3 +121,21 @@ def test_an_offline_report_without_a_uid_has_no_owner_reference() -> None:
     offline = ResourceRef(namespace="circleci", name="server", uid="")
     body = to_openreport(report(), offline)
     assert "ownerReferences" not in body["metadata"]
+
+
+def test_drift_found_by_the_planner_names_its_objects_in_the_report() -> None:
+    from server_hardening.drift import DesiredItem, ObservedItem, compute_plan
+
+    plan = compute_plan(
+        "kubernetes",
+        [DesiredItem("svh-default-deny", "a", {}, ("CHOICE-NP-DEFAULT-DENY",))],
+        [ObservedItem("svh-old", "x", {}, owned=True, native_id="svh-old")],
+        judge_unmanaged=lambda item: None,
+        remove_unmanaged=False,
+    )
+    k8s = TargetReport(name="kubernetes", observed=True, findings=list(plan.findings),
+                       drift=plan.drift())  # fmt: skip
+    by_rule = {r["rule"]: r for r in to_openreport(report(k8s))["results"]}
+    assert by_rule["Missing"]["properties"]["objects"] == "svh-default-deny"
+    assert by_rule["Missing"]["policy"] == "CHOICE-NP-DEFAULT-DENY"
+    assert by_rule["Unexpected"]["resources"][-1]["name"] == "svh-old"
