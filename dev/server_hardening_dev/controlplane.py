@@ -97,7 +97,7 @@ class ControlPlaneError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 
 
-ALL_BINARIES = ("kube-apiserver", "etcd", "helm", "promtool")
+ALL_BINARIES = ("kube-apiserver", "etcd", "helm", "promtool", "prometheus")
 # What etcd + kube-apiserver need; helm and promtool (over half of a cold build) are for the
 # packaging tier only.
 CONTROL_PLANE_BINARIES = ("kube-apiserver", "etcd")
@@ -114,6 +114,7 @@ class TestBinaries:
     etcd: Path
     helm: Path
     promtool: Path
+    prometheus: Path
 
     @classmethod
     def in_directory(cls, directory: Path) -> TestBinaries:
@@ -123,6 +124,7 @@ class TestBinaries:
             etcd=directory / "etcd",
             helm=directory / "helm",
             promtool=directory / "promtool",
+            prometheus=directory / "prometheus",
         )
 
     def missing(self, names: Sequence[str] = ALL_BINARIES) -> list[Path]:
@@ -419,6 +421,7 @@ class ControlPlane:
         self.extra_apiserver_args = tuple(extra_apiserver_args)
         self._etcd: subprocess.Popen[bytes] | None = None
         self._apiserver: subprocess.Popen[bytes] | None = None
+        self._apiserver_argv: list[str] = []
         self._ca: _CertificateAuthority | None = None
         self._lock = threading.Lock()
         self._root: Path | None = None
@@ -619,8 +622,7 @@ class ControlPlane:
 
         pki = self.root_dir / "pki"
         self.url = f"https://127.0.0.1:{api_port}"
-        self._apiserver = _spawn(
-            [
+        self._apiserver_argv = [
                 str(binaries.kube_apiserver),
                 f"--etcd-servers={self.etcd_url}",
                 "--bind-address=127.0.0.1",
@@ -645,13 +647,33 @@ class ControlPlane:
                 "--audit-log-format=json",
                 "--audit-log-mode=blocking",  # an event is on disk before its response is sent
                 *self.extra_apiserver_args,
-            ],
+        ]  # fmt: skip
+        self._spawn_apiserver()
+        self.version = str(self.get_json("/version").get("gitVersion", ""))
+
+    def _spawn_apiserver(self) -> None:
+        self._apiserver = _spawn(
+            self._apiserver_argv,
             self.apiserver_log,
             # Stateless, and its graceful shutdown retries a vanished etcd for ~30 s.
             death_signal=signal.SIGKILL if self.die_with_parent else None,
         )
         self._wait("kube-apiserver", self._apiserver, self.apiserver_log, self._apiserver_ready)
-        self.version = str(self.get_json("/version").get("gitVersion", ""))
+
+    def stop_apiserver(self) -> None:
+        """An API-server outage: stop kube-apiserver only (etcd and all state stay) until
+        :meth:`start_apiserver`. Clients see connections refused on the same address."""
+        with self._lock:
+            proc, self._apiserver = self._apiserver, None
+            if proc is not None:
+                proc.kill()  # an outage, not a graceful shutdown
+                proc.wait(timeout=30)
+
+    def start_apiserver(self) -> None:
+        """Start kube-apiserver again on the same address, port and certificates."""
+        with self._lock:
+            if self._apiserver is None or self._apiserver.poll() is not None:
+                self._spawn_apiserver()
 
     def _wait(
         self,

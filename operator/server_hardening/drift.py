@@ -332,18 +332,32 @@ def compute_plan(
         and k not in adopted
         and (k in acc.take_back or owned_by_key[k].fingerprint != d.fingerprint)
     ]
-    drifted: list[tuple[FindingCode, DesiredItem[PayloadT] | ObservedItem[PayloadT], str]] = [
-        *((FindingCode.MISSING, d, "is desired and absent") for d in create),
+    drifted: list[tuple[FindingCode, DesiredItem[PayloadT] | ObservedItem[PayloadT], str, str]] = [
+        *((FindingCode.MISSING, d, "is desired and absent", d.key) for d in create),
         *(
-            (FindingCode.MODIFIED, u.desired, "differs from what the guide requires")
+            (
+                FindingCode.MODIFIED,
+                u.desired,
+                "differs from what the guide requires",
+                u.observed.native_id or u.observed.key,
+            )
             for u in update
         ),
-        *((FindingCode.UNEXPECTED, o, "is managed but no longer desired") for o in delete),
+        *(
+            (FindingCode.UNEXPECTED, o, "is managed but no longer desired", o.native_id or o.key)
+            for o in delete
+        ),
     ]
-    for code, subject, what in drifted:
+    for code, subject, what, affected in drifted:
         rows = subject.rows if isinstance(subject, DesiredItem) else ()
         acc.notes.append(
-            Finding.of(code, f"{subject.key} {what}", row=rows[0] if rows else "", target=target)
+            Finding.of(
+                code,
+                f"{subject.key} {what}",
+                row=rows[0] if rows else "",
+                target=target,
+                objects=(affected,),
+            )
         )
     return Plan(
         target=target,

@@ -9,8 +9,9 @@ Series
 ------
 ``server_hardening_drift{namespace, name, target, kind}`` gauge
     Drift found at the last check. kind: missing | modified | unexpected | unmanaged_widening.
-``server_hardening_drift_total{namespace, name}`` gauge
-    Sum of the above over targets and kinds (what the alert keys on).
+``server_hardening_resource_drift{namespace, name}`` gauge
+    Sum of the above over targets and kinds (a gauge, so no ``_total`` suffix: that suffix
+    promises a counter; it was named server_hardening_drift_total before).
 ``server_hardening_managed_rules{namespace, name, target}`` gauge
     Rules (policies, security-group rules, firewall rules) the resource manages on the target.
 ``server_hardening_world_open_sensitive_ports{namespace, name, target}`` gauge
@@ -22,7 +23,10 @@ Series
 ``server_hardening_last_reconcile_timestamp_seconds{namespace, name}`` gauge
     Unix time of the last successful reconcile.
 ``server_hardening_last_drift_check_timestamp_seconds{namespace, name, target}`` gauge
-    Unix time of the last successful observation of the target.
+    Unix time of the last successful observation of the target. Kept while the resource
+    exists, through failed passes and invalid edits (so a check that stops ages and pages).
+``server_hardening_spec_valid{namespace, name}`` gauge
+    1 while the resource's current spec is valid, 0 while it is refused.
 ``server_hardening_drift_check_interval_seconds{namespace, name}`` gauge
     The resource's driftCheckInterval (alerts compare check age with it).
 ``server_hardening_reconciles_total{result}`` counter
@@ -32,7 +36,9 @@ Series
 ``server_hardening_api_calls_total{target, operation, outcome}`` counter
     Calls to external APIs. outcome: ok | throttled | transient_error | error.
 ``server_hardening_drift_detected_total{target, kind}`` counter
-    Drift found by checks (each check counts what it found; repaired drift is counted too).
+    Drift episodes: a drifted item counts once when a check first finds it, not again at every
+    check that still finds it (see :class:`DetectionCounter`); repaired drift counts too, and
+    the same item drifting again after a repair is a new episode.
 ``server_hardening_writes_total{target, action}`` counter
     Writes the operator made. action: create | update | delete | remove_unmanaged.
 ``server_hardening_watch_alive`` gauge
@@ -42,7 +48,7 @@ Series
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -110,6 +116,11 @@ class ResourceSnapshot:
     last_reconcile: float | None
     interval_seconds: int
     targets: tuple[TargetSnapshot, ...] = field(default=())
+    spec_valid: bool = True
+
+    @property
+    def valid(self) -> bool:
+        return self.spec_valid and self.phase != "Invalid"
 
 
 class _SnapshotCollector(Collector):
@@ -118,14 +129,27 @@ class _SnapshotCollector(Collector):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._resources: dict[tuple[str, str], ResourceSnapshot] = {}
+        # The last successful check per target, kept across snapshots that lack one (a failed
+        # pass, an invalid spec with no targets): a check that stops must age, not vanish.
+        self._last_checks: dict[tuple[str, str], dict[str, float]] = {}
 
     def update(self, snapshot: ResourceSnapshot) -> None:
+        key = (snapshot.namespace, snapshot.name)
         with self._lock:
-            self._resources[(snapshot.namespace, snapshot.name)] = snapshot
+            self._resources[key] = snapshot
+            checks = self._last_checks.setdefault(key, {})
+            for tgt in snapshot.targets:
+                if tgt.last_check is not None:
+                    checks[tgt.target] = tgt.last_check
 
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
             self._resources.pop((namespace, name), None)
+            self._last_checks.pop((namespace, name), None)
+
+    def last_checks(self, namespace: str, name: str) -> dict[str, float]:
+        with self._lock:
+            return dict(self._last_checks.get((namespace, name), {}))
 
     def snapshots(self) -> list[ResourceSnapshot]:
         with self._lock:
@@ -139,7 +163,7 @@ class _SnapshotCollector(Collector):
             labels=["namespace", "name", "target", "kind"],
         )
         drift_total = GaugeMetricFamily(
-            "server_hardening_drift_total",
+            "server_hardening_resource_drift",
             "Drift found at the last check, all targets and kinds.",
             labels=["namespace", "name"],
         )
@@ -178,6 +202,11 @@ class _SnapshotCollector(Collector):
             "The resource's driftCheckInterval.",
             labels=["namespace", "name"],
         )
+        valid = GaugeMetricFamily(
+            "server_hardening_spec_valid",
+            "1 while the resource's current spec is valid, 0 while it is refused.",
+            labels=["namespace", "name"],
+        )
         for res in resources:
             ids = [res.namespace, res.name]
             total = 0
@@ -186,6 +215,9 @@ class _SnapshotCollector(Collector):
             if res.last_reconcile is not None:
                 last_reconcile.add_metric(ids, res.last_reconcile)
             interval.add_metric(ids, float(res.interval_seconds))
+            valid.add_metric(ids, 1.0 if res.valid else 0.0)
+            for target, when in sorted(self.last_checks(res.namespace, res.name).items()):
+                last_check.add_metric([*ids, target], when)
             for tgt in res.targets:
                 for kind in DRIFT_KINDS:
                     value = tgt.drift.get(kind, 0)
@@ -194,8 +226,6 @@ class _SnapshotCollector(Collector):
                 managed.add_metric([*ids, tgt.target], float(tgt.managed_rules))
                 world_open.add_metric([*ids, tgt.target], float(tgt.world_open_sensitive))
                 errors.add_metric([*ids, tgt.target], 1.0 if tgt.error else 0.0)
-                if tgt.last_check is not None:
-                    last_check.add_metric([*ids, tgt.target], tgt.last_check)
             drift_total.add_metric(ids, float(total))
         yield from (
             drift,
@@ -207,11 +237,64 @@ class _SnapshotCollector(Collector):
             last_reconcile,
             last_check,
             interval,
+            valid,
         )
 
 
 SNAPSHOTS = _SnapshotCollector()
 REGISTRY.register(SNAPSHOTS)
+
+
+class DetectionCounter:
+    """Counts drift *episodes* into ``server_hardening_drift_detected_total``.
+
+    A check reports, per target and kind, the identities of the items it found drifted (a
+    NetworkPolicy name, a security-group rule ID, a firewall name). An item counts when it is
+    drifted now and was not at the previous check of the same resource and target; an item
+    that stays drifted (an unmanaged rule only reported) counts once, however many checks see
+    it. A target that could not be observed is not passed in, so its memory stays as it was.
+    The memory lives in the process: after a restart, drift that persists counts once more
+    (as does any counter's reset, which ``increase()`` already handles).
+    """
+
+    def __init__(self, counter: Counter = DRIFT_DETECTED) -> None:
+        self._counter = counter
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str, str, str], frozenset[str]] = {}
+
+    def observe(
+        self, namespace: str, name: str, target: str, drifted: Mapping[str, Iterable[str]]
+    ) -> dict[str, int]:
+        """Record one check of one target; return (and count) the new episodes per kind.
+
+        ``drifted`` maps each kind in :data:`DRIFT_KINDS` to the identities found drifted; a
+        kind left out means none of that kind."""
+        unknown = set(drifted) - set(DRIFT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown drift kinds {sorted(unknown)}; expected {DRIFT_KINDS}")
+        new: dict[str, int] = {}
+        with self._lock:
+            for kind in DRIFT_KINDS:
+                key = (namespace, name, target, kind)
+                now = frozenset(drifted.get(kind, ()))
+                fresh = len(now - self._seen.get(key, frozenset()))
+                if now:
+                    self._seen[key] = now
+                else:
+                    self._seen.pop(key, None)
+                if fresh:
+                    self._counter.labels(target=target, kind=kind).inc(fresh)
+                    new[kind] = fresh
+        return new
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The resource is gone: drop what was seen for it."""
+        with self._lock:
+            for key in [k for k in self._seen if k[:2] == (namespace, name)]:
+                del self._seen[key]
+
+
+DETECTIONS = DetectionCounter()
 
 
 def recorder_for(target: str) -> _Recorder:

@@ -33,6 +33,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from server_hardening import addresses
 from server_hardening.rules import Role
 
 GROUP = "hardening.circleci.com"
@@ -240,13 +241,34 @@ class Topology(_Spec):
     )
 
 
+# An admin SSH source: a CIDR that is not the world in any spelling (::0/0, 1.2.3.4/0).
+AdminSource = Annotated[
+    Cidr,
+    Field(
+        json_schema_extra=_cel(
+            ("isCIDR(self)", "is not a valid CIDR"),
+            (
+                "!isCIDR(self) || cidr(self).prefixLength() != 0",
+                "admin SSH from the whole internet is refused: scope the sources",
+            ),
+        )
+    ),
+]
+
+
 class AdminSSH(_Spec):
     """ALL-IN-1: SSH to the instances, only if needed."""
 
     model_config = ConfigDict(
         json_schema_extra=_cel(
-            (
-                "!has(self.sources) || self.sources.all(s, s != '0.0.0.0/0' && s != '::/0')",
+            (  # the world as its two halves (linear: a pairwise rule exceeds CEL's budget)
+                "!has(self.sources) || !("
+                + " || ".join(
+                    f"(self.sources.exists(s, isCIDR(s) && cidr(s).masked() == cidr('{a}')) && "
+                    f"self.sources.exists(s, isCIDR(s) && cidr(s).masked() == cidr('{b}')))"
+                    for a, b in (("0.0.0.0/1", "128.0.0.0/1"), ("::/1", "8000::/1"))
+                )
+                + ")",
                 "admin SSH from the whole internet is refused: scope the sources",
             ),
             (
@@ -258,7 +280,7 @@ class AdminSSH(_Spec):
     )
 
     enabled: bool = False
-    sources: list[Cidr] = Field(default_factory=list, max_length=MAX_CIDRS)
+    sources: list[AdminSource] = Field(default_factory=list, max_length=MAX_CIDRS)
 
 
 class SSHRerun(_Spec):
@@ -833,6 +855,29 @@ def _overlaps(spec: ServerHardeningSpec) -> list[FieldError]:
     return errors
 
 
+def _admin_ssh_from_the_world(sources: list[str]) -> list[FieldError]:
+    """ALL-IN-1 from the whole internet in any spelling: one source that is the world
+    (``::0/0``, ``1.2.3.4/0``), or sources whose union is (``0.0.0.0/1`` + ``128.0.0.0/1``)."""
+    field, why = "spec.access.adminSSH.sources", "the guide says to scope it as tightly as possible"
+    alone = [
+        FieldError(f"{field}[{i}]", f"{s} opens SSH to the world; {why}")
+        for i, s in enumerate(sources)
+        if addresses.AddressSet.of([s]).covers_internet()
+    ]
+    if alone:
+        return alone
+    return [
+        FieldError(
+            field,
+            ", ".join(
+                f"[{i}] {s}" for i, s in enumerate(sources) if addresses.parse(s).version == family
+            )
+            + f" together open SSH to the whole IPv{family} internet; {why}",
+        )
+        for family in addresses.world_coverage(sources)
+    ]
+
+
 def semantic_errors(spec: ServerHardeningSpec) -> list[FieldError]:
     """Rules that span fields (and so are not field validators)."""
     errors = _overlaps(spec)
@@ -851,15 +896,7 @@ def semantic_errors(spec: ServerHardeningSpec) -> list[FieldError]:
             FieldError("spec.topology.externalVMs.cidrs", "required when externalVMs is enabled")
         )
     admin = spec.access.admin_ssh
-    for i, source in enumerate(admin.sources):
-        if source in WORLD:
-            errors.append(
-                FieldError(
-                    f"spec.access.adminSSH.sources[{i}]",
-                    f"{source} opens SSH to the world; the guide says to scope it as tightly "
-                    "as possible",
-                )
-            )
+    errors.extend(_admin_ssh_from_the_world(admin.sources))
     if admin.enabled and not admin.sources:
         errors.append(
             FieldError("spec.access.adminSSH.sources", "required when adminSSH is enabled")

@@ -239,7 +239,9 @@ class Finding:
 
     Findings are data, never exceptions. ``code`` is one of :class:`FindingCode` (metrics and
     alerts key on it); ``row`` is the guide row it concerns, when there is one; ``target`` is the
-    target it was found on ("kubernetes", "aws", "gcp"), or "" for the spec itself.
+    target it was found on ("kubernetes", "aws", "gcp"), or "" for the spec itself; ``objects``
+    names what it is about, by native ID (a NetworkPolicy name, ``sg-...``/``sgr-...``, a
+    firewall name), for the OpenReports results.
     """
 
     severity: Severity
@@ -247,11 +249,20 @@ class Finding:
     message: str
     row: str = ""
     target: str = ""
+    objects: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, code: FindingCode, message: str, *, row: str = "", target: str = "") -> Finding:
+    def of(
+        cls,
+        code: FindingCode,
+        message: str,
+        *,
+        row: str = "",
+        target: str = "",
+        objects: tuple[str, ...] = (),
+    ) -> Finding:
         """A finding at its code's default severity."""
-        return cls(code.severity, code, message, row=row, target=target)
+        return cls(code.severity, code, message, row=row, target=target, objects=objects)
 
     def as_dict(self) -> dict[str, str]:
         out = {"severity": self.severity.value, "code": self.code.value, "message": self.message}

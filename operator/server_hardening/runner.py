@@ -1,8 +1,9 @@
 """``hardening run``: logging, the metrics and health server, the Kubernetes client, then kopf.
 
 One HTTP server on ``--metrics-port`` serves ``/metrics`` (Prometheus), ``/healthz`` (liveness:
-fails when the operator's event loop or its kopf task is dead, not only when the process is)
-and ``/readyz`` (readiness: kopf has started its watches).
+fails when the operator's event loop or its kopf task is dead, not only when the process is, and
+when the watches have been down longer than a bound: see :class:`Health`) and ``/readyz``
+(readiness: kopf has started its watches, and liveness holds).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
     from server_hardening.service import OperatorState
 
 HEARTBEAT_STALE_SECONDS = 30.0
+# The watches count as down when the API server has not answered the operator's own
+# credentials for this long (SERVER_HARDENING_WATCH_DOWN_SECONDS overrides it).
+WATCH_DOWN_SECONDS = 60.0
+WATCH_PROBE_EVERY = 5.0
 
 
 class JsonFormatter(logging.Formatter):
@@ -55,11 +60,34 @@ def configure_logging(fmt: str, verbose: bool) -> None:
 
 
 class Health:
-    """What /healthz and /readyz answer from."""
+    """What /healthz and /readyz answer from, and the value of ``server_hardening_watch_alive``.
 
-    def __init__(self, state: OperatorState | None = None) -> None:
+    Alive means: the kopf task runs, its event loop ticks (a heartbeat every 2 s, stale after
+    30 s), and the watches can be up. kopf retries a broken watch forever without saying so,
+    so the last point is measured apart: a probe thread asks the API server's ``/readyz`` with
+    the operator's own client and credentials every 5 s (what every watch request needs:
+    network, TLS, a valid token, a serving API server). When no probe has succeeded for
+    ``watch_down_seconds`` (default 60, ``SERVER_HARDENING_WATCH_DOWN_SECONDS``) the watches
+    are down: /healthz fails and the gauge is 0 until a probe succeeds again.
+    """
+
+    def __init__(
+        self, state: OperatorState | None = None, watch_down_seconds: float | None = None
+    ) -> None:
         self.kopf_thread: threading.Thread | None = None
         self.state = state
+        env = os.environ.get("SERVER_HARDENING_WATCH_DOWN_SECONDS")
+        self.watch_down_seconds = float(
+            watch_down_seconds if watch_down_seconds is not None else env or WATCH_DOWN_SECONDS
+        )
+        self._last_contact = time.monotonic()
+        self._probe_error = ""
+        self._probing = threading.Event()
+        metrics.WATCH_ALIVE.set_function(lambda: 1.0 if self._watch_alive() else 0.0)
+
+    def _watch_alive(self) -> bool:
+        rt = self.state
+        return rt is not None and rt.ready and self.alive()[0]
 
     def alive(self) -> tuple[bool, str]:
         if self.kopf_thread is not None and not self.kopf_thread.is_alive():
@@ -67,10 +95,16 @@ class Health:
         rt = self.state
         if rt is None or not rt.ready:
             return True, "starting"
+        self._start_probe(rt)
         age = time.monotonic() - rt.heartbeat
         if age > HEARTBEAT_STALE_SECONDS:
-            metrics.WATCH_ALIVE.set(0)
             return False, f"event loop silent for {age:.0f}s"
+        down = time.monotonic() - self._last_contact
+        if down > self.watch_down_seconds:
+            return False, (
+                f"watches down: the API server has not answered for {down:.0f}s "
+                f"(bound {self.watch_down_seconds:.0f}s): {self._probe_error}"
+            )
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:
@@ -79,6 +113,31 @@ class Health:
         if not ok:
             return ok, why
         return (True, "ok") if rt is not None and rt.ready else (False, "starting")
+
+    def _start_probe(self, rt: Any) -> None:
+        if self._probing.is_set():
+            return
+        self._probing.set()
+        self._last_contact = time.monotonic()  # the bound counts from the first probe
+        api_client = rt.resources.core.api_client
+        threading.Thread(
+            target=self._probe_forever, args=(api_client,), name="watch-probe", daemon=True
+        ).start()
+
+    def _probe_forever(self, api_client: Any) -> None:
+        while True:
+            try:
+                response = api_client.call_api(
+                    "/readyz", "GET", auth_settings=["BearerToken"], _preload_content=False,
+                    _request_timeout=WATCH_PROBE_EVERY, _return_http_data_only=True,
+                )  # fmt: skip
+                response.release_conn()
+                self._last_contact = time.monotonic()
+                self._probe_error = ""
+            except Exception as exc:  # any failure to get an answer: network, TLS, 401, 5xx
+                first = (str(exc).splitlines() or [""])[0]
+                self._probe_error = f"{type(exc).__name__}: {first[:200]}"
+            time.sleep(WATCH_PROBE_EVERY)
 
 
 def serve_http(host: str, port: int, health: Health) -> ThreadingHTTPServer:

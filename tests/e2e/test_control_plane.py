@@ -100,6 +100,10 @@ def test_packaging_binaries_report_the_pinned_versions(test_binaries: TestBinari
         [test_binaries.promtool, "--version"], capture_output=True, text=True, check=True
     ).stdout
     assert f"version 3.{int(minor) - 300}.{patch}" in prom_out
+    server_out = subprocess.run(
+        [test_binaries.prometheus, "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    assert f"prometheus, version 3.{int(minor) - 300}.{patch}" in server_out
     etcd = _module_version(testbin / "etcd" / "go.mod", "go.etcd.io/etcd/server/v3")
     etcd_out = subprocess.run(
         [test_binaries.etcd, "--version"], capture_output=True, text=True, check=True

@@ -27,6 +27,7 @@ ALERT_NAMES = (
     "ServerHardeningReconcileErrors",
     "ServerHardeningDriftCheckStale",
     "ServerHardeningWorldOpenSensitivePort",
+    "ServerHardeningSpecInvalid",
     "ServerHardeningOperatorDown",
 )
 
@@ -103,6 +104,7 @@ def test_thresholds_come_from_values(test_binaries: TestBinaries, tmp_path: Path
             "driftCheckStale": {"intervalMultiplier": 5, "for": "10m"},
             "worldOpenSensitivePort": {"for": "0m", "severity": "page"},
             "operatorDown": {"for": "15m"},
+            "specInvalid": {"for": "30m", "severity": "critical"},
         },
     }
     rule = one(render_chart(values), "PrometheusRule")
@@ -115,6 +117,8 @@ def test_thresholds_come_from_values(test_binaries: TestBinaries, tmp_path: Path
     assert "5 * max by" in rules["ServerHardeningDriftCheckStale"]["expr"]
     assert rules["ServerHardeningWorldOpenSensitivePort"]["labels"]["severity"] == "page"
     assert 'job=~"hardening"' in rules["ServerHardeningOperatorDown"]["expr"]
+    assert rules["ServerHardeningSpecInvalid"]["for"] == "30m"
+    assert "more than 30m" in rules["ServerHardeningSpecInvalid"]["annotations"]["description"]
     assert rules["ServerHardeningOperatorDown"]["annotations"]["runbook_url"] == (
         "https://runbooks.example.com/hardening#serverhardeningoperatordown"
     )
@@ -135,7 +139,8 @@ def test_every_alert_has_severity_summary_description_and_runbook() -> None:
         if rule["alert"] != "ServerHardeningOperatorDown":
             for text in (annotations["summary"], annotations["description"]):
                 assert "{{ $labels.namespace }}/{{ $labels.name }}" in text, rule["alert"]
-                assert "{{ $labels.target }}" in text, rule["alert"]
+                if rule["alert"] != "ServerHardeningSpecInvalid":  # a spec has no target
+                    assert "{{ $labels.target }}" in text, rule["alert"]
         anchor = annotations["runbook_url"].split("#", 1)[1]
         assert anchor == rule["alert"].lower()
 
@@ -162,4 +167,16 @@ def test_alert_expressions_use_only_contract_series(name: str) -> None:
     used = set(re.findall(r"\bserver_hardening_\w+", rule["expr"]))
     assert used <= contract_series(), used - contract_series()
     if name == "ServerHardeningDriftPersists":
-        assert "server_hardening_drift_total" in used
+        assert "server_hardening_drift" in used
+
+
+def test_per_resource_alerts_keep_the_resource_namespace_and_name() -> None:
+    """Grouping by (namespace, name) only means the resource's namespace if the scrape keeps
+    the operator's labels: the ServiceMonitor honours them."""
+    for rule in plain_rules():
+        if rule["alert"] in {"ServerHardeningOperatorDown", "ServerHardeningReconcileErrors"}:
+            continue
+        assert re.search(r"by \(namespace, name\b", rule["expr"]), rule["alert"]
+    monitor = one(render_chart({"metrics": {"serviceMonitor": {"enabled": True}}}),
+                  "ServiceMonitor")  # fmt: skip
+    assert [e.get("honorLabels") for e in monitor["spec"]["endpoints"]] == [True]

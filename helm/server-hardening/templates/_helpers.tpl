@@ -94,6 +94,10 @@ ClusterRole when cluster-wide). Never Secrets, never wildcards.
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "list", "watch"]
+# The OpenReports Report of each ServerHardening (create-or-replace; harmless without the CRD).
+- apiGroups: ["openreports.io"]
+  resources: ["reports"]
+  verbs: ["get", "create", "update"]
 # Events on the ServerHardening resources (kopf posts core/v1 events; events.k8s.io for both).
 - apiGroups: [""]
   resources: ["events"]

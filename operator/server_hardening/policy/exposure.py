@@ -7,15 +7,14 @@ Accesses in the per-target policy modules; the checks here never see a provider'
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from server_hardening import addresses
 from server_hardening.guide import SENSITIVE_PORTS
 from server_hardening.rules import Direction, Finding, FindingCode, PortRange
 
 WORLD = ("0.0.0.0/0", "::/0")
-_WHOLE = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
 
 
 @dataclass(frozen=True)
@@ -38,22 +37,17 @@ class Access:
 def world_families(cidrs: Iterable[str]) -> tuple[int, ...]:
     """The IP families (4, 6) whose whole address space the union of ``cidrs`` covers.
 
-    By meaning, not spelling: ``0.0.0.0/1`` plus ``128.0.0.0/1`` is the whole IPv4 internet,
-    and so is ``1.2.3.4/0``. Unparseable entries (a prefix-list ID, a tag) cover nothing.
+    By meaning, not spelling (:mod:`server_hardening.addresses`): ``0.0.0.0/1`` plus
+    ``128.0.0.0/1`` is the whole IPv4 internet, and so is ``1.2.3.4/0``. Entries that are not
+    addresses (a security-group or prefix-list ID, a tag) cover nothing.
     """
-    by_family: dict[int, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {4: [], 6: []}
+    networks = []
     for cidr in cidrs:
         try:
-            network = ipaddress.ip_network(cidr, strict=False)
+            networks.append(addresses.parse(cidr))
         except ValueError:
             continue
-        by_family[network.version].append(network)
-    covered = []
-    for family, networks in by_family.items():
-        collapsed = list(ipaddress.collapse_addresses(networks))  # type: ignore[type-var]
-        if collapsed == [_WHOLE[family]]:
-            covered.append(family)
-    return tuple(covered)
+    return tuple(addresses.world_coverage(networks))
 
 
 def is_world_open(access: Access) -> bool:

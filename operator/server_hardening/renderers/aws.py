@@ -196,44 +196,6 @@ class AtomicRule:
         out[field] = self.peer
         return out
 
-    def as_body(self) -> dict[str, Any]:
-        return {
-            "groupId": self.group_id,
-            "direction": self.direction.value,
-            "protocol": self.protocol,
-            "fromPort": self.from_port,
-            "toPort": self.to_port,
-            "peerType": self.peer_type,
-            "peer": self.peer,
-            "description": self.description,
-        }
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> AtomicRule:
-        return cls(
-            group_id=str(body["groupId"]),
-            direction=Direction(body["direction"]),
-            protocol=str(body["protocol"]),
-            from_port=body.get("fromPort"),
-            to_port=body.get("toPort"),
-            peer_type=str(body["peerType"]),
-            peer=str(body["peer"]),
-            description=str(body.get("description") or ""),
-        )
-
-    def is_world_open(self) -> bool:
-        return self.peer_type in ("cidr4", "cidr6") and self.peer in ("0.0.0.0/0", "::/0")
-
-    def covers_port(self, port: int) -> bool:
-        """Whether TCP traffic to ``port`` matches this rule."""
-        if self.protocol == "-1":
-            return True
-        if self.protocol != "tcp":
-            return False
-        first = 0 if self.from_port is None or self.from_port < 0 else self.from_port
-        last = 65535 if self.to_port is None or self.to_port < 0 else self.to_port
-        return first <= port <= last
-
 
 def _add_peer(perm: IpPermission, peer_type: str, peer: str, description: str) -> None:
     if peer_type == "cidr4":

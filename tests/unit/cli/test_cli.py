@@ -100,6 +100,29 @@ def test_a_bad_file_names_the_field_exits_2_and_prints_nothing_to_stdout(tmp_pat
     )
 
 
+@pytest.mark.parametrize(
+    ("sources", "field"),
+    [
+        (["0.0.0.0/1", "128.0.0.0/1"], "spec.access.adminSSH.sources: "),
+        (["192.0.2.0/24", "::0/0"], "spec.access.adminSSH.sources[1]: "),
+        (["1.2.3.4/0"], "spec.access.adminSSH.sources[0]: "),
+        (["::/1", "4000::/2", "8000::/1"], "spec.access.adminSSH.sources: "),
+    ],
+)
+def test_plan_refuses_admin_ssh_from_the_world_in_any_spelling(
+    tmp_path: Path, sources: list[str], field: str
+) -> None:
+    body = yaml.safe_load((EXAMPLES / "kubernetes-only.yaml").read_text())
+    body["spec"]["access"] = {"adminSSH": {"enabled": True, "sources": sources}}
+    path = tmp_path / "world.yaml"
+    path.write_text(yaml.safe_dump(body))
+    result = run("plan", "-f", str(path), "-o", "json")
+    assert result.returncode == 2, result.stdout
+    assert result.stdout == ""
+    assert f"{path}: {field}" in result.stderr
+    assert "SSH to the" in result.stderr
+
+
 def test_plan_reads_stdin() -> None:
     result = run(
         "plan", "-f", "-", "-o", "json", stdin=(EXAMPLES / "kubernetes-only.yaml").read_text()

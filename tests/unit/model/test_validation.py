@@ -85,6 +85,36 @@ def test_admin_ssh_from_the_world_is_refused(world: str) -> None:
     assert message.startswith(f"spec.access.adminSSH.sources[1]: {world} opens SSH to the world")
 
 
+@pytest.mark.parametrize(
+    ("sources", "family"),
+    [
+        (["0.0.0.0/1", "128.0.0.0/1"], 4),
+        (["0.0.0.0/2", "192.0.2.0/24", "64.0.0.0/2", "128.0.0.0/1"], 4),
+        (["::/1", "8000::/1"], 6),
+        (["::/1", "4000::/2", "8000::/1", "c000::/3"], 6),  # overlapping halves
+    ],
+)
+def test_admin_ssh_from_the_world_in_pieces_is_refused(sources: list[str], family: int) -> None:
+    spec = spec_dict(**{"access.adminSSH": {"enabled": True, "sources": sources}})
+    (message,) = errors_of(spec)
+    assert message.startswith("spec.access.adminSSH.sources: ")
+    assert f"together open SSH to the whole IPv{family} internet" in message
+    assert "[0] " in message
+
+
+@pytest.mark.parametrize("spelling", ["::0/0", "1.2.3.4/0", "0:0::0/0", "255.255.255.255/0"])
+def test_admin_ssh_from_the_world_in_another_spelling_is_refused(spelling: str) -> None:
+    spec = spec_dict(**{"access.adminSSH": {"enabled": True, "sources": [spelling]}})
+    (message,) = errors_of(spec)
+    assert message.startswith("spec.access.adminSSH.sources[0]: ")
+    assert "opens SSH to the world" in message
+
+
+def test_admin_ssh_from_half_the_internet_is_not_the_world() -> None:
+    spec = make_spec(**{"access.adminSSH": {"enabled": True, "sources": ["0.0.0.0/1"]}})
+    assert spec.access.admin_ssh.sources == ["0.0.0.0/1"]
+
+
 def test_admin_ssh_needs_sources_when_enabled() -> None:
     assert errors_of(spec_dict(**{"access.adminSSH": {"enabled": True}})) == [
         "spec.access.adminSSH.sources: required when adminSSH is enabled"

@@ -1,0 +1,171 @@
+"""Property tests of address sets: every answer agrees with the addresses themselves.
+
+In a small universe (a /24 of IPv4 and a /120 of IPv6) each set is also enumerated address by
+address, and every operation is checked against Python's own set algebra on those addresses.
+At internet scale the world is split into random pieces in every spelling a person might use.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from server_hardening.addresses import NON_PUBLIC, AddressSet, world_coverage
+
+V4_BASE = int(ipaddress.IPv4Address("10.0.0.0"))
+V6_BASE = int(ipaddress.IPv6Address("2001:db8::"))
+
+
+@st.composite
+def small_network(draw: st.DrawFn) -> str:
+    """A CIDR inside 10.0.0.0/24 or 2001:db8::/120, host bits possibly set."""
+    if draw(st.booleans()):
+        prefix = draw(st.integers(24, 32))
+        return f"{ipaddress.IPv4Address(V4_BASE + draw(st.integers(0, 255)))}/{prefix}"
+    prefix = draw(st.integers(120, 128))
+    return f"{ipaddress.IPv6Address(V6_BASE + draw(st.integers(0, 255)))}/{prefix}"
+
+
+small_sets = st.lists(small_network(), max_size=6)
+
+
+def addresses(cidrs: list[str]) -> set[tuple[int, int]]:
+    """The oracle: every (family, address) the CIDRs hold."""
+    out: set[tuple[int, int]] = set()
+    for cidr in cidrs:
+        net = ipaddress.ip_network(cidr, strict=False)
+        first = int(net.network_address)
+        out.update((net.version, first + i) for i in range(net.num_addresses))
+    return out
+
+
+def count(found: set[tuple[int, int]], family: int) -> int:
+    return sum(1 for f, _ in found if f == family)
+
+
+@given(small_sets)
+def test_the_size_is_the_number_of_distinct_addresses(cidrs: list[str]) -> None:
+    size = AddressSet.of(cidrs).size()
+    assert (size.v4, size.v6) == (count(addresses(cidrs), 4), count(addresses(cidrs), 6))
+
+
+@given(small_sets, small_sets)
+def test_sets_with_the_same_addresses_are_equal_however_spelled(a: list[str], b: list[str]) -> None:
+    assert (AddressSet.of(a) == AddressSet.of(b)) == (addresses(a) == addresses(b))
+
+
+@given(small_sets, small_sets)
+def test_union_intersection_subset_and_overlap_agree_with_the_addresses(
+    a: list[str], b: list[str]
+) -> None:
+    sa, sb = AddressSet.of(a), AddressSet.of(b)
+    oracle_a, oracle_b = addresses(a), addresses(b)
+    assert addresses([str(n) for n in (sa | sb).blocks]) == oracle_a | oracle_b
+    assert addresses([str(n) for n in (sa & sb).blocks]) == oracle_a & oracle_b
+    assert sa.issubset(sb) == (oracle_a <= oracle_b)
+    assert sa.issuperset(sb) == (oracle_a >= oracle_b)
+    assert sa.overlaps(sb) == bool(oracle_a & oracle_b)
+
+
+@given(small_sets, small_network())
+def test_a_set_covers_a_subnet_exactly_when_it_holds_all_its_addresses(
+    sources: list[str], subnet: str
+) -> None:
+    assert AddressSet.of(sources).covers(subnet) == (addresses([subnet]) <= addresses(sources))
+
+
+@st.composite
+def split_of(draw: st.DrawFn, root: str) -> list[str]:
+    """``root`` cut into random CIDR pieces (some pieces repeated or overlapping a sibling),
+    with random host bits set: the world spelled as someone might."""
+    pieces: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    todo = [ipaddress.ip_network(root)]
+    while todo:
+        net = todo.pop()
+        if net.prefixlen < 6 and draw(st.booleans()):
+            todo.extend(net.subnets())
+        else:
+            pieces.append(net)
+    out = []
+    for net in pieces:
+        host = draw(st.integers(0, net.num_addresses - 1))
+        out.append(f"{net.network_address + host}/{net.prefixlen}")
+    if draw(st.booleans()):  # an overlapping extra piece changes nothing
+        out.append(str(next(ipaddress.ip_network(root).subnets(prefixlen_diff=2))))
+    return draw(st.permutations(out))
+
+
+@given(split_of("0.0.0.0/0"))
+def test_ipv4_pieces_that_tile_the_internet_cover_it(pieces: list[str]) -> None:
+    union = AddressSet.of(pieces)
+    assert union.covers_internet(4)
+    assert union.covers_internet()
+    assert not union.covers_internet(6)
+    assert world_coverage(pieces) == [4]
+
+
+@given(split_of("::/0"))
+def test_ipv6_pieces_that_tile_the_internet_cover_it(pieces: list[str]) -> None:
+    assert AddressSet.of(pieces).covers_internet(6)
+    assert world_coverage(pieces) == [6]
+
+
+@given(split_of("0.0.0.0/0"), st.data())
+def test_leaving_out_one_piece_no_longer_covers_the_internet(
+    pieces: list[str], data: st.DataObject
+) -> None:
+    nets = {ipaddress.ip_network(p, strict=False) for p in pieces}
+    if len(nets) < 2:
+        return
+    dropped = data.draw(st.sampled_from(sorted(nets)))
+    rest = [p for p in pieces if not ipaddress.ip_network(p, strict=False).overlaps(dropped)]
+    assert not AddressSet.of(rest).covers_internet()
+
+
+@given(st.ip_addresses())
+def test_any_address_with_prefix_length_zero_is_the_whole_internet(address: object) -> None:
+    union = AddressSet.of([f"{address}/0"])
+    assert union.covers_internet()
+    assert union.covers_both_internets() is False
+
+
+def test_both_families_open_is_the_whole_world_twice() -> None:
+    assert AddressSet.of(["0.0.0.0/1", "128.0.0.0/1", "::0/0"]).covers_both_internets()
+
+
+def test_the_non_public_ranges_have_no_public_addresses() -> None:
+    for group in NON_PUBLIC.values():
+        assert AddressSet.of(group).public_size().v4 == 0
+        assert AddressSet.of(group).public_size().v6 == 0
+
+
+def test_the_public_internet_is_the_world_minus_the_special_purpose_ranges() -> None:
+    world = AddressSet.of(["0.0.0.0/0"])
+    special = AddressSet.of(c for g in NON_PUBLIC.values() for c in g if "." in c)
+    assert world.public_size().v4 == 2**32 - special.size().v4
+    assert world.public().size().v4 == world.public_size().v4
+    assert not world.public().overlaps(special)
+
+
+@given(st.lists(st.ip_addresses(v=4).flatmap(
+    lambda a: st.integers(0, 32).map(lambda p: f"{a}/{p}")), max_size=5))  # fmt: skip
+def test_public_addresses_never_exceed_the_total_and_match_the_public_part(
+    cidrs: list[str],
+) -> None:
+    union = AddressSet.of(cidrs)
+    public = union.public_size()
+    assert public.v4 <= union.size().v4
+    assert union.public().size() == public
+    assert union.public().issubset(union)
+
+
+def test_a_public_range_is_judged_by_its_public_addresses_only() -> None:
+    assert AddressSet.of(["8.8.8.0/24"]).public_size().v4 == 256
+    assert AddressSet.of(["10.0.0.0/8"]).public_larger_than(v4=0, v6=0) is False
+    assert AddressSet.of(["100.64.0.0/10", "8.8.8.8/32"]).public_size().v4 == 1
+    wide = AddressSet.of(["8.0.0.0/8"])
+    assert wide.public_larger_than(v4=65536, v6=2**64)
+    assert not wide.public_larger_than(v4=2**24, v6=2**64)
+    assert AddressSet.of(["2600::/16"]).public_larger_than(v4=0, v6=2**64)
