@@ -113,9 +113,17 @@ async def on_change(namespace: str | None, name: str, memo: kopf.Memo, **_: Any)
 
 @kopf.timer(GROUP, VERSION, PLURAL, id="drift-check", interval=TIMER_TICK, initial_delay=TIMER_TICK)
 async def drift_check(
-    namespace: str | None, name: str, spec: kopf.Spec, memo: kopf.Memo, **_: Any
+    namespace: str | None,
+    name: str,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    memo: kopf.Memo,
+    **_: Any,
 ) -> None:
-    if namespace is not None and service.due_for_check(state_of(memo), namespace, name, spec):
+    due = namespace is not None and service.due_for_check(
+        state_of(memo), namespace, name, spec, status
+    )
+    if namespace is not None and due:
         await _reconcile(memo, namespace, name)
 
 

@@ -40,7 +40,7 @@ Series
     check that still finds it (see :class:`DetectionCounter`); repaired drift counts too, and
     the same item drifting again after a repair is a new episode.
 ``server_hardening_writes_total{target, action}`` counter
-    Writes the operator made. action: create | update | delete | remove_unmanaged.
+    Writes the operator made. action: adopt | create | update | delete | remove_unmanaged.
 ``server_hardening_watch_alive`` gauge
     1 while the operator's watch streams are alive (the liveness probe reads the same state).
 """
@@ -55,9 +55,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from server_hardening.drift import DriftKind
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-DRIFT_KINDS = ("missing", "modified", "unexpected", "unmanaged_widening")
+DRIFT_KINDS = tuple(kind.value for kind in DriftKind)
 PHASES = ("Enforced", "Drifted", "Auditing", "Invalid", "Error", "Conflict")
 RESULTS = ("in_sync", "repaired", "drift_reported", "invalid", "conflict", "error")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from server_hardening.compiler import CompiledIntent, compile_intent
-from server_hardening.drift import DriftCounts, Plan, compute_plan
+from server_hardening.drift import DriftCounts, DriftKind, Plan, compute_plan
 from server_hardening.metrics import ResourceSnapshot, TargetSnapshot
 from server_hardening.model import (
     Adoption,
@@ -83,6 +83,8 @@ class TargetReport:
     # What the pass acted on, and the error that stopped it: for ``plan --live`` and the tests.
     plan: Plan[Any] | None = None
     error: TargetError | None = None
+    # The identities found drifted, per kind (metrics count episodes from them).
+    drifted: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def world_open_sensitive(self) -> int:
@@ -126,6 +128,10 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     interval_seconds: int = 60
+    # The spec this report enforced: recorded in status as the last valid one. ``refused``:
+    # the errors of a newer spec the operator refuses while it keeps enforcing this one.
+    enforced_spec: Mapping[str, Any] | None = None
+    refused: tuple[FieldError, ...] = ()
 
     @property
     def drift_total(self) -> int:
@@ -144,7 +150,7 @@ class Report:
         in_sync = self.succeeded and (
             self.drift_total == 0 or all(t.repaired for t in self.targets if t.drift.total)
         )
-        valid = self.phase != Phase.INVALID
+        valid = self.phase != Phase.INVALID and not self.refused
         wanted = [
             ("Valid", valid, "SpecValid" if valid else "InvalidSpec"),
             ("Ready", self.phase in {Phase.ENFORCED, Phase.AUDITING}, self.reason),
@@ -181,6 +187,9 @@ class Report:
             if any(t.observed for t in self.targets)
             else old.get("lastDriftCheckTime"),
             "lastReconcileTime": now if self.succeeded else old.get("lastReconcileTime"),
+            "lastValidSpec": {"generation": self.generation, "spec": dict(self.enforced_spec)}
+            if self.enforced_spec is not None and not self.refused
+            else old.get("lastValidSpec"),
         }  # fmt: skip
         return status
 
@@ -189,6 +198,7 @@ class Report:
         return ResourceSnapshot(
             namespace=self.ref.namespace,
             name=self.ref.name,
+            spec_valid=not self.refused and self.phase != Phase.INVALID,
             phase=self.phase.value,
             last_reconcile=when if self.succeeded else None,
             interval_seconds=self.interval_seconds,
@@ -225,6 +235,27 @@ def invalid_report(
         findings=[Finding.of(FindingCode.INVALID_SPEC, str(e)) for e in errors],
         events=[Event("Warning", "InvalidSpec", message)],
     )
+
+
+def refuse_keeping_the_last(
+    report: Report, generation: int, errors: Sequence[FieldError], enforced_generation: int
+) -> Report:
+    """A newer spec is invalid: the report of enforcing the last valid one, said loudly. The
+    phase is Invalid, Valid=False names every error, an event says so, and the targets keep
+    being checked and repaired against generation ``enforced_generation``."""
+    message = "; ".join(str(e) for e in errors)
+    report.refused = tuple(errors)
+    report.generation = generation
+    report.phase, report.reason = Phase.INVALID, "InvalidSpec"
+    report.message = (
+        f"generation {generation} refused ({message}); still enforcing the last valid spec, "
+        f"generation {enforced_generation}"
+    )
+    report.findings = [Finding.of(FindingCode.INVALID_SPEC, str(e)) for e in errors] + list(
+        report.findings
+    )
+    report.events.insert(0, Event("Warning", "InvalidSpec", report.message))
+    return report
 
 
 def _names(items: Sequence[Any], attr: str = "key", limit: int = 8) -> str:
@@ -348,6 +379,12 @@ def run_target(
     if initial:
         drift = DriftCounts(0, drift.modified, drift.unexpected, drift.unmanaged_widening)
     report.drift = drift
+    report.drifted = {
+        DriftKind.MISSING.value: () if initial else tuple(d.key for d in plan.create),
+        DriftKind.MODIFIED.value: tuple(u.desired.key for u in plan.update),
+        DriftKind.UNEXPECTED.value: tuple(o.native_id or o.key for o in plan.delete),
+        DriftKind.UNMANAGED_WIDENING.value: tuple(o.native_id or o.key for o in plan.unmanaged),
+    }
     report.managed_rules = plan.managed
     report.findings = [f for f in plan.findings if not (initial and f.code == "Missing")]
     drift_event = _drift_event(name, plan, initial)

@@ -27,9 +27,17 @@ from server_hardening.model import (
     SpecError,
     parse_spec,
 )
-from server_hardening.reconcile import Phase, Report, TargetFactory, invalid_report, reconcile
+from server_hardening.reconcile import (
+    Phase,
+    Report,
+    TargetFactory,
+    invalid_report,
+    reconcile,
+    refuse_keeping_the_last,
+)
 from server_hardening.targets.base import TargetError, TransientTargetError
 from server_hardening.targets.kubernetes import ResourceClient
+from server_hardening.targets.reports import publish_report
 
 log = logging.getLogger("server_hardening")
 
@@ -71,15 +79,20 @@ def reconcile_resource(state: OperatorState, namespace: str, name: str) -> Repor
     try:
         spec = parse_spec(body.get("spec"))
     except SpecError as exc:
-        report = invalid_report(ref, generation, exc.errors, now)
+        report = _enforce_the_last_valid(state, ref, generation, exc, previous, now)
     else:
         report = reconcile(
             ref, spec, state.factory, generation=generation, previous_status=previous
         )
+        report.enforced_spec = body.get("spec") or {}
     metrics.RECONCILE_DURATION.observe(time.monotonic() - started)
     metrics.RECONCILES.labels(result=result_label(report)).inc()
     count_detections_and_writes(report)
     state.resources.patch_status(namespace, name, report.status(previous))
+    try:
+        publish_report(state.resources.core.api_client, report, ref)
+    except TargetError as exc:
+        log.warning("could not write the OpenReports Report of %s/%s: %s", namespace, name, exc)
     for event in report.events:
         try:
             state.resources.post_event(body, event.type, event.reason, event.message)
@@ -99,6 +112,31 @@ def reconcile_resource(state: OperatorState, namespace: str, name: str) -> Repor
     return report
 
 
+def _enforce_the_last_valid(
+    state: OperatorState,
+    ref: ResourceRef,
+    generation: int,
+    refused: SpecError,
+    previous: Mapping[str, Any],
+    now: dt.datetime,
+) -> Report:
+    """A bad edit never lowers protection: with a last valid spec on record (status), keep
+    checking and repairing against it while the new one is refused."""
+    last = previous.get("lastValidSpec") or {}
+    try:
+        enforced = parse_spec(last.get("spec")) if last else None
+    except SpecError:
+        enforced = None
+    if enforced is None:
+        return invalid_report(ref, generation, refused.errors, now)
+    report = reconcile(
+        ref, enforced, state.factory, generation=generation, previous_status=previous
+    )
+    return refuse_keeping_the_last(
+        report, generation, refused.errors, int(last.get("generation", 0))
+    )
+
+
 def result_label(report: Report) -> str:
     """The ``result`` label of ``server_hardening_reconciles_total``."""
     by_phase = {Phase.INVALID: "invalid", Phase.CONFLICT: "conflict", Phase.ERROR: "error"}
@@ -110,14 +148,17 @@ def result_label(report: Report) -> str:
 
 
 def count_detections_and_writes(report: Report) -> None:
+    """Detections count episodes (an item drifted now that was not at the previous check), not
+    observations; writes count what was applied."""
+    ref = report.ref
     for target in report.targets:
-        for kind, value in target.drift.by_kind().items():
-            if value:
-                metrics.DRIFT_DETECTED.labels(target=target.name, kind=kind.value).inc(value)
+        if target.observed and target.plan is not None:
+            metrics.DETECTIONS.observe(ref.namespace, ref.name, target.name, target.drifted)
         applied = target.applied
         if applied is None:
             continue
         for action, value in (
+            ("adopt", applied.adopted),
             ("create", applied.created),
             ("update", applied.updated),
             ("delete", applied.deleted),
@@ -144,12 +185,23 @@ async def request_reconcile(state: OperatorState, namespace: str, name: str) -> 
                 return
 
 
-def due_for_check(state: OperatorState, namespace: str, name: str, spec: Mapping[str, Any]) -> bool:
-    """Whether the drift-check interval has passed since the last reconcile."""
+def due_for_check(
+    state: OperatorState,
+    namespace: str,
+    name: str,
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any] | None = None,
+) -> bool:
+    """Whether the drift-check interval has passed since the last reconcile. A resource whose
+    spec is refused keeps the interval of the last valid spec it is still enforced with."""
     try:
         interval = parse_spec(spec).drift_check_seconds
     except SpecError:
-        return False  # an invalid resource has nothing to check; its status says why
+        last = (status or {}).get("lastValidSpec") or {}
+        try:
+            interval = parse_spec(last.get("spec")).drift_check_seconds
+        except SpecError:
+            return False  # never valid: nothing is enforced, its status says why
     return state.clock() - state.last_check.get((namespace, name), 0.0) >= interval
 
 
@@ -174,6 +226,7 @@ def release_resource(
     ``release_timeout`` has passed since the deletion; then it gives up, saying what it left."""
     state.released.add((namespace, name))
     metrics.SNAPSHOTS.forget(namespace, name)
+    metrics.DETECTIONS.forget(namespace, name)
     state.last_check.pop((namespace, name), None)
     ref = ResourceRef(namespace=namespace, name=name, uid=str(meta.get("uid", "")))
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ServerHardening", "metadata": dict(meta)}

@@ -12,11 +12,8 @@ and the other target labels the Prometheus Operator adds, and ``honor_labels`` i
 rendered ServiceMonitor says. So the alerts below also prove that they keep the resource's
 namespace under that relabelling.
 
-Pending on operator changes (strict xfail: they start passing, and so fail, once done):
-world-open sensitive ports are judged on AWS only (the GCP firewall judge and the NetworkPolicy
-check report a world-open 22/2376/4647 as plain ``UnmanagedWidening``, which the
-``server_hardening_world_open_sensitive_ports`` gauge does not count); an invalid edit stops
-the checks instead of keeping the last valid spec enforced.
+A world-open sensitive port pages on every target (AWS, GCP, a NetworkPolicy: one policy layer
+judges all three), and an invalid edit keeps the last valid spec enforced while it pages.
 """
 
 from __future__ import annotations
@@ -350,11 +347,6 @@ def test_an_invalid_spec_fires_and_resolves_when_fixed(
     prometheus.wait_resolved("ServerHardeningSpecInvalid", namespace=ns)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pending: the operator keeps enforcing the last valid spec (recorded with its "
-    "generation) while a new one is refused; today an Invalid resource is not checked",
-)
 def test_an_invalid_edit_keeps_the_last_valid_spec_enforced(
     prometheus: PrometheusProcess, admin_api: Any, ns: str
 ) -> None:
@@ -433,11 +425,6 @@ def seen_and_judged(api: Any, namespace: str, target: str, rule: str) -> None:
     assert "WorldOpenSensitivePort" in codes, codes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pending: the GCP firewall judge (renderers/gcp.py judge_firewall) reports a "
-    "world-open 22 as UnmanagedWidening, not WorldOpenSensitivePort",
-)
 def test_gcp_world_open_ssh_fires(
     prometheus: PrometheusProcess, admin_api: Any, ns: str, clouds: Any
 ) -> None:
@@ -460,11 +447,6 @@ def test_gcp_world_open_ssh_fires(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pending: the NetworkPolicy check (checks.py) reports a policy opening 22 to "
-    "0.0.0.0/0 as UnmanagedWidening, not WorldOpenSensitivePort",
-)
 def test_network_policy_world_open_ssh_fires(
     prometheus: PrometheusProcess, admin_api: Any, ns: str
 ) -> None:

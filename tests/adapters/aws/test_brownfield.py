@@ -1,0 +1,134 @@
+"""A brownfield AWS account, as CircleCI's install docs leave it plus an NLB Service's rules:
+the first Enforce pass adopts what is the guide's, never touches the cloud provider's rules,
+and no moment of the pass has less access than both the state before and the state after."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapters.aws.world import OWNER, World, capture_calls, run_pass
+from server_hardening.ownership import OWNER_TAG, owner_key
+from server_hardening.renderers.aws import AtomicRule
+from server_hardening.rules import Role
+from server_hardening.targets.aws import parse_rule
+
+NLB = "a953ad6f802b345fe85f29d793a4e104"
+
+
+def _add(world: World, group: str, perm: dict[str, Any]) -> str:
+    out = world.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[perm])
+    return str(out["SecurityGroupRules"][0]["SecurityGroupRuleId"])
+
+
+def _seed_by_hand(world: World) -> dict[str, str]:
+    """Every rule the guide wants, created by hand without tags (the install docs' way), plus
+    the NLB rules the Kubernetes cloud provider adds to the nodes' group, plus a team's extra."""
+    ids: dict[str, str] = {}
+    for atom in world.guide_rendering().atoms:
+        if atom.direction.value != "ingress":
+            continue
+        perm = atom.permission()
+        for ranges in ("IpRanges", "Ipv6Ranges", "UserIdGroupPairs", "PrefixListIds"):
+            for entry in perm.get(ranges, []):  # type: ignore[attr-defined]
+                entry["Description"] = "from the install docs"
+        ids[atom.key()] = _add(world, atom.group_id, dict(perm))
+    nodes = world.groups[Role.KUBERNETES_NODES]
+    for what, perm in (
+        ("client", {"IpProtocol": "tcp", "FromPort": 31234, "ToPort": 31234,
+                    "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}),
+        ("health", {"IpProtocol": "tcp", "FromPort": 31235, "ToPort": 31235,
+                    "IpRanges": [{"CidrIp": "10.0.0.0/16"}]}),
+        ("mtu", {"IpProtocol": "icmp", "FromPort": 3, "ToPort": 4,
+                 "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}),
+    ):  # fmt: skip
+        perm["IpRanges"][0]["Description"] = f"kubernetes.io/rule/nlb/{what}={NLB}"  # type: ignore[index]
+        ids[f"nlb-{what}"] = _add(world, nodes, perm)
+    ids["extra"] = _add(
+        world,
+        world.groups[Role.NOMAD_CLIENTS],
+        {"IpProtocol": "tcp", "FromPort": 9090, "ToPort": 9090,
+         "IpRanges": [{"CidrIp": "198.51.100.0/24", "Description": "a team's extra"}]},
+    )  # fmt: skip
+    return ids
+
+
+def _access(world: World) -> set[str]:
+    """What the groups allow now, by meaning (one string per atomic grant)."""
+    raw = world.ec2.describe_security_group_rules(
+        Filters=[{"Name": "group-id", "Values": list(world.groups.values())}], MaxResults=1000
+    )["SecurityGroupRules"]
+    return {parse_rule(rule).key() for rule in raw}
+
+
+def test_the_first_pass_adopts_the_guides_rules_and_leaves_the_cloud_providers(
+    world: World,
+) -> None:
+    ids = _seed_by_hand(world)
+    guide = {a.key() for a in world.guide_rendering().atoms}
+    before = _access(world)
+    calls = capture_calls(world.ec2)
+    snapshots: list[set[str]] = []
+
+    def after_write(**_: Any) -> None:
+        snapshots.append(_access(world))
+
+    for op in ("AuthorizeSecurityGroupIngress", "AuthorizeSecurityGroupEgress",
+               "RevokeSecurityGroupIngress", "RevokeSecurityGroupEgress",
+               "ModifySecurityGroupRules", "CreateTags"):  # fmt: skip
+        world.ec2.meta.events.register(f"after-call.ec2.{op}", after_write)
+
+    report = run_pass(world.target(world.guide_rendering()), remove_unmanaged=True)
+
+    assert report.error is None and report.applied is not None
+    ingress = {k for k in guide if " ingress " in k}
+    assert report.applied.adopted == len(ingress)
+    # No authorise carries a rule that was adopted: adoption is tags and descriptions only.
+    authorised = {
+        AtomicRule.key(parse_rule({**rule, "GroupId": params["GroupId"], "IsEgress": False}))
+        for op, params in calls
+        if op == "AuthorizeSecurityGroupIngress"
+        for rule in _flatten(params["IpPermissions"])
+    }
+    assert not authorised & ingress
+    after = {r["SecurityGroupRuleId"]: r for r in world.ec2.describe_security_group_rules(
+        Filters=[{"Name": "group-id", "Values": list(world.groups.values())}], MaxResults=1000
+    )["SecurityGroupRules"]}  # fmt: skip
+    for key in ingress:
+        tags = {t["Key"]: t["Value"] for t in after[ids[key]].get("Tags", [])}
+        assert tags[OWNER_TAG] == owner_key(OWNER), key
+    # The cloud provider's NLB rules: untouched, and left as the cloud provider's.
+    for what in ("client", "health", "mtu"):
+        assert ids[f"nlb-{what}"] in after
+        assert not after[ids[f"nlb-{what}"]].get("Tags")
+    assert report.plan is not None
+    left = {item.observed.native_id: item.reason for item in report.plan.leave}
+    assert all("cloud provider" in left[ids[f"nlb-{w}"]] for w in ("client", "health", "mtu"))
+    # The team's extra rule widens access: removed (Remove), after every add of the pass.
+    assert ids["extra"] not in after
+    # Not Drifted because of rules identical to the guide: only the extra and the default
+    # egress rules were unmanaged widening.
+    assert report.drift.missing == 0 and report.drift.modified == 0
+    # No moment had less access than both the state before and the state after.
+    end = _access(world)
+    floor = before & end
+    assert snapshots, "the pass wrote"
+    for moment in snapshots:
+        assert floor <= moment
+
+    again = run_pass(world.target(world.guide_rendering()), previously_managed=len(guide))
+    assert again.plan is not None and again.plan.empty
+    assert again.drift.total == 0
+
+
+def _flatten(permissions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """IpPermissions (several peers each) as DescribeSecurityGroupRules-shaped rules."""
+    out = []
+    for perm in permissions:
+        base = {k: perm[k] for k in ("IpProtocol", "FromPort", "ToPort") if k in perm}
+        for entry in perm.get("IpRanges", []):
+            out.append({**base, "CidrIpv4": entry["CidrIp"]})
+        for entry in perm.get("Ipv6Ranges", []):
+            out.append({**base, "CidrIpv6": entry["CidrIpv6"]})
+        for entry in perm.get("UserIdGroupPairs", []):
+            out.append({**base, "ReferencedGroupInfo": {"GroupId": entry["GroupId"]}})
+    return out
