@@ -163,15 +163,15 @@ class Report:
         conditions = []
         for kind, ok, reason in wanted:
             truth = "True" if ok else "False"
-            old = old_conditions.get(kind) or {}
+            before = old_conditions.get(kind) or {}
             conditions.append(
                 {
                     "type": kind,
                     "status": truth,
                     "reason": reason,
                     "message": self.message if kind != "Valid" or not ok else "",
-                    "lastTransitionTime": old.get("lastTransitionTime", now)
-                    if old.get("status") == truth
+                    "lastTransitionTime": before.get("lastTransitionTime", now)
+                    if before.get("status") == truth
                     else now,
                     "observedGeneration": self.generation,
                 }

@@ -10,8 +10,8 @@ from typing import Any
 from builders import OWNER, make_spec
 from server_hardening.compiler import CompiledIntent
 from server_hardening.drift import Claimer, DesiredItem, ObservedItem, Plan, UnmanagedJudge
-from server_hardening.model import ResourceRef, ServerHardeningSpec
-from server_hardening.reconcile import Phase, reconcile
+from server_hardening.model import FieldError, ResourceRef, ServerHardeningSpec
+from server_hardening.reconcile import Phase, reconcile, refuse_keeping_the_last
 from server_hardening.rules import Finding, FindingCode, Severity
 from server_hardening.targets.base import ApplyResult, Observation, PermanentTargetError, Target
 
@@ -202,3 +202,25 @@ def test_conditions_keep_their_transition_time_while_unchanged() -> None:
     assert ready["lastTransitionTime"] == "2026-01-01T00:00:00Z"
     valid = next(c for c in status["conditions"] if c["type"] == "Valid")
     assert valid["lastTransitionTime"] == "2026-11-29T12:00:00Z"
+
+
+def test_a_refused_spec_keeps_what_the_status_remembers() -> None:
+    """The last valid spec, the last reconcile time and the last check time survive a pass that
+    refuses a new spec (the conditions loop once overwrote the previous status with a condition)."""
+    target = MemoryTarget("kubernetes", {"a": "v1"})
+    first = reconcile(OWNER, make_spec(), Factory([target]), generation=1, now=lambda: NOW)
+    first.enforced_spec = {"serverVersion": "3"}
+    previous = first.status()
+    assert previous["lastValidSpec"] == {"generation": 1, "spec": {"serverVersion": "3"}}
+    later = NOW + dt.timedelta(minutes=1)
+    second = reconcile(OWNER, make_spec(), Factory([target]), generation=2, now=lambda: later,
+                       previous_status=previous)  # fmt: skip
+    refused = refuse_keeping_the_last(second, 2, [FieldError("spec.x", "bad")], 1)
+    status = refused.status(previous)
+    assert status["phase"] == "Invalid"
+    assert status["lastValidSpec"] == previous["lastValidSpec"]
+    assert status["lastReconcileTime"] == previous["lastReconcileTime"]
+    valid = next(c for c in status["conditions"] if c["type"] == "Valid")
+    assert valid["status"] == "False" and "still enforcing the last valid spec" in valid["message"]
+    assert refused.events[0].reason == "InvalidSpec"
+    assert refused.snapshot().spec_valid is False
