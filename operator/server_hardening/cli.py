@@ -1,6 +1,8 @@
 """``hardening``: the same pipeline the operator runs, from a terminal.
 
     hardening plan -f hardening.yaml [-o table|yaml|json]   what would be written (offline)
+    hardening plan --live -f hardening.yaml [-o json]       what the next pass would do (read-only)
+    hardening apply -f hardening.yaml                       one Enforce pass, without the operator
     hardening crd                                           the CustomResourceDefinition
     hardening run [--namespace NS ...]                      the operator
 
@@ -22,7 +24,7 @@ from typing import Any, TextIO
 import yaml
 
 from server_hardening import __version__
-from server_hardening.model import ResourceRef, SpecError, parse_resource
+from server_hardening.model import ResourceRef, ServerHardeningSpec, SpecError, parse_resource
 from server_hardening.rules import Action, Rule
 
 EXIT_INVALID = 2
@@ -102,20 +104,29 @@ def _np_rows(policies: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
+def _parse(path: str) -> tuple[ResourceRef, ServerHardeningSpec] | None:
+    """The resource in ``path``, or None after printing every field-naming error."""
+    try:
+        return parse_resource(_load_resource(path))
+    except SpecError as exc:
+        for error in exc.errors:
+            print(f"{path}: {error}", file=sys.stderr)
+        if not exc.errors:
+            print(f"{path}: not valid YAML: {exc.__cause__}", file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    return None
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from server_hardening.plan import build_plan
 
-    try:
-        ref, spec = parse_resource(_load_resource(args.file))
-    except SpecError as exc:
-        for error in exc.errors:
-            print(f"{args.file}: {error}", file=sys.stderr)
-        if not exc.errors:
-            print(f"{args.file}: not valid YAML: {exc.__cause__}", file=sys.stderr)
+    parsed = _parse(args.file)
+    if parsed is None:
         return EXIT_INVALID
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INVALID
+    ref, spec = parsed
+    if args.live:
+        return _live(args, ref, spec, enforce=False)
     doc = build_plan(spec, ref)
     if args.output == "json":
         json.dump(doc.as_json(), sys.stdout, indent=2)
@@ -160,6 +171,47 @@ def _print_table(doc: Any, ref: ResourceRef) -> None:
             out.write(f"  {finding.severity.value:<8} {finding.code}{row}: {finding.message}\n")
 
 
+def cmd_apply(args: argparse.Namespace) -> int:
+    parsed = _parse(args.file)
+    if parsed is None:
+        return EXIT_INVALID
+    ref, spec = parsed
+    return _live(args, ref, spec, enforce=True)
+
+
+def _live(
+    args: argparse.Namespace, ref: ResourceRef, spec: ServerHardeningSpec, *, enforce: bool
+) -> int:
+    """One pass of the per-target pipeline against the configured cluster and clouds."""
+    from server_hardening.live import live_plan_json, run_once
+    from server_hardening.runner import kube_api
+    from server_hardening.targets.factory import LiveTargets
+
+    api = kube_api(args.kubeconfig) if spec.kubernetes.network_policies.enabled else None
+    reports, _events = run_once(ref, spec, LiveTargets(api), enforce=enforce)
+    doc = live_plan_json(spec, reports)
+    if args.output == "json":
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        rows = [["TARGET", "ACTION", "ID", "RULE", "ROW", "REASON"]]
+        for target in doc["targets"]:
+            if target["error"] or target["conflictWith"]:
+                problem = target["error"] or f"managed by {target['conflictWith']}"
+                rows.append([target["name"], "-", "-", "-", "-", problem])
+            for a in target["actions"]:
+                rows.append([target["name"], a["action"], a["id"], a["rule"], a["row"] or "-",
+                             a["reason"]])  # fmt: skip
+        _table(rows, sys.stdout)
+        if doc["findings"]:
+            sys.stdout.write("\nFINDINGS\n")
+            for f in doc["findings"]:
+                row = f" [{f['row']}]" if f.get("row") else ""
+                sys.stdout.write(f"  {f['severity']:<8} {f['code']}{row}: {f['message']}\n")
+    failed = any(t["error"] or t["conflictWith"] for t in doc["targets"])
+    return 1 if failed else 0
+
+
 def cmd_crd(args: argparse.Namespace) -> int:
     from server_hardening.crd import crd_yaml
 
@@ -190,10 +242,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    plan = sub.add_parser("plan", help="show what would be written, offline")
+    plan = sub.add_parser("plan", help="show what would be written (offline, or --live)")
     plan.add_argument("-f", "--file", required=True, help="a ServerHardening YAML file, or -")
     plan.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    plan.add_argument(
+        "--live",
+        action="store_true",
+        help="observe the configured cluster and clouds (read-only) and show what the next "
+        "pass would create, adopt, update, delete, keep or leave",
+    )
+    plan.add_argument(
+        "--kubeconfig", default=None, help="with --live: else in-cluster or ~/.kube/config"
+    )
     plan.set_defaults(func=cmd_plan)
+
+    apply = sub.add_parser("apply", help="run one Enforce pass now, without the operator")
+    apply.add_argument("-f", "--file", required=True, help="a ServerHardening YAML file, or -")
+    apply.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    apply.add_argument("--kubeconfig", default=None, help="else in-cluster or ~/.kube/config")
+    apply.set_defaults(func=cmd_apply)
 
     crd = sub.add_parser("crd", help="print the CustomResourceDefinition")
     crd.set_defaults(func=cmd_crd)

@@ -156,6 +156,7 @@ class Plan(Generic[PayloadT]):
     managed: int = 0
     adopt: tuple[Update[PayloadT], ...] = ()
     leave: tuple[Left[PayloadT], ...] = ()
+    keep: tuple[ObservedItem[PayloadT], ...] = ()  # owned and as desired: nothing to do
 
     @property
     def empty(self) -> bool:
@@ -370,4 +371,11 @@ def compute_plan(
         managed=len(desired_by_key),
         adopt=tuple(acc.adopt),
         leave=tuple(acc.leave),
+        keep=tuple(
+            item
+            for key, item in sorted(owned_by_key.items())
+            if key not in adopted
+            and key not in acc.take_back
+            and item.fingerprint == desired_by_key[key].fingerprint
+        ),
     )

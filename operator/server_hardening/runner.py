@@ -171,7 +171,7 @@ def serve_http(host: str, port: int, health: Health) -> ThreadingHTTPServer:
     return server
 
 
-def _kube_api(kubeconfig: str | None) -> Any:
+def kube_api(kubeconfig: str | None) -> Any:
     from kubernetes import client, config
 
     if kubeconfig:
@@ -192,7 +192,7 @@ def run_operator(args: argparse.Namespace) -> int:
     from server_hardening.targets.kubernetes import ResourceClient
 
     configure_logging(args.log_format, args.verbose)
-    api = _kube_api(args.kubeconfig)
+    api = kube_api(args.kubeconfig)
     state = OperatorState(
         factory=LiveTargets(api, recorder=metrics.recorder_for),
         resources=ResourceClient(api),

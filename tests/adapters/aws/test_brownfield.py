@@ -132,3 +132,56 @@ def _flatten(permissions: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for entry in perm.get("UserIdGroupPairs", []):
             out.append({**base, "ReferencedGroupInfo": {"GroupId": entry["GroupId"]}})
     return out
+
+
+def test_plan_live_shows_exactly_what_the_next_pass_does(
+    world: World, tmp_path: Any, capsys: Any, monkeypatch: Any
+) -> None:
+    """``hardening plan --live`` (read-only) against the brownfield account, then one Enforce
+    pass with ``hardening apply``: every adopt, create and delete it listed is what the pass did,
+    and listing wrote nothing."""
+    import json
+
+    import yaml
+
+    from server_hardening.cli import main
+
+    ids = _seed_by_hand(world)
+    spec = world.spec().model_dump(by_alias=True, exclude_none=True, mode="json")
+    spec["kubernetes"] = {"networkPolicies": {"enabled": False}}
+    spec["unmanagedRules"] = "Remove"
+    resource = {
+        "apiVersion": "hardening.circleci.com/v1alpha1",
+        "kind": "ServerHardening",
+        "metadata": {"name": OWNER.name, "namespace": OWNER.namespace},
+        "spec": spec,
+    }
+    path = tmp_path / "hardening.yaml"
+    path.write_text(yaml.safe_dump(resource))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    before = _access(world)
+    seeded = {r["SecurityGroupRuleId"] for r in world.rules()}
+    world.double.proxy.reset()
+
+    assert main(["plan", "--live", "-f", str(path), "-o", "json"]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert set(world.double.counts()) <= {"DescribeSecurityGroupRules", "DescribeSecurityGroups"}
+    assert _access(world) == before
+    (aws,) = planned["targets"]
+    by_action: dict[str, set[str]] = {}
+    for action in aws["actions"]:
+        by_action.setdefault(action["action"], set()).add(action["id"])
+    assert ids["extra"] in by_action["delete"]
+    assert {ids[f"nlb-{w}"] for w in ("client", "health", "mtu")} <= by_action["leave"]
+    assert {ids[k] for k in ids if not k.startswith(("nlb-", "extra"))} == by_action["adopt"]
+
+    assert main(["apply", "-f", str(path), "-o", "json"]) == 0
+    applied = json.loads(capsys.readouterr().out)
+    after = {r["SecurityGroupRuleId"] for r in world.rules()}
+    assert by_action["delete"].isdisjoint(after)
+    assert by_action["adopt"] <= after and by_action["leave"] <= after
+    # The pass did what the plan said: the same actions, seen from before the writes.
+    assert [t["actions"] for t in applied["targets"]] == [aws["actions"]]
+    created = [r for r in world.rules() if r["SecurityGroupRuleId"] not in seeded]
+    assert len(created) == len(by_action.get("create", set()))
