@@ -25,6 +25,11 @@ Series
 ``server_hardening_last_drift_check_timestamp_seconds{namespace, name, target}`` gauge
     Unix time of the last successful observation of the target. Kept while the resource
     exists, through failed passes and invalid edits (so a check that stops ages and pages).
+``server_hardening_exceptions{namespace, name, target, state}`` gauge
+    Items excused by spec.exceptions at the last check. state: active | expired (an expired
+    one excuses nothing and is judged again).
+``server_hardening_component_services_missing{namespace, name}`` gauge
+    Components whose Service vanished; their pods keep the last allow until it is back.
 ``server_hardening_spec_valid{namespace, name}`` gauge
     1 while the resource's current spec is valid, 0 while it is refused.
 ``server_hardening_drift_check_interval_seconds{namespace, name}`` gauge
@@ -108,6 +113,9 @@ class TargetSnapshot:
     world_open_sensitive: int
     error: bool
     last_check: float | None
+    exceptions_active: int = 0
+    exceptions_expired: int = 0
+    services_missing: int = 0
 
 
 @dataclass(frozen=True)
@@ -209,9 +217,20 @@ class _SnapshotCollector(Collector):
             "1 while the resource's current spec is valid, 0 while it is refused.",
             labels=["namespace", "name"],
         )
+        exceptions = GaugeMetricFamily(
+            "server_hardening_exceptions",
+            "Items excused by spec.exceptions at the last check (active or expired).",
+            labels=["namespace", "name", "target", "state"],
+        )
+        services_missing = GaugeMetricFamily(
+            "server_hardening_component_services_missing",
+            "Components whose Service vanished (their last allow is kept).",
+            labels=["namespace", "name"],
+        )
         for res in resources:
             ids = [res.namespace, res.name]
             total = 0
+            services_missing.add_metric(ids, float(sum(t.services_missing for t in res.targets)))
             for phase in PHASES:
                 ready.add_metric([*ids, phase], 1.0 if phase == res.phase else 0.0)
             if res.last_reconcile is not None:
@@ -228,6 +247,8 @@ class _SnapshotCollector(Collector):
                 managed.add_metric([*ids, tgt.target], float(tgt.managed_rules))
                 world_open.add_metric([*ids, tgt.target], float(tgt.world_open_sensitive))
                 errors.add_metric([*ids, tgt.target], 1.0 if tgt.error else 0.0)
+                exceptions.add_metric([*ids, tgt.target, "active"], float(tgt.exceptions_active))
+                exceptions.add_metric([*ids, tgt.target, "expired"], float(tgt.exceptions_expired))
             drift_total.add_metric(ids, float(total))
         yield from (
             drift,
@@ -240,6 +261,8 @@ class _SnapshotCollector(Collector):
             last_check,
             interval,
             valid,
+            exceptions,
+            services_missing,
         )
 
 

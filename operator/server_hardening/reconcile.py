@@ -88,7 +88,10 @@ class TargetReport:
 
     @property
     def world_open_sensitive(self) -> int:
-        return sum(1 for f in self.findings if f.code is FindingCode.WORLD_OPEN_SENSITIVE_PORT)
+        return self.count(FindingCode.WORLD_OPEN_SENSITIVE_PORT)
+
+    def count(self, code: FindingCode) -> int:
+        return sum(1 for f in self.findings if f.code is code)
 
     def status(self, now: str, previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """``lastDrift`` keeps the last check that found drift (and whether it was repaired),
@@ -151,6 +154,10 @@ class Report:
             self.drift_total == 0 or all(t.repaired for t in self.targets if t.drift.total)
         )
         valid = self.phase != Phase.INVALID and not self.refused
+        missing = [
+            f for t in self.targets for f in t.findings
+            if f.code is FindingCode.COMPONENT_SERVICE_MISSING
+        ]  # fmt: skip
         wanted = [
             ("Valid", valid, "SpecValid" if valid else "InvalidSpec"),
             ("Ready", self.phase in {Phase.ENFORCED, Phase.AUDITING}, self.reason),
@@ -158,6 +165,11 @@ class Report:
                 "InSync",
                 in_sync,
                 "InSync" if in_sync else "Drift" if self.succeeded else self.reason,
+            ),
+            (
+                "ComponentsResolved",
+                not missing,
+                "ServiceMissing" if missing else "Resolved",
             ),
         ]
         conditions = []
@@ -169,7 +181,13 @@ class Report:
                     "type": kind,
                     "status": truth,
                     "reason": reason,
-                    "message": self.message if kind != "Valid" or not ok else "",
+                    "message": (
+                        "; ".join(f.message for f in missing)
+                        if kind == "ComponentsResolved"
+                        else self.message
+                        if kind != "Valid" or not ok
+                        else ""
+                    ),
                     "lastTransitionTime": before.get("lastTransitionTime", now)
                     if before.get("status") == truth
                     else now,
@@ -208,6 +226,9 @@ class Report:
                     drift={kind.value: count for kind, count in t.drift.by_kind().items()},
                     managed_rules=t.managed_rules,
                     world_open_sensitive=t.world_open_sensitive,
+                    exceptions_active=t.count(FindingCode.DECLARED_EXCEPTION),
+                    exceptions_expired=t.count(FindingCode.EXCEPTION_EXPIRED),
+                    services_missing=t.count(FindingCode.COMPONENT_SERVICE_MISSING),
                     error=bool(t.last_error),
                     last_check=when if t.observed else None,
                 )
@@ -387,6 +408,11 @@ def run_target(
     }
     report.managed_rules = plan.managed
     report.findings = [f for f in plan.findings if not (initial and f.code == "Missing")]
+    events.extend(
+        Event("Warning", "ComponentServiceMissing", f"{name}: {f.message}")
+        for f in report.findings
+        if f.code is FindingCode.COMPONENT_SERVICE_MISSING
+    )
     drift_event = _drift_event(name, plan, initial)
     if drift_event is not None:
         events.append(drift_event)

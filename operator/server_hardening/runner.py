@@ -119,7 +119,12 @@ class Health:
             return
         self._probing.set()
         self._last_contact = time.monotonic()  # the bound counts from the first probe
-        api_client = rt.resources.core.api_client
+        # A client of its own (same configuration, its own connection pool): the probe never
+        # competes with the reconciles for a connection, and a probe cut short never hands a
+        # half-read connection back to them.
+        from kubernetes import client
+
+        api_client = client.ApiClient(rt.resources.core.api_client.configuration)
         threading.Thread(
             target=self._probe_forever, args=(api_client,), name="watch-probe", daemon=True
         ).start()
@@ -127,11 +132,13 @@ class Health:
     def _probe_forever(self, api_client: Any) -> None:
         while True:
             try:
-                response = api_client.call_api(
-                    "/readyz", "GET", auth_settings=["BearerToken"], _preload_content=False,
+                # The whole answer is read (preloaded): a connection goes back to the pool only
+                # once nothing of the response is left on it.
+                api_client.call_api(
+                    "/readyz", "GET", auth_settings=["BearerToken"],
                     _request_timeout=WATCH_PROBE_EVERY, _return_http_data_only=True,
+                    response_type="str",
                 )  # fmt: skip
-                response.release_conn()
                 self._last_contact = time.monotonic()
                 self._probe_error = ""
             except Exception as exc:  # any failure to get an answer: network, TLS, 401, 5xx

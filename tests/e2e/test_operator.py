@@ -141,6 +141,7 @@ def test_apply_writes_the_policies_and_reports_enforced(
         "Valid": "True",
         "Ready": "True",
         "InSync": "True",
+        "ComponentsResolved": "True",
     }
     (kube,) = status["targets"]
     assert kube["name"] == "kubernetes" and kube["managedRules"] == 3

@@ -80,6 +80,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:50]
 
 
+def policy_name_for(service_or_component: str) -> str:
+    """The name of the allow policy of the pods behind a Service (or a pinned component)."""
+    return NAME_PREFIX + "allow-" + _slug(service_or_component)
+
+
 def _component_policies(
     namespace: str,
     owner: ResourceRef,
@@ -95,7 +100,7 @@ def _component_policies(
     policies = []
     for selector, members in groups.items():
         first = members[0][1]
-        name = NAME_PREFIX + "allow-" + _slug(first.service or first.component.value)
+        name = policy_name_for(first.service or first.component.value)
         ingress = []
         rows: list[str] = ["CHOICE-NP-PORTS"]
         for access, component in members:

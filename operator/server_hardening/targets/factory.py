@@ -46,11 +46,17 @@ class LiveTargets:
                 )
 
                 record = self.recorder("kubernetes")
-                resolved, findings = resolve_components(
+                resolved, findings, gone = resolve_components(
                     self.kube_api, ref.namespace, intent, record
                 )
                 return KubernetesTarget(
-                    intent, ref, self.kube_api, resolved, record_call=record, findings=findings
+                    intent,
+                    ref,
+                    self.kube_api,
+                    resolved,
+                    record_call=record,
+                    findings=findings,
+                    services_gone=gone,
                 )
 
             builders.append(("kubernetes", kubernetes))

@@ -44,6 +44,7 @@ from server_hardening.renderers.networkpolicy import (
     desired_items,
     normalise_spec,
     policy_fingerprint,
+    policy_name_for,
     render_network_policies,
 )
 from server_hardening.rules import Finding, FindingCode
@@ -123,13 +124,17 @@ def resolve_components(
     namespace: str,
     intent: CompiledIntent,
     record: ApiCallRecorder = ignore_call,
-) -> tuple[dict[Component, components.ResolvedComponent], list[Finding]]:
-    """Read the guide's Services and find the pods and pod ports behind them."""
+) -> tuple[
+    dict[Component, components.ResolvedComponent], list[Finding], list[components.ServiceLookup]
+]:
+    """Read the guide's Services and find the pods and pod ports behind them; the lookups
+    whose Service is absent come back too (their last allow is kept, see KubernetesTarget)."""
     core = client.CoreV1Api(api)
     call = KubernetesCalls(record)
     pinned, pending = components.lookups(intent)
     resolved = {c.component: c for c in pinned}
     findings: list[Finding] = []
+    gone: list[components.ServiceLookup] = []
     for lookup in pending:
         outcome: components.ResolvedComponent | Finding | None = None
         for name in lookup.names:
@@ -155,6 +160,7 @@ def resolve_components(
         elif isinstance(outcome, Finding):
             findings.append(outcome)
         else:
+            gone.append(lookup)
             findings.append(
                 Finding.of(
                     FindingCode.SERVICE_NOT_FOUND,
@@ -165,7 +171,7 @@ def resolve_components(
                     target=NAME,
                 )
             )
-    return resolved, findings
+    return resolved, findings, gone
 
 
 def _ownership(policy: Mapping[str, Any], me: str) -> tuple[bool, str]:
@@ -192,6 +198,7 @@ class KubernetesTarget:
         *,
         record_call: ApiCallRecorder = ignore_call,
         findings: Sequence[Finding] = (),
+        services_gone: Sequence[components.ServiceLookup] = (),
     ) -> None:
         self.intent = intent
         self.ref = ref
@@ -200,9 +207,39 @@ class KubernetesTarget:
         self.call = KubernetesCalls(record_call)
         self.policies = render_network_policies(intent, ref.namespace, ref, resolved)
         self.findings = tuple(findings)
+        self.services_gone = tuple(services_gone)
+        self._kept: list[DesiredItem[Manifest]] = []
 
     def desired(self) -> Sequence[DesiredItem[Manifest]]:
-        return desired_items(self.policies)
+        return [*desired_items(self.policies), *self._kept]
+
+    def _keep_last_allows(self, observed: Sequence[ObservedItem[Manifest]]) -> list[Finding]:
+        """A component whose Service vanished keeps the allow it had (never a silent outage):
+        our own policy for it stays desired exactly as it is, and a finding says why."""
+        rendered = {p["metadata"]["name"] for p in self.policies}
+        owned = {i.key: i for i in observed if i.owned}
+        self._kept, findings = [], []
+        for lookup in self.services_gone:
+            for service in lookup.names:
+                name = policy_name_for(service)
+                if name in rendered or name not in owned:
+                    continue
+                item = owned[name]
+                annotations = item.payload["metadata"].get("annotations") or {}
+                rows = tuple(r for r in str(annotations.get(ROWS_ANNOTATION, "")).split(",") if r)
+                self._kept.append(DesiredItem(name, item.fingerprint, item.payload, rows))
+                findings.append(
+                    Finding.of(
+                        FindingCode.COMPONENT_SERVICE_MISSING,
+                        f"{lookup.component.value}: Service {service} is gone from "
+                        f"{self.ref.namespace}; its pods keep their last allow ({name}) until it "
+                        "is back or spec.kubernetes.components pins them",
+                        target=NAME,
+                        objects=(name,),
+                    )
+                )
+                break
+        return findings
 
     def observe(self) -> Observation[Manifest]:
         self.call.retrier.new_pass()
@@ -230,7 +267,17 @@ class KubernetesTarget:
                     owner="" if owned else owner,
                 )
             )
-        return Observation(items=tuple(items), findings=self.findings)
+        kept = self._keep_last_allows(items)
+        # A component whose allow is kept is reported as that, not as a Service never found.
+        keeping = {f.message.split(":", 1)[0] for f in kept}
+        earlier = [
+            f
+            for f in self.findings
+            if not (
+                f.code is FindingCode.SERVICE_NOT_FOUND and f.message.split(":", 1)[0] in keeping
+            )
+        ]
+        return Observation(items=tuple(items), findings=(*earlier, *kept))
 
     def judge_foreign(self) -> UnmanagedJudge[Manifest]:
         """No other controller's NetworkPolicies are known here: declare them as exceptions."""

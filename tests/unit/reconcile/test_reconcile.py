@@ -108,6 +108,7 @@ def test_first_convergence_creates_and_is_not_drift() -> None:
         "Valid": "True",
         "Ready": "True",
         "InSync": "True",
+        "ComponentsResolved": "True",
     }
 
 

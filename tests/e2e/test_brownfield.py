@@ -1,0 +1,198 @@
+"""Brownfield in the cluster, against the real kube-apiserver with the chart's RBAC: identical
+hand-made policies are adopted, an Orphan then re-create converges, a declared exception keeps a
+team's policy out of drift until it expires, and a component whose Service vanishes keeps its
+last allow (never a silent outage), loudly."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from e2e.harness import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    OperatorProcess,
+    custom,
+    events_for,
+    network_policies,
+    operator_identity,
+    status_of,
+    wait_for,
+)
+from e2e.test_operator import EXPECTED, NAME, create, phase_is, resource
+
+pytestmark = pytest.mark.e2e
+
+POOL = [f"svh-brown-{uuid.uuid4().hex[:6]}-{i}" for i in range(5)]
+PROXY = {
+    "metadata": {"name": "circleci-proxy", "labels": {"app": "circleci-proxy"}},
+    "spec": {
+        "selector": {"app": "circleci-proxy"},
+        "ports": [
+            {"name": "http", "port": 80, "targetPort": 8080},
+            {"name": "https", "port": 443, "targetPort": 8443},
+            {"name": "nomad", "port": 4647, "targetPort": 4647},
+        ],
+    },
+}
+SCRAPE = {
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "NetworkPolicy",
+    "metadata": {"name": "allow-prometheus-scrape"},
+    "spec": {
+        "podSelector": {},
+        "policyTypes": ["Ingress"],
+        "ingress": [
+            {
+                "from": [
+                    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}
+                ],
+                "ports": [{"protocol": "TCP", "port": 9090}],
+            }
+        ],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def operator(control_plane: Any, admin_api: Any) -> Iterator[OperatorProcess]:
+    kubeconfig, _ = operator_identity(control_plane, admin_api, POOL)
+    proc = OperatorProcess(kubeconfig, POOL).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def ns(admin_api: Any) -> str:
+    name = POOL.pop()
+    client.CoreV1Api(admin_api).create_namespaced_service(name, PROXY)
+    return name
+
+
+def _gone(admin_api: Any, ns: str) -> bool:
+    try:
+        custom(admin_api).get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, NAME)
+    except ApiException as exc:
+        return exc.status == 404
+    return False
+
+
+def _uids(admin_api: Any, ns: str) -> dict[str, str]:
+    return {n: p.metadata.uid for n, p in network_policies(admin_api, ns).items()}
+
+
+def test_an_identical_hand_made_policy_is_adopted_not_recreated(
+    operator: OperatorProcess, admin_api: Any, ns: str
+) -> None:
+    net = client.NetworkingV1Api(admin_api)
+    by_hand = {
+        "metadata": {"name": "svh-default-deny"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }
+    uid = net.create_namespaced_network_policy(ns, by_hand).metadata.uid
+
+    create(admin_api, resource(ns))
+    wait_for("Enforced", phase_is(admin_api, ns, "Enforced"))
+
+    policy = network_policies(admin_api, ns)["svh-default-deny"]
+    assert policy.metadata.uid == uid  # the same object: adopted, not deleted and re-created
+    assert policy.metadata.annotations["hardening.circleci.com/owner"].startswith(f"{ns}/{NAME}/")
+    assert set(network_policies(admin_api, ns)) == EXPECTED
+    applied = [e.message for e in events_for(admin_api, ns, NAME) if e.reason == "Applied"]
+    assert any("adopted svh-default-deny (marks only)" in m for m in applied)
+
+
+def test_orphan_then_recreate_converges_without_manual_steps(
+    operator: OperatorProcess, admin_api: Any, ns: str
+) -> None:
+    create(admin_api, resource(ns, deletionPolicy="Orphan"))
+    wait_for("Enforced", phase_is(admin_api, ns, "Enforced"))
+    before = _uids(admin_api, ns)
+    custom(admin_api).delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, NAME)
+    wait_for("the resource to be gone", lambda: _gone(admin_api, ns))
+    assert _uids(admin_api, ns) == before  # orphaned: left in place, unmarked
+
+    create(admin_api, resource(ns))
+    status = wait_for("Enforced again", phase_is(admin_api, ns, "Enforced"))
+
+    assert _uids(admin_api, ns) == before  # taken back in place: no 409, no window
+    assert not status["targets"][0]["lastError"]
+    for policy in network_policies(admin_api, ns).values():
+        assert policy.metadata.annotations["hardening.circleci.com/owner"].startswith(f"{ns}/")
+
+
+def test_a_declared_exception_keeps_a_scrape_policy_out_of_drift_until_it_expires(
+    operator: OperatorProcess, admin_api: Any, ns: str
+) -> None:
+    client.NetworkingV1Api(admin_api).create_namespaced_network_policy(ns, SCRAPE)
+    expires = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=25)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    exception = {
+        "target": "kubernetes",
+        "name": "allow-prometheus-*",
+        "reason": "Prometheus in namespace mon scrapes the server's pods",
+        "expires": expires,
+    }
+    create(admin_api, resource(ns, exceptions=[exception]))
+
+    status = wait_for("Enforced", phase_is(admin_api, ns, "Enforced"))
+    (kube,) = status["targets"]
+    assert kube["drift"]["unmanagedWidening"] == 0
+    assert any(
+        f["code"] == "DeclaredException" and "Prometheus in namespace mon" in f["message"]
+        for f in kube["findings"]
+    )
+    assert (
+        operator.metric("server_hardening_exceptions", namespace=ns, name=NAME, state="active") == 1
+    )
+
+    status = wait_for("Drifted after the exception expires", phase_is(admin_api, ns, "Drifted"),
+                      timeout=90)  # fmt: skip
+    (kube,) = status["targets"]
+    assert kube["drift"]["unmanagedWidening"] == 1
+    assert {f["code"] for f in kube["findings"]} >= {"ExceptionExpired", "UnmanagedWidening"}
+    assert "allow-prometheus-scrape" in network_policies(admin_api, ns)  # Report: left alone
+
+
+def test_a_component_whose_service_vanishes_keeps_its_last_allow_loudly(
+    operator: OperatorProcess, admin_api: Any, ns: str
+) -> None:
+    create(admin_api, resource(ns))
+    wait_for("Enforced", phase_is(admin_api, ns, "Enforced"))
+    before = network_policies(admin_api, ns)["svh-allow-circleci-proxy"]
+
+    client.CoreV1Api(admin_api).delete_namespaced_service("circleci-proxy", ns)
+
+    def unresolved() -> dict[str, Any] | None:
+        status = status_of(admin_api, ns, NAME)
+        condition = next(
+            (c for c in status.get("conditions") or [] if c["type"] == "ComponentsResolved"), {}
+        )
+        return status if condition.get("status") == "False" else None
+
+    status = wait_for("ComponentsResolved=False", unresolved)
+    after = network_policies(admin_api, ns)
+    assert after["svh-allow-circleci-proxy"].metadata.uid == before.metadata.uid
+    assert after["svh-allow-circleci-proxy"].spec.ingress == before.spec.ingress
+    assert status["phase"] == "Enforced"
+    assert any(e.reason == "ComponentServiceMissing" for e in events_for(admin_api, ns, NAME))
+    assert (
+        operator.metric("server_hardening_component_services_missing", namespace=ns, name=NAME) == 1
+    )
+
+    client.CoreV1Api(admin_api).create_namespaced_service(ns, PROXY)
+
+    def resolved() -> bool:
+        status = status_of(admin_api, ns, NAME)
+        return any(
+            c["type"] == "ComponentsResolved" and c["status"] == "True"
+            for c in status.get("conditions") or []
+        )
+
+    wait_for("ComponentsResolved=True", resolved)
