@@ -85,8 +85,11 @@ def _peer_covered(
 
 
 def _targets(body: Mapping[str, Any], tags: Mapping[Role, str]) -> list[Role]:
+    """The managed roles a rule reaches. A rule scoped by target service account may reach any
+    instance that runs as it, and which ones do is not known here: it is judged as reaching
+    every managed tag, rather than not at all."""
     if body.get("targetServiceAccounts"):
-        return []  # scoped to service accounts we do not manage: cannot tell, not judged
+        return list(tags)
     target_tags = body.get("targetTags") or []
     return [role for role, tag in tags.items() if not target_tags or tag in target_tags]
 
@@ -130,27 +133,39 @@ def judge_firewall(body: Mapping[str, Any], rendered: RenderedFirewalls) -> Find
             # can widen anything.
             continue
         for flow in _flows(body, "allowed"):
-            sources = [*(("r", r) for r in ranges), *(("t", t) for t in peer_tags)]
+            sources = [
+                *(("r", r) for r in ranges),
+                *(("t", t) for t in peer_tags),
+                *(("s", a) for a in body.get("sourceServiceAccounts") or []),
+            ]
             for source in sources:
+                # Instances running as a service account: their addresses and tags are not
+                # known here, and none of our rules names an account, so nothing of ours
+                # covers or denies it.
+                by_account = source[0] == "s"
                 src_ranges = [source[1]] if source[0] == "r" else []
                 src_tags = [source[1]] if source[0] == "t" else []
-                if any(
+                if not by_account and any(
                     "allowed" in f
                     and _flow_covered(flow, f, "allowed")
                     and _peer_covered(src_ranges, src_tags, f, direction)
                     for f in mine
                 ):
                     continue
-                deny = next(
-                    (
-                        f
-                        for f in sorted(mine, key=lambda f: f["priority"])
-                        if "denied" in f
-                        and f["priority"] <= priority
-                        and _flow_covered(flow, f, "denied")
-                        and _peer_covered(src_ranges, src_tags, f, direction)
-                    ),
-                    None,
+                deny = (
+                    None
+                    if by_account
+                    else next(
+                        (
+                            f
+                            for f in sorted(mine, key=lambda f: f["priority"])
+                            if "denied" in f
+                            and f["priority"] <= priority
+                            and _flow_covered(flow, f, "denied")
+                            and _peer_covered(src_ranges, src_tags, f, direction)
+                        ),
+                        None,
+                    )
                 )
                 if deny is not None:
                     shadowed_by.append(deny["name"])
@@ -251,12 +266,23 @@ def _widening(
     return Finding.of(
         FindingCode.UNMANAGED_WIDENING,
         f"firewall {body.get('name')} (priority {body.get('priority', DEFAULT_PRIORITY)}) allows "
-        f"{direction.lower()} {flow.protocol}:{ports} {way} {source[1]} on {role.value} "
-        f"(targets {','.join(body.get('targetTags') or []) or 'all instances'}), which the "
+        f"{direction.lower()} {flow.protocol}:{ports} {way} {_who(source)} on {role.value} "
+        f"(targets {_reach(body)}), which the "
         "guide does not list",
         row=row,
         target=TARGET,
     )
+
+
+def _who(source: tuple[str, str]) -> str:
+    return f"service account {source[1]}" if source[0] == "s" else source[1]
+
+
+def _reach(body: Mapping[str, Any]) -> str:
+    accounts = body.get("targetServiceAccounts") or []
+    if accounts:
+        return "instances running as " + ", ".join(accounts) + ", possibly any managed tag"
+    return ",".join(body.get("targetTags") or []) or "all instances"
 
 
 def _rows_of(body: Mapping[str, Any]) -> list[str]:

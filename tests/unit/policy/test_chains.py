@@ -121,3 +121,52 @@ def test_a_policy_within_the_namespace_is_not_flagged() -> None:
     view = np_policy.managed_view(managed, restrict_egress=False)
     inside = _policy([{"from": [{"podSelector": {}}], "ports": [{"port": 22}]}])
     assert np_policy.judge_policy(inside, view) is None
+
+
+def _gcp_rendered() -> Any:
+    from server_hardening.renderers.gcp import render_firewalls
+
+    body: dict[str, Any] = make_spec().model_dump(by_alias=True, exclude_none=True)
+    body["gcp"] = {
+        "project": "proj-12345",
+        "network": "circleci",
+        "targetTags": {"nomadClients": "nomad-client", "kubernetesNodes": "k8s-node"},
+    }
+    spec = parse_spec(body)
+    return render_firewalls(compile_intent(spec).cloud_rules("gcp"), spec.gcp, OWNER)
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "check"),
+    [
+        (
+            {"targetServiceAccounts": ["ci@p.iam.gserviceaccount.com"], "sourceRanges": ["0.0.0.0/0"],
+             "allowed": [{"IPProtocol": "all"}]},
+            FindingCode.WORLD_OPEN_SENSITIVE_PORT,
+            "opens 22 (SSH)",
+        ),
+        (
+            {"targetServiceAccounts": ["ci@p.iam.gserviceaccount.com"], "sourceRanges": ["10.9.0.0/16"],
+             "allowed": [{"IPProtocol": "tcp", "ports": ["8080"]}]},
+            FindingCode.UNMANAGED_WIDENING,
+            "instances running as ci@p.iam.gserviceaccount.com",
+        ),
+        (
+            {"targetTags": ["nomad-client"], "sourceServiceAccounts": ["jobs@p.iam.gserviceaccount.com"],
+             "allowed": [{"IPProtocol": "tcp", "ports": ["4647"]}]},
+            FindingCode.UNMANAGED_WIDENING,
+            "from service account jobs@p.iam.gserviceaccount.com",
+        ),
+    ],
+)  # fmt: skip
+def test_gcp_chain_judges_rules_scoped_by_service_account(
+    extra: dict[str, Any], code: FindingCode, check: str
+) -> None:
+    from server_hardening.policy.gcp import judge_firewall
+
+    body = {"name": "sa-rule", "network": "global/networks/circleci", "priority": 1000,
+            "direction": "INGRESS", **extra}  # fmt: skip
+    finding = judge_firewall(body, _gcp_rendered())
+    assert finding is not None
+    assert finding.code is code
+    assert check in finding.message
