@@ -7,6 +7,9 @@ talk to it with ``client_options={"api_endpoint": fake.url}`` and anonymous cred
 - ``GET/POST   /compute/v1/projects/{project}/global/firewalls``  (list: ``filter``,
   ``maxResults`` 0-500, ``pageToken``, ``returnPartialSuccess``; insert: ``requestId``)
 - ``GET/PATCH/PUT/DELETE /compute/v1/projects/{project}/global/firewalls/{name}``
+- ``GET  /compute/v1/projects/{project}/global/networks/{network}/getEffectiveFirewalls``
+  (the network's VPC rules and the firewall policies seeded with ``seed_firewall_policy``,
+  hierarchical and network, as Google evaluates them before the VPC rules)
 - ``GET  /compute/v1/projects/{project}/global/operations/{operation}``
 - ``POST /compute/v1/projects/{project}/global/operations/{operation}/wait``
 - ``GET  /compute/v1/projects/{project}`` (for the FIREWALLS quota)
@@ -209,6 +212,7 @@ class FakeCompute:
         self.pending_operations = pending_operations
         self.firewall_quota = firewall_quota
         self.firewalls: dict[tuple[str, str], dict[str, Any]] = {}
+        self.firewall_policies: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.operations: dict[tuple[str, str], dict[str, Any]] = {}
         self.request_ids: dict[tuple[str, str], str] = {}
         self.log: list[LoggedRequest] = []
@@ -305,6 +309,12 @@ class FakeCompute:
             stored = self._validated(project, body, creating=True)
             self.firewalls[(project, stored["name"])] = stored
             return copy.deepcopy(stored)
+
+    def seed_firewall_policy(self, project: str, network: str, policy: dict[str, Any]) -> None:
+        """Associate a firewall policy (``{"name", "type": "HIERARCHY"|"NETWORK", "rules":
+        [...]}``, the REST shape) with a network, as an organisation or project admin would."""
+        with self._lock:
+            self.firewall_policies.setdefault((project, network), []).append(copy.deepcopy(policy))
 
     def seed_default_network(self, project: str, network: str = "default") -> None:
         """The rules GCP creates with an auto-mode network named ``default``."""
@@ -426,6 +436,13 @@ class FakeCompute:
             return 200, self._project(project)
         if operation == "firewalls.list":
             return 200, self._list(project, query)
+        if operation == "networks.getEffectiveFirewalls":
+            network = params["network"]
+            listed = self._list(project, {"filter": f'network eq ".*/global/networks/{network}$"'})
+            return 200, {
+                "firewalls": listed.get("items", []),
+                "firewallPolicys": copy.deepcopy(self.firewall_policies.get((project, network), [])),
+            }
         if operation == "firewalls.get":
             return 200, copy.deepcopy(self._get(project, params["name"]))
         if operation in ("globalOperations.get", "globalOperations.wait"):
@@ -712,6 +729,12 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
             "DELETE",
             r"^/compute/v1/projects/(?P<project>[^/]+)/global/firewalls/(?P<name>[^/]+)$",
             "firewalls.delete",
+        ),
+        (
+            "GET",
+            r"^/compute/v1/projects/(?P<project>[^/]+)/global/networks/(?P<network>[^/]+)"
+            r"/getEffectiveFirewalls$",
+            "networks.getEffectiveFirewalls",
         ),
         (
             "GET",

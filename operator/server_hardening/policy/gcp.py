@@ -311,3 +311,61 @@ def judge_foreign_firewall(
         row=finding.row,
         target=finding.target,
     )
+
+
+def _policy_rule_as_firewall(policy: Mapping[str, Any], rule: Mapping[str, Any]) -> dict[str, Any]:
+    """A firewall-policy rule as the VPC firewall it acts like, at priority 0: policies are
+    evaluated before every VPC rule, so nothing of ours can deny what it allows."""
+    match = rule.get("match") or {}
+    body: dict[str, Any] = {
+        "name": f"{policy.get('type', 'policy').lower()} policy {policy.get('name', '?')} "
+        f"rule {rule.get('priority', '?')}",
+        "priority": 0,
+        "direction": str(rule.get("direction") or "INGRESS").upper(),
+        "allowed": [
+            {
+                "IPProtocol": c.get("ipProtocol", "all"),
+                **({"ports": c["ports"]} if c.get("ports") else {}),
+            }
+            for c in match.get("layer4Configs") or [{"ipProtocol": "all"}]
+        ],
+    }
+    if body["direction"] == "INGRESS":
+        body["sourceRanges"] = list(match.get("srcIpRanges") or [])
+    else:
+        body["destinationRanges"] = list(match.get("destIpRanges") or [])
+    if rule.get("targetServiceAccounts"):
+        body["targetServiceAccounts"] = list(rule["targetServiceAccounts"])
+    return body
+
+
+def judge_firewall_policies(
+    policies: Sequence[Mapping[str, Any]], rendered: RenderedFirewalls
+) -> list[Finding]:
+    """Allow rules of the network's effective firewall policies, judged like an unmanaged VPC
+    rule that nothing of ours can deny: a sensitive port open to the world is
+    ``WorldOpenSensitivePort``; anything else our rules do not allow overrides a guide row
+    (``FirewallPolicyOverrides``). Deny and goto_next rules only narrow, or defer to the VPC
+    rules, and are not reported."""
+    findings: list[Finding] = []
+    for policy in policies:
+        for rule in policy.get("rules") or []:
+            if rule.get("disabled") or str(rule.get("action", "")).lower() != "allow":
+                continue
+            body = _policy_rule_as_firewall(policy, rule)
+            if body["direction"] == "INGRESS" and not body["sourceRanges"]:
+                continue  # sources by secure tag, FQDN or address group: not judged here
+            finding = judge_firewall(body, rendered)
+            if finding is None or finding.code is FindingCode.WORLD_OPEN_SENSITIVE_PORT:
+                findings.extend([finding] if finding else [])
+                continue
+            findings.append(
+                Finding.of(
+                    FindingCode.FIREWALL_POLICY_OVERRIDES,
+                    f"{finding.message.replace('(not managed)', '')}; firewall policies are "
+                    "evaluated before the VPC rules, so the guide's denies cannot stop it",
+                    row=finding.row,
+                    target=TARGET,
+                )
+            )
+    return findings

@@ -108,3 +108,54 @@ def test_the_same_name_in_another_cluster_without_an_installation_id_is_a_named_
     assert "another cluster" in report.conflict_with and OWNER.uid in report.conflict_with
     assert [r.method for r in fake.log if r.method != "GET"] == []
     assert fake.rules(PROJECT) == before
+
+
+def test_a_firewall_policy_that_overrides_a_guide_row_is_reported(
+    fake: FakeCompute, recorder: Recorder
+) -> None:
+    """Hierarchical and network firewall policies are evaluated before the VPC rules: an allow
+    there undoes the isolation denies. Observed through networks.getEffectiveFirewalls."""
+    fake.seed_firewall_policy(
+        PROJECT,
+        "circleci",
+        {
+            "name": "org-baseline",
+            "type": "HIERARCHY",
+            "rules": [
+                {"priority": 100, "direction": "INGRESS", "action": "allow",
+                 "match": {"srcIpRanges": ["0.0.0.0/0"],
+                           "layer4Configs": [{"ipProtocol": "tcp", "ports": ["22"]}]}},
+                {"priority": 200, "direction": "INGRESS", "action": "allow",
+                 "match": {"srcIpRanges": ["10.1.0.0/16"],
+                           "layer4Configs": [{"ipProtocol": "tcp", "ports": ["4646"]}]}},
+                {"priority": 300, "direction": "INGRESS", "action": "deny",
+                 "match": {"srcIpRanges": ["0.0.0.0/0"], "layer4Configs": [{"ipProtocol": "all"}]}},
+                {"priority": 2147483645, "direction": "INGRESS", "action": "goto_next",
+                 "match": {"srcIpRanges": ["0.0.0.0/0"], "layer4Configs": [{"ipProtocol": "all"}]}},
+            ],
+        },
+    )  # fmt: skip
+    target = make_target(gcp_spec(fake), recorder)
+
+    observation = target.observe()
+
+    codes = [(f.code.value, f.message) for f in observation.findings]
+    exposed = [m for c, m in codes if c == "WorldOpenSensitivePort"]
+    assert len(exposed) == 1 and "hierarchy policy org-baseline rule 100" in exposed[0]
+    overrides = [m for c, m in codes if c == "FirewallPolicyOverrides"]
+    assert len(overrides) == 1 and "rule 200" in overrides[0] and "10.1.0.0/16" in overrides[0]
+    assert "networks.getEffectiveFirewalls" in fake.calls()
+
+
+def test_without_permission_for_policies_the_vpc_rules_are_still_enforced(
+    fake: FakeCompute, recorder: Recorder
+) -> None:
+    fake.deny_permission("networks.getEffectiveFirewalls", "compute.networks.getEffectiveFirewalls")
+    target = make_target(gcp_spec(fake), recorder)
+
+    plan, result = reconcile(target)
+
+    assert result.errors == [] and result.created == len(target.desired())
+    unseen = [f for f in plan.findings if f.code == "FirewallPolicyOverrides"]
+    assert len(unseen) == 1 and "cannot be read" in unseen[0].message
+    assert "compute.networks.getEffectiveFirewalls" in unseen[0].message

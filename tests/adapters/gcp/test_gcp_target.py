@@ -23,6 +23,9 @@ from server_hardening.targets.base import PermanentTargetError, TransientTargetE
 
 __all__ = ["fake", "recorder"]  # fixtures
 
+# What one observe costs: the network's VPC rules (one page here) and its firewall policies.
+OBSERVE = ["firewalls.list", "networks.getEffectiveFirewalls"]
+
 PREFIX = gcp_name_prefix(OWNER)
 WRITES = ("firewalls.insert", "firewalls.update", "firewalls.patch", "firewalls.delete")
 
@@ -40,14 +43,14 @@ def test_converges_from_an_empty_network_then_a_reconcile_only_lists(
 
     assert len(plan.create) == desired == 27
     assert result.errors == [] and result.created == desired
-    assert fake.calls() == ["firewalls.list", "projects.get"] + ["firewalls.insert"] * desired
+    assert fake.calls() == [*OBSERVE, "projects.get"] + ["firewalls.insert"] * desired
     assert set(fake.rules(PROJECT)) == {d.key for d in target.desired()}
 
     fake.reset_log()
     _, again = plan_for(target)
     assert again.empty and again.unmanaged == ()
     assert target.apply(again).writes == 0
-    assert fake.calls() == ["firewalls.list"]
+    assert fake.calls() == OBSERVE
 
 
 def test_list_is_filtered_by_network_and_paged(fake: FakeCompute, recorder: Recorder) -> None:
@@ -71,7 +74,7 @@ def test_list_is_filtered_by_network_and_paged(fake: FakeCompute, recorder: Reco
     target = make_target(gcp_spec(fake), recorder)
     observed = target.observe()
     assert len(observed.items) == 620
-    assert fake.calls() == ["firewalls.list", "firewalls.list"]
+    assert fake.calls() == ["firewalls.list", "firewalls.list", "networks.getEffectiveFirewalls"]
     assert fake.log[0].query["filter"] == 'network eq ".*/global/networks/circleci$"'
     assert fake.log[0].query["maxResults"] == "500"
 
@@ -84,7 +87,7 @@ def test_waits_on_pending_operations(recorder: Recorder) -> None:
         assert result.created == desired
         assert fake.calls("globalOperations.wait") == ["globalOperations.wait"] * desired
         # each insert is followed by the wait on its own operation
-        ops = [r.operation for r in fake.log if r.operation != "firewalls.list"][1:]
+        ops = [r.operation for r in fake.log if r.operation not in OBSERVE][1:]
         assert ops == ["firewalls.insert", "globalOperations.wait"] * desired
 
 
@@ -165,7 +168,7 @@ def test_drift_by_another_client_is_detected_then_repaired_or_only_reported(
     assert plan.drift().as_status() == {
         "missing": 1, "unexpected": 0, "modified": 1, "unmanagedWidening": 1,
     }  # fmt: skip
-    assert fake.calls() == ["firewalls.list"]
+    assert fake.calls() == OBSERVE
     assert {r.method for r in fake.log} == {"GET"}
 
     # Enforce with Report: repaired, the unmanaged rule only reported.
@@ -237,7 +240,7 @@ def test_quota_too_small_writes_nothing_and_reports_the_numbers(
     fake.reset_log()
     plan, result = reconcile(target)
     assert writes(fake) == []
-    assert fake.calls() == ["firewalls.list", "projects.get"]
+    assert fake.calls() == [*OBSERVE, "projects.get"]
     quota = [f for f in result.findings if f.code == "QuotaExceeded"]
     assert len(quota) == 1
     assert "20 with 4 in use" in quota[0].message

@@ -58,7 +58,11 @@ from server_hardening.ownership import (
     installation_owner_key,
     released_description,
 )
-from server_hardening.policy.gcp import judge_firewall, judge_foreign_firewall
+from server_hardening.policy.gcp import (
+    judge_firewall,
+    judge_firewall_policies,
+    judge_foreign_firewall,
+)
 from server_hardening.policy.owners import gcp_firewall_controller
 from server_hardening.renderers.gcp import (
     TARGET,
@@ -73,6 +77,7 @@ from server_hardening.targets.base import (
     ApiCallRecorder,
     ApplyResult,
     Observation,
+    PermanentTargetError,
     TransientTargetError,
     ignore_call,
 )
@@ -91,6 +96,7 @@ from server_hardening.targets.gcp.client import (
     make_clients,
     message_of,
     permanent_error,
+    policies_to_dicts,
     to_dict,
     to_firewall,
 )
@@ -140,9 +146,40 @@ class GcpTarget:
         return firewall_items(self.rendered)
 
     def observe(self) -> Observation[FirewallBody]:
+        """One paged list of the network's VPC rules, and its effective firewall policies
+        (hierarchical and network: Google evaluates them before the VPC rules, so one of
+        them can undo a guide row that no VPC rule could)."""
         self._retrier.new_pass()
         items = [self._observed(body) for body in self._list()]
-        return Observation(items=tuple(items), findings=self.rendered.findings)
+        return Observation(
+            items=tuple(items), findings=(*self.rendered.findings, *self._policy_findings())
+        )
+
+    def _policy_findings(self) -> list[Finding]:
+        try:
+            response = self._call(
+                "networks.getEffectiveFirewalls",
+                self.gcp.network,
+                functools.partial(
+                    self._api.networks.get_effective_firewalls,
+                    project=self.gcp.project,
+                    network=self.gcp.network,
+                    retry=None,
+                    timeout=CALL_TIMEOUT,
+                ),
+            )
+        except PermanentTargetError as exc:
+            # Reading policies is an extra: without the permission the VPC rules are still
+            # enforced; say what is not seen.
+            return [
+                Finding.of(
+                    FindingCode.FIREWALL_POLICY_OVERRIDES,
+                    f"the network's firewall policies cannot be read ({exc}); a hierarchical or "
+                    "network firewall policy could override the guide unseen",
+                    target=TARGET,
+                )
+            ]
+        return judge_firewall_policies(policies_to_dicts(response), self.rendered)
 
     def judge_foreign(self) -> UnmanagedJudge[FirewallBody]:
         rendered = self.rendered

@@ -34,6 +34,7 @@ PERMISSIONS = {
     "firewalls.delete": "compute.firewalls.delete",
     "globalOperations.wait": "compute.globalOperations.get",
     "projects.get": "compute.projects.get",
+    "networks.getEffectiveFirewalls": "compute.networks.getEffectiveFirewalls",
 }
 _PERMISSION_RE = re.compile(r"Required '([A-Za-z0-9_.]+)' permission")
 LIMIT_RE = re.compile(r"Limit:\s*([0-9.]+)")
@@ -44,6 +45,7 @@ class GcpClients:
     firewalls: compute_v1.FirewallsClient
     operations: compute_v1.GlobalOperationsClient
     projects: compute_v1.ProjectsClient
+    networks: compute_v1.NetworksClient
 
 
 ClientFactory = Callable[[GcpSpec], GcpClients]
@@ -63,6 +65,9 @@ def make_clients(
             credentials=credentials, transport="rest", client_options=options
         ),
         projects=compute_v1.ProjectsClient(
+            credentials=credentials, transport="rest", client_options=options
+        ),
+        networks=compute_v1.NetworksClient(
             credentials=credentials, transport="rest", client_options=options
         ),
     )
@@ -151,3 +156,16 @@ def permanent_error(
             f"{project} (see deploy/gcp/iam-role.yaml): {message}"
         )
     return PermanentTargetError(text, operation=operation, resource=resource)
+
+
+def policies_to_dicts(
+    response: compute_v1.NetworksGetEffectiveFirewallsResponse,
+) -> list[dict[str, Any]]:
+    """The firewall policies of an effective-firewalls answer, as REST JSON (camelCase)."""
+    out: list[dict[str, Any]] = []
+    for policy in response.firewall_policys:
+        text = compute_v1.NetworksGetEffectiveFirewallsResponseEffectiveFirewallPolicy.to_json(
+            policy, indent=None, always_print_fields_with_no_presence=False
+        )
+        out.append(json.loads(text))
+    return out
