@@ -424,7 +424,7 @@ class FakeCompute:
             raise ApiError(400, "parseError", "Parse Error")
         return out
 
-    def _dispatch(
+    def _dispatch(  # noqa: PLR0911 - one answer per route
         self,
         operation: str,
         params: dict[str, str],
@@ -441,7 +441,9 @@ class FakeCompute:
             listed = self._list(project, {"filter": f'network eq ".*/global/networks/{network}$"'})
             return 200, {
                 "firewalls": listed.get("items", []),
-                "firewallPolicys": copy.deepcopy(self.firewall_policies.get((project, network), [])),
+                "firewallPolicys": copy.deepcopy(
+                    self.firewall_policies.get((project, network), [])
+                ),
             }
         if operation == "firewalls.get":
             return 200, copy.deepcopy(self._get(project, params["name"]))
