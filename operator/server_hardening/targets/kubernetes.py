@@ -222,7 +222,8 @@ class KubernetesTarget:
         for lookup in self.services_gone:
             for service in lookup.names:
                 name = policy_name_for(service)
-                if name in rendered or name not in owned:
+                # Components that share pods (v4's proxy) share one policy: keep it once.
+                if name in rendered or name not in owned or any(k.key == name for k in self._kept):
                     continue
                 item = owned[name]
                 annotations = item.payload["metadata"].get("annotations") or {}
