@@ -439,6 +439,16 @@ def run_target(
     return report
 
 
+def _spec_findings(findings: Sequence[Finding], targets: Sequence[TargetReport]) -> list[Finding]:
+    """The compiler's findings, less the static guess about v4's public load balancer once the
+    cluster was read: the proxy Service as it is (type, source ranges, internal annotations)
+    then says what is exposed (policy.loadbalancer)."""
+    read_the_cluster = any(t.name == "kubernetes" and t.observed for t in targets)
+    return [
+        f for f in findings if not (read_the_cluster and f.code is FindingCode.PUBLIC_NOMAD_PORT)
+    ]
+
+
 def reconcile(
     ref: ResourceRef,
     spec: ServerHardeningSpec,
@@ -468,7 +478,7 @@ def reconcile(
         message="",
         checked_at=started,
         targets=targets,
-        findings=list(intent.findings),
+        findings=_spec_findings(intent.findings, targets),
         events=events,
         interval_seconds=spec.drift_check_seconds,
     )

@@ -30,7 +30,7 @@ from e2e.test_operator import EXPECTED, NAME, create, phase_is, resource
 
 pytestmark = pytest.mark.e2e
 
-POOL = [f"svh-brown-{uuid.uuid4().hex[:6]}-{i}" for i in range(5)]
+POOL = [f"svh-brown-{uuid.uuid4().hex[:6]}-{i}" for i in range(6)]
 PROXY = {
     "metadata": {"name": "circleci-proxy", "labels": {"app": "circleci-proxy"}},
     "spec": {
@@ -196,3 +196,43 @@ def test_a_component_whose_service_vanishes_keeps_its_last_allow_loudly(
         )
 
     wait_for("ComponentsResolved=True", resolved)
+
+
+def test_the_v4_proxy_load_balancer_is_judged_as_it_is(
+    operator: OperatorProcess, admin_api: Any, ns: str
+) -> None:
+    """The proxy Service made a public LoadBalancer: 4647 open to the world is reported from
+    the Service itself, naming nginx.loadBalancerSourceRanges; narrowing it clears the finding."""
+    core = client.CoreV1Api(admin_api)
+    core.patch_namespaced_service("circleci-proxy", ns, {"spec": {"type": "LoadBalancer"}})
+    create(admin_api, resource(ns))
+
+    def exposed() -> list[dict[str, Any]]:
+        status = status_of(admin_api, ns, NAME)
+        return [
+            f
+            for t in status.get("targets") or []
+            for f in t.get("findings") or []
+            if f["code"] == "WorldOpenSensitivePort" and "circleci-proxy" in f["message"]
+        ]
+
+    (finding,) = wait_for("the load balancer's exposure", exposed)
+    assert "nginx.loadBalancerSourceRanges" in finding["message"]
+    assert finding["row"] == "NOMAD-IN-1"
+    assert not any(
+        f["code"] == "PublicNomadPort" for f in status_of(admin_api, ns, NAME)["findings"]
+    )
+    assert (
+        operator.metric(
+            "server_hardening_world_open_sensitive_ports",
+            namespace=ns,
+            name=NAME,
+            target="kubernetes",
+        )
+        == 1
+    )
+
+    core.patch_namespaced_service(
+        "circleci-proxy", ns, {"spec": {"loadBalancerSourceRanges": ["10.1.0.0/16"]}}
+    )
+    wait_for("the exposure to clear", lambda: not exposed())

@@ -39,6 +39,7 @@ from server_hardening.ownership import (
     owner_key,
 )
 from server_hardening.policy import networkpolicy as np_policy
+from server_hardening.policy.loadbalancer import load_balancer_exposure
 from server_hardening.renderers.networkpolicy import (
     Manifest,
     desired_items,
@@ -154,6 +155,9 @@ def resolve_components(
                     continue
                 raise
             outcome = components.from_service(lookup, service)
+            exposed = load_balancer_exposure(service)
+            if exposed is not None and exposed.message not in {f.message for f in findings}:
+                findings.append(exposed)
             break
         if isinstance(outcome, components.ResolvedComponent):
             resolved[lookup.component] = outcome
