@@ -16,7 +16,13 @@ import ipaddress
 from collections.abc import Callable, Sequence
 
 from server_hardening.guide import SENSITIVE_PORTS
-from server_hardening.policy.exposure import Access, is_world_open, world_open_sensitive_port
+from server_hardening.policy.exposure import (
+    Access,
+    NodePorts,
+    is_world_open,
+    node_port_exposure,
+    world_open_sensitive_port,
+)
 from server_hardening.renderers.aws import AtomicRule, RenderedSecurityGroups
 from server_hardening.rules import Direction, Finding, FindingCode, PortRange
 
@@ -127,6 +133,7 @@ def judge_rule(
     *,
     removing: bool,
     neighbours: Sequence[AtomicRule] = (),
+    node_ports: NodePorts | None = None,
 ) -> Finding | None:
     """The first finding of the chain for an unmanaged rule in a managed group; ``neighbours``
     are the other unmanaged rules of its group (see the module doc)."""
@@ -142,6 +149,9 @@ def judge_rule(
         exposed = world_open_sensitive_port(joint, TARGET, fate)
         if exposed is not None:
             return exposed
+    behind = node_port_exposure(seen, node_ports or {}, TARGET, fate)
+    if behind is not None:
+        return behind
     if covered_by_the_guide(rule, rendered.atoms):
         return None
     for check in CHAIN:
@@ -152,13 +162,17 @@ def judge_rule(
 
 
 def judge_foreign_rule(
-    rule: AtomicRule, rule_id: str, controller: str, rendered: RenderedSecurityGroups
+    rule: AtomicRule,
+    rule_id: str,
+    controller: str,
+    rendered: RenderedSecurityGroups,
+    node_ports: NodePorts | None = None,
 ) -> Finding | None:
     """Another controller's rule: never removed, but a sensitive port it opens to the whole
-    internet is reported like anyone's."""
-    where = (
-        f"{rule_id} in {rule.group_id} ({rendered.role_of(rule.group_id)}, owned by {controller})"
-    )
-    return world_open_sensitive_port(
-        access(rule, where), TARGET, "left alone: another controller's"
+    internet (itself, or as the NodePort that backs it) is reported like anyone's."""
+    role = rendered.role_of(rule.group_id)
+    where = f"{rule_id} in {rule.group_id} ({role}, owned by {controller})"
+    seen, fate = access(rule, where), "left alone: another controller's"
+    return world_open_sensitive_port(seen, TARGET, fate) or node_port_exposure(
+        seen, node_ports or {}, TARGET, fate
     )

@@ -7,7 +7,7 @@ Accesses in the per-target policy modules; the checks here never see a provider'
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from server_hardening import addresses
@@ -77,3 +77,29 @@ def world_open_sensitive_port(access: Access, target: str, fate: str = "") -> Fi
         row=row,
         target=target,
     )
+
+
+NodePorts = Mapping[int, tuple[str, int]]
+"""NodePort -> (Service, service port) of the cluster's Services: a cloud rule that opens a
+NodePort opens whatever Service port it backs."""
+
+
+def node_port_exposure(
+    access: Access, node_ports: NodePorts, target: str, fate: str = ""
+) -> Finding | None:
+    """A NodePort that backs a sensitive service port (v4's proxy serves Nomad's 4647), open to
+    the whole internet: as sensitive as the port itself, wherever the rule that opens it is."""
+    if access.direction is not Direction.INGRESS or not is_world_open(access):
+        return None
+    for node_port, (service, port) in sorted(node_ports.items()):
+        if port in SENSITIVE_PORTS and access.covers_port(node_port):
+            row, what = SENSITIVE_PORTS[port]
+            tail = f"; {fate}" if fate else ""
+            return Finding.of(
+                FindingCode.WORLD_OPEN_SENSITIVE_PORT,
+                f"{access.where} opens NodePort {node_port} to the whole internet: it is "
+                f"Service {service} port {port} ({what}){tail}",
+                row=row,
+                target=target,
+            )
+    return None

@@ -32,6 +32,15 @@ class LiveTargets:
         self.aws_client_factory = aws_client_factory
         self.gcp_client_factory = gcp_client_factory
 
+    def _node_ports(self, namespace: str) -> dict[int, tuple[str, int]]:
+        """The namespace's NodePorts, for judging cloud rules (an NLB Service's rule on the
+        nodes' security group opens a NodePort, which may be Nomad's 4647 behind the proxy)."""
+        if self.kube_api is None:
+            return {}
+        from server_hardening.targets.kubernetes import node_ports_of
+
+        return node_ports_of(self.kube_api, namespace, self.recorder("kubernetes"))
+
     def build(
         self, intent: CompiledIntent, ref: ResourceRef
     ) -> list[tuple[str, Callable[[], AnyTarget]]]:
@@ -66,7 +75,7 @@ class LiveTargets:
             def aws_target() -> AnyTarget:
                 from server_hardening.targets.aws import AwsTarget
 
-                kwargs: dict[str, Any] = {}
+                kwargs: dict[str, Any] = {"node_ports": self._node_ports(ref.namespace)}
                 if self.aws_client_factory is not None:
                     kwargs["client_factory"] = self.aws_client_factory
                 return AwsTarget.from_intent(

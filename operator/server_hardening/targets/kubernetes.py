@@ -178,6 +178,33 @@ def resolve_components(
     return resolved, findings, gone
 
 
+def node_ports_of(
+    api: Any, namespace: str, record: ApiCallRecorder = ignore_call
+) -> dict[int, tuple[str, int]]:
+    """NodePort -> (Service, port) of the namespace's Services (one list): what a cloud rule
+    that opens a NodePort really opens. An error reading them leaves the map empty (the cloud
+    rules are still judged on their own ports)."""
+    try:
+        listing = _json(
+            KubernetesCalls(record)(
+                "list_services",
+                f"namespace/{namespace}",
+                client.CoreV1Api(api).list_namespaced_service,
+                namespace,
+                _preload_content=False,
+            )
+        )
+    except TargetError:
+        return {}
+    out: dict[int, tuple[str, int]] = {}
+    for service in listing.get("items") or []:
+        name = str((service.get("metadata") or {}).get("name", ""))
+        for port in (service.get("spec") or {}).get("ports") or []:
+            if port.get("nodePort"):
+                out[int(port["nodePort"])] = (name, int(port.get("port", 0)))
+    return out
+
+
 def _ownership(policy: Mapping[str, Any], me: str) -> tuple[bool, str]:
     meta = policy.get("metadata") or {}
     labels = meta.get("labels") or {}

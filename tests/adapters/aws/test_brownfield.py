@@ -185,3 +185,20 @@ def test_plan_live_shows_exactly_what_the_next_pass_does(
     assert [t["actions"] for t in applied["targets"]] == [aws["actions"]]
     created = [r for r in world.rules() if r["SecurityGroupRuleId"] not in seeded]
     assert len(created) == len(by_action.get("create", set()))
+
+
+def test_a_world_open_nodeport_that_backs_nomads_4647_is_sensitive(world: World) -> None:
+    """The cloud provider's NLB client rule opens a NodePort to 0.0.0.0/0; behind that NodePort
+    is circleci-proxy's 4647. Left alone (the cloud provider's), but reported as what it is."""
+    ids = _seed_by_hand(world)
+    target = world.target(world.guide_rendering())
+    target.node_ports = {31234: ("circleci-proxy", 4647), 31235: ("circleci-proxy", 443)}
+
+    report = run_pass(target, remove_unmanaged=True)
+
+    exposed = [f for f in report.findings if f.code == "WorldOpenSensitivePort"]
+    assert len(exposed) == 1
+    assert ids["nlb-client"] in exposed[0].message
+    assert "NodePort 31234" in exposed[0].message and "port 4647" in exposed[0].message
+    assert exposed[0].row == "NOMAD-IN-1"
+    assert ids["nlb-client"] in {r["SecurityGroupRuleId"] for r in world.rules()}  # left

@@ -34,6 +34,7 @@ from server_hardening.ownership import (
 )
 from server_hardening.planners.aws import Write, WriteKind, plan_writes
 from server_hardening.policy.aws import judge_foreign_rule, judge_rule
+from server_hardening.policy.exposure import NodePorts
 from server_hardening.policy.owners import aws_rule_controller
 from server_hardening.renderers.aws import (
     AtomicRule,
@@ -95,8 +96,10 @@ class AwsTarget:
         record_call: ApiCallRecorder = ignore_call,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        node_ports: NodePorts | None = None,
     ) -> None:
         self.rendered = rendered
+        self.node_ports = dict(node_ports or {})
         self.aws = aws
         self.owner = owner
         self.owner_key = owner_key(owner)
@@ -153,12 +156,18 @@ class AwsTarget:
     def judge_unmanaged(self) -> UnmanagedJudge[AtomicRule]:
         rendered = self.rendered
         removing = self.unmanaged_rules is UnmanagedRules.REMOVE
+        node_ports = self.node_ports
         unmanaged = [i for i in self._last or () if not i.owned and not i.owner]
 
         def judge(item: SecurityGroupRuleItem) -> Finding | None:
             neighbours = [i.payload for i in unmanaged if i.native_id != item.native_id]
             return judge_rule(
-                item.payload, item.native_id, rendered, removing=removing, neighbours=neighbours
+                item.payload,
+                item.native_id,
+                rendered,
+                removing=removing,
+                neighbours=neighbours,
+                node_ports=node_ports,
             )
 
         return judge
@@ -167,7 +176,9 @@ class AwsTarget:
         rendered = self.rendered
 
         def judge(item: SecurityGroupRuleItem) -> Finding | None:
-            return judge_foreign_rule(item.payload, item.native_id, item.controller, rendered)
+            return judge_foreign_rule(
+                item.payload, item.native_id, item.controller, rendered, self.node_ports
+            )
 
         return judge
 
