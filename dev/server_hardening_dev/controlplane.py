@@ -395,6 +395,7 @@ class ControlPlane:
         extra_apiserver_args: Sequence[str] = (),
         address: str = "127.0.0.1",
         serving_ips: Sequence[str] = (),
+        pods_get_tokens: bool = False,
     ) -> None:
         self._binaries = binaries
         # Where kube-apiserver listens and what it advertises (the ``kubernetes`` Service's
@@ -402,6 +403,7 @@ class ControlPlane:
         # local node reach it. ``serving_ips`` are extra IP SANs (e.g. that Service's ClusterIP).
         self.address = address
         self.serving_ips = tuple(serving_ips)
+        self.pods_get_tokens = pods_get_tokens
         self._requested_root = root_dir
         self.start_timeout = start_timeout
         self.stop_grace = stop_grace
@@ -626,8 +628,9 @@ class ControlPlane:
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-            # No controller-manager: nothing would mint legacy tokens or mount them.
-            "--disable-admission-plugins=ServiceAccount",
+            # No controller-manager: nothing would mint legacy tokens or mount them (unless the
+            # caller runs one and a kubelet: then pods get their projected tokens).
+            *(() if self.pods_get_tokens else ("--disable-admission-plugins=ServiceAccount",)),
             "--allow-privileged=true",
             "--profiling=false",
             f"--audit-policy-file={self.root_dir / 'audit-policy.yaml'}",

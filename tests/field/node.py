@@ -274,9 +274,9 @@ class Node:
                 self.testbin,
                 address=HOST_ADDR,
                 serving_ips=[KUBERNETES_SERVICE_IP],
+                pods_get_tokens=True,
                 extra_apiserver_args=[
                     f"--service-cluster-ip-range={SERVICE_CIDR}",
-                    "--disable-admission-plugins=",  # the ServiceAccount plugin mounts tokens
                     "--enable-admission-plugins=NodeRestriction",
                 ],
             ).start()
@@ -331,7 +331,7 @@ class Node:
                 shutil.rmtree(leftover)
         for directory in (self.logs, STATE_ROOT / "kubelet", STATE_ROOT / "pod-logs",
                           STATE_ROOT / "containerd", STATE_ROOT / "cni" / "net.d",
-                          STATE_ROOT / "pki", RUN_ROOT / "containerd", RUN_ROOT / "netns"):  # fmt: skip
+                          STATE_ROOT / "pki", RUN_ROOT / "containerd"):  # fmt: skip
             directory.mkdir(parents=True, exist_ok=True)
 
     def _network(self) -> None:
@@ -380,7 +380,7 @@ state = "{RUN_ROOT / "containerd" / "state"}"
   sandbox_image = "{pause}"
   # This sandbox refuses oom_score_adj -998 for the pause container.
   restrict_oom_score_adj = true
-  netns_mounts_under = "{RUN_ROOT / "netns"}"
+  netns_mounts_under_state_dir = true  # pod network namespaces under our state dir
   enable_selinux = false
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
