@@ -295,32 +295,43 @@ class Node:
         return self
 
     def stop(self) -> None:
-        for name in ("kube-router", "kube-proxy", "kube-scheduler", "kube-controller-manager"):
+        """Undo everything, each step even when an earlier one failed (errors are re-raised
+        once all steps ran)."""
+        errors: list[str] = []
+
+        def step(what: str, action: Callable[[], object]) -> None:
+            try:
+                action()
+            except Exception as exc:  # collected, and raised together below
+                errors.append(f"{what}: {type(exc).__name__}: {exc}")
+
+        for name in ("kube-router", "kube-proxy", "kube-scheduler", "kube-controller-manager",
+                     "kubelet"):  # fmt: skip
             if name in self.daemons:
-                self.daemons[name].stop()
-        if "kubelet" in self.daemons:
-            self.daemons["kubelet"].stop()
-        self._kill_pods()
+                step(f"stop {name}", self.daemons[name].stop)
+        step("kill pod processes", self._kill_pods)
         if "containerd" in self.daemons:
-            self.daemons["containerd"].stop(20)
-        self._kill_shims()
-        self._unmount_under(RUN_ROOT, STATE_ROOT)
+            step("stop containerd", lambda: self.daemons["containerd"].stop(20))
+        step("kill containerd shims", self._kill_shims)
+        step("unmount", lambda: self._unmount_under(RUN_ROOT, STATE_ROOT))
         for netns in (OUTSIDE_NETNS, NODE_NETNS):
             run("ip", "netns", "del", netns, check=False)
         run("ip", "link", "del", HOST_IF, check=False)
         if self.control_plane is not None:
-            self.control_plane.stop()
+            step("stop the control plane", self.control_plane.stop)
             self.control_plane = None
-        self._remove_cgroups()
+        step("remove pod cgroups", self._remove_cgroups)
         for key, value in self._kernel_settings.items():
             _write_sysctl(key, value)
-        self._remove_container_log_links()
-        shutil.rmtree(RUN_ROOT, ignore_errors=True)
+        step("remove /var/log/containers links", self._remove_container_log_links)
         keep = os.environ.get("SERVER_HARDENING_FIELD_KEEP_LOGS")
-        if keep:
-            shutil.copytree(self.logs, Path(keep), dirs_exist_ok=True)
+        if keep and self.logs.is_dir():
+            step("keep logs", lambda: shutil.copytree(self.logs, Path(keep), dirs_exist_ok=True))
+        shutil.rmtree(RUN_ROOT, ignore_errors=True)
         shutil.rmtree(STATE_ROOT, ignore_errors=True)
         self.daemons.clear()
+        if errors:
+            raise NodeError("cleanup incomplete: " + "; ".join(errors))
 
     # -- pieces -------------------------------------------------------------------------------
 
@@ -575,11 +586,14 @@ state = "{RUN_ROOT / "containerd" / "state"}"
 
     def _kill_pods(self) -> None:
         """SIGKILL every process in the kubelet's pod cgroups (the kubelet is stopped by now)."""
-        for procs in Path("/sys/fs/cgroup").glob("*/kubepods*/**/cgroup.procs"):
-            with contextlib.suppress(OSError):
-                for pid in procs.read_text().split():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
+        for top in Path("/sys/fs/cgroup").glob("*/kubepods*"):
+            for directory, _, files in os.walk(top):  # tolerates directories vanishing
+                if "cgroup.procs" not in files:
+                    continue
+                with contextlib.suppress(OSError):
+                    for pid in Path(directory, "cgroup.procs").read_text().split():
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(int(pid), signal.SIGKILL)
 
     def _kill_shims(self) -> None:
         """containerd's shims outlive it by design; ours name our socket on their command line."""
@@ -609,13 +623,9 @@ state = "{RUN_ROOT / "containerd" / "state"}"
     @staticmethod
     def _remove_cgroups() -> None:
         for top in Path("/sys/fs/cgroup").glob("*/kubepods*"):
-            for directory in sorted(
-                (p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
-            ):
+            for directory, _, _ in os.walk(top, topdown=False):
                 with contextlib.suppress(OSError):
-                    directory.rmdir()
-            with contextlib.suppress(OSError):
-                top.rmdir()
+                    os.rmdir(directory)
 
     def _remove_container_log_links(self) -> None:
         links = Path("/var/log/containers")

@@ -148,3 +148,58 @@ def test_the_named_services_reach_what_their_pods_allow(installation: Site) -> N
     }
     measured = {flow: installation.connects(*flow) for flow in flows}
     assert measured == flows
+
+
+def policy_api(cluster: FieldCluster) -> Any:
+    return client.NetworkingV1Api(cluster.api)
+
+
+def set_mode(cluster: FieldCluster, namespace: str, mode: str) -> None:
+    custom(cluster).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "circleci", {"spec": {"mode": mode}}
+    )
+
+
+def test_drift_on_the_real_dataplane(installation: Site) -> None:
+    """Audit shows a widened policy opening the real dataplane and leaves it; Enforce closes it."""
+    cluster = installation.cluster
+    proxy = installation.pod_ips[site.V4]["proxy"]
+    assert not installation.connects("world", proxy, 4647)
+    set_mode(cluster, site.V4, "Audit")
+    wait_until("Auditing", lambda: phase(cluster, site.V4) == "Auditing", 60)
+    policy_api(cluster).patch_namespaced_network_policy(
+        "svh-allow-circleci-proxy", site.V4, {"spec": {"ingress": [{}]}}
+    )
+    wait_until(
+        "the widened policy to open 4647", lambda: installation.connects("world", proxy, 4647), 60
+    )
+    wait_until("Drifted", lambda: phase(cluster, site.V4) == "Drifted", 60)
+    assert installation.connects("world", proxy, 4647)  # Audit writes nothing
+    set_mode(cluster, site.V4, "Enforce")
+    wait_until("Enforce to close 4647", lambda: not installation.connects("world", proxy, 4647), 60)
+    wait_until("Enforced", lambda: phase(cluster, site.V4) == "Enforced", 60)
+    assert installation.connects("world", proxy, 8080)
+    assert installation.connects("nomad", proxy, 4647)
+
+
+def test_a_deleted_policy_is_repaired_on_the_real_node(installation: Site) -> None:
+    cluster = installation.cluster
+    traefik = installation.pod_ips[site.V3]["traefik"]
+    old = policy_api(cluster).read_namespaced_network_policy(
+        "svh-allow-circleci-server-traefik", site.V3
+    )
+    policy_api(cluster).delete_namespaced_network_policy(
+        "svh-allow-circleci-server-traefik", site.V3
+    )
+
+    def recreated() -> bool:
+        new = policy_api(cluster).read_namespaced_network_policy(
+            "svh-allow-circleci-server-traefik", site.V3
+        )
+        return bool(new.metadata.uid != old.metadata.uid)
+
+    wait_until("the policy to be recreated", recreated, 60)
+    wait_until(
+        "the frontend to answer again", lambda: installation.connects("world", traefik, 8443), 60
+    )
+    assert not installation.connects("world", installation.pod_ips[site.V3]["postgresql"], 5432)
