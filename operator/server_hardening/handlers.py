@@ -194,7 +194,18 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Watching named namespaces needs no namespace listing; without this kopf tries to list
     # namespaces cluster-wide, which namespaced RBAC rightly refuses, and retries noisily.
     settings.scanning.disabled = not runtime().clusterwide
-    asyncio.get_running_loop().create_task(_heartbeat())
+    _HEARTBEAT.append(asyncio.get_running_loop().create_task(_heartbeat()))
+
+
+# The heartbeat is not a kopf task: kopf gives such tasks 5 s at every stop before cancelling
+# them, so it is ended at cleanup (which kopf runs as soon as its own tasks are done).
+_HEARTBEAT: list[asyncio.Task[None]] = []
+
+
+@kopf.on.cleanup(id="stop-heartbeat")
+async def stop_heartbeat(**_: Any) -> None:
+    while _HEARTBEAT:
+        _HEARTBEAT.pop().cancel()
 
 
 async def _heartbeat() -> None:

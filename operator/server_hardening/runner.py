@@ -143,7 +143,9 @@ def serve_http(host: str, port: int, health: Health) -> ThreadingHTTPServer:
             return
 
     server = ThreadingHTTPServer((host, port), Handler)
-    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    # A short poll interval: shutdown() at every stop waits up to one interval.
+    serve = lambda: server.serve_forever(poll_interval=0.1)  # noqa: E731
+    threading.Thread(target=serve, name="metrics-http", daemon=True).start()
     return server
 
 

@@ -66,6 +66,17 @@ CNI_BIN = Path("/usr/lib/cni")
 CONTAINERD_SOCKET = RUN_ROOT / "containerd" / "containerd.sock"
 
 T = TypeVar("T")
+#: A TCP listener (python3 -c LISTENER PORT...): accepts and closes, for connect probes.
+LISTENER = """
+import socket, sys, threading
+def serve(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(128)
+    while True:
+        c, _ = s.accept(); c.close()
+for p in sys.argv[1:]:
+    threading.Thread(target=serve, args=(int(p),)).start()
+"""
 
 
 class NodeError(RuntimeError):
@@ -640,6 +651,13 @@ state = "{RUN_ROOT / "containerd" / "state"}"
                 links.rmdir()
 
     # -- running things on the node -----------------------------------------------------------
+
+    def serve_outside(self, ports: Sequence[int]) -> Daemon:
+        """Listeners on ``ports`` at every outside stand-in address (stop the Daemon after)."""
+        return Daemon(
+            "outside-listener", [sys.executable, "-I", "-c", LISTENER, *map(str, ports)],
+            self.logs / "outside-listener.log", netns=OUTSIDE_NETNS,
+        ).start()  # fmt: skip
 
     def pod_pid(self, namespace: str, name: str) -> int:
         """The PID of a running pod's sandbox (its network namespace is the pod's)."""

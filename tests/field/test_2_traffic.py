@@ -5,7 +5,6 @@ tests/field/site.py, which is written from the guide's rows. Then drift on the r
 
 from __future__ import annotations
 
-import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +15,8 @@ from kubernetes import client
 
 from field import site
 from field.conftest import FieldCluster
-from field.node import OUTSIDE, OUTSIDE_NETNS, Daemon, wait_until
-from field.workloads import LISTENER, Source, connect_all, create_pods, create_services
+from field.node import OUTSIDE, wait_until
+from field.workloads import Source, connect_all, create_pods, create_services
 
 GROUP, VERSION, PLURAL = "hardening.circleci.com", "v1alpha1", "serverhardenings"
 
@@ -73,10 +72,7 @@ def phase(cluster: FieldCluster, namespace: str) -> str:
 @pytest.fixture(scope="module")
 def installation(release: FieldCluster) -> Any:
     cluster = release
-    listener = Daemon(
-        "outside-listener", [sys.executable, "-I", "-c", LISTENER, *map(str, site.OUTSIDE_PORTS)],
-        cluster.node.logs / "outside-listener.log", netns=OUTSIDE_NETNS,
-    ).start()  # fmt: skip
+    listener = cluster.node.serve_outside(site.OUTSIDE_PORTS)
     try:
         pod_ips = {
             site.V3: create_pods(cluster.api, site.V3, site.V3_PODS),

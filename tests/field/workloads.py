@@ -20,19 +20,9 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from field.node import NODE_NETNS, OUTSIDE_NETNS, Node, wait_until
+from field.node import LISTENER, NODE_NETNS, OUTSIDE_NETNS, Node, wait_until
 
 IMAGE = "docker.io/library/python:3.11.14-slim-bookworm"  # the stand-in base, see fieldimages
-LISTENER = """
-import socket, sys, threading
-def serve(port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(128)
-    while True:
-        c, _ = s.accept(); c.close()
-for p in sys.argv[1:]:
-    threading.Thread(target=serve, args=(int(p),)).start()
-"""
 PROBE = Path(__file__).with_name("probe.py")
 
 
