@@ -36,6 +36,15 @@ RESTRICTED = {
 OPERATOR_SELECTOR = "app.kubernetes.io/name=server-hardening"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The session's first field test also builds what scripts/fieldprep did not (cold: many
+    minutes), so the tier's tests get a longer timeout than the suite's."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.timeout(3600))
+
+
 @dataclass
 class FieldCluster:
     node: Node

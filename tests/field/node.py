@@ -152,10 +152,27 @@ def preflight() -> str | None:  # noqa: PLR0911 - one return per requirement, in
         return f"a kernel feature the node needs is missing: {exc}"
     finally:
         run("ip", "netns", "del", probe, check=False)
-    for name in ("NODE_NETNS", "OUTSIDE_NETNS"):
-        if Path(f"/run/netns/{globals()[name]}").exists():
-            return f"network namespace {globals()[name]} exists: another field node runs here"
+    owner = running_owner()
+    if owner is not None:
+        return f"another field node runs here (pid {owner}, {OWNER_FILE})"
     return None
+
+
+OWNER_FILE = STATE_ROOT / "owner.json"
+
+
+def running_owner() -> int | None:
+    """The pid of a live process that runs a field node here, if any. A node whose owner died
+    (a killed test run) is left over, and reclaimed by the next ``Node.start()``."""
+    try:
+        pid = int(json.loads(OWNER_FILE.read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    return pid if pid != os.getpid() else None
 
 
 # -- binaries and images -----------------------------------------------------------------------
@@ -277,9 +294,13 @@ class Node:
 
     def start(self) -> Node:
         started = time.monotonic()
+        self._reclaim_leftovers()
         try:
             self._prepare_dirs()
             self._kernel_settings = {k: _read_sysctl(k) for k in KERNEL_SETTINGS}
+            OWNER_FILE.write_text(
+                json.dumps({"pid": os.getpid(), "kernel": self._kernel_settings}) + "\n"
+            )
             self._network()
             self.control_plane = ControlPlane(
                 self.testbin,
@@ -345,6 +366,18 @@ class Node:
             raise NodeError("cleanup incomplete: " + "; ".join(errors))
 
     # -- pieces -------------------------------------------------------------------------------
+
+    def _reclaim_leftovers(self) -> None:
+        """Undo a node whose owner died (SIGKILLed test run): its daemons died with it
+        (PDEATHSIG), its pods, shims, mounts, namespaces and kernel settings did not."""
+        try:
+            leftover = json.loads(OWNER_FILE.read_text())
+        except (OSError, ValueError):
+            if not any(Path(f"/run/netns/{n}").exists() for n in (NODE_NETNS, OUTSIDE_NETNS)):
+                return
+            leftover = {}
+        self._kernel_settings = dict(leftover.get("kernel") or {})
+        self.stop()
 
     def _prepare_dirs(self) -> None:
         for leftover in (STATE_ROOT, RUN_ROOT):
