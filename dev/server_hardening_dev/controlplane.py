@@ -15,8 +15,9 @@ By hand (the demo)::
     python -m server_hardening_dev.controlplane start [--state-dir DIR]
     python -m server_hardening_dev.controlplane stop [--state-dir DIR]
 
-Everything listens on 127.0.0.1 only. There is no controller-manager, scheduler or kubelet: the
-API server validates, stores, authenticates and authorizes, but no pods ever run, namespaces stay
+Everything listens on 127.0.0.1 only, unless ``address`` names another local address (the field
+tier's node). There is no controller-manager, scheduler or kubelet here: the API server
+validates, stores, authenticates and authorizes, but no pods ever run, namespaces stay
 ``Terminating`` after deletion, and ServiceAccount tokens come from the TokenRequest API only.
 """
 
@@ -412,8 +413,17 @@ class ControlPlane:
         stop_grace: float = 15.0,
         die_with_parent: bool = True,
         extra_apiserver_args: Sequence[str] = (),
+        address: str = "127.0.0.1",
+        serving_ips: Sequence[str] = (),
+        pods_get_tokens: bool = False,
     ) -> None:
         self._binaries = binaries
+        # Where kube-apiserver listens and what it advertises (the ``kubernetes`` Service's
+        # endpoint): loopback, or an address of an interface the caller made so that pods on a
+        # local node reach it. ``serving_ips`` are extra IP SANs (e.g. that Service's ClusterIP).
+        self.address = address
+        self.serving_ips = tuple(serving_ips)
+        self.pods_get_tokens = pods_get_tokens
         self._requested_root = root_dir
         self.start_timeout = start_timeout
         self.stop_grace = stop_grace
@@ -579,7 +589,7 @@ class ControlPlane:
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ),
-            ip_addresses=("127.0.0.1",),
+            ip_addresses=tuple(dict.fromkeys(("127.0.0.1", self.address, *self.serving_ips))),
         )
         (pki / "apiserver.crt").write_bytes(serving.cert_pem)
         _write_private(pki / "apiserver.key", serving.key_pem)
@@ -621,33 +631,34 @@ class ControlPlane:
         self._wait("etcd", self._etcd, self.etcd_log, self._etcd_healthy)
 
         pki = self.root_dir / "pki"
-        self.url = f"https://127.0.0.1:{api_port}"
+        self.url = f"https://{self.address}:{api_port}"
         self._apiserver_argv = [
-                str(binaries.kube_apiserver),
-                f"--etcd-servers={self.etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                f"--secure-port={api_port}",
-                f"--cert-dir={pki}",
-                f"--tls-cert-file={pki / 'apiserver.crt'}",
-                f"--tls-private-key-file={pki / 'apiserver.key'}",
-                f"--client-ca-file={self.ca_file}",
-                "--authorization-mode=Node,RBAC",
-                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-                f"--api-audiences={SERVICE_ACCOUNT_ISSUER}",
-                f"--service-account-key-file={pki / 'sa.pub'}",
-                f"--service-account-signing-key-file={pki / 'sa.key'}",
-                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-                # No controller-manager: nothing would mint legacy tokens or mount them.
-                "--disable-admission-plugins=ServiceAccount",
-                "--allow-privileged=true",
-                "--profiling=false",
-                f"--audit-policy-file={self.root_dir / 'audit-policy.yaml'}",
-                f"--audit-log-path={self.audit_log}",
-                "--audit-log-format=json",
-                "--audit-log-mode=blocking",  # an event is on disk before its response is sent
-                *self.extra_apiserver_args,
-        ]  # fmt: skip
+            str(binaries.kube_apiserver),
+            f"--etcd-servers={self.etcd_url}",
+            f"--bind-address={self.address}",
+            f"--advertise-address={self.address}",
+            f"--secure-port={api_port}",
+            f"--cert-dir={pki}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={self.ca_file}",
+            "--authorization-mode=Node,RBAC",
+            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+            f"--api-audiences={SERVICE_ACCOUNT_ISSUER}",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            # No controller-manager: nothing would mint legacy tokens or mount them (unless the
+            # caller runs one and a kubelet: then pods get their projected tokens).
+            *(() if self.pods_get_tokens else ("--disable-admission-plugins=ServiceAccount",)),
+            "--allow-privileged=true",
+            "--profiling=false",
+            f"--audit-policy-file={self.root_dir / 'audit-policy.yaml'}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",  # an event is on disk before its response is sent
+            *self.extra_apiserver_args,
+        ]
         self._spawn_apiserver()
         self.version = str(self.get_json("/version").get("gitVersion", ""))
 
@@ -674,6 +685,16 @@ class ControlPlane:
         with self._lock:
             if self._apiserver is None or self._apiserver.poll() is not None:
                 self._spawn_apiserver()
+
+    def restart_apiserver(self, down_for: float = 0.0) -> None:
+        """Stop kube-apiserver (SIGTERM), keep it down ``down_for`` seconds, start it again
+        on the same address and port with the same etcd; return once it is ready."""
+        with self._lock:
+            if self._root is None:
+                raise ControlPlaneError("control plane not started")
+            _terminate(self._apiserver, self.stop_grace)
+            time.sleep(down_for)
+            self._spawn_apiserver()
 
     def _wait(
         self,

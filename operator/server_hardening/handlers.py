@@ -62,7 +62,17 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Watching named namespaces needs no namespace listing; without this kopf tries to list
     # namespaces cluster-wide, which namespaced RBAC rightly refuses, and retries noisily.
     settings.scanning.disabled = not state_of(memo).clusterwide
-    asyncio.get_running_loop().create_task(_heartbeat(state_of(memo)))
+    state = state_of(memo)
+    state.heartbeat_task = asyncio.get_running_loop().create_task(_heartbeat(state))
+
+
+# The heartbeat is not a kopf task: kopf gives such tasks 5 s at every stop before cancelling
+# them, so it is ended at cleanup (which kopf runs as soon as its own tasks are done).
+@kopf.on.cleanup(id="stop-heartbeat")
+async def stop_heartbeat(memo: kopf.Memo, **_: Any) -> None:
+    task = state_of(memo).heartbeat_task
+    if task is not None:
+        task.cancel()
 
 
 async def _heartbeat(state: OperatorState) -> None:

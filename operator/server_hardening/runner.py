@@ -4,6 +4,14 @@ One HTTP server on ``--metrics-port`` serves ``/metrics`` (Prometheus), ``/healt
 fails when the operator's event loop or its kopf task is dead, not only when the process is, and
 when the watches have been down longer than a bound: see :class:`Health`) and ``/readyz``
 (readiness: kopf has started its watches, and liveness holds).
+
+As a pod's PID 1 the process gets what a container runtime sends:
+
+- its kopf identity comes from the pod's name (``POD_NAME``, set by the chart), else from the
+  host name, never from the user name: the image's uid has no passwd entry;
+- SIGTERM (what the kubelet sends) and SIGINT stop kopf gracefully, so it withdraws its peering
+  record and an HA standby takes over at once instead of when the record expires;
+- a fatal error (kopf stopped without being asked to) exits non-zero with the reason on stderr.
 """
 
 from __future__ import annotations
@@ -13,9 +21,12 @@ import asyncio
 import json
 import logging
 import os
+import signal
+import socket
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +42,30 @@ HEARTBEAT_STALE_SECONDS = 30.0
 # credentials for this long (SERVER_HARDENING_WATCH_DOWN_SECONDS overrides it).
 WATCH_DOWN_SECONDS = 60.0
 WATCH_PROBE_EVERY = 5.0
+#: How long a stop may take before giving up on kopf (the chart's grace period is 30 s).
+STOP_GRACE_SECONDS = 20.0
+#: Exit codes: a fatal error, and a stop that did not complete within STOP_GRACE_SECONDS.
+EXIT_FATAL = 1
+EXIT_STOP_TIMEOUT = 2
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+log = logging.getLogger("server_hardening")
+
+
+def operator_identity(environ: Mapping[str, str] | None = None) -> str:
+    """This process's name among kopf peers.
+
+    kopf's own default (``getpass.getuser()``) raises KeyError for a uid without a passwd entry,
+    which is what a pod running the image as uid 65532 has. A pod's name is unique while the pod
+    lives, so it identifies the peer (kopf's ``POD_ID`` wins when set); outside a pod, the host
+    name, pid and start time do.
+    """
+    env = os.environ if environ is None else environ
+    for variable in ("POD_ID", "POD_NAME"):
+        if env.get(variable):
+            return env[variable]
+    started = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+    return f"{socket.gethostname()}/{os.getpid()}/{started}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -174,7 +209,9 @@ def serve_http(host: str, port: int, health: Health) -> ThreadingHTTPServer:
             return
 
     server = ThreadingHTTPServer((host, port), Handler)
-    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    # A short poll interval: shutdown() at every stop waits up to one interval.
+    serve = lambda: server.serve_forever(poll_interval=0.1)  # noqa: E731
+    threading.Thread(target=serve, name="metrics-http", daemon=True).start()
     return server
 
 
@@ -209,11 +246,13 @@ def run_operator(args: argparse.Namespace) -> int:
     )
     health = Health(state)
     server = serve_http(args.metrics_host, args.metrics_port, health)
-    logging.getLogger("server_hardening").info(
-        "metrics and health on http://%s:%d", args.metrics_host, server.server_port
-    )
+    log.info("metrics and health on http://%s:%d", args.metrics_host, server.server_port)
     stop = threading.Event()
-    kwargs: dict[str, Any] = {"stop_flag": stop, "memo": kopf.Memo(state=state)}
+    kwargs: dict[str, Any] = {
+        "stop_flag": stop,
+        "memo": kopf.Memo(state=state),
+        "identity": operator_identity(),
+    }
     if args.all_namespaces:
         kwargs["clusterwide"] = True
     else:
@@ -225,17 +264,76 @@ def run_operator(args: argparse.Namespace) -> int:
     else:
         kwargs["standalone"] = True
 
+    failure: list[BaseException] = []
+
     def run() -> None:
-        asyncio.run(kopf.operator(**kwargs))
+        try:
+            asyncio.run(kopf.operator(**kwargs))
+        except BaseException as exc:  # reported by the main thread, which exits non-zero
+            failure.append(exc)
 
     thread = threading.Thread(target=run, name="kopf", daemon=True)
     health.kopf_thread = thread
-    thread.start()
-    try:
-        while thread.is_alive():
+    log.info("kopf identity %s", kwargs["identity"])
+    with _stop_on_signals(stop):
+        thread.start()
+        while thread.is_alive() and not stop.is_set():
             thread.join(timeout=1.0)
-    except KeyboardInterrupt:
-        stop.set()
-        thread.join(timeout=30)
+        if stop.is_set():
+            thread.join(timeout=STOP_GRACE_SECONDS)
     server.shutdown()
-    return 0
+    return _exit_code(stop, thread, failure)
+
+
+class _stop_on_signals:  # noqa: N801 - used as a context manager
+    """SIGTERM and SIGINT set ``stop`` (kopf then stops gracefully); a second one exits at once.
+
+    Python's default for SIGTERM is to die without cleanup, and as PID 1 in a container the
+    kernel drops it when no handler is set: either way kopf never withdraws its peering record.
+    """
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.previous: dict[int, Any] = {}
+
+    def handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.stop.is_set():
+            sys.stderr.write(f"hardening run: {name} again while stopping; exiting now\n")
+            sys.stderr.flush()
+            os._exit(EXIT_STOP_TIMEOUT)
+        log.info("%s received: stopping", name)
+        self.stop.set()
+
+    def __enter__(self) -> _stop_on_signals:
+        for sig in STOP_SIGNALS:
+            self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _exit_code(
+    stop: threading.Event, thread: threading.Thread, failure: list[BaseException]
+) -> int:
+    """0 for a requested stop that completed; otherwise non-zero, with the reason on stderr."""
+    if thread.is_alive():
+        reason = f"kopf did not stop within {STOP_GRACE_SECONDS:.0f}s of the stop signal"
+        code = EXIT_STOP_TIMEOUT
+    elif failure:
+        exc = failure[0]
+        reason = f"kopf stopped on an error: {type(exc).__name__}: {exc}"
+        code = EXIT_FATAL
+    elif not stop.is_set():
+        reason = "kopf stopped although no stop was requested"
+        code = EXIT_FATAL
+    else:
+        log.info("stopped")
+        return 0
+    if failure:
+        log.error("fatal: %s", reason, exc_info=failure[0])
+    sys.stderr.write(f"hardening run: fatal: {reason}\n")
+    sys.stderr.flush()
+    return code

@@ -59,6 +59,7 @@ class OperatorState:
     # Resources being deleted: a reconcile still in flight must not bring their series back.
     released: set[Key] = field(default_factory=set)
     heartbeat: float = field(default_factory=time.monotonic)
+    heartbeat_task: asyncio.Task[None] | None = None
     ready: bool = False
     kubeconfig: str | None = None
     clusterwide: bool = False

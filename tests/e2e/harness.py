@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -138,8 +138,11 @@ class OperatorProcess:
         namespaces: list[str],
         env: Mapping[str, str] | None = None,
         extra_args: list[str] | None = None,
+        command_prefix: Sequence[str] = (),
     ) -> None:
         self.extra_args = extra_args or []
+        # Runs the operator under this command (e.g. one that hides the uid's passwd entry).
+        self.command_prefix = list(command_prefix)
         self.kubeconfig = kubeconfig
         self.namespaces = namespaces
         self.port = free_port()
@@ -157,7 +160,9 @@ class OperatorProcess:
             str(REPO / "operator") + os.pathsep + self.env.get("PYTHONPATH", "")
         )
         log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        self.proc = subprocess.Popen(
+            [*self.command_prefix, *args], stdout=log, stderr=subprocess.STDOUT, env=self.env
+        )
         wait_for(
             "the operator to be ready", lambda: self.http("/readyz")[0] == 200 or self._died(), 60
         )

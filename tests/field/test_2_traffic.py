@@ -1,0 +1,201 @@
+"""NetworkPolicies on real packets: the operator (the chart's pod) hardens a v3 and a v4
+CircleCI-like namespace of real pods behind the guide's Services; kube-router enforces what it
+writes; TCP connections from pods, the node and outside stand-ins must match the truth table in
+tests/field/site.py, which is written from the guide's rows. Then drift on the real dataplane."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+from kubernetes import client
+
+from field import site
+from field.conftest import FieldCluster
+from field.node import OUTSIDE, wait_until
+from field.workloads import Source, connect_all, create_pods, create_services
+
+GROUP, VERSION, PLURAL = "hardening.circleci.com", "v1alpha1", "serverhardenings"
+
+
+@dataclass
+class Site:
+    cluster: FieldCluster
+    pod_ips: dict[str, dict[str, str]]  # namespace -> pod -> IP
+    service_ips: dict[str, dict[str, str]]  # namespace -> Service -> ClusterIP
+    before: dict[str, dict[tuple[str, int], bool]]  # source -> verdicts before hardening
+
+    def source(self, name: str) -> Source:
+        if name in OUTSIDE:
+            return Source(name, outside_address=OUTSIDE[name])
+        if name == "node":
+            return Source(name)
+        pod = {"stranger": (site.OTHER, "stranger"), "api-v3": (site.V3, "api"),
+               "api-v4": (site.V4, "api")}[name]  # fmt: skip
+        return Source(name, pod=pod)
+
+    def address(self, case: site.Case) -> tuple[str, int]:
+        if case.namespace == "outside":
+            return OUTSIDE[case.destination], case.port
+        return self.pod_ips[case.namespace][case.destination], case.port
+
+    def measure(self, cases: list[site.Case]) -> dict[site.Case, bool]:
+        by_source: dict[str, list[site.Case]] = defaultdict(list)
+        for case in cases:
+            by_source[case.source].append(case)
+        out: dict[site.Case, bool] = {}
+        for source, group in by_source.items():
+            verdicts = connect_all(
+                self.cluster.node, self.source(source), [self.address(c) for c in group]
+            )
+            out |= {c: verdicts[self.address(c)] for c in group}
+        return out
+
+    def connects(self, source: str, ip: str, port: int) -> bool:
+        return connect_all(self.cluster.node, self.source(source), [(ip, port)])[(ip, port)]
+
+
+def custom(cluster: FieldCluster) -> Any:
+    return client.CustomObjectsApi(cluster.api)
+
+
+def phase(cluster: FieldCluster, namespace: str) -> str:
+    body = custom(cluster).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "circleci"
+    )
+    return str((body.get("status") or {}).get("phase", ""))
+
+
+@pytest.fixture(scope="module")
+def installation(release: FieldCluster) -> Any:
+    cluster = release
+    listener = cluster.node.serve_outside(site.OUTSIDE_PORTS)
+    try:
+        pod_ips = {
+            site.V3: create_pods(cluster.api, site.V3, site.V3_PODS),
+            site.V4: create_pods(cluster.api, site.V4, site.V4_PODS),
+            site.OTHER: create_pods(cluster.api, site.OTHER, site.OTHER_PODS),
+        }
+        service_ips = {
+            site.V3: create_services(cluster.api, site.V3, site.V3_SERVICES),
+            site.V4: create_services(cluster.api, site.V4, site.V4_SERVICES),
+        }
+        installed = Site(cluster, pod_ips, service_ips, {})
+        cases = site.truth_table()
+        before = installed.measure(cases)
+        for case, ok in before.items():
+            installed.before.setdefault(case.source, {})[installed.address(case)] = ok
+        port = int(urlparse(cluster.node.control_plane.url).port or 0)  # type: ignore[union-attr]
+        for body in (site.v3_resource(port), site.v4_resource()):
+            custom(cluster).create_namespaced_custom_object(
+                GROUP, VERSION, body["metadata"]["namespace"], PLURAL, body
+            )
+        for ns in (site.V3, site.V4):
+            wait_until(f"{ns} Enforced", lambda ns=ns: phase(cluster, ns) == "Enforced", 120)
+        # kube-router applies policies asynchronously: wait for a flow that must end blocked.
+        postgres = pod_ips[site.V4]["postgresql"]
+        wait_until(
+            "kube-router to enforce", lambda: not installed.connects("world", postgres, 5432), 60
+        )
+        cluster.figures["tcp_before"] = {c.id: before[c] for c in cases}
+        yield installed
+    finally:
+        listener.stop()
+
+
+def test_before_hardening_every_flow_connects(installation: Site) -> None:
+    """The baseline that makes "blocked" mean something: every listener answers every source."""
+    closed = [
+        f"{s} -> {a}" for s, v in installation.before.items() for a, ok in v.items() if not ok
+    ]
+    assert closed == []
+
+
+SOURCES = sorted({c.source for c in site.truth_table()})
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_truth_table_on_real_tcp(installation: Site, source: str) -> None:
+    cases = [c for c in site.truth_table() if c.source == source]
+    measured = installation.measure(cases)
+    installation.cluster.figures.setdefault("tcp_matrix", {}).update(
+        {c.id: measured[c] for c in cases}
+    )
+    wrong = [f"{c.id} [{c.rows}] measured {'open' if measured[c] else 'closed'}"
+             for c in cases if measured[c] is not c.expected]  # fmt: skip
+    assert wrong == []
+
+
+def test_the_named_services_reach_what_their_pods_allow(installation: Site) -> None:
+    """Through the Services' virtual IPs (kube-proxy DNAT), as a client in the cluster uses them."""
+    v3, v4 = installation.service_ips[site.V3], installation.service_ips[site.V4]
+    flows = {
+        ("stranger", v4["circleci-proxy"], 80): True,  # LB-IN-1 on the pod's 8080
+        ("stranger", v4["circleci-proxy"], 443): True,  # LB-IN-2 on the pod's 8443
+        ("stranger", v4["circleci-proxy"], 4647): False,  # LB-IN-4: Nomad clients only
+        ("stranger", v4["postgresql"], 5432): False,  # default deny
+        ("stranger", v3["circleci-server-traefik"], 443): True,
+        ("stranger", v3["nomad-server-external"], 4647): False,
+        ("api-v4", v4["postgresql"], 5432): True,  # CHOICE-NP-NAMESPACE
+        ("api-v3", v3["postgresql"], 5432): True,
+    }
+    measured = {flow: installation.connects(*flow) for flow in flows}
+    assert measured == flows
+
+
+def policy_api(cluster: FieldCluster) -> Any:
+    return client.NetworkingV1Api(cluster.api)
+
+
+def set_mode(cluster: FieldCluster, namespace: str, mode: str) -> None:
+    custom(cluster).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "circleci", {"spec": {"mode": mode}}
+    )
+
+
+def test_drift_on_the_real_dataplane(installation: Site) -> None:
+    """Audit shows a widened policy opening the real dataplane and leaves it; Enforce closes it."""
+    cluster = installation.cluster
+    proxy = installation.pod_ips[site.V4]["proxy"]
+    assert not installation.connects("world", proxy, 4647)
+    set_mode(cluster, site.V4, "Audit")
+    wait_until("Auditing", lambda: phase(cluster, site.V4) == "Auditing", 60)
+    policy_api(cluster).patch_namespaced_network_policy(
+        "svh-allow-circleci-proxy", site.V4, {"spec": {"ingress": [{}]}}
+    )
+    wait_until(
+        "the widened policy to open 4647", lambda: installation.connects("world", proxy, 4647), 60
+    )
+    wait_until("Drifted", lambda: phase(cluster, site.V4) == "Drifted", 60)
+    assert installation.connects("world", proxy, 4647)  # Audit writes nothing
+    set_mode(cluster, site.V4, "Enforce")
+    wait_until("Enforce to close 4647", lambda: not installation.connects("world", proxy, 4647), 60)
+    wait_until("Enforced", lambda: phase(cluster, site.V4) == "Enforced", 60)
+    assert installation.connects("world", proxy, 8080)
+    assert installation.connects("nomad", proxy, 4647)
+
+
+def test_a_deleted_policy_is_repaired_on_the_real_node(installation: Site) -> None:
+    cluster = installation.cluster
+    traefik = installation.pod_ips[site.V3]["traefik"]
+    old = policy_api(cluster).read_namespaced_network_policy(
+        "svh-allow-circleci-server-traefik", site.V3
+    )
+    policy_api(cluster).delete_namespaced_network_policy(
+        "svh-allow-circleci-server-traefik", site.V3
+    )
+
+    def recreated() -> bool:
+        new = policy_api(cluster).read_namespaced_network_policy(
+            "svh-allow-circleci-server-traefik", site.V3
+        )
+        return bool(new.metadata.uid != old.metadata.uid)
+
+    wait_until("the policy to be recreated", recreated, 60)
+    wait_until(
+        "the frontend to answer again", lambda: installation.connects("world", traefik, 8443), 60
+    )
+    assert not installation.connects("world", installation.pod_ips[site.V3]["postgresql"], 5432)

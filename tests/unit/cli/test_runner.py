@@ -1,0 +1,105 @@
+"""``hardening run``'s process contract: its kopf identity, and its exit codes."""
+
+from __future__ import annotations
+
+import getpass
+import threading
+
+import pytest
+
+from server_hardening import runner
+
+
+def test_the_pod_name_is_the_identity() -> None:
+    assert runner.operator_identity({"POD_NAME": "sh-6f7d-abcde"}) == "sh-6f7d-abcde"
+    assert runner.operator_identity({"POD_ID": "kopf-own", "POD_NAME": "sh-1"}) == "kopf-own"
+
+
+def test_without_a_pod_name_no_user_name_is_needed(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_passwd_entry() -> str:
+        raise KeyError("getpwuid(): uid not found: 65532")
+
+    monkeypatch.setattr(getpass, "getuser", no_passwd_entry)
+    monkeypatch.setattr(runner.socket, "gethostname", lambda: "node-1")
+    identity = runner.operator_identity({})
+    host, pid, started = identity.split("/")
+    assert (host, pid) == ("node-1", str(runner.os.getpid()))
+    assert started.isdigit()
+
+
+def finished_thread() -> threading.Thread:
+    thread = threading.Thread(target=lambda: None)
+    thread.start()
+    thread.join()
+    return thread
+
+
+def test_a_requested_stop_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    stop = threading.Event()
+    stop.set()
+    assert runner._exit_code(stop, finished_thread(), []) == 0
+    assert "fatal" not in capsys.readouterr().err
+
+
+def test_an_error_exits_non_zero_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    code = runner._exit_code(threading.Event(), finished_thread(), [RuntimeError("boom")])
+    assert code == runner.EXIT_FATAL != 0
+    assert "hardening run: fatal: kopf stopped on an error: RuntimeError: boom" in (
+        capsys.readouterr().err
+    )
+
+
+def test_kopf_ending_unasked_is_fatal(capsys: pytest.CaptureFixture[str]) -> None:
+    assert runner._exit_code(threading.Event(), finished_thread(), []) == runner.EXIT_FATAL
+    assert "no stop was requested" in capsys.readouterr().err
+
+
+def test_a_stop_that_hangs_exits_non_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    stop, release = threading.Event(), threading.Event()
+    stop.set()
+    hanging = threading.Thread(target=release.wait)
+    hanging.start()
+    try:
+        assert runner._exit_code(stop, hanging, []) == runner.EXIT_STOP_TIMEOUT
+        assert "did not stop" in capsys.readouterr().err
+    finally:
+        release.set()
+        hanging.join()
+
+
+# -- run_operator with kopf replaced: what the process reports when kopf fails or ends ---------
+
+
+def run_with_kopf(monkeypatch: pytest.MonkeyPatch, operator: object) -> int:
+    import kopf
+
+    from server_hardening.cli import build_parser
+
+    monkeypatch.setattr(kopf, "operator", operator)
+    monkeypatch.setattr(runner, "_kube_api", lambda kubeconfig: object())
+    args = build_parser().parse_args(
+        ["run", "--metrics-host", "127.0.0.1", "--metrics-port", "0", "-n", "x"]
+    )
+    return runner.run_operator(args)
+
+
+def test_a_fatal_kopf_error_exits_non_zero_with_the_reason_on_stderr(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def failing(**_: object) -> None:
+        raise RuntimeError("the API server refused the watch")
+
+    assert run_with_kopf(monkeypatch, failing) == runner.EXIT_FATAL
+    err = capsys.readouterr().err
+    assert "fatal: kopf stopped on an error: RuntimeError: the API server refused the watch" in err
+
+
+def test_kopf_receives_an_explicit_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, object] = {}
+
+    async def recording(**kwargs: object) -> None:
+        seen.update(kwargs)
+
+    monkeypatch.setenv("POD_NAME", "server-hardening-abc12")
+    assert run_with_kopf(monkeypatch, recording) == runner.EXIT_FATAL  # it ended unasked
+    assert seen["identity"] == "server-hardening-abc12"
