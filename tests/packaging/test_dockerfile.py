@@ -303,7 +303,7 @@ def test_builder_steps_install_a_working_hardening_into_a_fresh_venv(
     top_help = subprocess.run(
         [str(hardening), "--help"], capture_output=True, text=True, check=True, env=env
     ).stdout
-    assert "demo" not in top_help and "{plan,crd,run}" in top_help
+    assert "demo" not in top_help and "{plan,apply,crd,run}" in top_help
     # ... and it plans every example, from the installed wheel alone.
     for example in sorted(EXAMPLES.glob("*.yaml")):
         proc = subprocess.run(

@@ -76,7 +76,7 @@ def run_with_kopf(monkeypatch: pytest.MonkeyPatch, operator: object) -> int:
     from server_hardening.cli import build_parser
 
     monkeypatch.setattr(kopf, "operator", operator)
-    monkeypatch.setattr(runner, "_kube_api", lambda kubeconfig: object())
+    monkeypatch.setattr(runner, "kube_api", lambda kubeconfig: object())
     args = build_parser().parse_args(
         ["run", "--metrics-host", "127.0.0.1", "--metrics-port", "0", "-n", "x"]
     )
