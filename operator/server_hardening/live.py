@@ -50,26 +50,17 @@ def actions(plan: Plan[Any], findings: Iterable[Finding], removing: bool) -> lis
         return rows[0] if rows else ""
 
     out = [Action("create", d.key, d.key, "desired and absent", row(d.rows)) for d in plan.create]
-    out += [
-        Action(
-            "adopt",
-            a.observed.native_id or a.desired.key,
-            a.desired.key,
-            "exactly the desired rule, without this resource's marks: only the marks are added",
-            row(a.desired.rows),
-        )
-        for a in plan.adopt
-    ]
-    out += [
-        Action(
-            "update",
-            u.observed.native_id or u.desired.key,
-            u.desired.key,
-            "differs from what the guide requires",
-            row(u.desired.rows),
-        )
-        for u in plan.update
-    ]
+    changes = (
+        ("adopt", plan.adopt, "exactly the desired rule, without this resource's marks: only the "
+         "marks are added"),
+        ("update", plan.update, "differs from what the guide requires"),
+    )  # fmt: skip
+    for verb, updates, why in changes:
+        out += [
+            Action(verb, u.observed.native_id or u.desired.key, u.desired.key, why,
+                   row(u.desired.rows))
+            for u in updates
+        ]  # fmt: skip
     out += [
         Action("delete", o.native_id or o.key, o.key, "managed and no longer desired")
         for o in plan.delete

@@ -133,6 +133,14 @@ class ResourceSnapshot:
         return self.spec_valid and self.phase != "Invalid"
 
 
+_RESOURCE = ("namespace", "name")
+_TARGET = ("namespace", "name", "target")
+
+
+def _gauge(name: str, documentation: str, labels: tuple[str, ...] | list[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=list(labels))
+
+
 class _SnapshotCollector(Collector):
     """Per-resource gauges from the latest snapshot of each live resource."""
 
@@ -167,65 +175,61 @@ class _SnapshotCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         resources = self.snapshots()
-        drift = GaugeMetricFamily(
+        drift = _gauge(
             "server_hardening_drift",
             "Drift found at the last check, by target and kind.",
-            labels=["namespace", "name", "target", "kind"],
+            ["namespace", "name", "target", "kind"],
         )
-        drift_total = GaugeMetricFamily(
+        drift_total = _gauge(
             "server_hardening_resource_drift",
             "Drift found at the last check, all targets and kinds.",
-            labels=["namespace", "name"],
+            _RESOURCE,
         )
-        managed = GaugeMetricFamily(
-            "server_hardening_managed_rules",
-            "Rules the resource manages on the target.",
-            labels=["namespace", "name", "target"],
+        managed = _gauge(
+            "server_hardening_managed_rules", "Rules the resource manages on the target.", _TARGET
         )
-        world_open = GaugeMetricFamily(
+        world_open = _gauge(
             "server_hardening_world_open_sensitive_ports",
             "Rules open to the world on 22, 2376 or 4647 found at the last check.",
-            labels=["namespace", "name", "target"],
+            _TARGET,
         )
-        errors = GaugeMetricFamily(
-            "server_hardening_target_error",
-            "1 while the last pass on the target failed.",
-            labels=["namespace", "name", "target"],
+        errors = _gauge(
+            "server_hardening_target_error", "1 while the last pass on the target failed.", _TARGET
         )
-        ready = GaugeMetricFamily(
+        ready = _gauge(
             "server_hardening_resource_ready",
             "1 for the resource's current phase.",
-            labels=["namespace", "name", "phase"],
+            ["namespace", "name", "phase"],
         )
-        last_reconcile = GaugeMetricFamily(
+        last_reconcile = _gauge(
             "server_hardening_last_reconcile_timestamp_seconds",
             "Unix time of the last successful reconcile.",
-            labels=["namespace", "name"],
+            _RESOURCE,
         )
-        last_check = GaugeMetricFamily(
+        last_check = _gauge(
             "server_hardening_last_drift_check_timestamp_seconds",
             "Unix time of the last successful observation of the target.",
-            labels=["namespace", "name", "target"],
+            _TARGET,
         )
-        interval = GaugeMetricFamily(
+        interval = _gauge(
             "server_hardening_drift_check_interval_seconds",
             "The resource's driftCheckInterval.",
-            labels=["namespace", "name"],
+            _RESOURCE,
         )
-        valid = GaugeMetricFamily(
+        valid = _gauge(
             "server_hardening_spec_valid",
             "1 while the resource's current spec is valid, 0 while it is refused.",
-            labels=["namespace", "name"],
+            _RESOURCE,
         )
-        exceptions = GaugeMetricFamily(
+        exceptions = _gauge(
             "server_hardening_exceptions",
             "Items excused by spec.exceptions at the last check (active or expired).",
-            labels=["namespace", "name", "target", "state"],
+            ["namespace", "name", "target", "state"],
         )
-        services_missing = GaugeMetricFamily(
+        services_missing = _gauge(
             "server_hardening_component_services_missing",
             "Components whose Service vanished (their last allow is kept).",
-            labels=["namespace", "name"],
+            _RESOURCE,
         )
         for res in resources:
             ids = [res.namespace, res.name]

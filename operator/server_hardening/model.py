@@ -6,6 +6,11 @@ at the edge, and every later stage takes the typed object.
 
 Errors name the field and the reason, e.g.
 ``spec.topology.nomadClients.cidrs[2]: '10.0.0.300/24' is not a valid CIDR``.
+
+Why one module of this size: it *is* the API. Each field keeps its description, pattern and CEL
+rule beside its siblings, in the order docs/resource.md and the CRD show them, and the
+cross-field checks sit beside the fields they read; split by size, a reviewer of an API change
+would read several files for one object.
 """
 
 from __future__ import annotations

@@ -66,15 +66,20 @@ def world_open_sensitive_port(access: Access, target: str, fate: str = "") -> Fi
     ports = sensitive_ports_open_to_world(access)
     if not ports:
         return None
-    row = SENSITIVE_PORTS[ports[0]][0]
     opened = ", ".join(f"{p} ({SENSITIVE_PORTS[p][1]})" for p in ports)
     families = "+".join(f"IPv{f}" for f in world_families(access.peers))
+    return _exposed(
+        access, target, ports[0], f"{opened} to the whole internet ({families}); the guide "
+        "scopes these to named peers", fate,
+    )  # fmt: skip
+
+
+def _exposed(access: Access, target: str, port: int, what: str, fate: str) -> Finding:
     tail = f"; {fate}" if fate else ""
     return Finding.of(
         FindingCode.WORLD_OPEN_SENSITIVE_PORT,
-        f"{access.where} opens {opened} to the whole internet ({families}); the guide scopes "
-        f"these to named peers{tail}",
-        row=row,
+        f"{access.where} opens {what}{tail}",
+        row=SENSITIVE_PORTS[port][0],
         target=target,
     )
 
@@ -93,13 +98,9 @@ def node_port_exposure(
         return None
     for node_port, (service, port) in sorted(node_ports.items()):
         if port in SENSITIVE_PORTS and access.covers_port(node_port):
-            row, what = SENSITIVE_PORTS[port]
-            tail = f"; {fate}" if fate else ""
-            return Finding.of(
-                FindingCode.WORLD_OPEN_SENSITIVE_PORT,
-                f"{access.where} opens NodePort {node_port} to the whole internet: it is "
-                f"Service {service} port {port} ({what}){tail}",
-                row=row,
-                target=target,
-            )
+            what = SENSITIVE_PORTS[port][1]
+            return _exposed(
+                access, target, port, f"NodePort {node_port} to the whole internet: it is "
+                f"Service {service} port {port} ({what})", fate,
+            )  # fmt: skip
     return None
