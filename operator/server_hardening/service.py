@@ -87,7 +87,8 @@ def reconcile_resource(state: OperatorState, namespace: str, name: str) -> Repor
             log.warning("could not post event %s on %s/%s: %s", event.reason, namespace, name, exc)
     if (namespace, name) not in state.released:
         metrics.SNAPSHOTS.update(report.snapshot())
-    state.last_check[(namespace, name)] = state.clock()
+    # Writes still running on a cloud: due again at the next timer tick, not a whole interval.
+    state.last_check[(namespace, name)] = 0.0 if report.in_progress else state.clock()
     log.info(
         "reconciled %s/%s: phase=%s drift=%d %s",
         namespace,
@@ -219,8 +220,9 @@ def _release_targets(
         except TargetError as exc:
             failures.append(TargetError(f"{target_name}: {exc}"))
             continue
-        if result.errors:
-            failures.append(TransientTargetError(f"{target_name}: " + "; ".join(result.errors)))
+        if result.errors or result.in_progress:
+            left = result.errors + [f"{w} still running" for w in result.in_progress]
+            failures.append(TransientTargetError(f"{target_name}: " + "; ".join(left)))
             continue
         verb = "deleted" if delete else "orphaned"
         count = result.deleted if delete else result.updated
