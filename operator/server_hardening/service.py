@@ -49,6 +49,7 @@ RELEASE_TIMEOUT = 300.0
 FULL_CHECK_EVERY = 10
 IN_PROGRESS_RECHECK = 5.0  # seconds: cloud writes still running are looked at again this soon
 IDLE_WAKE = 30.0  # the scheduler's longest sleep when nothing is due
+CACHE_SETTLE_SECONDS = 5.0  # after a write to the cluster, observe from the API this long
 READY_GRACE = 30.0  # seconds after start: ready without a handler call (an empty watch scope)
 # Status fields that change at every check; a status that differs only in these is not written.
 CHECK_TIMES = ("lastDriftCheckTime", "lastReconcileTime")
@@ -83,6 +84,7 @@ class OperatorState:
     timed_checks: dict[Key, int] = field(default_factory=dict)
     # What the last check saw (spec generation, resourceVersions), to skip an unchanged one.
     inputs_seen: dict[Key, Hashable] = field(default_factory=dict)
+    read_api_until: dict[Key, float] = field(default_factory=dict)
     # The events of the last pass (an episode goes on while they repeat) and, per event, the
     # name and count of the Event posted for it (a recurrence counts on it).
     events_seen: dict[Key, frozenset[EventKey]] = field(default_factory=dict)
@@ -254,15 +256,24 @@ async def request_reconcile(
                     schedule_next(state, key)
                     return
                 metrics.DRIFT_CHECKS.labels(how="full").inc()
-            await asyncio.to_thread(
-                reconcile_resource, state, namespace, name, None if full else cached
+            # Right after this resource wrote policies, the watch may not have brought all of
+            # them back into the cache yet: observe from the API for a few seconds then.
+            fresh = state.clock() < state.read_api_until.get(key, 0.0)
+            report = await asyncio.to_thread(
+                reconcile_resource, state, namespace, name, None if full or fresh else cached
             )
+            if report is not None and _wrote_kubernetes(report):
+                state.read_api_until[key] = state.clock() + CACHE_SETTLE_SECONDS
             registration = state.registered.get(key)
             if cached is not None and registration is not None:
                 state.inputs_seen[key] = _inputs(registration, cached)
             timed = False
             if key not in state.pending:
                 return
+
+
+def _wrote_kubernetes(report: Report) -> bool:
+    return any(t.name == "kubernetes" and t.applied and t.applied.writes for t in report.targets)
 
 
 def _inputs(registration: Registration, cached: CachedNamespace) -> Hashable:
@@ -328,7 +339,13 @@ def register(
 
 def unregister(state: OperatorState, namespace: str, name: str) -> None:
     key = (namespace, name)
-    for table in (state.registered, state.next_check, state.timed_checks, state.inputs_seen):
+    for table in (
+        state.registered,
+        state.next_check,
+        state.timed_checks,
+        state.inputs_seen,
+        state.read_api_until,
+    ):
         table.pop(key, None)
     state.events_seen.pop(key, None)
     for series in [s for s in state.event_series if s[0] == key]:
