@@ -4,6 +4,7 @@ exactly the chart's RBAC. Writes are counted from the API server's own audit log
 from __future__ import annotations
 
 import copy
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -396,15 +397,24 @@ def test_metrics_show_reconciles_and_health(
         operator.metric("server_hardening_drift_check_interval_seconds", namespace=ns, name=NAME)
         == 5
     )
-    calls = {
-        operation: operator.metric(
-            "server_hardening_api_calls_total", target="kubernetes", operation=operation
-        )
-        for operation in ("create_networkpolicy", "list_networkpolicies", "read_service")
-    }
-    # Writes are calls; observing is not: the policies and Services come from the watch caches.
-    assert calls["create_networkpolicy"] >= 1
-    assert calls["list_networkpolicies"] == 0 and calls["read_service"] == 0
+    def calls() -> dict[str, float]:
+        return {
+            operation: operator.metric(
+                "server_hardening_api_calls_total", target="kubernetes", operation=operation
+            )
+            for operation in ("create_networkpolicy", "list_networkpolicies", "read_service")
+        }
+
+    def checks() -> float:
+        return sum(operator.metric("server_hardening_drift_checks_total", how=how)
+                   for how in ("full", "unchanged"))  # fmt: skip
+
+    assert calls()["create_networkpolicy"] >= 1
+    time.sleep(6)  # right after its writes the operator reads the API for a few seconds
+    before, checked = calls(), checks()
+    wait_for("two more drift checks", lambda: checks() >= checked + 2, timeout=45)
+    # Drift checks observe the watch caches: no list, no Service read.
+    assert calls() == before
     assert operator.http("/healthz")[0] == 200
     assert operator.http("/readyz")[0] == 200
     custom(admin_api).delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, NAME)
