@@ -397,6 +397,7 @@ def test_metrics_show_reconciles_and_health(
         operator.metric("server_hardening_drift_check_interval_seconds", namespace=ns, name=NAME)
         == 5
     )
+
     def calls() -> dict[str, float]:
         return {
             operation: operator.metric(
