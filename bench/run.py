@@ -179,6 +179,8 @@ def _installation(api: Any, core: Any, ns: str) -> None:
             {
                 "metadata": {"name": name},
                 "spec": {
+                    # headless: 2,000 Services would not fit the test cluster's Service CIDR
+                    "clusterIP": "None",
                     "selector": {"app": name},
                     "ports": [{"name": "p", "port": port, "targetPort": port}],
                 },
