@@ -204,7 +204,16 @@ def _installation(api: Any, core: Any, ns: str) -> None:
 
 
 def _idle(cp: Any, operator: Any, account: str, size: int, label: str, seconds: float) -> None:
-    time.sleep(5)  # let the last status writes and events of the convergence land
+    # Idle begins once the reconciles of the convergence (and of the watch events it caused)
+    # have stopped for 10 s; how long that took is a figure too.
+    began, last, count = time.monotonic(), time.monotonic(), -1.0
+    while time.monotonic() - last < 10 and time.monotonic() - began < 600:
+        now = operator.metric("server_hardening_reconciles_total")
+        if now != count:
+            count, last = now, time.monotonic()
+        time.sleep(1)
+    row("kubernetes", f"{size} resources, {label}: settled (no reconcile for 10 s) after",
+        f"{last - began:.1f} s more")  # fmt: skip
     pid = operator.pid()
     audit_before = len(cp.audit_events())
     lines_before = operator.log_lines()

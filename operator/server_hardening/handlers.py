@@ -62,7 +62,7 @@ async def _reconcile(memo: Any, namespace: str, name: str) -> None:
 
 
 @kopf.on.startup(id="configure")
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -77,6 +77,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     state = state_of(memo)
+    # kopf hands startup handlers its (still empty, then filling) indexes.
+    resources = kwargs["by_namespace"]
+    state.resources_indexed = lambda: len(resources)
     loop = asyncio.get_running_loop()
     state.background = [
         loop.create_task(_heartbeat(state)),

@@ -39,6 +39,7 @@ from server_hardening.model import (
     SpecError,
     parse_spec,
 )
+from server_hardening.ownership import OWNER_ANNOTATION, owner_from_annotation
 from server_hardening.reconcile import Phase, Report, TargetFactory, invalid_report, reconcile
 from server_hardening.targets.base import TargetError, TransientTargetError
 from server_hardening.targets.kubernetes import CachedNamespace, ResourceClient
@@ -49,8 +50,7 @@ RELEASE_TIMEOUT = 300.0
 FULL_CHECK_EVERY = 10
 IN_PROGRESS_RECHECK = 5.0  # seconds: cloud writes still running are looked at again this soon
 IDLE_WAKE = 30.0  # the scheduler's longest sleep when nothing is due
-CACHE_SETTLE_SECONDS = 5.0  # after a write to the cluster, observe from the API this long
-READY_GRACE = 30.0  # seconds after start: ready without a handler call (an empty watch scope)
+READY_GRACE = 30.0  # seconds after start: ready without a handler call, if no resource exists
 # Status fields that change at every check; a status that differs only in these is not written.
 CHECK_TIMES = ("lastDriftCheckTime", "lastReconcileTime")
 
@@ -84,7 +84,7 @@ class OperatorState:
     timed_checks: dict[Key, int] = field(default_factory=dict)
     # What the last check saw (spec generation, resourceVersions), to skip an unchanged one.
     inputs_seen: dict[Key, Hashable] = field(default_factory=dict)
-    read_api_until: dict[Key, float] = field(default_factory=dict)
+    managed_policies: dict[Key, int] = field(default_factory=dict)
     # The events of the last pass (an episode goes on while they repeat) and, per event, the
     # name and count of the Event posted for it (a recurrence counts on it).
     events_seen: dict[Key, frozenset[EventKey]] = field(default_factory=dict)
@@ -95,6 +95,8 @@ class OperatorState:
     # known); /readyz waits for them.
     awaiting: set[Key] | None = None
     started: float = field(default_factory=time.monotonic)
+    # How many ServerHardenings kopf's index holds so far (set at startup; for /readyz).
+    resources_indexed: Callable[[], int] = lambda: 0
     wakeup: asyncio.Event | None = None
     loop: asyncio.AbstractEventLoop | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)  # kept from the GC
@@ -109,9 +111,11 @@ class OperatorState:
     @property
     def reconciling(self) -> bool:
         """Caught up: every resource that existed when the watches started has been reconciled
-        once (or the watch scope showed nothing to reconcile for ``READY_GRACE`` seconds)."""
+        once, or there is none: ``READY_GRACE`` seconds after start without a handler call and
+        without a ServerHardening in kopf's index (an empty watch scope)."""
         if self.awaiting is None:
-            return time.monotonic() - self.started > READY_GRACE
+            waited = time.monotonic() - self.started > READY_GRACE
+            return waited and self.resources_indexed() == 0
         return not self.awaiting
 
 
@@ -256,14 +260,16 @@ async def request_reconcile(
                     schedule_next(state, key)
                     return
                 metrics.DRIFT_CHECKS.labels(how="full").inc()
-            # Right after this resource wrote policies, the watch may not have brought all of
-            # them back into the cache yet: observe from the API for a few seconds then.
-            fresh = state.clock() < state.read_api_until.get(key, 0.0)
+            # The cache lags the API by the watch's latency (tens of seconds while kopf works
+            # through a backlog, e.g. after a thousand resources converged at once). It is
+            # trusted for a resource only once it holds at least the policies its last
+            # reconcile left in place; before that, the API is read.
+            trusted = cached is not None and _holds_managed(state, key, cached)
             report = await asyncio.to_thread(
-                reconcile_resource, state, namespace, name, None if full or fresh else cached
+                reconcile_resource, state, namespace, name, cached if trusted and not full else None
             )
-            if report is not None and _wrote_kubernetes(report):
-                state.read_api_until[key] = state.clock() + CACHE_SETTLE_SECONDS
+            if report is not None:
+                state.managed_policies[key] = _kubernetes_managed(report)
             registration = state.registered.get(key)
             if cached is not None and registration is not None:
                 state.inputs_seen[key] = _inputs(registration, cached)
@@ -272,8 +278,25 @@ async def request_reconcile(
                 return
 
 
-def _wrote_kubernetes(report: Report) -> bool:
-    return any(t.name == "kubernetes" and t.applied and t.applied.writes for t in report.targets)
+def _kubernetes_managed(report: Report) -> int:
+    return sum(t.managed_rules for t in report.targets if t.name == "kubernetes")
+
+
+def _holds_managed(state: OperatorState, key: Key, cached: CachedNamespace) -> bool:
+    """Whether the cache holds as many policies of this resource as it manages."""
+    expected = state.managed_policies.get(key)
+    if expected is None:
+        return False  # never reconciled since start: read the API once
+    me = f"{key[0]}/{key[1]}"
+    held = sum(
+        1
+        for policy in cached.policies
+        if owner_from_annotation(
+            str(((policy.get("metadata") or {}).get("annotations") or {}).get(OWNER_ANNOTATION, ""))
+        )
+        == me
+    )
+    return held >= expected
 
 
 def _inputs(registration: Registration, cached: CachedNamespace) -> Hashable:
@@ -344,7 +367,7 @@ def unregister(state: OperatorState, namespace: str, name: str) -> None:
         state.next_check,
         state.timed_checks,
         state.inputs_seen,
-        state.read_api_until,
+        state.managed_policies,
     ):
         table.pop(key, None)
     state.events_seen.pop(key, None)

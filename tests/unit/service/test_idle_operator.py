@@ -15,6 +15,7 @@ from server_hardening import metrics, service
 from server_hardening.compiler import CompiledIntent
 from server_hardening.drift import DesiredItem, ObservedItem, Plan, UnmanagedJudge
 from server_hardening.model import ResourceRef
+from server_hardening.ownership import OWNER_ANNOTATION
 from server_hardening.service import OperatorState, Registration, next_slot
 from server_hardening.targets.base import ApplyResult, Observation, Target
 from server_hardening.targets.kubernetes import CachedNamespace
@@ -172,9 +173,10 @@ def test_the_next_slot_keeps_the_resources_phase() -> None:
         assert now + 30.0 <= slot < now + 90.0
 
 
-def _cache(version: str) -> CachedNamespace:
-    policy = {"metadata": {"name": "p", "resourceVersion": version}, "spec": {}}
-    return CachedNamespace(policies=(policy,), services={})
+def _cache(version: str, *, ours: bool = True) -> CachedNamespace:
+    annotations = {OWNER_ANNOTATION: f"{NS}/{NAME}/u-1"} if ours else {}
+    meta = {"name": "a", "resourceVersion": version, "annotations": annotations}
+    return CachedNamespace(policies=({"metadata": meta, "spec": {}},), services={})
 
 
 def test_an_unchanged_kubernetes_only_check_is_skipped_until_the_next_full_check() -> None:
@@ -194,16 +196,22 @@ def test_an_unchanged_kubernetes_only_check_is_skipped_until_the_next_full_check
     asyncio.run(check())
     assert target.observed == 1 and skipped._value.get() == before + 1
 
-    cache["now"] = _cache("2")  # a policy changed: the check runs
+    factory = state.factory
+    assert isinstance(factory, Factory)
+    assert factory.cached_seen == []  # the first reconcile since start reads the API
+
+    cache["now"] = _cache("2")  # a policy changed: the check runs, from the cache
     asyncio.run(check())
-    assert target.observed == 2
+    assert target.observed == 2 and factory.cached_seen == [cache["now"]]
+
+    cache["now"] = _cache("3", ours=False)  # a cache behind the API (our policy not in it)
+    asyncio.run(check())
+    assert target.observed == 3 and len(factory.cached_seen) == 1  # read from the API
 
     for _ in range(service.FULL_CHECK_EVERY):
         asyncio.run(check())
-    assert target.observed == 3  # one full check, reading the API (no cache given)
-    factory = state.factory
-    assert isinstance(factory, Factory)
-    assert len(factory.cached_seen) == 2  # the first two observed the caches, the full one not
+    assert target.observed == 4  # one full check, reading the API
+    assert len(factory.cached_seen) == 1
 
 
 def test_ready_only_once_every_known_resource_was_reconciled() -> None:
