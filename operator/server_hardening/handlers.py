@@ -7,8 +7,18 @@ Triggers, all funnelled into one coalescing runner per resource
 - any NetworkPolicy event in a namespace that has a ServerHardening (managed ones edited or
   deleted, unmanaged ones added): drift is seen within seconds, not at the next timer;
 - any Service event there (the components' selectors and target ports may have changed);
-- a timer that re-observes every target each ``driftCheckInterval`` (the backstop, and the only
-  way to see drift in the clouds, which have no watch).
+- the drift-check scheduler (:func:`.service.run_drift_checks`), one task started at startup,
+  that re-observes every resource's targets each ``driftCheckInterval`` at the resource's own
+  phase (the backstop, and the only way to see drift in the clouds, which have no watch). It
+  replaces a kopf timer per resource: those woke every few seconds each, logged
+  "Timer ... succeeded." at INFO every time, and lined up into bursts.
+
+The NetworkPolicies and Services are kept in two kopf indexes (slim copies: metadata without
+managedFields, and the spec), which kopf fills before any handler runs; the Kubernetes target
+observes from them (:class:`~server_hardening.targets.kubernetes.CachedNamespace`) instead of
+reading the API at every check. kopf's per-object INFO lines ("Handler ... succeeded.") are
+lowered to WARNING unless ``--verbose``: the service logs what each reconcile did when it did
+something.
 
 Deletion runs behind a finalizer (:func:`.service.release_resource`). The per-operator state is
 an :class:`~server_hardening.service.OperatorState` in kopf's ``memo`` (``memo.state``), set by
@@ -18,8 +28,10 @@ the runner.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -28,8 +40,8 @@ from server_hardening import metrics, service
 from server_hardening.model import GROUP, PLURAL, VERSION
 from server_hardening.service import OperatorState
 from server_hardening.targets.base import TargetError
+from server_hardening.targets.kubernetes import CachedNamespace
 
-TIMER_TICK = 5.0
 FINALIZER = "hardening.circleci.com/finalizer"
 RETRY_DELAY = 10.0
 
@@ -50,7 +62,7 @@ async def _reconcile(memo: Any, namespace: str, name: str) -> None:
 
 
 @kopf.on.startup(id="configure")
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -62,16 +74,24 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Watching named namespaces needs no namespace listing; without this kopf tries to list
     # namespaces cluster-wide, which namespaced RBAC rightly refuses, and retries noisily.
     settings.scanning.disabled = not state_of(memo).clusterwide
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     state = state_of(memo)
-    state.heartbeat_task = asyncio.get_running_loop().create_task(_heartbeat(state))
+    # kopf hands startup handlers its (still empty, then filling) indexes.
+    resources = kwargs["by_namespace"]
+    state.resources_indexed = lambda: len(resources)
+    loop = asyncio.get_running_loop()
+    state.background = [
+        loop.create_task(_heartbeat(state)),
+        loop.create_task(service.run_drift_checks(state)),
+    ]
 
 
-# The heartbeat is not a kopf task: kopf gives such tasks 5 s at every stop before cancelling
-# them, so it is ended at cleanup (which kopf runs as soon as its own tasks are done).
-@kopf.on.cleanup(id="stop-heartbeat")
-async def stop_heartbeat(memo: kopf.Memo, **_: Any) -> None:
-    task = state_of(memo).heartbeat_task
-    if task is not None:
+# The background tasks are not kopf's: kopf gives such tasks 5 s at every stop before cancelling
+# them, so they are ended at cleanup (which kopf runs as soon as its own tasks are done).
+@kopf.on.cleanup(id="stop-background")
+async def stop_background(memo: kopf.Memo, **_: Any) -> None:
+    for task in state_of(memo).background:
         task.cancel()
 
 
@@ -112,29 +132,71 @@ def by_namespace(namespace: str | None, name: str, **_: Any) -> dict[str | None,
     return {namespace: name}
 
 
+def _slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the Kubernetes target reads of a policy or Service: metadata (without the
+    managedFields, often the larger part) and the spec."""
+    meta = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
+    return copy.deepcopy({"metadata": meta, "spec": dict(body.get("spec") or {})})
+
+
+@kopf.index("networking.k8s.io", "v1", "networkpolicies", id="policies")
+def policies(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str | None, Any]:
+    return {namespace: _slim(body)}
+
+
+@kopf.index("", "v1", "services", id="services")
+def services(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str | None, Any]:
+    return {namespace: _slim(body)}
+
+
+def _attach_caches(memo: Any, handler_kwargs: Mapping[str, Any]) -> None:
+    """The first handler call: kopf has filled the indexes (it runs no handler before), so the
+    caches can be observed from and the resources there are known (for /readyz)."""
+    state = state_of(memo)
+    if state.cached_view is not None:
+        return
+    policies_index = handler_kwargs["policies"]
+    services_index = handler_kwargs["services"]
+
+    def view(namespace: str) -> CachedNamespace:
+        found = list(services_index.get(namespace, []))
+        return CachedNamespace(
+            policies=tuple(policies_index.get(namespace, [])),
+            services={str(s["metadata"]["name"]): s for s in found},
+        )
+
+    state.cached_view = view
+    known = handler_kwargs["by_namespace"]
+    state.awaiting = {(ns, name) for ns in known for name in set(known[ns]) if ns is not None}
+
+
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")
 @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile", field="spec")
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile")
-async def on_change(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    if namespace is not None:
-        state_of(memo).released.discard((namespace, name))  # re-created under the same name
-        await _reconcile(memo, namespace, name)
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, id="drift-check", interval=TIMER_TICK, initial_delay=TIMER_TICK)
-async def drift_check(
+async def on_change(
     namespace: str | None,
     name: str,
+    meta: kopf.Meta,
     spec: kopf.Spec,
-    status: kopf.Status,
     memo: kopf.Memo,
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
-    due = namespace is not None and service.due_for_check(
-        state_of(memo), namespace, name, spec, status
+    if namespace is None:
+        return
+    _attach_caches(memo, kwargs)
+    state = state_of(memo)
+    state.released.discard((namespace, name))  # re-created under the same name
+    generation = int(meta.get("generation") or 0)
+    service.register(
+        state,
+        namespace,
+        name,
+        str(meta.get("uid", "")),
+        dict(spec),
+        generation,
+        dict(kwargs.get("status") or {}),
     )
-    if namespace is not None and due:
-        await _reconcile(memo, namespace, name)
+    await _reconcile(memo, namespace, name)
 
 
 async def _owners_in(memo: Any, namespace: str | None, index: kopf.Index[str | None, str]) -> None:
@@ -145,14 +207,28 @@ async def _owners_in(memo: Any, namespace: str | None, index: kopf.Index[str | N
         await _reconcile(memo, namespace, name)
 
 
+def _listed(event: Mapping[str, Any]) -> bool:
+    """kopf delivers every existing object once at start (type None): that is the initial
+    listing, which the resume of each ServerHardening already covers."""
+    return event.get("type") is None
+
+
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", id="watch-networkpolicies")
-async def networkpolicy_changed(namespace: str | None, memo: kopf.Memo, **kwargs: Any) -> None:
-    await _owners_in(memo, namespace, kwargs["by_namespace"])
+async def networkpolicy_changed(
+    namespace: str | None, event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    _attach_caches(memo, kwargs)
+    if not _listed(event):
+        await _owners_in(memo, namespace, kwargs["by_namespace"])
 
 
 @kopf.on.event("", "v1", "services", id="watch-services")
-async def service_changed(namespace: str | None, memo: kopf.Memo, **kwargs: Any) -> None:
-    await _owners_in(memo, namespace, kwargs["by_namespace"])
+async def service_changed(
+    namespace: str | None, event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    _attach_caches(memo, kwargs)
+    if not _listed(event):
+        await _owners_in(memo, namespace, kwargs["by_namespace"])
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="release", backoff=5)

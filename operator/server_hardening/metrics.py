@@ -46,12 +46,17 @@ Series
     the same item drifting again after a repair is a new episode.
 ``server_hardening_writes_total{target, action}`` counter
     Writes the operator made. action: adopt | create | update | delete | remove_unmanaged.
+``server_hardening_drift_checks_total{how}`` counter
+    Timed drift checks. how: full (the pipeline ran) | unchanged (a Kubernetes-only resource
+    whose spec, NetworkPolicies and Services had not changed since its last check, per the
+    watch caches: nothing to compare, its check timestamps move on).
 ``server_hardening_watch_alive`` gauge
     1 while the operator's watch streams are alive (the liveness probe reads the same state).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -96,6 +101,12 @@ DRIFT_DETECTED = Counter(
     "server_hardening_drift_detected",
     "Drift found by checks, by target and kind.",
     ["target", "kind"],
+    registry=REGISTRY,
+)
+DRIFT_CHECKS = Counter(
+    "server_hardening_drift_checks",
+    "Timed drift checks, by how they were done (full, or unchanged per the watch caches).",
+    ["how"],
     registry=REGISTRY,
 )
 WATCH_ALIVE = Gauge(
@@ -159,6 +170,21 @@ class _SnapshotCollector(Collector):
             for tgt in snapshot.targets:
                 if tgt.last_check is not None:
                     checks[tgt.target] = tgt.last_check
+
+    def touch(self, namespace: str, name: str, when: float) -> None:
+        """A check found the resource unchanged: its check timestamps move to ``when``."""
+        with self._lock:
+            old = self._resources.get((namespace, name))
+            if old is None:
+                return
+            self._resources[(namespace, name)] = dataclasses.replace(
+                old,
+                last_reconcile=when if old.last_reconcile is not None else None,
+                targets=tuple(
+                    dataclasses.replace(t, last_check=when if t.last_check is not None else None)
+                    for t in old.targets
+                ),
+            )
 
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:

@@ -115,7 +115,13 @@ class TargetReport:
             "findingsTotal": len(self.findings),
             "lastError": self.last_error,
             "conflictWith": self.conflict_with,
+            # Writes accepted whose operations had not finished when the pass stopped waiting.
+            "inProgress": list(self.in_progress[:MAX_FINDINGS]),
         }
+
+    @property
+    def in_progress(self) -> list[str]:
+        return list(self.applied.in_progress) if self.applied is not None else []
 
 
 @dataclass
@@ -139,6 +145,12 @@ class Report:
     @property
     def drift_total(self) -> int:
         return sum(t.drift.total for t in self.targets)
+
+    @property
+    def in_progress(self) -> bool:
+        """A target's writes were still running when its pass stopped waiting: check again
+        soon rather than at the next interval."""
+        return any(t.in_progress for t in self.targets)
 
     @property
     def succeeded(self) -> bool:
@@ -324,6 +336,15 @@ def _apply_event(target: str, plan: Plan[Any], result: ApplyResult) -> list[Even
         )
     for error in result.errors:
         events.append(Event("Warning", "ApplyFailed", f"{target}: {error}"))
+    if result.in_progress:
+        events.append(
+            Event(
+                "Normal",
+                "InProgress",
+                f"{target}: {len(result.in_progress)} write(s) still running "
+                f"({', '.join(result.in_progress[:8])}); the next pass finishes the rest",
+            )
+        )
     return events
 
 
@@ -431,7 +452,7 @@ def run_target(
     events.extend(_apply_event(name, plan, result))
     if result.errors:
         report.last_error = "; ".join(result.errors[:3])
-    else:
+    elif not result.in_progress:
         # Unmanaged rules that are only reported (unmanagedRules: Report) are still there.
         left = drift.unmanaged_widening if spec.unmanaged_rules is UnmanagedRules.REPORT else 0
         report.repaired = drift.total > 0 and left == 0

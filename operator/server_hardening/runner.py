@@ -147,7 +147,9 @@ class Health:
         rt = self.state
         if not ok:
             return ok, why
-        return (True, "ok") if rt is not None and rt.ready else (False, "starting")
+        if rt is None or not rt.ready:
+            return False, "starting"
+        return (True, "ok") if rt.reconciling else (False, "catching up with the resources")
 
     def _start_probe(self, rt: Any) -> None:
         if self._probing.is_set():

@@ -1,5 +1,15 @@
 """What the operator does for each resource, without kopf: read it fresh, run the pipeline,
-write status, events and metrics; release it on deletion; coalesce bursts of triggers.
+write status, events and metrics; release it on deletion; coalesce bursts of triggers; schedule
+the drift checks.
+
+Idle costs next to nothing: the status is written only when it changes (the time of every check
+is in the ``server_hardening_last_drift_check_timestamp_seconds`` metric), a drift episode posts
+its Events once and a recurrence counts on the Event posted before (as client-go does), the
+Kubernetes target is observed from the watch caches, and a Kubernetes-only resource whose spec,
+NetworkPolicies and Services have not changed since its last check is not checked again until
+its next full check (every :data:`FULL_CHECK_EVERY`-th, which reads the API: the backstop against
+a cache gone wrong). One scheduler (:func:`run_drift_checks`) spreads the checks over the
+interval: each resource has its own phase, from its uid.
 
 The kopf handlers (:mod:`server_hardening.handlers`) only translate kopf's events into calls
 here and keep one :class:`OperatorState` in kopf's ``memo``. Nothing here imports kopf, so the
@@ -9,10 +19,12 @@ same code runs under any trigger (a test, the CLI) and is tested without an even
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Mapping
+import zlib
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +39,7 @@ from server_hardening.model import (
     SpecError,
     parse_spec,
 )
+from server_hardening.ownership import OWNER_ANNOTATION, owner_from_annotation
 from server_hardening.reconcile import (
     Phase,
     Report,
@@ -36,14 +49,32 @@ from server_hardening.reconcile import (
     refuse_keeping_the_last,
 )
 from server_hardening.targets.base import TargetError, TransientTargetError
-from server_hardening.targets.kubernetes import ResourceClient
-from server_hardening.targets.reports import publish_report
+from server_hardening.targets.kubernetes import CachedNamespace, ResourceClient
 
 log = logging.getLogger("server_hardening")
 
 RELEASE_TIMEOUT = 300.0
+FULL_CHECK_EVERY = 10
+IN_PROGRESS_RECHECK = 5.0  # seconds: cloud writes still running are looked at again this soon
+IDLE_WAKE = 30.0  # the scheduler's longest sleep when nothing is due
+READY_GRACE = 30.0  # seconds after start: ready without a handler call, if no resource exists
+# Status fields that change at every check; a status that differs only in these is not written.
+CHECK_TIMES = ("lastDriftCheckTime", "lastReconcileTime")
 
 Key = tuple[str, str]
+EventKey = tuple[str, str, str]  # type, reason, message
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What the scheduler knows of a resource: its interval, its phase inside the interval,
+    whether it has cloud targets (which have no watch, so every check calls them) and the
+    generation of the spec it was registered with."""
+
+    interval: float
+    phase: float
+    clouds: bool
+    generation: int
 
 
 @dataclass
@@ -55,19 +86,51 @@ class OperatorState:
     clock: Callable[[], float] = time.time
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     pending: set[Key] = field(default_factory=set)
-    last_check: dict[Key, float] = field(default_factory=dict)
+    registered: dict[Key, Registration] = field(default_factory=dict)
+    next_check: dict[Key, float] = field(default_factory=dict)
+    timed_checks: dict[Key, int] = field(default_factory=dict)
+    # What the last check saw (spec generation, resourceVersions), to skip an unchanged one.
+    inputs_seen: dict[Key, Hashable] = field(default_factory=dict)
+    managed_policies: dict[Key, int] = field(default_factory=dict)
+    # The events of the last pass (an episode goes on while they repeat) and, per event, the
+    # name and count of the Event posted for it (a recurrence counts on it).
+    events_seen: dict[Key, frozenset[EventKey]] = field(default_factory=dict)
+    event_series: dict[tuple[Key, EventKey], tuple[str, int]] = field(default_factory=dict)
+    # The watch caches of one namespace, as the handlers see them (None: read the API).
+    cached_view: Callable[[str], CachedNamespace] | None = None
+    # Resources known when the watches were first served, not reconciled yet (None: not yet
+    # known); /readyz waits for them.
+    awaiting: set[Key] | None = None
+    started: float = field(default_factory=time.monotonic)
+    # How many ServerHardenings kopf's index holds so far (set at startup; for /readyz).
+    resources_indexed: Callable[[], int] = lambda: 0
+    wakeup: asyncio.Event | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    background: list[asyncio.Task[None]] = field(default_factory=list)  # kept from the GC
     # Resources being deleted: a reconcile still in flight must not bring their series back.
     released: set[Key] = field(default_factory=set)
     heartbeat: float = field(default_factory=time.monotonic)
-    heartbeat_task: asyncio.Task[None] | None = None
     ready: bool = False
     kubeconfig: str | None = None
     clusterwide: bool = False
     release_timeout: float = RELEASE_TIMEOUT
 
+    @property
+    def reconciling(self) -> bool:
+        """Caught up: every resource that existed when the watches started has been reconciled
+        once, or there is none: ``READY_GRACE`` seconds after start without a handler call and
+        without a ServerHardening in kopf's index (an empty watch scope)."""
+        if self.awaiting is None:
+            waited = time.monotonic() - self.started > READY_GRACE
+            return waited and self.resources_indexed() == 0
+        return not self.awaiting
 
-def reconcile_resource(state: OperatorState, namespace: str, name: str) -> Report | None:
-    """Read the resource fresh, run the pipeline, write status, events and metrics."""
+
+def reconcile_resource(
+    state: OperatorState, namespace: str, name: str, cached: CachedNamespace | None = None
+) -> Report | None:
+    """Read the resource fresh, run the pipeline, write status (when it changed), events (new
+    ones; repeats counted) and metrics. ``cached``: observe Kubernetes from the watch caches."""
     body = state.resources.get(namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
@@ -77,32 +140,38 @@ def reconcile_resource(state: OperatorState, namespace: str, name: str) -> Repor
     previous = body.get("status") or {}
     now = dt.datetime.now(dt.UTC)
     started = time.monotonic()
+    factory = state.factory
+    with_cache = getattr(factory, "with_cache", None)
+    if cached is not None and with_cache is not None:
+        factory = with_cache(cached)
     try:
         spec = parse_spec(body.get("spec"))
     except SpecError as exc:
-        report = _enforce_the_last_valid(state, ref, generation, exc, previous, now)
+        report = _enforce_the_last_valid(factory, ref, generation, exc, previous, now)
     else:
-        report = reconcile(
-            ref, spec, state.factory, generation=generation, previous_status=previous
-        )
+        report = reconcile(ref, spec, factory, generation=generation, previous_status=previous)
         report.enforced_spec = body.get("spec") or {}
+    key = (namespace, name)
     metrics.RECONCILE_DURATION.observe(time.monotonic() - started)
     metrics.RECONCILES.labels(result=result_label(report)).inc()
     count_detections_and_writes(report)
-    state.resources.patch_status(namespace, name, report.status(previous))
-    try:
-        publish_report(state.resources.core.api_client, report, ref)
-    except TargetError as exc:
-        log.warning("could not write the OpenReports Report of %s/%s: %s", namespace, name, exc)
-    for event in report.events:
+    status = report.status(previous)
+    changed = not same_status(previous, status)
+    if changed:
+        state.resources.patch_status(namespace, name, status)
+        # The OpenReports Report follows the status: written when what it says changed.
         try:
-            state.resources.post_event(body, event.type, event.reason, event.message)
+            state.resources.publish_report(report, ref)
         except TargetError as exc:
-            log.warning("could not post event %s on %s/%s: %s", event.reason, namespace, name, exc)
-    if (namespace, name) not in state.released:
+            log.warning("could not write the OpenReports Report of %s/%s: %s", namespace, name, exc)
+    posted = post_events(state, key, body, report)
+    if key not in state.released:
         metrics.SNAPSHOTS.update(report.snapshot())
-    state.last_check[(namespace, name)] = state.clock()
-    log.info(
+    schedule_next(state, key, soon=report.in_progress)
+    if state.awaiting is not None:
+        state.awaiting.discard(key)
+    log.log(
+        logging.INFO if changed or posted else logging.DEBUG,
         "reconciled %s/%s: phase=%s drift=%d %s",
         namespace,
         name,
@@ -114,7 +183,7 @@ def reconcile_resource(state: OperatorState, namespace: str, name: str) -> Repor
 
 
 def _enforce_the_last_valid(
-    state: OperatorState,
+    factory: TargetFactory,
     ref: ResourceRef,
     generation: int,
     refused: SpecError,
@@ -123,19 +192,55 @@ def _enforce_the_last_valid(
 ) -> Report:
     """A bad edit never lowers protection: with a last valid spec on record (status), keep
     checking and repairing against it while the new one is refused."""
-    last = previous.get("lastValidSpec") or {}
-    try:
-        enforced = parse_spec(last.get("spec")) if last else None
-    except SpecError:
-        enforced = None
+    enforced = last_valid_spec(previous)
     if enforced is None:
         return invalid_report(ref, generation, refused.errors, now)
-    report = reconcile(
-        ref, enforced, state.factory, generation=generation, previous_status=previous
-    )
-    return refuse_keeping_the_last(
-        report, generation, refused.errors, int(last.get("generation", 0))
-    )
+    report = reconcile(ref, enforced, factory, generation=generation, previous_status=previous)
+    last = int((previous.get("lastValidSpec") or {}).get("generation", 0))
+    return refuse_keeping_the_last(report, generation, refused.errors, last)
+
+
+def last_valid_spec(status: Mapping[str, Any] | None) -> ServerHardeningSpec | None:
+    """The spec recorded in status as the last one enforced, if there is one and it parses."""
+    last = (status or {}).get("lastValidSpec") or {}
+    try:
+        return parse_spec(last.get("spec")) if last else None
+    except SpecError:
+        return None
+
+
+def same_status(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether writing ``new`` would change anything but the check times."""
+
+    def without_times(status: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in status.items() if k not in CHECK_TIMES}
+
+    return without_times(old) == without_times(new)
+
+
+def post_events(state: OperatorState, key: Key, body: Mapping[str, Any], report: Report) -> int:
+    """A drift episode posts its Events once: an event the previous pass had too is the same
+    episode going on and is not posted again. One that comes back after a pass without it (the
+    same drift, repaired, then again) counts on the Event posted for it before. Returns how many
+    were posted or counted."""
+    now = frozenset((e.type, e.reason, e.message) for e in report.events)
+    before = state.events_seen.get(key, frozenset())
+    state.events_seen[key] = now
+    done = 0
+    for event in report.events:
+        ident: EventKey = (event.type, event.reason, event.message)
+        if ident in before:
+            continue
+        series = state.event_series.get((key, ident))
+        try:
+            state.event_series[(key, ident)] = state.resources.post_or_count_event(
+                body, event.type, event.reason, event.message, repeat_of=series
+            )
+        except TargetError as exc:
+            log.warning("could not post event %s on %s/%s: %s", event.reason, *key, exc)
+            continue
+        done += 1
+    return done
 
 
 def result_label(report: Report) -> str:
@@ -169,10 +274,14 @@ def count_detections_and_writes(report: Report) -> None:
                 metrics.WRITES.labels(target=target.name, action=action).inc(value)
 
 
-async def request_reconcile(state: OperatorState, namespace: str, name: str) -> None:
+async def request_reconcile(
+    state: OperatorState, namespace: str, name: str, *, timed: bool = False
+) -> None:
     """Run a reconcile of one resource; while one runs, queue at most one more. A burst of
     events costs at most one running and one queued reconcile, and each reads the resource
-    fresh. Raises :class:`TargetError` when the resource could not be read or written."""
+    fresh. ``timed``: a drift check from the scheduler, skipped when nothing it compares has
+    changed (see the module doc). Raises :class:`TargetError` when the resource could not be
+    read or written."""
     key = (namespace, name)
     lock = state.locks.setdefault(key, asyncio.Lock())
     if lock.locked():
@@ -181,29 +290,194 @@ async def request_reconcile(state: OperatorState, namespace: str, name: str) -> 
     async with lock:
         while True:
             state.pending.discard(key)
-            await asyncio.to_thread(reconcile_resource, state, namespace, name)
+            # The caches are read here, in the event loop that updates them.
+            cached = state.cached_view(namespace) if state.cached_view is not None else None
+            full = False
+            if timed:
+                count = state.timed_checks.get(key, 0) + 1
+                full = count >= FULL_CHECK_EVERY
+                state.timed_checks[key] = 0 if full else count
+                if not full and _unchanged(state, key, cached):
+                    metrics.DRIFT_CHECKS.labels(how="unchanged").inc()
+                    metrics.SNAPSHOTS.touch(namespace, name, state.clock())
+                    schedule_next(state, key)
+                    return
+                metrics.DRIFT_CHECKS.labels(how="full").inc()
+            # The cache lags the API by the watch's latency (tens of seconds while kopf works
+            # through a backlog, e.g. after a thousand resources converged at once). It is
+            # trusted for a resource only once it holds at least the policies its last
+            # reconcile left in place; before that, the API is read.
+            trusted = cached is not None and _holds_managed(state, key, cached)
+            report = await asyncio.to_thread(
+                reconcile_resource, state, namespace, name, cached if trusted and not full else None
+            )
+            if report is not None:
+                state.managed_policies[key] = _kubernetes_managed(report)
+            registration = state.registered.get(key)
+            if cached is not None and registration is not None:
+                state.inputs_seen[key] = _inputs(registration, cached)
+            timed = False
             if key not in state.pending:
                 return
 
 
-def due_for_check(
+def _kubernetes_managed(report: Report) -> int:
+    return sum(t.managed_rules for t in report.targets if t.name == "kubernetes")
+
+
+def _holds_managed(state: OperatorState, key: Key, cached: CachedNamespace) -> bool:
+    """Whether the cache holds as many policies of this resource as it manages."""
+    expected = state.managed_policies.get(key)
+    if expected is None:
+        return False  # never reconciled since start: read the API once
+    me = f"{key[0]}/{key[1]}"
+    held = sum(
+        1
+        for policy in cached.policies
+        if owner_from_annotation(
+            str(((policy.get("metadata") or {}).get("annotations") or {}).get(OWNER_ANNOTATION, ""))
+        )
+        == me
+    )
+    return held >= expected
+
+
+def _inputs(registration: Registration, cached: CachedNamespace) -> Hashable:
+    """Everything a Kubernetes-only check compares: the spec's generation, and the versions of
+    the namespace's NetworkPolicies and Services."""
+
+    def versions(objects: Any) -> tuple[tuple[str, str], ...]:
+        return tuple(
+            sorted(
+                (str(o["metadata"].get("name")), str(o["metadata"].get("resourceVersion")))
+                for o in objects
+            )
+        )
+
+    return (
+        registration.generation,
+        versions(cached.policies),
+        versions(cached.services.values()),
+    )
+
+
+def _unchanged(state: OperatorState, key: Key, cached: CachedNamespace | None) -> bool:
+    registration = state.registered.get(key)
+    if registration is None or registration.clouds or cached is None:
+        return False
+    seen = state.inputs_seen.get(key)
+    return seen is not None and seen == _inputs(registration, cached)
+
+
+# -- the drift-check scheduler -----------------------------------------------------------------
+
+
+def register(
     state: OperatorState,
     namespace: str,
     name: str,
+    uid: str,
     spec: Mapping[str, Any],
+    generation: int,
     status: Mapping[str, Any] | None = None,
-) -> bool:
-    """Whether the drift-check interval has passed since the last reconcile. A resource whose
-    spec is refused keeps the interval of the last valid spec it is still enforced with."""
+) -> None:
+    """Schedule (or re-schedule, after a spec change) a resource's drift checks. A refused
+    spec keeps the schedule of the last valid one, which stays enforced; a resource that was
+    never valid has nothing to check (its status says why) until an edit registers it again."""
+    key = (namespace, name)
     try:
-        interval = parse_spec(spec).drift_check_seconds
+        parsed = parse_spec(spec)
     except SpecError:
-        last = (status or {}).get("lastValidSpec") or {}
-        try:
-            interval = parse_spec(last.get("spec")).drift_check_seconds
-        except SpecError:
-            return False  # never valid: nothing is enforced, its status says why
-    return state.clock() - state.last_check.get((namespace, name), 0.0) >= interval
+        last = last_valid_spec(status)
+        if last is None:
+            unregister(state, namespace, name)
+            return
+        parsed = last
+    interval = float(parsed.drift_check_seconds)
+    # The phase spreads the checks of many resources evenly over the interval, and stays the
+    # same across restarts (it comes from the uid).
+    phase = (zlib.crc32((uid or f"{namespace}/{name}").encode()) % 10_000) / 10_000 * interval
+    state.registered[key] = Registration(
+        interval=interval,
+        phase=phase,
+        clouds=parsed.aws is not None or parsed.gcp is not None,
+        generation=generation,
+    )
+    state.inputs_seen.pop(key, None)
+    if key not in state.next_check:
+        schedule_next(state, key)
+
+
+def unregister(state: OperatorState, namespace: str, name: str) -> None:
+    key = (namespace, name)
+    for table in (
+        state.registered,
+        state.next_check,
+        state.timed_checks,
+        state.inputs_seen,
+        state.managed_policies,
+    ):
+        table.pop(key, None)
+    state.events_seen.pop(key, None)
+    for series in [s for s in state.event_series if s[0] == key]:
+        del state.event_series[series]
+    if state.awaiting is not None:
+        state.awaiting.discard(key)
+
+
+def schedule_next(state: OperatorState, key: Key, *, soon: bool = False) -> None:
+    """The next check of ``key``: its own phase slot at least half an interval away (so checks
+    stay spread however they were triggered), or in a few seconds when cloud writes are still
+    running."""
+    registration = state.registered.get(key)
+    if registration is None:
+        return
+    now = state.clock()
+    if soon:
+        state.next_check[key] = now + IN_PROGRESS_RECHECK
+    else:
+        state.next_check[key] = next_slot(now, registration)
+    if state.wakeup is not None and state.loop is not None:
+        # Called from reconcile threads too: asyncio.Event is set from its own loop only.
+        state.loop.call_soon_threadsafe(state.wakeup.set)
+
+
+def next_slot(now: float, registration: Registration) -> float:
+    interval, phase = registration.interval, registration.phase
+    earliest = now + interval / 2
+    slots = -(-(earliest - phase) // interval)  # ceiling division
+    return phase + slots * interval
+
+
+async def run_drift_checks(state: OperatorState) -> None:
+    """One task for every resource's drift checks: it sleeps until the next one is due. (kopf's
+    timers were one task per resource waking every few seconds, each logging a line.)"""
+    state.wakeup = asyncio.Event()
+    state.loop = asyncio.get_running_loop()
+    running: set[asyncio.Task[None]] = set()
+    while True:
+        now = state.clock()
+        # list(): a copy taken at once (a release in a worker thread may remove entries).
+        for key in [k for k, due in list(state.next_check.items()) if due <= now]:
+            registration = state.registered.get(key)
+            if registration is None:
+                state.next_check.pop(key, None)
+                continue
+            state.next_check[key] = next_slot(now, registration)  # until the check reschedules
+            task = asyncio.create_task(_timed_check(state, key))
+            running.add(task)
+            task.add_done_callback(running.discard)
+        upcoming = min(list(state.next_check.values()), default=now + IDLE_WAKE)
+        state.wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.wakeup.wait(), timeout=max(0.01, upcoming - now))
+
+
+async def _timed_check(state: OperatorState, key: Key) -> None:
+    try:
+        await request_reconcile(state, *key, timed=True)
+    except TargetError as exc:
+        log.warning("drift check of %s/%s failed: %s (next at its next slot)", *key, exc)
 
 
 @dataclass(frozen=True)
@@ -228,7 +502,7 @@ def release_resource(
     state.released.add((namespace, name))
     metrics.SNAPSHOTS.forget(namespace, name)
     metrics.DETECTIONS.forget(namespace, name)
-    state.last_check.pop((namespace, name), None)
+    unregister(state, namespace, name)
     ref = ResourceRef(namespace=namespace, name=name, uid=str(meta.get("uid", "")))
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ServerHardening", "metadata": dict(meta)}
     try:
@@ -273,8 +547,9 @@ def _release_targets(
         except TargetError as exc:
             failures.append(TargetError(f"{target_name}: {exc}"))
             continue
-        if result.errors:
-            failures.append(TransientTargetError(f"{target_name}: " + "; ".join(result.errors)))
+        if result.errors or result.in_progress:
+            left = result.errors + [f"{w} still running" for w in result.in_progress]
+            failures.append(TransientTargetError(f"{target_name}: " + "; ".join(left)))
             continue
         verb = "deleted" if delete else "orphaned"
         count = result.deleted if delete else result.updated

@@ -16,13 +16,21 @@ talk to it with ``client_options={"api_endpoint": fake.url}`` and anonymous cred
 
 Writes answer ``compute#operation`` objects; by default they come back ``DONE`` (the change is
 already applied), with ``pending_operations=True`` they come back ``RUNNING`` and are ``DONE`` on
-the next get/wait. Errors use the API's JSON error shape (``error.code``, ``error.message``,
-``error.errors[].reason``): 400 ``invalid``, 404 ``notFound``, 409 ``alreadyExists``, 403
-``forbidden``/``quotaExceeded``, 429 ``rateLimitExceeded``, 503 ``backendError``.
+the next get/wait. With ``operation_seconds=s`` an operation is ``PENDING`` for its first tenth,
+then ``RUNNING``, and ``DONE`` ``s`` seconds after the write; the change takes effect only then (a
+list in between does not show it), as on the real API. ``globalOperations.wait`` blocks until the
+operation is ``DONE`` or ``wait_deadline_seconds`` (the API's 2 minutes by default) have passed,
+then answers the current state, which may still be ``RUNNING``; ``globalOperations.get`` never
+blocks. Errors use the API's JSON error shape (``error.code``, ``error.message``,
+``error.errors[].reason``): 400 ``invalid``/``resourceNotReady``, 404 ``notFound``, 409
+``alreadyExists``, 403 ``forbidden``/``quotaExceeded``, 429 ``rateLimitExceeded``, 503
+``backendError``. :meth:`FakeCompute.not_ready` answers 400 ``resourceNotReady`` (the network is
+busy with another change); :meth:`FakeCompute.fail_operations` makes the next operations end
+``DONE`` with an ``error`` (``RESOURCE_NOT_READY`` by default) and nothing applied.
 
 Test hooks: :attr:`FakeCompute.log` (every request: method, path, operation name such as
 ``firewalls.insert``), :meth:`FakeCompute.fail` (fault injection for the next N requests of an
-operation), :meth:`FakeCompute.seed` / :meth:`FakeCompute.seed_default_network` (put rules in
+operation), :attr:`FakeCompute.completed` (when each operation finished, monotonic), :attr:`FakeCompute.max_outstanding` (the most operations running at once), :meth:`FakeCompute.seed` / :meth:`FakeCompute.seed_default_network` (put rules in
 place without going through the API), :attr:`FakeCompute.firewall_quota`.
 
 What it does not model: IAM (every request is allowed unless a fault says otherwise), eventual
@@ -40,6 +48,7 @@ import itertools
 import json
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -113,6 +122,29 @@ class LoggedRequest:
     operation: str
     query: dict[str, str] = field(default_factory=dict)
     status: int = 0
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Completion:
+    """An operation that finished: its name, type (``insert``...), firewall, and when."""
+
+    operation: str
+    kind: str
+    firewall: str
+    at: float
+    failed: bool = False
+
+
+@dataclass
+class _Scheduled:
+    """A write accepted but not yet in effect: ``apply`` runs when the operation is DONE."""
+
+    project: str
+    op_name: str
+    due: float
+    apply: Any
+    failure: tuple[str, str] | None = None
 
 
 @dataclass
@@ -208,9 +240,22 @@ def _matches(item: dict[str, Any], terms: list[tuple[str, str, str]]) -> bool:
 class FakeCompute:
     """The fake API's state and its HTTP server. Use as a context manager or start()/stop()."""
 
-    def __init__(self, *, pending_operations: bool = False, firewall_quota: int = 200) -> None:
+    def __init__(
+        self,
+        *,
+        pending_operations: bool = False,
+        firewall_quota: int = 200,
+        operation_seconds: float = 0.0,
+        wait_deadline_seconds: float = 120.0,
+    ) -> None:
         self.pending_operations = pending_operations
         self.firewall_quota = firewall_quota
+        self.operation_seconds = operation_seconds
+        self.wait_deadline_seconds = wait_deadline_seconds
+        self.completed: list[Completion] = []
+        self.max_outstanding = 0
+        self._scheduled: list[_Scheduled] = []
+        self._operation_failures: list[list[Any]] = []
         self.firewalls: dict[tuple[str, str], dict[str, Any]] = {}
         self.firewall_policies: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.operations: dict[tuple[str, str], dict[str, Any]] = {}
@@ -299,9 +344,62 @@ class FakeCompute:
             times=1_000_000,
         )
 
+    def not_ready(self, operation: str, times: int = 1, network: str = "circleci") -> None:
+        """400 ``resourceNotReady``: the network is busy (e.g. GKE writing its own rules)."""
+        self.fail(
+            operation,
+            status=400,
+            reason="resourceNotReady",
+            message=f"The resource 'projects/-/global/networks/{network}' is not ready",
+            times=times,
+        )
+
+    def fail_operations(
+        self,
+        kind: str,
+        *,
+        times: int = 1,
+        code: str = "RESOURCE_NOT_READY",
+        message: str = "The resource 'projects/-/global/networks/circleci' is not ready",
+    ) -> None:
+        """The next ``times`` operations of ``kind`` (``insert``, ``update``, ``delete``) end
+        ``DONE`` with ``error.errors[{code, message}]``, the change not applied."""
+        with self._lock:
+            self._operation_failures.append([kind, times, code, message])
+
     def clear_faults(self) -> None:
         with self._lock:
             self.faults.clear()
+            self._operation_failures.clear()
+
+    def settle(self) -> None:
+        """Finish every operation that is due (called before every request and read)."""
+        with self._lock:
+            now = time.monotonic()
+            due = [s for s in self._scheduled if s.due <= now]
+            for item in sorted(due, key=lambda s: s.due):
+                self._scheduled.remove(item)
+                self._finish(item, now)
+
+    def _finish(self, item: _Scheduled, now: float) -> None:
+        op = self.operations[(item.project, item.op_name)]
+        if item.failure is None:
+            item.apply()
+        else:
+            code, message = item.failure
+            op["error"] = {"errors": [{"code": code, "message": message}]}
+            op["httpErrorStatusCode"] = 400
+            op["httpErrorMessage"] = "BAD REQUEST"
+        op.update(status="DONE", progress=100, endTime=_now())
+        self.completed.append(
+            Completion(
+                item.op_name,
+                op["operationType"],
+                op["targetLink"].rsplit("/", 1)[-1],
+                now,
+                failed=item.failure is not None,
+            )
+        )
 
     def seed(self, project: str, body: dict[str, Any]) -> dict[str, Any]:
         """Store a firewall as if another client had inserted it (validated, no log entry)."""
@@ -368,6 +466,7 @@ class FakeCompute:
             del self.firewalls[(project, name)]
 
     def rules(self, project: str) -> dict[str, dict[str, Any]]:
+        self.settle()
         with self._lock:
             return {n: copy.deepcopy(b) for (p, n), b in self.firewalls.items() if p == project}
 
@@ -392,6 +491,9 @@ class FakeCompute:
         path = split.path
         operation, params = _route(method, path)
         entry = LoggedRequest(method, path, operation, query)
+        self.settle()
+        if operation == "globalOperations.wait":
+            self._block_until_done(params)
         with self._lock:
             self.log.append(entry)
             try:
@@ -405,6 +507,22 @@ class FakeCompute:
                 status, out = err.status, err.body()
             entry.status = status
             return status, out
+
+    def _block_until_done(self, params: dict[str, str]) -> None:
+        """``wait``: hold the request until the operation is DONE or the deadline passes."""
+        key = (params.get("project", ""), params.get("operation", ""))
+        deadline = time.monotonic() + self.wait_deadline_seconds
+        while True:
+            with self._lock:
+                pending = [s for s in self._scheduled if (s.project, s.op_name) == key]
+                if not pending or pending[0].due == float("inf"):
+                    return
+                due = pending[0].due
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            time.sleep(max(0.0, min(due, deadline) - now))
+            self.settle()
 
     def _fault(self, operation: str, *, after: bool) -> None:
         for fault in self.faults:
@@ -456,8 +574,14 @@ class FakeCompute:
                     f"The resource 'projects/{project}/global/operations/"
                     f"{params['operation']}' was not found",
                 )
-            op.update(status="DONE", progress=100, endTime=op.get("endTime") or _now())
-            return 200, copy.deepcopy(op)
+            key = (project, params["operation"])
+            asked = [s for s in self._scheduled if (s.project, s.op_name) == key]
+            if asked and asked[0].due == float("inf"):
+                self._scheduled.remove(asked[0])
+                self._finish(asked[0], time.monotonic())
+            elif op["status"] == "PENDING" and time.monotonic() >= op["_running_at"]:
+                op.update(status="RUNNING", progress=10)
+            return 200, _public(op)
         request_id = query.get("requestId", "")
         if request_id:
             try:
@@ -466,7 +590,7 @@ class FakeCompute:
                 raise _invalid("requestId", request_id, "Must be a UUID.") from None
             seen = self.request_ids.get((project, request_id))
             if seen is not None:
-                return 200, copy.deepcopy(self.operations[(project, seen)])
+                return 200, _public(self.operations[(project, seen)])
         if operation == "firewalls.insert":
             op = self._insert(project, payload)
         elif operation == "firewalls.delete":
@@ -479,7 +603,7 @@ class FakeCompute:
             raise ApiError(404, "notFound", operation)
         if request_id:
             self.request_ids[(project, request_id)] = op["name"]
-        return 200, copy.deepcopy(op)
+        return 200, _public(op)
 
     def _project(self, project: str) -> dict[str, Any]:
         usage = sum(1 for (p, _) in self.firewalls if p == project)
@@ -631,9 +755,17 @@ class FakeCompute:
             out["creationTimestamp"] = _now()
         return out
 
-    def _operation(self, project: str, kind: str, name: str, target_id: str) -> dict[str, Any]:
+    def _operation(
+        self, project: str, kind: str, name: str, target_id: str, apply: Any
+    ) -> dict[str, Any]:
+        """A write's operation. ``apply`` makes the change: now (DONE at once), or when the
+        operation finishes (``pending_operations`` / ``operation_seconds``)."""
         op_name = f"operation-{int(datetime.now(UTC).timestamp() * 1000)}-{uuid.uuid4()}"
         now = _now()
+        failure = self._take_operation_failure(kind)
+        latency = self.operation_seconds
+        deferred = self.pending_operations or latency > 0
+        started = time.monotonic()
         op: dict[str, Any] = {
             "kind": "compute#operation",
             "id": str(next(self._ids)),
@@ -641,22 +773,45 @@ class FakeCompute:
             "operationType": kind,
             "targetLink": f"{SELF_LINK_BASE}/projects/{project}/global/firewalls/{name}",
             "targetId": target_id,
-            "status": "RUNNING" if self.pending_operations else "DONE",
+            "status": "DONE",
             "user": "fake@example.iam.gserviceaccount.com",
-            "progress": 0 if self.pending_operations else 100,
+            "progress": 100,
             "insertTime": now,
             "startTime": now,
             "selfLink": f"{SELF_LINK_BASE}/projects/{project}/global/operations/{op_name}",
+            "_running_at": started + latency / 10,
         }
-        if not self.pending_operations:
-            op["endTime"] = now
         self.operations[(project, op_name)] = op
+        # pending_operations without a latency: DONE when next asked about (get or wait).
+        due = started + latency if latency > 0 else float("inf")
+        item = _Scheduled(project, op_name, due, apply, failure)
+        if not deferred:
+            self._finish(item, started)
+            return op
+        op.update(status="PENDING" if latency > 0 else "RUNNING", progress=0)
+        op.pop("endTime", None)
+        self._scheduled.append(item)
+        self.max_outstanding = max(self.max_outstanding, len(self._scheduled))
         return op
+
+    def _take_operation_failure(self, kind: str) -> tuple[str, str] | None:
+        for entry in self._operation_failures:
+            if entry[0] == kind and entry[1] > 0:
+                entry[1] -= 1
+                return str(entry[2]), str(entry[3])
+        return None
+
+    def _pending_names(self, project: str) -> set[str]:
+        return {
+            self.operations[(s.project, s.op_name)]["targetLink"].rsplit("/", 1)[-1]
+            for s in self._scheduled
+            if s.project == project
+        }
 
     def _insert(self, project: str, payload: dict[str, Any]) -> dict[str, Any]:
         stored = self._validated(project, payload, creating=True)
         name = stored["name"]
-        if (project, name) in self.firewalls:
+        if (project, name) in self.firewalls or name in self._pending_names(project):
             raise ApiError(
                 409,
                 "alreadyExists",
@@ -669,13 +824,19 @@ class FakeCompute:
                 "quotaExceeded",
                 f"Quota 'FIREWALLS' exceeded.  Limit: {float(self.firewall_quota)} globally.",
             )
-        self.firewalls[(project, name)] = stored
-        return self._operation(project, "insert", name, stored["id"])
+
+        def apply() -> None:
+            self.firewalls[(project, name)] = stored
+
+        return self._operation(project, "insert", name, stored["id"], apply)
 
     def _delete(self, project: str, name: str) -> dict[str, Any]:
         stored = self._get(project, name)
-        del self.firewalls[(project, name)]
-        return self._operation(project, "delete", name, stored["id"])
+
+        def apply() -> None:
+            self.firewalls.pop((project, name), None)
+
+        return self._operation(project, "delete", name, stored["id"], apply)
 
     def _modify(
         self, project: str, name: str, payload: dict[str, Any], *, replace: bool
@@ -702,8 +863,17 @@ class FakeCompute:
         stored = self._validated(project, merged, creating=False)
         stored["id"] = current["id"]
         stored["creationTimestamp"] = current["creationTimestamp"]
-        self.firewalls[(project, name)] = stored
-        return self._operation(project, "patch" if not replace else "update", name, current["id"])
+
+        def apply() -> None:
+            self.firewalls[(project, name)] = stored
+
+        kind = "patch" if not replace else "update"
+        return self._operation(project, kind, name, current["id"], apply)
+
+
+def _public(op: dict[str, Any]) -> dict[str, Any]:
+    """An operation as the API answers it (without the fake's bookkeeping)."""
+    return {k: copy.deepcopy(v) for k, v in op.items() if not k.startswith("_")}
 
 
 _ROUTES: list[tuple[str, re.Pattern[str], str]] = [

@@ -40,7 +40,9 @@ class Observation(Generic[PayloadT]):
 
 @dataclass
 class ApplyResult:
-    """What an apply did. ``errors`` are per-change messages; the rest were applied."""
+    """What an apply did. ``errors`` are per-change messages; the rest were applied.
+    ``in_progress`` names writes the API accepted whose operations were still running when the
+    pass stopped waiting for them: not failures, the next pass sees how they ended."""
 
     created: int = 0
     adopted: int = 0
@@ -49,6 +51,7 @@ class ApplyResult:
     removed_unmanaged: int = 0
     errors: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    in_progress: list[str] = field(default_factory=list)
 
     @property
     def writes(self) -> int:

@@ -1,7 +1,8 @@
 """The Kubernetes target: NetworkPolicies in the server's namespace, through the API server.
 
 Observe lists the namespace's policies once and reads the guide's Services (to find the pods
-behind them); apply creates and replaces before it deletes; every write names the exact object
+behind them), or takes both from a :class:`CachedNamespace` (the operator's watch caches) when
+one is passed in; apply creates and replaces before it deletes; every write names the exact object
 (``resourceVersion`` on replace, ``uid`` precondition on delete), so a policy changed or
 re-created by someone else in between is never overwritten or removed by mistake.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import urllib3
@@ -61,6 +63,17 @@ from server_hardening.targets.base import (
 from server_hardening.targets.retry import Retrier, RetryPolicy, Verdict
 
 NAME = "kubernetes"
+
+
+@dataclass(frozen=True)
+class CachedNamespace:
+    """One namespace as the operator's watches last saw it: the NetworkPolicies (as the API
+    returns them) and the Services by name (at least ``metadata`` and ``spec.selector``/``ports``).
+    Given to :func:`resolve_components` and :class:`KubernetesTarget`, it replaces the Service
+    reads and the policy list: the observation is the same, without a call."""
+
+    policies: tuple[Mapping[str, Any], ...]
+    services: Mapping[str, Mapping[str, Any]]
 
 
 def translate(exc: Exception, operation: str, resource: str) -> TargetError:
@@ -125,11 +138,13 @@ def resolve_components(
     namespace: str,
     intent: CompiledIntent,
     record: ApiCallRecorder = ignore_call,
+    cached: CachedNamespace | None = None,
 ) -> tuple[
     dict[Component, components.ResolvedComponent], list[Finding], list[components.ServiceLookup]
 ]:
-    """Read the guide's Services and find the pods and pod ports behind them; the lookups
-    whose Service is absent come back too (their last allow is kept, see KubernetesTarget)."""
+    """Read the guide's Services (or take them from ``cached``) and find the pods and pod
+    ports behind them; the lookups whose Service is absent come back too (their last allow is
+    kept, see KubernetesTarget)."""
     core = client.CoreV1Api(api)
     call = KubernetesCalls(record)
     pinned, pending = components.lookups(intent)
@@ -139,21 +154,27 @@ def resolve_components(
     for lookup in pending:
         outcome: components.ResolvedComponent | Finding | None = None
         for name in lookup.names:
-            try:
-                service = _json(
-                    call(
-                        "read_service",
-                        f"service/{name}",
-                        core.read_namespaced_service,
-                        name,
-                        namespace,
-                        _preload_content=False,
-                    )
-                )
-            except PermanentTargetError as exc:
-                if " 404 " in str(exc):
+            if cached is not None:
+                found = cached.services.get(name)
+                if found is None:
                     continue
-                raise
+                service: Mapping[str, Any] = found
+            else:
+                try:
+                    service = _json(
+                        call(
+                            "read_service",
+                            f"service/{name}",
+                            core.read_namespaced_service,
+                            name,
+                            namespace,
+                            _preload_content=False,
+                        )
+                    )
+                except PermanentTargetError as exc:
+                    if " 404 " in str(exc):
+                        continue
+                    raise
             outcome = components.from_service(lookup, service)
             exposed = load_balancer_exposure(service)
             if exposed is not None and exposed.message not in {f.message for f in findings}:
@@ -230,7 +251,9 @@ class KubernetesTarget:
         record_call: ApiCallRecorder = ignore_call,
         findings: Sequence[Finding] = (),
         services_gone: Sequence[components.ServiceLookup] = (),
+        cached: CachedNamespace | None = None,
     ) -> None:
+        self.cached = cached
         self.intent = intent
         self.ref = ref
         self.api = api
@@ -275,18 +298,22 @@ class KubernetesTarget:
 
     def observe(self) -> Observation[Manifest]:
         self.call.retrier.new_pass()
-        listing = _json(
-            self.call(
-                "list_networkpolicies",
-                f"namespace/{self.ref.namespace}",
-                self.net.list_namespaced_network_policy,
-                self.ref.namespace,
-                _preload_content=False,
+        if self.cached is not None:
+            policies: Sequence[Mapping[str, Any]] = self.cached.policies
+        else:
+            listing = _json(
+                self.call(
+                    "list_networkpolicies",
+                    f"namespace/{self.ref.namespace}",
+                    self.net.list_namespaced_network_policy,
+                    self.ref.namespace,
+                    _preload_content=False,
+                )
             )
-        )
+            policies = listing.get("items") or []
         me = owner_key(self.ref)
         items: list[ObservedItem[Manifest]] = []
-        for policy in listing.get("items") or []:
+        for policy in policies:
             meta = policy["metadata"]
             owned, owner = _ownership(policy, me)
             items.append(
@@ -461,6 +488,12 @@ class ResourceClient:
             raise translate(exc, "get_serverhardening", f"{namespace}/{name}") from exc
         return body
 
+    def publish_report(self, report: Any, owner: ResourceRef) -> bool:
+        """Write the OpenReports ``Report`` of ``owner`` (False: its CRD is not installed)."""
+        from server_hardening.targets.reports import publish_report
+
+        return publish_report(self.core.api_client, report, owner)
+
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         from server_hardening.model import GROUP, PLURAL, VERSION
 
@@ -474,16 +507,17 @@ class ResourceClient:
                 return
             raise translate(exc, "patch_status", f"{namespace}/{name}") from exc
 
-    def post_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        """A core/v1 Event on the resource (as kubectl describe shows them)."""
+    def post_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> str:
+        """A core/v1 Event on the resource (as kubectl describe shows them); returns its name."""
         import datetime as dt
         import uuid
 
         meta = body.get("metadata") or {}
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event_name = f"{meta.get('name')}.{uuid.uuid4().hex[:12]}"
         event = {
             "metadata": {
-                "name": f"{meta.get('name')}.{uuid.uuid4().hex[:12]}",
+                "name": event_name,
                 "namespace": meta.get("namespace"),
             },
             "involvedObject": {
@@ -508,3 +542,32 @@ class ResourceClient:
             self.core.create_namespaced_event(meta.get("namespace"), event)
         except ApiException as exc:
             raise translate(exc, "create_event", reason) from exc
+        return event_name
+
+    def post_or_count_event(
+        self,
+        body: Mapping[str, Any],
+        type_: str,
+        reason: str,
+        message: str,
+        *,
+        repeat_of: tuple[str, int] | None = None,
+    ) -> tuple[str, int]:
+        """Post an Event, or count a repeat on the one posted before (``repeat_of``: its name
+        and count), the way client-go's event correlator does: ``count`` + 1 and a fresh
+        ``lastTimestamp`` on the existing Event instead of a new one. An Event that has expired
+        meanwhile (the API server keeps them an hour) is posted anew. Returns (name, count)."""
+        import datetime as dt
+
+        namespace = (body.get("metadata") or {}).get("namespace")
+        if repeat_of is not None:
+            name, count = repeat_of
+            now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            patch = {"count": count + 1, "lastTimestamp": now}
+            try:
+                self.core.patch_namespaced_event(name, namespace, patch)
+                return name, count + 1
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise translate(exc, "patch_event", reason) from exc
+        return self.post_event(body, type_, reason, message), 1

@@ -11,6 +11,7 @@ the SDK's error for the adapter to translate.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,9 +63,12 @@ class Retrier:
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not cryptography)
         self._slept = 0.0
+        # Adapters that send calls from several threads share one budget per pass.
+        self._lock = threading.Lock()
 
     def new_pass(self) -> None:
-        self._slept = 0.0
+        with self._lock:
+            self._slept = 0.0
 
     def call(self, operation: str, resource: str, fn: Callable[[], T], classify: Classifier) -> T:
         attempt = 0
@@ -77,12 +81,15 @@ class Retrier:
                 self.record(operation, verdict.outcome)
                 if not verdict.retry:
                     raise
-                self._backoff(operation, resource, attempt, verdict.why or str(exc))
+                self.backoff(operation, resource, attempt, verdict.why or str(exc))
                 continue
             self.record(operation, "ok")
             return out
 
-    def _backoff(self, operation: str, resource: str, attempt: int, why: str) -> None:
+    def backoff(self, operation: str, resource: str, attempt: int, why: str) -> None:
+        """Sleep before attempt ``attempt + 1`` of something that failed ``attempt`` times, or
+        raise :class:`TransientTargetError` when the attempts or the pass's budget are spent.
+        Also for retries an adapter runs itself (a write resent after its operation failed)."""
         policy = self.policy
         if attempt >= policy.max_attempts:
             raise TransientTargetError(
@@ -91,12 +98,13 @@ class Retrier:
                 resource=resource,
             )
         delay = self._rng.uniform(0, min(policy.cap_seconds, policy.base_seconds * 2**attempt))
-        if self._slept + delay > policy.budget_seconds:
-            raise TransientTargetError(
-                f"{operation} on {resource}: retry budget of {policy.budget_seconds:g}s for "
-                f"this pass spent ({why})",
-                operation=operation,
-                resource=resource,
-            )
-        self._slept += delay
+        with self._lock:
+            if self._slept + delay > policy.budget_seconds:
+                raise TransientTargetError(
+                    f"{operation} on {resource}: retry budget of {policy.budget_seconds:g}s for "
+                    f"this pass spent ({why})",
+                    operation=operation,
+                    resource=resource,
+                )
+            self._slept += delay
         self._sleep(delay)

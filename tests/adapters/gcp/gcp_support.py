@@ -55,7 +55,10 @@ def make_target(
     owner: ResourceRef = OWNER,
     unmanaged: UnmanagedRules = UnmanagedRules.REPORT,
     attempts: int = 5,
+    **options: Any,
 ) -> GcpTarget:
+    """A target on the fake; calls are not spaced (the fake has no rate quota) unless
+    ``options`` say otherwise."""
     assert spec.gcp is not None
     return GcpTarget.from_rules(
         compile_intent(spec).cloud_rules("gcp"),
@@ -66,6 +69,7 @@ def make_target(
         record_call=recorder,
         retry=RetryPolicy(max_attempts=attempts),
         sleep=recorder.sleeps.append,
+        **{"requests_per_minute": 600_000.0, **options},
     )
 
 

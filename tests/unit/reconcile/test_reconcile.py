@@ -27,6 +27,7 @@ class MemoryTarget:
     held: dict[str, tuple[str, bool, str]] = field(default_factory=dict)
     fail_observe: Exception | None = None
     applied: list[Plan] = field(default_factory=list)
+    still_running: tuple[str, ...] = ()
 
     def desired(self) -> Sequence[DesiredItem]:
         return [DesiredItem(k, v, {"k": k}, ("ROW-1",)) for k, v in self.wanted.items()]
@@ -72,6 +73,7 @@ class MemoryTarget:
             updated=len(plan.update),
             deleted=len(plan.delete),
             removed_unmanaged=len(plan.remove_unmanaged),
+            in_progress=list(self.still_running),
         )
 
     def release(self, observed: Observation, *, delete: bool) -> ApplyResult:
@@ -225,3 +227,21 @@ def test_a_refused_spec_keeps_what_the_status_remembers() -> None:
     assert valid["status"] == "False" and "still enforcing the last valid spec" in valid["message"]
     assert refused.events[0].reason == "InvalidSpec"
     assert refused.snapshot().spec_valid is False
+
+
+def test_writes_still_running_are_progress_not_a_repair_nor_an_error() -> None:
+    target = MemoryTarget(
+        "gcp",
+        {"a": "1", "b": "1"},
+        {"a": ("0", True, "")},
+        still_running=("firewalls.insert b",),
+    )
+    previous = {"targets": [{"name": "gcp", "managedRules": 2}]}
+    report = run(make_spec(), target, previous=previous)
+    gcp = report.targets[0]
+    assert report.in_progress and gcp.last_error == "" and not gcp.repaired
+    assert report.phase == Phase.ENFORCED
+    assert [e.reason for e in report.events] == ["DriftDetected", "Applied", "InProgress"]
+    status = report.status(previous)
+    assert status["targets"][0]["inProgress"] == ["firewalls.insert b"]
+    assert {c["type"]: c["status"] for c in status["conditions"]}["InSync"] == "False"

@@ -7,16 +7,24 @@ importing google.cloud).
   resource sets :attr:`ObservedItem.owner`; the rest are unmanaged, judged by
   :func:`~server_hardening.policy.gcp.judge_firewall`.
 - **Apply**: a quota check first (``projects.get``, the FIREWALLS metric), so a plan that cannot
-  fit writes nothing; then inserts, then in-place updates (PUT: the whole rule is replaced, so a
-  field that must become empty does), then deletes, and deletes only when every insert and update
-  succeeded. Every write carries a ``requestId`` (a UUID kept across retries), so a retried insert
-  is not applied twice; every returned operation is waited for and its error surfaced.
+  fit writes nothing; then the waves of :func:`~server_hardening.planners.gcp.plan_writes`: every
+  insert and in-place update (PUT: the whole rule is replaced, so a field that must become empty
+  does) of the pass sent together and waited for together, then the deletes, only once every add
+  is DONE (never less access than before). Calls go from at most ``max_in_flight`` threads,
+  spaced to ``requests_per_minute`` (a share of the project's rate quota); operations run side by
+  side on GCP's side, so a pass takes about the slowest operation, not their sum. A pass waits at
+  most ``wait_budget_seconds`` for its operations: what still runs then is reported in
+  :attr:`ApplyResult.in_progress` (deletes wait for the next pass). Every write carries a
+  ``requestId`` (a UUID kept across retries), so a retried insert is not applied twice.
+  Cost: a no-op is one list; a change of n rules is n writes, one ``projects.get`` when it
+  inserts, and about one ``globalOperations.wait`` per operation not DONE at once.
 - **Errors**: 429/``rateLimitExceeded`` and 5xx/connection errors are retried by the shared
   :class:`~server_hardening.targets.retry.Retrier` (full jitter, a sleep budget per pass), then
-  raise
-  :class:`~server_hardening.targets.base.TransientTargetError`; ``quotaExceeded`` becomes a
-  ``QuotaExceeded`` finding with the numbers; other 403s and 401 raise
-  :class:`~server_hardening.targets.base.PermanentTargetError` naming the missing permission; 409 on
+  are that write's error; ``resourceNotReady`` (the network busy with another change, as a 400 or
+  as a failed operation) sends the write again after a backoff, with a new request ID, while the
+  others carry on; ``quotaExceeded`` becomes a ``QuotaExceeded`` finding with the numbers; other
+  403s and 401 raise :class:`~server_hardening.targets.base.PermanentTargetError` naming the
+  missing permission (the first write of a wave goes alone, so that costs one call); 409 on
   insert of a rule that is already there as desired counts as success.
 - **Release**: ``delete=True`` deletes the owned rules; ``delete=False`` (orphan) patches their
   descriptions so they no longer carry the mark (the rows stay readable): they are left in place,
@@ -30,11 +38,14 @@ that helper polls through a ``GlobalOperationsClient`` built without the caller'
 
 from __future__ import annotations
 
+import enum
 import functools
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
@@ -47,7 +58,6 @@ from server_hardening.drift import (
     ObservedItem,
     Plan,
     UnmanagedJudge,
-    Update,
     fingerprint,
 )
 from server_hardening.model import GcpSpec, ResourceRef, UnmanagedRules
@@ -57,6 +67,15 @@ from server_hardening.ownership import (
     gcp_name_prefix,
     installation_owner_key,
     released_description,
+)
+from server_hardening.planners.gcp import (
+    PROJECT_REQUESTS_PER_MINUTE,
+    SHARE_OF_RATE_QUOTA,
+    Write,
+    WriteKind,
+    fits_quota,
+    pacing,
+    plan_writes,
 )
 from server_hardening.policy.gcp import (
     judge_firewall,
@@ -78,19 +97,20 @@ from server_hardening.targets.base import (
     ApplyResult,
     Observation,
     PermanentTargetError,
+    TargetError,
     TransientTargetError,
     ignore_call,
 )
 from server_hardening.targets.gcp.client import (
     CALL_TIMEOUT,
     LIMIT_RE,
+    NOT_READY_REASONS,
     PAGE_SIZE,
     QUOTA_REASONS,
+    WAIT_DEADLINE,
     ClientFactory,
     GcpClients,
-    OperationFailedError,
     QuotaExhaustedError,
-    Send,
     classify,
     kind_of,
     make_clients,
@@ -99,10 +119,58 @@ from server_hardening.targets.gcp.client import (
     policies_to_dicts,
     to_dict,
     to_firewall,
+    wait_operation,
 )
 from server_hardening.targets.retry import Retrier, RetryPolicy
 
 T = TypeVar("T")
+
+
+class _State(enum.Enum):
+    SENDING = "sending"
+    DONE = "done"
+    RUNNING = "running"  # accepted, operation not DONE when the pass stopped waiting
+    NOT_READY = "not_ready"  # the network was busy: send again after a backoff
+    FAILED = "failed"
+    SKIPPED = "skipped"  # not sent, because an earlier write was refused for good
+
+
+@dataclass
+class _Job:
+    """One write's way through a wave (touched by one thread at a time)."""
+
+    write: Write
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    op: compute_v1.Operation | None = None
+    state: _State = _State.SENDING
+    error: str = ""
+    fatal: Exception | None = None
+    adopted: bool = False
+
+    def reset(self) -> None:
+        self.request_id, self.op, self.state, self.error = (
+            str(uuid.uuid4()),
+            None,
+            _State.SENDING,
+            "",
+        )
+
+
+class _Pacer:
+    """Spaces this adapter's calls at least ``interval`` seconds apart, across threads."""
+
+    def __init__(self, interval: float = 0.0) -> None:
+        self.interval = interval
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            time.sleep(slot - now)
 
 
 class GcpTarget:
@@ -121,7 +189,9 @@ class GcpTarget:
         record_call: ApiCallRecorder = ignore_call,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        operation_wait_rounds: int = 20,
+        wait_budget_seconds: float = 90.0,
+        max_in_flight: int = 8,
+        requests_per_minute: float = PROJECT_REQUESTS_PER_MINUTE * SHARE_OF_RATE_QUOTA,
     ) -> None:
         self.rendered = rendered
         self.gcp = gcp
@@ -130,7 +200,12 @@ class GcpTarget:
         self._factory: ClientFactory = client_factory or make_clients
         self._clients: GcpClients | None = None
         self._retrier = Retrier(retry, record_call, sleep=sleep)
-        self._wait_rounds = operation_wait_rounds
+        # How long a pass waits for its operations before it reports them in progress.
+        self._wait_budget = wait_budget_seconds
+        self._max_in_flight = max_in_flight
+        self._rpm = requests_per_minute
+        self._pacer = _Pacer()
+        self._stop = threading.Event()
         self._prefix = gcp_name_prefix(owner, gcp.installation_id)
         self._mine = installation_owner_key(owner, gcp.installation_id)
 
@@ -223,21 +298,23 @@ class GcpTarget:
         return judge
 
     def apply(self, plan: Plan[FirewallBody]) -> ApplyResult:
+        """The writes of :func:`~server_hardening.planners.gcp.plan_writes`: every add of the
+        pass sent together and waited for together, then the removes, only once every add is
+        DONE."""
         self._retrier.new_pass()
         result = ApplyResult()
         if plan.empty:
             return result
+        writes = plan_writes(
+            plan,
+            remove_unmanaged=self.unmanaged_rules is UnmanagedRules.REMOVE,
+            manages_logging=self.rendered.manages_logging,
+        )
+        deadline = time.monotonic() + self._wait_budget
         try:
-            if plan.create and not self._quota_allows(len(plan.create), result):
+            if writes.inserts and not self._quota_allows(writes.inserts, result):
                 return result
-            for adoption in plan.adopt:
-                if self._update(self._keeping_logging(adoption), result):
-                    result.adopted += 1
-            for item in plan.create:
-                self._create(item, result)
-            for change in plan.update:
-                if self._update(self._keeping_logging(change), result):
-                    result.updated += 1
+            self._run_wave(writes.adds, result, deadline)
         except QuotaExhaustedError as exc:
             result.findings.append(self._quota_finding(str(exc)))
             result.errors.append(f"quota exceeded: {exc}; nothing further was written")
@@ -248,43 +325,27 @@ class GcpTarget:
                 "could leave access narrower than both the old and the new rules"
             )
             return result
-        for stale in plan.delete:
-            if self._delete(stale.native_id or stale.key, result):
-                result.deleted += 1
-        if self.unmanaged_rules is UnmanagedRules.REMOVE:
-            for unmanaged in plan.remove_unmanaged:
-                if self._delete(unmanaged.native_id or unmanaged.key, result):
-                    result.removed_unmanaged += 1
+        if result.in_progress:
+            return result  # deletes wait for the next pass, which sees how the adds ended
+        self._run_wave(writes.removes, result, deadline)
         return result
 
     def release(self, observed: Observation[FirewallBody], *, delete: bool) -> ApplyResult:
         self._retrier.new_pass()
         result = ApplyResult()
-        for item in observed.items:
-            if not item.owned:
-                continue
-            name = item.native_id or item.key
-            if delete:
-                if self._delete(name, result):
-                    result.deleted += 1
-                continue
-            description = released_description(str(item.payload.get("description", "")))
-            errors = len(result.errors)
-            self._write(
-                "firewalls.patch",
-                name,
-                self._sender(
-                    self._api.firewalls.patch_unary,
-                    compute_v1.PatchFirewallRequest(
-                        project=self.gcp.project,
-                        firewall=name,
-                        firewall_resource=compute_v1.Firewall(description=description),
-                    ),
-                ),
-                result,
-            )
-            if len(result.errors) == errors:
-                result.updated += 1
+        owned = [item for item in observed.items if item.owned]
+        if delete:
+            writes = [Write(WriteKind.DELETE, item.native_id or item.key) for item in owned]
+        else:
+            writes = [
+                Write(
+                    WriteKind.PATCH,
+                    item.native_id or item.key,
+                    description=released_description(str(item.payload.get("description", ""))),
+                )
+                for item in owned
+            ]
+        self._run_wave(tuple(writes), result, time.monotonic() + self._wait_budget)
         return result
 
     # -- observing -----------------------------------------------------------------------------
@@ -354,15 +415,237 @@ class GcpTarget:
         targets = set(body.get("targetTags") or [])
         return not targets or bool(targets & set(self.rendered.tags.values()))
 
-    def _keeping_logging(self, change: Update[FirewallBody]) -> DesiredItem[FirewallBody]:
-        """A PUT replaces the whole rule: with ``logging: Keep`` the rule's own logConfig rides
-        along, so a repair never switches Firewall Rules Logging off."""
-        kept = change.observed.payload.get("logConfig")
-        if self.rendered.manages_logging or not kept:
-            return change.desired
-        return replace(change.desired, payload={**change.desired.payload, "logConfig": kept})
-
     # -- writing -------------------------------------------------------------------------------
+    #
+    # A wave: the first write is sent alone (a missing permission, refused credentials or an
+    # exhausted quota then cost one call, not one per rule), the rest from a small pool of
+    # threads spaced to the pass's share of the rate quota; then every operation is waited for
+    # (also from the pool), until DONE or the pass's wait budget is spent. Writes refused
+    # because the network is busy (``resourceNotReady``, as a 400 or as a failed operation) are
+    # sent again after a backoff, with a fresh request ID, while the others carry on.
+
+    def _run_wave(self, writes: Sequence[Write], result: ApplyResult, deadline: float) -> None:
+        if not writes:
+            return
+        self._stop.clear()
+        jobs = [_Job(w) for w in writes]
+        pace = pacing(len(jobs), max_in_flight=self._max_in_flight, requests_per_minute=self._rpm)
+        self._pacer.interval = pace.interval_seconds
+        _ = self._api  # build the clients once, before any thread needs them
+        todo = jobs
+        attempt = 0
+        with ThreadPoolExecutor(max_workers=pace.in_flight) as pool:
+            while todo:
+                attempt += 1
+                self._send_all(pool, todo)
+                waiting = [j for j in todo if j.op is not None]
+                list(pool.map(lambda j: self._await(j, deadline), waiting))
+                todo = [j for j in todo if j.state is _State.NOT_READY]
+                if todo:
+                    todo = self._after_backoff(todo, attempt)
+        fatal = next((j.fatal for j in jobs if j.fatal is not None), None)
+        for job in jobs:
+            self._count(job, result)
+        if fatal is not None:
+            raise fatal
+
+    def _send_all(self, pool: ThreadPoolExecutor, jobs: Sequence[_Job]) -> None:
+        first, rest = jobs[0], jobs[1:]
+        self._send(first)
+        if first.fatal is not None:
+            for job in rest:
+                job.state, job.error = _State.SKIPPED, "not sent: " + str(first.fatal)
+            return
+        list(pool.map(self._send, rest))
+
+    def _send(self, job: _Job) -> None:
+        """Send one write; a 409 on insert is resolved here (same rule: done; ours unmarked:
+        taken back with an update)."""
+        if self._stop.is_set():
+            job.state, job.error = _State.SKIPPED, "not sent: an earlier write was refused"
+            return
+        write = job.write
+        try:
+            try:
+                job.op = self._call(write.kind.value, write.name, self._request(write, job))
+            except gexc.Conflict:
+                if write.kind is not WriteKind.INSERT or write.desired is None:
+                    job.state, job.error = _State.FAILED, "conflict"
+                    return
+                self._resolve_conflict(job, write.desired)
+            except gexc.NotFound as exc:
+                if write.kind is WriteKind.DELETE:
+                    job.state = _State.DONE  # already gone: the goal is met
+                    return
+                job.state, job.error = _State.FAILED, message_of(exc)
+        except TransientTargetError as exc:
+            job.state, job.error = _State.FAILED, str(exc)
+        except (QuotaExhaustedError, PermanentTargetError) as exc:
+            self._stop.set()
+            job.state, job.fatal = _State.FAILED, exc
+        except gexc.GoogleAPICallError as exc:
+            busy = kind_of(exc) == "not_ready"
+            job.state = _State.NOT_READY if busy else _State.FAILED
+            job.error = message_of(exc)
+
+    def _request(self, write: Write, job: _Job) -> Callable[[], compute_v1.Operation]:
+        """The call for ``write``: one request ID for all its retries (a retried insert whose
+        answer was lost is not applied twice), a new one when it is sent again after its
+        operation failed."""
+        project = self.gcp.project
+        request: Any
+        if write.kind is WriteKind.INSERT:
+            assert write.desired is not None
+            method: Callable[..., compute_v1.Operation] = self._api.firewalls.insert_unary
+            request = compute_v1.InsertFirewallRequest(
+                project=project, firewall_resource=to_firewall(write.desired.payload)
+            )
+        elif write.kind is WriteKind.UPDATE:
+            assert write.desired is not None
+            method = self._api.firewalls.update_unary
+            request = compute_v1.UpdateFirewallRequest(
+                project=project,
+                firewall=write.name,
+                firewall_resource=to_firewall(write.desired.payload),
+            )
+        elif write.kind is WriteKind.PATCH:
+            method = self._api.firewalls.patch_unary
+            request = compute_v1.PatchFirewallRequest(
+                project=project,
+                firewall=write.name,
+                firewall_resource=compute_v1.Firewall(description=write.description),
+            )
+        else:
+            method = self._api.firewalls.delete_unary
+            request = compute_v1.DeleteFirewallRequest(project=project, firewall=write.name)
+        request.request_id = job.request_id
+
+        def send() -> compute_v1.Operation:
+            self._pacer.wait()
+            return method(request=request, retry=None, timeout=CALL_TIMEOUT)
+
+        return send
+
+    def _resolve_conflict(self, job: _Job, item: DesiredItem[FirewallBody]) -> None:
+        """409 on insert: the name is taken. Identical: success. Ours by name and unmarked by
+        anyone else (an orphaned rule of a resource of the same name): take it back."""
+        existing = to_dict(
+            self._call(
+                "firewalls.get",
+                item.key,
+                lambda: self._api.firewalls.get(
+                    project=self.gcp.project,
+                    firewall=item.key,
+                    retry=None,
+                    timeout=CALL_TIMEOUT,
+                ),
+            )
+        )
+        normal = normalise_firewall(
+            existing, self.gcp.project, with_logging=self.rendered.manages_logging
+        )
+        if fingerprint(normal) == item.fingerprint:
+            job.state = _State.DONE
+            return
+        other = description_owner(str(existing.get("description", "")))
+        if item.key.startswith(self._prefix) and other in ("", self._mine):
+            job.write = Write(WriteKind.UPDATE, item.key, desired=item)
+            job.adopted = True
+            job.request_id = str(uuid.uuid4())
+            job.op = self._call("firewalls.update", item.key, self._request(job.write, job))
+            return
+        job.state = _State.FAILED
+        job.error = (
+            f"the name is taken by a rule "
+            f"{'of ' + other if other else 'this resource does not own'}"
+        )
+
+    def _await(self, job: _Job, deadline: float) -> None:
+        """Wait for ``job``'s operation: DONE (with or without an error), or still running when
+        the pass's wait budget is spent."""
+        op = job.op
+        assert op is not None
+        try:
+            while op.status != compute_v1.Operation.Status.DONE:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    job.state = _State.RUNNING
+                    return
+                name = op.name
+                polled = self._call(
+                    "globalOperations.wait",
+                    name,
+                    functools.partial(
+                        self._paced_wait, name, min(WAIT_DEADLINE + 5.0, remaining + 1.0)
+                    ),
+                )
+                op = polled if polled is not None else op
+        except TargetError as exc:
+            if isinstance(exc, PermanentTargetError):
+                self._stop.set()
+                job.fatal = exc
+            job.state, job.error = _State.FAILED, str(exc)
+            return
+        errors = list(op.error.errors) if op.error else []
+        codes = {e.code for e in errors}
+        text = "; ".join(f"{e.code}: {e.message}" for e in errors)
+        if not errors:
+            job.state = _State.DONE
+        elif codes & NOT_READY_REASONS:
+            job.state, job.error = _State.NOT_READY, f"operation {op.name} failed: {text}"
+        elif codes & QUOTA_REASONS:
+            self._stop.set()
+            job.state, job.fatal = _State.FAILED, QuotaExhaustedError(text)
+        else:
+            job.state, job.error = _State.FAILED, f"operation {op.name} failed: {text}"
+
+    def _paced_wait(self, name: str, timeout: float) -> compute_v1.Operation | None:
+        self._pacer.wait()
+        return wait_operation(self._api, self.gcp.project, name, timeout)
+
+    def _after_backoff(self, jobs: list[_Job], attempt: int) -> list[_Job]:
+        """The busy-network writes to send again, after one backoff for all of them; none when
+        the attempts or the pass's retry budget are spent (they stay failed, saying why)."""
+        first = jobs[0]
+        try:
+            self._retrier.backoff(first.write.kind.value, first.write.name, attempt, first.error)
+        except TransientTargetError as exc:
+            for job in jobs:
+                job.state, job.error = _State.FAILED, f"network still busy: {exc}"
+            return []
+        for job in jobs:
+            job.reset()
+        return jobs
+
+    def _count(self, job: _Job, result: ApplyResult) -> None:
+        write = job.write
+        if job.state is _State.RUNNING:
+            result.in_progress.append(f"{write.kind.value} {write.name}")
+            return
+        if job.state is not _State.DONE:
+            if job.fatal is None:
+                result.errors.append(f"{write.kind.value} {write.name}: {job.error}")
+            return
+        if write.adopt:
+            result.adopted += 1
+        elif job.adopted:
+            result.updated += 1
+            result.findings.append(
+                Finding.of(
+                    FindingCode.FIREWALL_ADOPTED,
+                    f"{write.name} existed without this resource's mark (released earlier?) "
+                    "and was taken back",
+                    target=TARGET,
+                )
+            )
+        elif write.kind is WriteKind.INSERT:
+            result.created += 1
+        elif write.kind in (WriteKind.UPDATE, WriteKind.PATCH):
+            result.updated += 1
+        elif write.unmanaged:
+            result.removed_unmanaged += 1
+        else:
+            result.deleted += 1
 
     def _quota_allows(self, inserts: int, result: ApplyResult) -> bool:
         project = self._call(
@@ -375,8 +658,8 @@ class GcpTarget:
         for quota in project.quotas:
             if quota.metric != "FIREWALLS":
                 continue
-            free = int(quota.limit - quota.usage)
-            if inserts > free:
+            fits, free = fits_quota(inserts, quota.limit, quota.usage)
+            if not fits:
                 result.findings.append(
                     Finding.of(
                         FindingCode.QUOTA_EXCEEDED,
@@ -402,171 +685,6 @@ class GcpTarget:
             f"{message}; later changes were not written",
             target=TARGET,
         )
-
-    def _create(self, item: DesiredItem[FirewallBody], result: ApplyResult) -> None:
-        errors = len(result.errors)
-        try:
-            self._write(
-                "firewalls.insert",
-                item.key,
-                self._sender(
-                    self._api.firewalls.insert_unary,
-                    compute_v1.InsertFirewallRequest(
-                        project=self.gcp.project, firewall_resource=to_firewall(item.payload)
-                    ),
-                ),
-                result,
-                raise_conflict=True,
-            )
-        except gexc.Conflict:
-            self._resolve_conflict(item, result)
-            return
-        if len(result.errors) == errors:
-            result.created += 1
-
-    def _resolve_conflict(self, item: DesiredItem[FirewallBody], result: ApplyResult) -> None:
-        """409 on insert: the name is taken. Identical: success. Ours by name and unmarked by
-        anyone else (an orphaned rule of a resource of the same name): take it back."""
-        existing = to_dict(
-            self._call(
-                "firewalls.get",
-                item.key,
-                lambda: self._api.firewalls.get(
-                    project=self.gcp.project,
-                    firewall=item.key,
-                    retry=None,
-                    timeout=CALL_TIMEOUT,
-                ),
-            )
-        )
-        if (
-            fingerprint(
-                normalise_firewall(
-                    existing, self.gcp.project, with_logging=self.rendered.manages_logging
-                )
-            )
-            == item.fingerprint
-        ):
-            result.created += 1
-            return
-        other = description_owner(str(existing.get("description", "")))
-        if item.key.startswith(self._prefix) and other in ("", self._mine):
-            if self._update(item, result):
-                result.updated += 1
-                result.findings.append(
-                    Finding.of(
-                        FindingCode.FIREWALL_ADOPTED,
-                        f"{item.key} existed without this resource's mark (released earlier?) "
-                        "and was taken back",
-                        target=TARGET,
-                    )
-                )
-            return
-        result.errors.append(
-            f"firewalls.insert {item.key}: the name is taken by a rule "
-            f"{'of ' + other if other else 'this resource does not own'}"
-        )
-
-    def _update(self, item: DesiredItem[FirewallBody], result: ApplyResult) -> bool:
-        """PUT the whole desired rule in place (so fields that must become empty do)."""
-        errors = len(result.errors)
-        self._write(
-            "firewalls.update",
-            item.key,
-            self._sender(
-                self._api.firewalls.update_unary,
-                compute_v1.UpdateFirewallRequest(
-                    project=self.gcp.project,
-                    firewall=item.key,
-                    firewall_resource=to_firewall(item.payload),
-                ),
-            ),
-            result,
-        )
-        return len(result.errors) == errors
-
-    @staticmethod
-    def _sender(method: Callable[..., compute_v1.Operation], request: Any) -> Send:
-        """A call that stamps ``request_id`` on the request: the same ID on every retry."""
-
-        def send(request_id: str) -> compute_v1.Operation:
-            request.request_id = request_id
-            return method(request=request, retry=None, timeout=CALL_TIMEOUT)
-
-        return send
-
-    def _delete(self, name: str, result: ApplyResult) -> bool:
-        errors = len(result.errors)
-        try:
-            self._write(
-                "firewalls.delete",
-                name,
-                self._sender(
-                    self._api.firewalls.delete_unary,
-                    compute_v1.DeleteFirewallRequest(project=self.gcp.project, firewall=name),
-                ),
-                result,
-                raise_not_found=True,
-            )
-        except gexc.NotFound:
-            return True  # already gone: the goal is met
-        return len(result.errors) == errors
-
-    def _write(
-        self,
-        operation: str,
-        resource: str,
-        send: Send,
-        result: ApplyResult,
-        *,
-        raise_conflict: bool = False,
-        raise_not_found: bool = False,
-    ) -> None:
-        """One write and its operation. Per-change API refusals land in ``result.errors``;
-        throttling past the budget, permissions and quota raise."""
-        request_id = str(uuid.uuid4())
-        try:
-            op = self._call(operation, resource, lambda: send(request_id))
-            self._wait(op, operation, resource)
-        except gexc.Conflict:
-            if raise_conflict:
-                raise
-            result.errors.append(f"{operation} {resource}: conflict")
-        except gexc.NotFound as exc:
-            if raise_not_found:
-                raise
-            result.errors.append(f"{operation} {resource}: {message_of(exc)}")
-        except (gexc.GoogleAPICallError, OperationFailedError) as exc:
-            result.errors.append(f"{operation} {resource}: {message_of(exc)}")
-
-    def _wait(self, op: compute_v1.Operation, operation: str, resource: str) -> None:
-        rounds = 0
-        while op.status != compute_v1.Operation.Status.DONE:
-            rounds += 1
-            if rounds > self._wait_rounds:
-                raise TransientTargetError(
-                    f"operation {op.name} for {operation} {resource} is not done yet",
-                    operation=operation,
-                    resource=resource,
-                )
-            op = self._call(
-                "globalOperations.wait",
-                op.name,
-                functools.partial(
-                    self._api.operations.wait,
-                    project=self.gcp.project,
-                    operation=op.name,
-                    retry=None,
-                    timeout=CALL_TIMEOUT,
-                ),
-            )
-        errors = list(op.error.errors) if op.error else []
-        if errors:
-            codes = {e.code for e in errors}
-            text = "; ".join(f"{e.code}: {e.message}" for e in errors)
-            if codes & QUOTA_REASONS:
-                raise QuotaExhaustedError(text)
-            raise OperationFailedError(f"operation {op.name} failed: {text}")
 
     # -- one call, with retries and error translation -------------------------------------------
 

@@ -25,6 +25,12 @@ PAGE_SIZE = 500
 CALL_TIMEOUT = 30.0
 THROTTLE_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "RATE_LIMIT_EXCEEDED"}
 QUOTA_REASONS = {"quotaExceeded", "QUOTA_EXCEEDED"}
+# "The resource 'projects/p/global/networks/n' is not ready": the network is busy with another
+# change (GKE writing its own rules, a peering). As a 400 on the write, or as the error of an
+# operation that ended DONE without applying anything. Retried with backoff.
+NOT_READY_REASONS = {"resourceNotReady", "RESOURCE_NOT_READY"}
+# globalOperations.wait returns when the operation is DONE or near its 2-minute deadline.
+WAIT_DEADLINE = 120.0
 PERMISSIONS = {
     "firewalls.list": "compute.firewalls.list",
     "firewalls.get": "compute.firewalls.get",
@@ -73,14 +79,7 @@ def make_clients(
     )
 
 
-Send = Callable[[str], compute_v1.Operation]
-
-
 class QuotaExhaustedError(Exception):
-    pass
-
-
-class OperationFailedError(Exception):
     pass
 
 
@@ -105,6 +104,8 @@ def kind_of(exc: Exception) -> str:  # noqa: PLR0911 - one answer per error fami
         return "throttled"
     if reason in QUOTA_REASONS:
         return "quota"
+    if reason in NOT_READY_REASONS:
+        return "not_ready"
     if isinstance(exc, gexc.ServerError):
         return "transient"
     if isinstance(exc, gexc.Forbidden | gexc.PermissionDenied):
@@ -121,7 +122,24 @@ def classify(exc: Exception) -> Verdict:
         return Verdict("throttled", retry=True, why=message_of(exc))
     if kind == "transient":
         return Verdict("transient_error", retry=True, why=message_of(exc))
+    if kind == "not_ready":
+        # Not retried in place: the adapter sends it again after the rest of its wave, with
+        # a fresh request ID (see targets/gcp/adapter.py).
+        return Verdict("transient_error")
     return Verdict("error")
+
+
+def wait_operation(
+    clients: GcpClients, project: str, operation: str, timeout: float
+) -> compute_v1.Operation | None:
+    """One ``globalOperations.wait``, given at most ``timeout`` seconds on this side: ``None``
+    when that ran out first (the operation's state is unknown, which is no error)."""
+    try:
+        return clients.operations.wait(
+            project=project, operation=operation, retry=None, timeout=timeout
+        )
+    except requests.exceptions.ReadTimeout:
+        return None
 
 
 def message_of(exc: Exception) -> str:

@@ -1,0 +1,477 @@
+"""One benchmark, one table: what the operator costs and how fast it repairs, on this machine.
+
+    .venv/bin/python bench/run.py                       # everything, default sizes
+    .venv/bin/python bench/run.py --sizes 1 100         # fewer Kubernetes sizes
+    .venv/bin/python bench/run.py --only gcp aws plan   # some sections
+
+Sections (each prints its rows as it finishes; the whole table again at the end):
+
+- **kubernetes**: per size N, a fresh local control plane (etcd + kube-apiserver, as the e2e tier
+  runs it), N namespaces each with 2 Services and a ServerHardening (driftCheckInterval 60s),
+  and ``hardening run --all-namespaces`` as the chart's ServiceAccount (ClusterRole), logging as
+  in production (no ``--verbose``). Figures: time to /readyz and to all Enforced; repair latency
+  (a managed default-deny deleted, until it is back) p50/p99 over ``--repairs`` deletions
+  spread over a drift interval, so some land while checks run; idle CPU (share of one core,
+  from /proc utime+stime) and RSS over ``--idle-seconds``, the API writes the operator made in
+  that window (audit log) and its log lines; the same after a SIGKILL and restart.
+- **aws**: calls (at the HTTP proxy in front of moto) and wall time of converge, no-op and a
+  small change, this operator against a one-call-per-rule reconciler (the way ACK and
+  Crossplane reconcile security-group rules: a describe per group, then one Authorize, Revoke
+  or Modify per rule), executed against the same moto for the same plan.
+- **gcp**: a converge of the largest GCP example against the fake Compute API with operations
+  that take 1 s and 10 s: the parallel write path against the sequential one (one write and
+  its wait at a time, as the adapter did before).
+- **plan**: ``hardening plan`` on each example (wall time of the command, median of 5).
+
+Figures, not assertions: nothing here fails on a slow machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "tests"), str(ROOT / "dev"), str(ROOT / "bench")]
+
+ROWS: list[tuple[str, str, str]] = []  # (section, what, figure)
+
+
+def row(section: str, what: str, figure: str) -> None:
+    ROWS.append((section, what, figure))
+    print(f"| {section} | {what} | {figure} |", flush=True)
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with contextlib.suppress(OSError):
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kb / 1024 / 1024:.0f} GiB"
+    load = os.getloadavg()
+    return (
+        f"{model or platform.processor()}, {cpus} CPUs, {mem}, Linux {platform.release()}, "
+        f"Python {platform.python_version()}; load average at start {load[0]:.1f}"
+    )
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# -- kubernetes --------------------------------------------------------------------------------
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _kubernetes(sizes: list[int], idle_seconds: float, repairs: int) -> None:
+    from e2e.harness import OperatorProcess
+    from server_hardening_dev.controlplane import ControlPlane, ensure_binaries
+
+    class Operator(OperatorProcess):
+        """``hardening run --all-namespaces`` as deployed: INFO logging, not --verbose."""
+
+        def start(self) -> Operator:
+            args = [sys.executable, "-m", "server_hardening", "run", "--kubeconfig",
+                    str(self.kubeconfig), "--metrics-host", "127.0.0.1", "--metrics-port",
+                    str(self.port), "--all-namespaces"]  # fmt: skip
+            self.env["PYTHONPATH"] = str(ROOT / "operator")
+            self.log_path.write_bytes(b"")
+            log = self.log_path.open("ab")
+            self.started = time.monotonic()
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+            return self
+
+        def pid(self) -> int:
+            assert self.proc is not None
+            return self.proc.pid
+
+        def log_lines(self) -> int:
+            return len(self.log_path.read_bytes().splitlines())
+
+    binaries = ensure_binaries(progress=sys.stderr)
+    for size in sizes:
+        with ControlPlane(binaries) as cp:
+            api = cp.api_client()
+            try:
+                _kubernetes_size(cp, api, Operator, size, idle_seconds, repairs)
+            finally:
+                api.close()
+
+
+def _kubernetes_size(
+    cp: Any, api: Any, operator_class: Any, size: int, idle_seconds: float, repairs: int
+) -> None:
+    from kubernetes import client
+
+    from e2e.harness import GROUP, PLURAL, VERSION, custom, operator_identity, wait_for
+
+    kubeconfig, account = operator_identity(cp, api, [])
+    core = client.CoreV1Api(api)
+    net = client.NetworkingV1Api(api)
+    namespaces = [f"bench-{i:04d}" for i in range(size)]
+    t = time.monotonic()
+    for ns in namespaces:
+        _installation(api, core, ns)
+    row("kubernetes", f"{size} resources: created (namespace, 2 Services, resource)",
+        f"{time.monotonic() - t:.1f} s")  # fmt: skip
+
+    def enforced() -> int:
+        items = custom(api).list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+        return sum(1 for i in items if (i.get("status") or {}).get("phase") == "Enforced")
+
+    operator = operator_class(kubeconfig, []).start()
+    try:
+        for label in ("first start", "after a SIGKILL and restart"):
+            started = operator.started
+            wait_for("/readyz", lambda: operator.http("/readyz")[0] == 200, 900, 0.1)
+            ready = time.monotonic() - started
+            wait_for("all Enforced", lambda: enforced() == size or None, 900, 0.5)
+            converged = time.monotonic() - started
+            row("kubernetes", f"{size} resources, {label}: ready / all Enforced",
+                f"{ready:.1f} s / {converged:.1f} s")  # fmt: skip
+            _idle(cp, operator, account, size, label, idle_seconds)
+            if label == "first start":
+                _repairs(net, namespaces, size, repairs)
+                operator.kill()
+                operator.start()
+    finally:
+        operator.stop()
+
+
+def _installation(api: Any, core: Any, ns: str) -> None:
+    from e2e.harness import GROUP, PLURAL, VERSION, custom
+
+    core.create_namespace({"metadata": {"name": ns}})
+    for name, port in (("circleci-proxy", 443), ("nomad-server-external", 4647)):
+        core.create_namespaced_service(
+            ns,
+            {
+                "metadata": {"name": name},
+                "spec": {
+                    # headless: 2,000 Services would not fit the test cluster's Service CIDR
+                    "clusterIP": "None",
+                    "selector": {"app": name},
+                    "ports": [{"name": "p", "port": port, "targetPort": port}],
+                },
+            },
+        )
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ServerHardening",
+        "metadata": {"name": "circleci", "namespace": ns},
+        "spec": {
+            "serverVersion": "4.3",
+            "driftCheckInterval": "60s",
+            "topology": {
+                "kubernetesNodes": {"cidrs": ["10.0.0.0/16"]},
+                "nomadClients": {"cidrs": ["10.1.0.0/16"]},
+                "externalVMs": {"enabled": False},
+            },
+        },
+    }
+    custom(api).create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
+
+
+def _idle(cp: Any, operator: Any, account: str, size: int, label: str, seconds: float) -> None:
+    # Idle begins once the reconciles of the convergence (and of the watch events it caused)
+    # have stopped for 10 s; how long that took is a figure too.
+    began, last, count = time.monotonic(), time.monotonic(), -1.0
+    while time.monotonic() - last < 10 and time.monotonic() - began < 600:
+        now = operator.metric("server_hardening_reconciles_total")
+        if now != count:
+            count, last = now, time.monotonic()
+        time.sleep(1)
+    row("kubernetes", f"{size} resources, {label}: settled (no reconcile for 10 s) after",
+        f"{last - began:.1f} s more")  # fmt: skip
+    pid = operator.pid()
+    audit_before = len(cp.audit_events())
+    lines_before = operator.log_lines()
+    calls_before = operator.metric("server_hardening_api_calls_total")
+    cpu_before, wall_before = _cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    cpu = (_cpu_seconds(pid) - cpu_before) / (time.monotonic() - wall_before)
+    rss = _rss_mib(pid)
+    writes = Counter(
+        f"{e['verb']} {e['objectRef'].get('resource', '')}"
+        + (f"/{e['objectRef']['subresource']}" if e["objectRef"].get("subresource") else "")
+        for e in cp.audit_events()[audit_before:]
+        if e["user"]["username"].endswith(f":{account}")
+    )
+    per_minute = 60.0 / seconds
+    row("kubernetes", f"{size} resources, idle, {label}: CPU (one core) / RSS",
+        f"{cpu * 100:.2f} % / {rss:.0f} MiB")  # fmt: skip
+    status = sum(v for k, v in writes.items() if k.endswith("/status"))
+    events = sum(v for k, v in writes.items() if k.split()[1] == "events")
+    row("kubernetes", f"{size} resources, idle, {label}: status writes / events / all writes "
+        "per minute", f"{status * per_minute:.0f} / {events * per_minute:.0f} / "
+        f"{sum(writes.values()) * per_minute:.0f}")  # fmt: skip
+    calls = operator.metric("server_hardening_api_calls_total") - calls_before
+    lines = (operator.log_lines() - lines_before) * per_minute
+    row("kubernetes", f"{size} resources, idle, {label}: adapter API calls / log lines per "
+        "minute", f"{calls * per_minute:.0f} / {lines:.0f}")  # fmt: skip
+
+
+def _repairs(net: Any, namespaces: list[str], size: int, count: int) -> None:
+    """Delete a managed policy at random moments over one drift interval, time its return."""
+    from kubernetes.client.rest import ApiException
+
+    rng = random.Random(16)  # noqa: S311
+    picked = [rng.choice(namespaces) for _ in range(count)]
+    spacing = 60.0 / max(count, 1)
+    latencies = []
+    for ns in picked:
+        policies = net.list_namespaced_network_policy(ns).items
+        victim = next(p for p in policies if "default-deny" in p.metadata.name)
+        name, uid = victim.metadata.name, victim.metadata.uid
+        began = time.monotonic()
+        net.delete_namespaced_network_policy(name, ns)
+        while True:
+            try:
+                back = net.read_namespaced_network_policy(name, ns)
+                if back.metadata.uid != uid:
+                    break
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+            time.sleep(0.005)
+        latencies.append(time.monotonic() - began)
+        time.sleep(max(0.0, spacing - (time.monotonic() - began)) * rng.random() * 2)
+    row("kubernetes", f"{size} resources: repair latency p50 / p99 / max ({count} deletions "
+        "over a drift interval)", f"{pct(latencies, 0.5) * 1000:.0f} / "
+        f"{pct(latencies, 0.99) * 1000:.0f} / {max(latencies) * 1000:.0f} ms")  # fmt: skip
+
+
+# -- aws ---------------------------------------------------------------------------------------
+
+
+def _aws() -> None:
+    from aws_requests import changed
+
+    from adapters.aws.double import MotoDouble
+    from adapters.aws.world import make_world, many_groups, reconcile
+
+    double = MotoDouble()
+    try:
+        for groups, per_group in ((4, 50), (40, 50)):
+            label = f"{groups} groups x {per_group} rules"
+            ours = _aws_ours(double, groups, per_group, make_world, many_groups, reconcile, changed)
+            base = _aws_baseline(double, groups, per_group, make_world, many_groups, changed)
+            for scenario in ("converge", "no-op", "change"):
+                (calls, wall), (bcalls, bwall) = ours[scenario], base[scenario]
+                row("aws", f"{label}, {scenario}: calls / wall, this operator vs one call per "
+                    "rule", f"{calls} / {wall:.2f} s vs {bcalls} / {bwall:.2f} s")  # fmt: skip
+    finally:
+        double.stop()
+
+
+def _aws_ours(double, groups, per_group, make_world, many_groups, reconcile, changed):  # type: ignore[no-untyped-def]
+    world = make_world(double, keep_default_egress=False)
+    rendered = many_groups(world.ec2, world.vpc, groups, per_group)
+    out = {}
+    for scenario, target in (
+        ("converge", world.target(rendered)),
+        ("no-op", world.target(rendered)),
+        ("change", world.target(changed(rendered))),
+    ):
+        double.proxy.reset()
+        began = time.monotonic()
+        reconcile(target)
+        out[scenario] = (sum(double.counts().values()), time.monotonic() - began)
+    return out
+
+
+def _aws_baseline(double, groups, per_group, make_world, many_groups, changed):  # type: ignore[no-untyped-def]
+    """A reconciler that writes one rule per call: a describe of each group's rules, then one
+    Authorize per missing rule, one Modify per rule whose description changed, one Revoke per
+    rule to go. The plan is this project's (the same decisions); only the calls differ."""
+    from server_hardening.reconcile import plan_target
+    from server_hardening.renderers.aws import permissions
+
+    world = make_world(double, keep_default_egress=False)
+    rendered = many_groups(world.ec2, world.vpc, groups, per_group)
+    ec2 = world.ec2
+    out = {}
+    for scenario, wanted in (("converge", rendered), ("no-op", rendered),
+                             ("change", changed(rendered))):  # fmt: skip
+        target = world.target(wanted)
+        plan = plan_target(target, target.observe(), remove_unmanaged=False)
+        double.proxy.reset()
+        began = time.monotonic()
+        for group in wanted.group_ids:
+            ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [group]}])
+        for item in plan.create:
+            atom = item.payload
+            call = (ec2.authorize_security_group_ingress if atom.direction.value == "ingress"
+                    else ec2.authorize_security_group_egress)  # fmt: skip
+            call(
+                GroupId=atom.group_id,
+                IpPermissions=permissions([atom]),
+                # marked as this operator marks them, so the next pass plans the same way
+                TagSpecifications=[{"ResourceType": "security-group-rule", "Tags": target._tags()}],
+            )
+        for change in plan.update:
+            atom = change.desired.payload
+            ec2.modify_security_group_rules(
+                GroupId=atom.group_id,
+                SecurityGroupRules=[{
+                    "SecurityGroupRuleId": change.observed.native_id,
+                    "SecurityGroupRule": {"IpProtocol": atom.protocol, "FromPort": atom.from_port,
+                                          "ToPort": atom.to_port, "CidrIpv4": atom.peer,
+                                          "Description": atom.description},
+                }],
+            )  # fmt: skip
+        for stale in plan.delete:
+            atom = stale.payload
+            call = (ec2.revoke_security_group_ingress if atom.direction.value == "ingress"
+                    else ec2.revoke_security_group_egress)  # fmt: skip
+            call(GroupId=atom.group_id, SecurityGroupRuleIds=[stale.native_id])
+        out[scenario] = (sum(double.counts().values()), time.monotonic() - began)
+    return out
+
+
+# -- gcp ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _fake(latency: float) -> Iterator[Any]:
+    from fakes.gcp_compute import FakeCompute
+
+    with FakeCompute(operation_seconds=latency, firewall_quota=500) as fake:
+        yield fake
+
+
+def _gcp(latencies: list[float], sequential_up_to: float) -> None:
+    import yaml
+    from google.auth.credentials import AnonymousCredentials
+
+    from server_hardening.compiler import compile_intent
+    from server_hardening.drift import Plan
+    from server_hardening.model import ResourceRef, parse_spec
+    from server_hardening.reconcile import plan_target
+    from server_hardening.targets.gcp import GcpTarget, make_clients
+
+    body = yaml.safe_load((ROOT / "examples" / "gcp-v3.yaml").read_text())
+    owner = ResourceRef("circleci-server", "circleci", "bench-uid")
+
+    def target_for(fake: Any) -> GcpTarget:
+        raw = copy.deepcopy(body["spec"])
+        raw["gcp"]["endpoint"] = fake.url
+        spec = parse_spec(raw)
+        assert spec.gcp is not None
+        return GcpTarget.from_rules(
+            compile_intent(spec).cloud_rules("gcp"),
+            spec.gcp,
+            owner,
+            client_factory=lambda g: make_clients(g, AnonymousCredentials()),  # type: ignore
+        )
+
+    for latency in latencies:
+        with _fake(latency) as fake:
+            target = target_for(fake)
+            plan = plan_target(target, target.observe(), remove_unmanaged=False)
+            began = time.monotonic()
+            result = target.apply(plan)
+            parallel = time.monotonic() - began
+            assert not result.errors, result.errors
+            waits = len(fake.calls("globalOperations.wait"))
+        figure = f"{parallel:.1f} s ({waits} waits, at most {fake.max_outstanding} at once)"
+        if latency <= sequential_up_to:
+            with _fake(latency) as fake:
+                target = target_for(fake)
+                plan = plan_target(target, target.observe(), remove_unmanaged=False)
+                began = time.monotonic()
+                for item in plan.create:  # one write and its wait at a time
+                    target.apply(Plan(target="gcp", create=(item,)))
+                sequential = time.monotonic() - began
+            figure += f" vs {sequential:.1f} s sequential"
+        else:
+            figure += f" vs sequential not run (about {len(plan.create) * latency:.0f} s)"
+        row("gcp", f"converge {len(plan.create)} rules, operations of {latency:g} s: parallel vs "
+            "sequential", figure)  # fmt: skip
+
+
+# -- plan --------------------------------------------------------------------------------------
+
+
+def _plan() -> None:
+    for example in sorted((ROOT / "examples").glob("*.yaml"), key=lambda p: -p.stat().st_size):
+        walls = []
+        for _ in range(5):
+            began = time.monotonic()
+            subprocess.run(
+                [sys.executable, "-m", "server_hardening", "plan", "-f", str(example)],
+                check=True,
+                capture_output=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT / "operator")},
+            )
+            walls.append(time.monotonic() - began)
+        row("plan", f"hardening plan -f examples/{example.name} ({example.stat().st_size} B)",
+            f"{statistics.median(walls):.2f} s (median of 5, process start included)")  # fmt: skip
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "plan": lambda a: _plan(),
+    "gcp": lambda a: _gcp(a.gcp_latencies, a.sequential_up_to),
+    "aws": lambda a: _aws(),
+    "kubernetes": lambda a: _kubernetes(a.sizes, a.idle_seconds, a.repairs),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 100, 1000])
+    parser.add_argument("--idle-seconds", type=float, default=60.0)
+    parser.add_argument("--repairs", type=int, default=20)
+    parser.add_argument("--gcp-latencies", type=float, nargs="+", default=[1.0, 10.0])
+    parser.add_argument(
+        "--sequential-up-to",
+        type=float,
+        default=10.0,
+        help="run the sequential GCP converge only for operation latencies up to this",
+    )
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    print(f"machine: {machine()}\n")
+    print("| section | what | figure |\n|---|---|---|", flush=True)
+    for name, section in SECTIONS.items():
+        if name in args.only:
+            section(args)
+    print("\n| section | what | figure |\n|---|---|---|")
+    for section, what, figure in ROWS:
+        print(f"| {section} | {what} | {figure} |")
+
+
+if __name__ == "__main__":
+    main()

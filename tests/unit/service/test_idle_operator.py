@@ -1,0 +1,235 @@
+"""The operator at rest: no status write and no Event when nothing changed, a drift episode's
+Events once and a recurrence counted, checks spread over the interval, unchanged Kubernetes-only
+checks skipped from the watch caches, readiness once caught up. No kopf, no API server."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from builders import make_spec
+from server_hardening import metrics, service
+from server_hardening.compiler import CompiledIntent
+from server_hardening.drift import Claimer, DesiredItem, ObservedItem, Plan, UnmanagedJudge
+from server_hardening.model import ResourceRef
+from server_hardening.ownership import OWNER_ANNOTATION
+from server_hardening.service import OperatorState, Registration, next_slot
+from server_hardening.targets.base import ApplyResult, Observation, Target
+from server_hardening.targets.kubernetes import CachedNamespace
+
+NS, NAME = "circleci-server", "circleci"
+
+
+@dataclass
+class Policies:
+    """A Kubernetes-like target: wanted keys, and what is held (key -> fingerprint)."""
+
+    wanted: dict[str, str]
+    held: dict[str, str] = field(default_factory=dict)
+    observed: int = 0
+    name: str = "kubernetes"
+
+    def desired(self) -> Sequence[DesiredItem[Any]]:
+        return [DesiredItem(k, v, {"k": k}) for k, v in self.wanted.items()]
+
+    def observe(self) -> Observation[Any]:
+        self.observed += 1
+        return Observation(
+            tuple(ObservedItem(k, fp, {"k": k}, True, k) for k, fp in self.held.items())
+        )
+
+    def judge_unmanaged(self) -> UnmanagedJudge[Any]:
+        return lambda item: None
+
+    def judge_foreign(self) -> UnmanagedJudge[Any]:
+        return lambda item: None
+
+    def claimer(self) -> Claimer[Any]:
+        return lambda item, desired: None
+
+    def apply(self, plan: Plan[Any]) -> ApplyResult:
+        for d in plan.create:
+            self.held[d.key] = d.fingerprint
+        for u in plan.update:
+            self.held[u.desired.key] = u.desired.fingerprint
+        return ApplyResult(created=len(plan.create), updated=len(plan.update))
+
+    def release(self, observed: Observation[Any], *, delete: bool) -> ApplyResult:
+        return ApplyResult()
+
+
+@dataclass
+class Factory:
+    target: Policies
+    cached_seen: list[CachedNamespace | None] = field(default_factory=list)
+
+    def build(
+        self, intent: CompiledIntent, ref: ResourceRef
+    ) -> list[tuple[str, Callable[[], Target[Any]]]]:
+        return [("kubernetes", lambda: self.target)]
+
+    def with_cache(self, cached: CachedNamespace | None) -> Factory:
+        self.cached_seen.append(cached)
+        return self
+
+
+@dataclass
+class Resources:
+    """The resource's API: one body, status patches and events recorded."""
+
+    body: dict[str, Any]
+    patches: list[dict[str, Any]] = field(default_factory=list)
+    events: list[tuple[str, int]] = field(default_factory=list)  # (reason, count)
+    reports: int = 0  # OpenReports writes: they follow the status writes
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.body
+
+    def publish_report(self, report: Any, owner: Any) -> bool:
+        self.reports += 1
+        return True
+
+    def patch_status(self, namespace: str, name: str, status: Any) -> None:
+        self.patches.append(dict(status))
+        self.body["status"] = dict(status)
+
+    def post_event(self, body: Any, type_: str, reason: str, message: str) -> str:
+        raise AssertionError("events go through post_or_count_event")
+
+    def post_or_count_event(
+        self,
+        body: Any,
+        type_: str,
+        reason: str,
+        message: str,
+        *,
+        repeat_of: tuple[str, int] | None = None,
+    ) -> tuple[str, int]:
+        name, count = repeat_of or (f"{reason}-{len(self.events)}", 0)
+        self.events.append((reason, count + 1))
+        return name, count + 1
+
+
+def make_state(target: Policies, spec: dict[str, Any] | None = None) -> OperatorState:
+    body = {
+        "metadata": {"namespace": NS, "name": NAME, "uid": "u-1", "generation": 1},
+        "spec": spec or make_spec().model_dump(by_alias=True, mode="json"),
+    }
+    return OperatorState(factory=Factory(target), resources=Resources(body))  # type: ignore[arg-type]
+
+
+def resources(state: OperatorState) -> Resources:
+    assert isinstance(state.resources, Resources)
+    return state.resources
+
+
+def test_a_check_that_changes_nothing_writes_no_status_and_posts_no_event() -> None:
+    target = Policies({"a": "1", "b": "1"})
+    state = make_state(target)
+    service.reconcile_resource(state, NS, NAME)
+    assert len(resources(state).patches) == 1
+    assert [r for r, _ in resources(state).events] == ["Applied"]
+
+    for _ in range(3):
+        service.reconcile_resource(state, NS, NAME)
+    assert target.observed == 4  # checked every time
+    assert len(resources(state).patches) == 1  # written once
+    assert resources(state).reports == 1  # the OpenReports Report follows the status
+    assert [r for r, _ in resources(state).events] == ["Applied"]
+
+
+def test_a_drift_episode_posts_once_and_a_recurrence_counts_on_the_same_event() -> None:
+    target = Policies({"a": "1"})
+    state = make_state(target)
+    service.reconcile_resource(state, NS, NAME)  # first convergence: Applied
+    assert len(resources(state).events) == 1
+
+    target.held["a"] = "edited"  # someone edits the policy: drift, repaired
+    service.reconcile_resource(state, NS, NAME)
+    assert [r for r, _ in resources(state).events][1:] == ["DriftDetected", "Applied"]
+    service.reconcile_resource(state, NS, NAME)  # quiet again
+    assert len(resources(state).events) == 3
+
+    target.held["a"] = "edited"  # the same drift again: counted on the events posted before
+    service.reconcile_resource(state, NS, NAME)
+    assert resources(state).events[3:] == [("DriftDetected", 2), ("Applied", 2)]
+
+
+def test_checks_of_many_resources_are_spread_over_the_interval_and_never_bunch() -> None:
+    state = make_state(Policies({}))
+    interval = 60.0
+    now = 1_000_000.0
+    state.clock = lambda: now
+    spec = make_spec().model_dump(by_alias=True, mode="json")
+    spec["driftCheckInterval"] = "60s"
+    for i in range(1000):
+        service.register(state, f"ns-{i}", NAME, f"uid-{i:04d}", spec, 1)
+    due = sorted(state.next_check.values())
+    assert len(due) == 1000
+    assert all(now + interval / 2 <= d < now + 1.5 * interval for d in due)
+    # ten six-second buckets over the minute: none holds much more than its share
+    buckets = [0] * 10
+    for d in due:
+        buckets[int((d % interval) // 6)] += 1
+    assert max(buckets) < 2 * statistics.mean(buckets)
+
+
+def test_the_next_slot_keeps_the_resources_phase() -> None:
+    registration = Registration(interval=60.0, phase=17.0, clouds=False, generation=1)
+    for now in (0.0, 12.5, 47.0, 1_000.0):
+        slot = next_slot(now, registration)
+        assert slot % 60.0 == 17.0
+        assert now + 30.0 <= slot < now + 90.0
+
+
+def _cache(version: str, *, ours: bool = True) -> CachedNamespace:
+    annotations = {OWNER_ANNOTATION: f"{NS}/{NAME}/u-1"} if ours else {}
+    meta = {"name": "a", "resourceVersion": version, "annotations": annotations}
+    return CachedNamespace(policies=({"metadata": meta, "spec": {}},), services={})
+
+
+def test_an_unchanged_kubernetes_only_check_is_skipped_until_the_next_full_check() -> None:
+    target = Policies({"a": "1"}, {"a": "1"})
+    state = make_state(target)
+    cache = {"now": _cache("1")}
+    state.cached_view = lambda namespace: cache["now"]
+    service.register(state, NS, NAME, "u-1", resources(state).body["spec"], 1)
+    skipped = metrics.DRIFT_CHECKS.labels(how="unchanged")
+
+    async def check() -> None:
+        await service.request_reconcile(state, NS, NAME, timed=True)
+
+    asyncio.run(service.request_reconcile(state, NS, NAME))  # the first reconcile
+    assert target.observed == 1
+    before = skipped._value.get()
+    asyncio.run(check())
+    assert target.observed == 1 and skipped._value.get() == before + 1
+
+    factory = state.factory
+    assert isinstance(factory, Factory)
+    assert factory.cached_seen == []  # the first reconcile since start reads the API
+
+    cache["now"] = _cache("2")  # a policy changed: the check runs, from the cache
+    asyncio.run(check())
+    assert target.observed == 2 and factory.cached_seen == [cache["now"]]
+
+    cache["now"] = _cache("3", ours=False)  # a cache behind the API (our policy not in it)
+    asyncio.run(check())
+    assert target.observed == 3 and len(factory.cached_seen) == 1  # read from the API
+
+    for _ in range(service.FULL_CHECK_EVERY):
+        asyncio.run(check())
+    assert target.observed == 4  # one full check, reading the API
+    assert len(factory.cached_seen) == 1
+
+
+def test_ready_only_once_every_known_resource_was_reconciled() -> None:
+    state = make_state(Policies({"a": "1"}))
+    assert not state.reconciling  # the watches have not delivered anything yet
+    state.awaiting = {(NS, NAME)}
+    assert not state.reconciling
+    service.reconcile_resource(state, NS, NAME)
+    assert state.reconciling
