@@ -261,9 +261,13 @@ def test_an_allow_all_policy_is_reported_then_removed_when_asked(
         lambda: "allow-everything" not in network_policies(admin_api, ns),
     )
     wait_for("Enforced", phase_is(admin_api, ns, "Enforced"))
-    assert any(
-        e.reason == "RemovedUnmanaged" and "allow-everything" in e.message
-        for e in events_for(admin_api, ns, NAME)
+    # Events are posted after the status is written: wait for it rather than race it.
+    wait_for(
+        "the RemovedUnmanaged event",
+        lambda: any(
+            e.reason == "RemovedUnmanaged" and "allow-everything" in e.message
+            for e in events_for(admin_api, ns, NAME)
+        ),
     )
 
 
