@@ -1,8 +1,7 @@
 """The Kubernetes target: NetworkPolicies in the server's namespace, through the API server.
 
 Observe lists the namespace's policies once and reads the guide's Services (to find the pods
-behind them), or takes both from a :class:`CachedNamespace` (the operator's watch caches) when
-one is passed in; apply creates and replaces before it deletes; every write names the exact object
+behind them); apply creates and replaces before it deletes; every write names the exact object
 (``resourceVersion`` on replace, ``uid`` precondition on delete), so a policy changed or
 re-created by someone else in between is never overwritten or removed by mistake.
 """
@@ -11,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import urllib3
@@ -51,17 +49,6 @@ from server_hardening.targets.base import (
 from server_hardening.targets.retry import Retrier, RetryPolicy, Verdict
 
 NAME = "kubernetes"
-
-
-@dataclass(frozen=True)
-class CachedNamespace:
-    """One namespace as the operator's watches last saw it: the NetworkPolicies (as the API
-    returns them) and the Services by name (at least ``metadata`` and ``spec.selector``/``ports``).
-    Given to :func:`resolve_components` and :class:`KubernetesTarget`, it replaces the Service
-    reads and the policy list: the observation is the same, without a call."""
-
-    policies: tuple[Mapping[str, Any], ...]
-    services: Mapping[str, Mapping[str, Any]]
 
 
 def translate(exc: Exception, operation: str, resource: str) -> TargetError:
@@ -126,10 +113,8 @@ def resolve_components(
     namespace: str,
     intent: CompiledIntent,
     record: ApiCallRecorder = ignore_call,
-    cached: CachedNamespace | None = None,
 ) -> tuple[dict[Component, components.ResolvedComponent], list[Finding]]:
-    """Read the guide's Services (or take them from ``cached``) and find the pods and pod
-    ports behind them."""
+    """Read the guide's Services and find the pods and pod ports behind them."""
     core = client.CoreV1Api(api)
     call = KubernetesCalls(record)
     pinned, pending = components.lookups(intent)
@@ -138,12 +123,6 @@ def resolve_components(
     for lookup in pending:
         outcome: components.ResolvedComponent | Finding | None = None
         for name in lookup.names:
-            if cached is not None:
-                found = cached.services.get(name)
-                if found is None:
-                    continue
-                outcome = components.from_service(lookup, found)
-                break
             try:
                 service = _json(
                     call(
@@ -203,9 +182,7 @@ class KubernetesTarget:
         *,
         record_call: ApiCallRecorder = ignore_call,
         findings: Sequence[Finding] = (),
-        cached: CachedNamespace | None = None,
     ) -> None:
-        self.cached = cached
         self.intent = intent
         self.ref = ref
         self.api = api
@@ -219,22 +196,18 @@ class KubernetesTarget:
 
     def observe(self) -> Observation[Manifest]:
         self.call.retrier.new_pass()
-        if self.cached is not None:
-            policies: Sequence[Mapping[str, Any]] = self.cached.policies
-        else:
-            listing = _json(
-                self.call(
-                    "list_networkpolicies",
-                    f"namespace/{self.ref.namespace}",
-                    self.net.list_namespaced_network_policy,
-                    self.ref.namespace,
-                    _preload_content=False,
-                )
+        listing = _json(
+            self.call(
+                "list_networkpolicies",
+                f"namespace/{self.ref.namespace}",
+                self.net.list_namespaced_network_policy,
+                self.ref.namespace,
+                _preload_content=False,
             )
-            policies = listing.get("items") or []
+        )
         me = owner_key(self.ref)
         items: list[ObservedItem[Manifest]] = []
-        for policy in policies:
+        for policy in listing.get("items") or []:
             meta = policy["metadata"]
             owned, owner = _ownership(policy, me)
             items.append(
