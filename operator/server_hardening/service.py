@@ -183,10 +183,18 @@ def reconcile_resource(state: OperatorState, namespace: str, name: str) -> Repor
 
 
 def same_status(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """Whether writing ``new`` would change anything but the check times."""
+    """Whether writing ``new`` would change anything but the check times. Compared as the API
+    stores it: the status is a merge patch, where ``null`` means absent."""
+
+    def stored(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: stored(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list):
+            return [stored(v) for v in value]
+        return value
 
     def without_times(status: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in status.items() if k not in CHECK_TIMES}
+        return {k: v for k, v in stored(status).items() if k not in CHECK_TIMES}
 
     return without_times(old) == without_times(new)
 
