@@ -23,7 +23,9 @@ Sections (each prints its rows as it finishes; the whole table again at the end)
   its wait at a time, as the adapter did before).
 - **plan**: ``hardening plan`` on each example (wall time of the command, median of 5).
 
-Figures, not assertions: nothing here fails on a slow machine.
+Figures, not assertions: nothing here fails on a slow machine. ``BENCH_OPERATOR_SRC`` (a
+directory holding ``server_hardening``) runs another version of the operator under the same
+Kubernetes bench, for a comparison.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def _kubernetes(sizes: list[int], idle_seconds: float, repairs: int) -> None:
             args = [sys.executable, "-m", "server_hardening", "run", "--kubeconfig",
                     str(self.kubeconfig), "--metrics-host", "127.0.0.1", "--metrics-port",
                     str(self.port), "--all-namespaces"]  # fmt: skip
-            self.env["PYTHONPATH"] = str(ROOT / "operator")
+            self.env["PYTHONPATH"] = os.environ.get("BENCH_OPERATOR_SRC", str(ROOT / "operator"))
             self.log_path.write_bytes(b"")
             log = self.log_path.open("ab")
             self.started = time.monotonic()

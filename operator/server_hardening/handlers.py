@@ -13,10 +13,12 @@ Triggers, all funnelled into one coalescing runner per resource
   replaces a kopf timer per resource: those woke every few seconds each, logged
   "Timer ... succeeded." at INFO every time, and lined up into bursts.
 
-The NetworkPolicies and Services are kept in two kopf indexes (slim copies: metadata without
-managedFields, and the spec), which kopf fills before any handler runs; the Kubernetes target
-observes from them (:class:`~server_hardening.targets.kubernetes.CachedNamespace`) instead of
-reading the API at every check. kopf's per-object INFO lines ("Handler ... succeeded.") are
+The versions of the NetworkPolicies and Services the watches delivered are kept per namespace
+(:class:`~server_hardening.service.NamespaceVersions`): a timed check of a Kubernetes-only
+resource whose namespace saw no event since its last check is skipped (every event already
+triggers a reconcile). They are not kopf indexes: kopf runs no handler until every index is
+filled, and indexing thousands of policies and Services held the first reconcile back for
+minutes at 1,000 resources. kopf's per-object INFO lines ("Handler ... succeeded.") are
 lowered to WARNING unless ``--verbose``: the service logs what each reconcile did when it did
 something.
 
@@ -28,7 +30,6 @@ the runner.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import time
 from collections.abc import Mapping
@@ -40,7 +41,6 @@ from server_hardening import metrics, service
 from server_hardening.model import GROUP, PLURAL, VERSION
 from server_hardening.service import OperatorState
 from server_hardening.targets.base import TargetError
-from server_hardening.targets.kubernetes import CachedNamespace
 
 FINALIZER = "hardening.circleci.com/finalizer"
 RETRY_DELAY = 10.0
@@ -132,42 +132,25 @@ def by_namespace(namespace: str | None, name: str, **_: Any) -> dict[str | None,
     return {namespace: name}
 
 
-def _slim(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the Kubernetes target reads of a policy or Service: metadata (without the
-    managedFields, often the larger part) and the spec."""
-    meta = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
-    return copy.deepcopy({"metadata": meta, "spec": dict(body.get("spec") or {})})
-
-
-@kopf.index("networking.k8s.io", "v1", "networkpolicies", id="policies")
-def policies(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str | None, Any]:
-    return {namespace: _slim(body)}
-
-
-@kopf.index("", "v1", "services", id="services")
-def services(namespace: str | None, body: kopf.Body, **_: Any) -> dict[str | None, Any]:
-    return {namespace: _slim(body)}
-
-
-def _attach_caches(memo: Any, handler_kwargs: Mapping[str, Any]) -> None:
-    """The first handler call: kopf has filled the indexes (it runs no handler before), so the
-    caches can be observed from and the resources there are known (for /readyz)."""
+def _attach(memo: Any, handler_kwargs: Mapping[str, Any]) -> None:
+    """The first handler call: kopf has filled the ServerHardening index (it runs no handler
+    before), so the resources there are known (for /readyz)."""
     state = state_of(memo)
-    if state.cached_view is not None:
+    if state.awaiting is not None:
         return
-    policies_index = handler_kwargs["policies"]
-    services_index = handler_kwargs["services"]
-
-    def view(namespace: str) -> CachedNamespace:
-        found = list(services_index.get(namespace, []))
-        return CachedNamespace(
-            policies=tuple(policies_index.get(namespace, [])),
-            services={str(s["metadata"]["name"]): s for s in found},
-        )
-
-    state.cached_view = view
     known = handler_kwargs["by_namespace"]
     state.awaiting = {(ns, name) for ns in known for name in set(known[ns]) if ns is not None}
+
+
+def _seen(memo: Any, kind: str, event: Mapping[str, Any]) -> None:
+    """Keep the version of every NetworkPolicy and Service the watches delivered: a drift check
+    of a Kubernetes-only resource is skipped while nothing in its namespace changed."""
+    obj = event.get("object") or {}
+    meta = obj.get("metadata") or {}
+    namespace, name = meta.get("namespace"), meta.get("name")
+    if namespace and name:
+        version = "" if event.get("type") == "DELETED" else str(meta.get("resourceVersion", ""))
+        state_of(memo).versions.seen(namespace, kind, name, version)
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")
@@ -183,7 +166,7 @@ async def on_change(
 ) -> None:
     if namespace is None:
         return
-    _attach_caches(memo, kwargs)
+    _attach(memo, kwargs)
     state = state_of(memo)
     state.released.discard((namespace, name))  # re-created under the same name
     generation = int(meta.get("generation") or 0)
@@ -217,7 +200,8 @@ def _listed(event: Mapping[str, Any]) -> bool:
 async def networkpolicy_changed(
     namespace: str | None, event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any
 ) -> None:
-    _attach_caches(memo, kwargs)
+    _attach(memo, kwargs)
+    _seen(memo, "networkpolicy", event)
     if not _listed(event):
         await _owners_in(memo, namespace, kwargs["by_namespace"])
 
@@ -226,7 +210,8 @@ async def networkpolicy_changed(
 async def service_changed(
     namespace: str | None, event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any
 ) -> None:
-    _attach_caches(memo, kwargs)
+    _attach(memo, kwargs)
+    _seen(memo, "service", event)
     if not _listed(event):
         await _owners_in(memo, namespace, kwargs["by_namespace"])
 

@@ -48,8 +48,8 @@ Series
     Writes the operator made. action: adopt | create | update | delete | remove_unmanaged.
 ``server_hardening_drift_checks_total{how}`` counter
     Timed drift checks. how: full (the pipeline ran) | unchanged (a Kubernetes-only resource
-    whose spec, NetworkPolicies and Services had not changed since its last check, per the
-    watch caches: nothing to compare, its check timestamps move on).
+    whose spec did not change and whose namespace saw no NetworkPolicy or Service event since
+    its last check: nothing to compare, its check timestamps move on).
 ``server_hardening_watch_alive`` gauge
     1 while the operator's watch streams are alive (the liveness probe reads the same state).
 """
@@ -105,7 +105,7 @@ DRIFT_DETECTED = Counter(
 )
 DRIFT_CHECKS = Counter(
     "server_hardening_drift_checks",
-    "Timed drift checks, by how they were done (full, or unchanged per the watch caches).",
+    "Timed drift checks, by how they were done (full, or skipped as unchanged).",
     ["how"],
     registry=REGISTRY,
 )

@@ -4,16 +4,13 @@ the drift checks.
 
 Idle costs next to nothing: the status is written only when it changes (the time of every check
 is in the ``server_hardening_last_drift_check_timestamp_seconds`` metric), a drift episode posts
-its Events once and a recurrence counts on the Event posted before (as client-go does), the
-Kubernetes target is observed from the watch caches, and a Kubernetes-only resource whose spec,
-NetworkPolicies and Services have not changed since its last check is not checked again until
-its next full check (every :data:`FULL_CHECK_EVERY`-th, which reads the API: the backstop against
-a cache gone wrong). One scheduler (:func:`run_drift_checks`) spreads the checks over the
-interval: each resource has its own phase, from its uid.
-
-The kopf handlers (:mod:`server_hardening.handlers`) only translate kopf's events into calls
-here and keep one :class:`OperatorState` in kopf's ``memo``. Nothing here imports kopf, so the
-same code runs under any trigger (a test, the CLI) and is tested without an event loop of kopf's.
+its Events once and a recurrence counts on the Event posted before (as client-go does), and a
+Kubernetes-only resource whose spec did not change and whose namespace saw no NetworkPolicy or
+Service event since its last check is not checked again (every such event triggers a reconcile
+already) until its next full check: every :data:`FULL_CHECK_EVERY`-th, the backstop against a
+missed event. A check that runs reads the API: what it compares is fresh. One scheduler
+(:func:`run_drift_checks`) spreads the checks over the interval: each resource has its own
+phase, from its uid.
 """
 
 from __future__ import annotations
@@ -39,7 +36,6 @@ from server_hardening.model import (
     SpecError,
     parse_spec,
 )
-from server_hardening.ownership import OWNER_ANNOTATION, owner_from_annotation
 from server_hardening.reconcile import (
     Phase,
     Report,
@@ -49,7 +45,7 @@ from server_hardening.reconcile import (
     refuse_keeping_the_last,
 )
 from server_hardening.targets.base import TargetError, TransientTargetError
-from server_hardening.targets.kubernetes import CachedNamespace, ResourceClient
+from server_hardening.targets.kubernetes import ResourceClient
 
 log = logging.getLogger("server_hardening")
 
@@ -77,6 +73,29 @@ class Registration:
     generation: int
 
 
+class NamespaceVersions:
+    """What the watches delivered, per namespace: the resourceVersion of every NetworkPolicy and
+    Service, and a counter that moves whenever one of them changes (O(1) to compare)."""
+
+    def __init__(self) -> None:
+        self._versions: dict[str, dict[tuple[str, str], str]] = {}
+        self._changes: dict[str, int] = {}
+
+    def seen(self, namespace: str, kind: str, name: str, version: str) -> None:
+        """``version`` empty: the object was deleted."""
+        known = self._versions.setdefault(namespace, {})
+        if known.get((kind, name), "") == version:
+            return
+        if version:
+            known[(kind, name)] = version
+        else:
+            known.pop((kind, name), None)
+        self._changes[namespace] = self._changes.get(namespace, 0) + 1
+
+    def changes(self, namespace: str) -> int:
+        return self._changes.get(namespace, 0)
+
+
 @dataclass
 class OperatorState:
     """Per-operator state, kept in kopf's ``memo`` (never a module global)."""
@@ -91,13 +110,11 @@ class OperatorState:
     timed_checks: dict[Key, int] = field(default_factory=dict)
     # What the last check saw (spec generation, resourceVersions), to skip an unchanged one.
     inputs_seen: dict[Key, Hashable] = field(default_factory=dict)
-    managed_policies: dict[Key, int] = field(default_factory=dict)
+    versions: NamespaceVersions = field(default_factory=NamespaceVersions)
     # The events of the last pass (an episode goes on while they repeat) and, per event, the
     # name and count of the Event posted for it (a recurrence counts on it).
     events_seen: dict[Key, frozenset[EventKey]] = field(default_factory=dict)
     event_series: dict[tuple[Key, EventKey], tuple[str, int]] = field(default_factory=dict)
-    # The watch caches of one namespace, as the handlers see them (None: read the API).
-    cached_view: Callable[[str], CachedNamespace] | None = None
     # Resources known when the watches were first served, not reconciled yet (None: not yet
     # known); /readyz waits for them.
     awaiting: set[Key] | None = None
@@ -126,11 +143,9 @@ class OperatorState:
         return not self.awaiting
 
 
-def reconcile_resource(
-    state: OperatorState, namespace: str, name: str, cached: CachedNamespace | None = None
-) -> Report | None:
+def reconcile_resource(state: OperatorState, namespace: str, name: str) -> Report | None:
     """Read the resource fresh, run the pipeline, write status (when it changed), events (new
-    ones; repeats counted) and metrics. ``cached``: observe Kubernetes from the watch caches."""
+    ones; repeats counted) and metrics."""
     body = state.resources.get(namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
@@ -140,16 +155,14 @@ def reconcile_resource(
     previous = body.get("status") or {}
     now = dt.datetime.now(dt.UTC)
     started = time.monotonic()
-    factory = state.factory
-    with_cache = getattr(factory, "with_cache", None)
-    if cached is not None and with_cache is not None:
-        factory = with_cache(cached)
     try:
         spec = parse_spec(body.get("spec"))
     except SpecError as exc:
-        report = _enforce_the_last_valid(factory, ref, generation, exc, previous, now)
+        report = _enforce_the_last_valid(state.factory, ref, generation, exc, previous, now)
     else:
-        report = reconcile(ref, spec, factory, generation=generation, previous_status=previous)
+        report = reconcile(
+            ref, spec, state.factory, generation=generation, previous_status=previous
+        )
         report.enforced_spec = body.get("spec") or {}
     key = (namespace, name)
     metrics.RECONCILE_DURATION.observe(time.monotonic() - started)
@@ -210,10 +223,18 @@ def last_valid_spec(status: Mapping[str, Any] | None) -> ServerHardeningSpec | N
 
 
 def same_status(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """Whether writing ``new`` would change anything but the check times."""
+    """Whether writing ``new`` would change anything but the check times. Compared as the API
+    stores it: the status is a merge patch, where ``null`` means absent."""
+
+    def stored(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: stored(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list):
+            return [stored(v) for v in value]
+        return value
 
     def without_times(status: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in status.items() if k not in CHECK_TIMES}
+        return {k: v for k, v in stored(status).items() if k not in CHECK_TIMES}
 
     return without_times(old) == without_times(new)
 
@@ -290,83 +311,37 @@ async def request_reconcile(
     async with lock:
         while True:
             state.pending.discard(key)
-            # The caches are read here, in the event loop that updates them.
-            cached = state.cached_view(namespace) if state.cached_view is not None else None
+            # Read here, in the event loop that updates them, before the reconcile: an event
+            # during it makes the next check run.
+            inputs = _inputs(state, key)
             full = False
             if timed:
                 count = state.timed_checks.get(key, 0) + 1
                 full = count >= FULL_CHECK_EVERY
                 state.timed_checks[key] = 0 if full else count
-                if not full and _unchanged(state, key, cached):
+                if not full and inputs is not None and state.inputs_seen.get(key) == inputs:
                     metrics.DRIFT_CHECKS.labels(how="unchanged").inc()
                     metrics.SNAPSHOTS.touch(namespace, name, state.clock())
                     schedule_next(state, key)
                     return
                 metrics.DRIFT_CHECKS.labels(how="full").inc()
-            # The cache lags the API by the watch's latency (tens of seconds while kopf works
-            # through a backlog, e.g. after a thousand resources converged at once). It is
-            # trusted for a resource only once it holds at least the policies its last
-            # reconcile left in place; before that, the API is read.
-            trusted = cached is not None and _holds_managed(state, key, cached)
-            report = await asyncio.to_thread(
-                reconcile_resource, state, namespace, name, cached if trusted and not full else None
-            )
-            if report is not None:
-                state.managed_policies[key] = _kubernetes_managed(report)
-            registration = state.registered.get(key)
-            if cached is not None and registration is not None:
-                state.inputs_seen[key] = _inputs(registration, cached)
+            report = await asyncio.to_thread(reconcile_resource, state, namespace, name)
+            if report is not None and report.succeeded and inputs is not None:
+                state.inputs_seen[key] = inputs
+            else:
+                state.inputs_seen.pop(key, None)
             timed = False
             if key not in state.pending:
                 return
 
 
-def _kubernetes_managed(report: Report) -> int:
-    return sum(t.managed_rules for t in report.targets if t.name == "kubernetes")
-
-
-def _holds_managed(state: OperatorState, key: Key, cached: CachedNamespace) -> bool:
-    """Whether the cache holds as many policies of this resource as it manages."""
-    expected = state.managed_policies.get(key)
-    if expected is None:
-        return False  # never reconciled since start: read the API once
-    me = f"{key[0]}/{key[1]}"
-    held = sum(
-        1
-        for policy in cached.policies
-        if owner_from_annotation(
-            str(((policy.get("metadata") or {}).get("annotations") or {}).get(OWNER_ANNOTATION, ""))
-        )
-        == me
-    )
-    return held >= expected
-
-
-def _inputs(registration: Registration, cached: CachedNamespace) -> Hashable:
-    """Everything a Kubernetes-only check compares: the spec's generation, and the versions of
-    the namespace's NetworkPolicies and Services."""
-
-    def versions(objects: Any) -> tuple[tuple[str, str], ...]:
-        return tuple(
-            sorted(
-                (str(o["metadata"].get("name")), str(o["metadata"].get("resourceVersion")))
-                for o in objects
-            )
-        )
-
-    return (
-        registration.generation,
-        versions(cached.policies),
-        versions(cached.services.values()),
-    )
-
-
-def _unchanged(state: OperatorState, key: Key, cached: CachedNamespace | None) -> bool:
+def _inputs(state: OperatorState, key: Key) -> Hashable | None:
+    """What a Kubernetes-only check depends on: the spec's generation and the changes its
+    namespace's watches saw. None for a resource with cloud targets (no watch there)."""
     registration = state.registered.get(key)
-    if registration is None or registration.clouds or cached is None:
-        return False
-    seen = state.inputs_seen.get(key)
-    return seen is not None and seen == _inputs(registration, cached)
+    if registration is None or registration.clouds:
+        return None
+    return (registration.generation, state.versions.changes(key[0]))
 
 
 # -- the drift-check scheduler -----------------------------------------------------------------
@@ -415,7 +390,6 @@ def unregister(state: OperatorState, namespace: str, name: str) -> None:
         state.next_check,
         state.timed_checks,
         state.inputs_seen,
-        state.managed_policies,
     ):
         table.pop(key, None)
     state.events_seen.pop(key, None)

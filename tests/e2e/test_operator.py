@@ -416,10 +416,10 @@ def test_metrics_show_reconciles_and_health(
                    for how in ("full", "unchanged"))  # fmt: skip
 
     assert calls()["create_networkpolicy"] >= 1
-    time.sleep(6)  # right after its writes the operator reads the API for a few seconds
+    time.sleep(6)  # the reconciles that the watch events of its own writes trigger
     before, checked = calls(), checks()
     wait_for("two more drift checks", lambda: checks() >= checked + 2, timeout=45)
-    # Drift checks observe the watch caches: no list, no Service read.
+    # Drift checks of an unchanged namespace are skipped: no list, no Service read.
     assert calls() == before
     assert operator.http("/healthz")[0] == 200
     assert operator.http("/readyz")[0] == 200

@@ -3,16 +3,12 @@ so one target's error (a missing credential, a Service that cannot be read) stay
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from server_hardening.compiler import CompiledIntent
 from server_hardening.model import ResourceRef
 from server_hardening.targets.base import AnyTarget, ApiCallRecorder, ignore_call
-
-if TYPE_CHECKING:
-    from server_hardening.targets.kubernetes import CachedNamespace
 
 
 def _no_recorder(target: str) -> ApiCallRecorder:
@@ -35,14 +31,6 @@ class LiveTargets:
         self.recorder = recorder
         self.aws_client_factory = aws_client_factory
         self.gcp_client_factory = gcp_client_factory
-        self.cached: CachedNamespace | None = None
-
-    def with_cache(self, cached: CachedNamespace | None) -> LiveTargets:
-        """The same wiring, observing the Kubernetes target from ``cached`` (the watch caches
-        of its namespace) instead of reading the API."""
-        out = copy.copy(self)
-        out.cached = cached
-        return out
 
     def _node_ports(self, namespace: str) -> dict[int, tuple[str, int]]:
         """The namespace's NodePorts, for judging cloud rules (an NLB Service's rule on the
@@ -67,9 +55,8 @@ class LiveTargets:
                 )
 
                 record = self.recorder("kubernetes")
-                cached = self.cached
                 resolved, findings, gone = resolve_components(
-                    self.kube_api, ref.namespace, intent, record, cached
+                    self.kube_api, ref.namespace, intent, record
                 )
                 return KubernetesTarget(
                     intent,
@@ -79,7 +66,6 @@ class LiveTargets:
                     record_call=record,
                     findings=findings,
                     services_gone=gone,
-                    cached=cached,
                 )
 
             builders.append(("kubernetes", kubernetes))

@@ -1,8 +1,7 @@
 """The Kubernetes target: NetworkPolicies in the server's namespace, through the API server.
 
 Observe lists the namespace's policies once and reads the guide's Services (to find the pods
-behind them), or takes both from a :class:`CachedNamespace` (the operator's watch caches) when
-one is passed in; apply creates and replaces before it deletes; every write names the exact object
+behind them); apply creates and replaces before it deletes; every write names the exact object
 (``resourceVersion`` on replace, ``uid`` precondition on delete), so a policy changed or
 re-created by someone else in between is never overwritten or removed by mistake.
 """
@@ -11,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import urllib3
@@ -63,17 +61,6 @@ from server_hardening.targets.base import (
 from server_hardening.targets.retry import Retrier, RetryPolicy, Verdict
 
 NAME = "kubernetes"
-
-
-@dataclass(frozen=True)
-class CachedNamespace:
-    """One namespace as the operator's watches last saw it: the NetworkPolicies (as the API
-    returns them) and the Services by name (at least ``metadata`` and ``spec.selector``/``ports``).
-    Given to :func:`resolve_components` and :class:`KubernetesTarget`, it replaces the Service
-    reads and the policy list: the observation is the same, without a call."""
-
-    policies: tuple[Mapping[str, Any], ...]
-    services: Mapping[str, Mapping[str, Any]]
 
 
 def translate(exc: Exception, operation: str, resource: str) -> TargetError:
@@ -138,13 +125,11 @@ def resolve_components(
     namespace: str,
     intent: CompiledIntent,
     record: ApiCallRecorder = ignore_call,
-    cached: CachedNamespace | None = None,
 ) -> tuple[
     dict[Component, components.ResolvedComponent], list[Finding], list[components.ServiceLookup]
 ]:
-    """Read the guide's Services (or take them from ``cached``) and find the pods and pod
-    ports behind them; the lookups whose Service is absent come back too (their last allow is
-    kept, see KubernetesTarget)."""
+    """Read the guide's Services and find the pods and pod ports behind them; the lookups
+    whose Service is absent come back too (their last allow is kept, see KubernetesTarget)."""
     core = client.CoreV1Api(api)
     call = KubernetesCalls(record)
     pinned, pending = components.lookups(intent)
@@ -154,27 +139,21 @@ def resolve_components(
     for lookup in pending:
         outcome: components.ResolvedComponent | Finding | None = None
         for name in lookup.names:
-            if cached is not None:
-                found = cached.services.get(name)
-                if found is None:
-                    continue
-                service: Mapping[str, Any] = found
-            else:
-                try:
-                    service = _json(
-                        call(
-                            "read_service",
-                            f"service/{name}",
-                            core.read_namespaced_service,
-                            name,
-                            namespace,
-                            _preload_content=False,
-                        )
+            try:
+                service = _json(
+                    call(
+                        "read_service",
+                        f"service/{name}",
+                        core.read_namespaced_service,
+                        name,
+                        namespace,
+                        _preload_content=False,
                     )
-                except PermanentTargetError as exc:
-                    if " 404 " in str(exc):
-                        continue
-                    raise
+                )
+            except PermanentTargetError as exc:
+                if " 404 " in str(exc):
+                    continue
+                raise
             outcome = components.from_service(lookup, service)
             exposed = load_balancer_exposure(service)
             if exposed is not None and exposed.message not in {f.message for f in findings}:
@@ -251,9 +230,7 @@ class KubernetesTarget:
         record_call: ApiCallRecorder = ignore_call,
         findings: Sequence[Finding] = (),
         services_gone: Sequence[components.ServiceLookup] = (),
-        cached: CachedNamespace | None = None,
     ) -> None:
-        self.cached = cached
         self.intent = intent
         self.ref = ref
         self.api = api
@@ -298,22 +275,18 @@ class KubernetesTarget:
 
     def observe(self) -> Observation[Manifest]:
         self.call.retrier.new_pass()
-        if self.cached is not None:
-            policies: Sequence[Mapping[str, Any]] = self.cached.policies
-        else:
-            listing = _json(
-                self.call(
-                    "list_networkpolicies",
-                    f"namespace/{self.ref.namespace}",
-                    self.net.list_namespaced_network_policy,
-                    self.ref.namespace,
-                    _preload_content=False,
-                )
+        listing = _json(
+            self.call(
+                "list_networkpolicies",
+                f"namespace/{self.ref.namespace}",
+                self.net.list_namespaced_network_policy,
+                self.ref.namespace,
+                _preload_content=False,
             )
-            policies = listing.get("items") or []
+        )
         me = owner_key(self.ref)
         items: list[ObservedItem[Manifest]] = []
-        for policy in policies:
+        for policy in listing.get("items") or []:
             meta = policy["metadata"]
             owned, owner = _ownership(policy, me)
             items.append(

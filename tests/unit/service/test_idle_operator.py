@@ -15,10 +15,8 @@ from server_hardening import metrics, service
 from server_hardening.compiler import CompiledIntent
 from server_hardening.drift import Claimer, DesiredItem, ObservedItem, Plan, UnmanagedJudge
 from server_hardening.model import ResourceRef
-from server_hardening.ownership import OWNER_ANNOTATION
 from server_hardening.service import OperatorState, Registration, next_slot
 from server_hardening.targets.base import ApplyResult, Observation, Target
-from server_hardening.targets.kubernetes import CachedNamespace
 
 NS, NAME = "circleci-server", "circleci"
 
@@ -64,16 +62,11 @@ class Policies:
 @dataclass
 class Factory:
     target: Policies
-    cached_seen: list[CachedNamespace | None] = field(default_factory=list)
 
     def build(
         self, intent: CompiledIntent, ref: ResourceRef
     ) -> list[tuple[str, Callable[[], Target[Any]]]]:
         return [("kubernetes", lambda: self.target)]
-
-    def with_cache(self, cached: CachedNamespace | None) -> Factory:
-        self.cached_seen.append(cached)
-        return self
 
 
 @dataclass
@@ -94,7 +87,7 @@ class Resources:
 
     def patch_status(self, namespace: str, name: str, status: Any) -> None:
         self.patches.append(dict(status))
-        self.body["status"] = dict(status)
+        self.body["status"] = _merged(status)
 
     def post_event(self, body: Any, type_: str, reason: str, message: str) -> str:
         raise AssertionError("events go through post_or_count_event")
@@ -111,6 +104,15 @@ class Resources:
         name, count = repeat_of or (f"{reason}-{len(self.events)}", 0)
         self.events.append((reason, count + 1))
         return name, count + 1
+
+
+def _merged(value: Any) -> Any:
+    """As the API server stores a merge patch: ``null`` removes the field."""
+    if isinstance(value, dict):
+        return {k: _merged(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_merged(v) for v in value]
+    return value
 
 
 def make_state(target: Policies, spec: dict[str, Any] | None = None) -> OperatorState:
@@ -136,6 +138,10 @@ def test_a_check_that_changes_nothing_writes_no_status_and_posts_no_event() -> N
     for _ in range(3):
         service.reconcile_resource(state, NS, NAME)
     assert target.observed == 4  # checked every time
+    # A restarted operator knows nothing of what it posted: the status it reads back (nulls
+    # dropped, as stored) still compares equal.
+    restarted = OperatorState(factory=state.factory, resources=state.resources)
+    service.reconcile_resource(restarted, NS, NAME)
     assert len(resources(state).patches) == 1  # written once
     assert resources(state).reports == 1  # the OpenReports Report follows the status
     assert [r for r, _ in resources(state).events] == ["Applied"]
@@ -185,45 +191,45 @@ def test_the_next_slot_keeps_the_resources_phase() -> None:
         assert now + 30.0 <= slot < now + 90.0
 
 
-def _cache(version: str, *, ours: bool = True) -> CachedNamespace:
-    annotations = {OWNER_ANNOTATION: f"{NS}/{NAME}/u-1"} if ours else {}
-    meta = {"name": "a", "resourceVersion": version, "annotations": annotations}
-    return CachedNamespace(policies=({"metadata": meta, "spec": {}},), services={})
-
-
 def test_an_unchanged_kubernetes_only_check_is_skipped_until_the_next_full_check() -> None:
     target = Policies({"a": "1"}, {"a": "1"})
     state = make_state(target)
-    cache = {"now": _cache("1")}
-    state.cached_view = lambda namespace: cache["now"]
     service.register(state, NS, NAME, "u-1", resources(state).body["spec"], 1)
     skipped = metrics.DRIFT_CHECKS.labels(how="unchanged")
 
-    async def check() -> None:
-        await service.request_reconcile(state, NS, NAME, timed=True)
+    def check() -> None:
+        asyncio.run(service.request_reconcile(state, NS, NAME, timed=True))
 
     asyncio.run(service.request_reconcile(state, NS, NAME))  # the first reconcile
     assert target.observed == 1
     before = skipped._value.get()
-    asyncio.run(check())
+    check()
     assert target.observed == 1 and skipped._value.get() == before + 1
 
-    factory = state.factory
-    assert isinstance(factory, Factory)
-    assert factory.cached_seen == []  # the first reconcile since start reads the API
-
-    cache["now"] = _cache("2")  # a policy changed: the check runs, from the cache
-    asyncio.run(check())
-    assert target.observed == 2 and factory.cached_seen == [cache["now"]]
-
-    cache["now"] = _cache("3", ours=False)  # a cache behind the API (our policy not in it)
-    asyncio.run(check())
-    assert target.observed == 3 and len(factory.cached_seen) == 1  # read from the API
+    state.versions.seen(NS, "networkpolicy", "a", "7")  # the watch saw a change: it runs
+    check()
+    assert target.observed == 2
+    state.versions.seen(NS, "networkpolicy", "a", "7")  # the same version again: no change
+    state.versions.seen("elsewhere", "service", "x", "1")  # another namespace: no change
+    check()
+    assert target.observed == 2
 
     for _ in range(service.FULL_CHECK_EVERY):
-        asyncio.run(check())
-    assert target.observed == 4  # one full check, reading the API
-    assert len(factory.cached_seen) == 1
+        check()
+    assert target.observed == 3  # one full check: the backstop against a missed event
+
+
+def test_resources_with_cloud_targets_are_checked_every_time() -> None:
+    target = Policies({"a": "1"}, {"a": "1"})
+    tags = {"kubernetesNodes": "k8s", "nomadClients": "nomad", "externalVMs": "vm"}
+    spec = make_spec(
+        gcp={"project": "circleci-test-1", "network": "circleci", "targetTags": tags}
+    ).model_dump(by_alias=True, mode="json", exclude_none=True)
+    state = make_state(target, spec)
+    service.register(state, NS, NAME, "u-1", spec, 1)
+    for _ in range(3):
+        asyncio.run(service.request_reconcile(state, NS, NAME, timed=True))
+    assert target.observed == 3
 
 
 def test_ready_only_once_every_known_resource_was_reconciled() -> None:
