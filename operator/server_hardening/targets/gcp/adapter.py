@@ -34,6 +34,12 @@ importing google.cloud).
 The operation clients are built here, not taken from ``FirewallsClient.insert(...).result()``:
 that helper polls through a ``GlobalOperationsClient`` built without the caller's
 ``client_options``, i.e. against compute.googleapis.com whatever the endpoint override says.
+
+Why this module is past 500 lines: a write here is a small state machine (sent, running,
+done, not-ready and sent again, failed, still running after the pass's budget) run for many
+writes at once under one pacer, and the observe, the 409 take-back and the release share its
+client and retrier. The pure parts are elsewhere: the waves in ``planners/gcp.py``, judging in
+``policy/gcp.py``, errors and conversions in :mod:`.client`.
 """
 
 from __future__ import annotations
