@@ -255,6 +255,16 @@ def events_for(api: Any, namespace: str, name: str) -> list[Any]:
     ]
 
 
+def wait_for_event(
+    api: Any, namespace: str, name: str, what: str, matches: Callable[[Any], bool]
+) -> Any:
+    """The first Event of the resource that ``matches``, waited for: the operator posts its
+    events after it writes the status, so a test that saw the status must not race them."""
+    return wait_for(
+        what, lambda: next((e for e in events_for(api, namespace, name) if matches(e)), None)
+    )
+
+
 def network_policies(api: Any, namespace: str) -> dict[str, Any]:
     items = client.NetworkingV1Api(api).list_namespaced_network_policy(namespace).items
     return {p.metadata.name: p for p in items}

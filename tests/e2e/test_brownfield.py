@@ -20,11 +20,11 @@ from e2e.harness import (
     VERSION,
     OperatorProcess,
     custom,
-    events_for,
     network_policies,
     operator_identity,
     status_of,
     wait_for,
+    wait_for_event,
 )
 from e2e.test_operator import EXPECTED, NAME, create, phase_is, resource
 
@@ -105,8 +105,10 @@ def test_an_identical_hand_made_policy_is_adopted_not_recreated(
     assert policy.metadata.uid == uid  # the same object: adopted, not deleted and re-created
     assert policy.metadata.annotations["hardening.circleci.com/owner"].startswith(f"{ns}/{NAME}/")
     assert set(network_policies(admin_api, ns)) == EXPECTED
-    applied = [e.message for e in events_for(admin_api, ns, NAME) if e.reason == "Applied"]
-    assert any("adopted svh-default-deny (marks only)" in m for m in applied)
+    wait_for_event(
+        admin_api, ns, NAME, "the adoption's Applied event",
+        lambda e: e.reason == "Applied" and "adopted svh-default-deny (marks only)" in e.message,
+    )  # fmt: skip
 
 
 def test_orphan_then_recreate_converges_without_manual_steps(
@@ -181,7 +183,10 @@ def test_a_component_whose_service_vanishes_keeps_its_last_allow_loudly(
     assert after["svh-allow-circleci-proxy"].metadata.uid == before.metadata.uid
     assert after["svh-allow-circleci-proxy"].spec.ingress == before.spec.ingress
     assert status["phase"] == "Enforced"
-    assert any(e.reason == "ComponentServiceMissing" for e in events_for(admin_api, ns, NAME))
+    wait_for_event(
+        admin_api, ns, NAME, "the ComponentServiceMissing event",
+        lambda e: e.reason == "ComponentServiceMissing",
+    )  # fmt: skip
     assert (
         operator.metric("server_hardening_component_services_missing", namespace=ns, name=NAME) == 1
     )

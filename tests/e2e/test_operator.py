@@ -27,6 +27,7 @@ from e2e.harness import (
     status_of,
     target_status,
     wait_for,
+    wait_for_event,
 )
 
 pytestmark = pytest.mark.e2e
@@ -146,8 +147,7 @@ def test_apply_writes_the_policies_and_reports_enforced(
     }
     (kube,) = status["targets"]
     assert kube["name"] == "kubernetes" and kube["managedRules"] == 3
-    reasons = {e.reason for e in events_for(admin_api, ns, NAME)}
-    assert "Applied" in reasons
+    wait_for_event(admin_api, ns, NAME, "an Applied event", lambda e: e.reason == "Applied")
     assert (
         operator.metric(
             "server_hardening_managed_rules", namespace=ns, name=NAME, target="kubernetes"
@@ -182,10 +182,10 @@ def test_an_edited_managed_policy_is_restored_and_counted(
         "lastDrift", lambda: target_status(admin_api, ns, NAME, "kubernetes").get("lastDrift")
     )
     assert last["modified"] == 1 and last["repaired"] is True
-    assert any(
-        e.reason == "DriftDetected" and "modified svh-allow-circleci-proxy" in e.message
-        for e in events_for(admin_api, ns, NAME)
-    )
+    wait_for_event(
+        admin_api, ns, NAME, "the DriftDetected event",
+        lambda e: e.reason == "DriftDetected" and "modified svh-allow-circleci-proxy" in e.message,
+    )  # fmt: skip
     assert (
         operator.metric(
             "server_hardening_drift_detected_total", target="kubernetes", kind="modified"
@@ -312,7 +312,9 @@ def test_a_resource_the_model_refuses_gets_invalid_spec_and_nothing_is_written(
         "spec.topology.nomadClients.cidrs[0]: 10.0.128.0/20 overlaps spec.topology.kubernetesNodes.cidrs[0]"
         in valid["message"]
     )
-    assert any(e.reason == "InvalidSpec" for e in events_for(admin_api, ns, NAME))
+    wait_for_event(
+        admin_api, ns, NAME, "the InvalidSpec event", lambda e: e.reason == "InvalidSpec"
+    )
     assert network_policies(admin_api, ns) == {}
 
 

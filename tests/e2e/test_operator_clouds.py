@@ -153,9 +153,12 @@ def test_aws_target_end_to_end(
     assert any(
         f["code"] == "DefaultEgressAllowAll" or "egress" in f["message"] for f in aws["findings"]
     )
-    assert any(
-        e.reason == "Applied" and e.message.startswith("aws:")
-        for e in events_for(admin_api, ns, NAME)
+    wait_for(  # events are posted after the status: wait for it rather than race it
+        "the Applied event",
+        lambda: any(
+            e.reason == "Applied" and e.message.startswith("aws:")
+            for e in events_for(admin_api, ns, NAME)
+        ),
     )
 
     rules = world.ec2.describe_security_group_rules(
@@ -188,9 +191,12 @@ def test_aws_target_end_to_end(
         )  # fmt: skip
 
     wait_for("the revoked rule to be put back", restored, timeout=60)
-    assert any(
-        e.reason == "DriftDetected" and e.message.startswith("aws: missing")
-        for e in events_for(admin_api, ns, NAME)
+    wait_for(  # events are posted after the status: wait for it rather than race it
+        "the DriftDetected event",
+        lambda: any(
+            e.reason == "DriftDetected" and e.message.startswith("aws: missing")
+            for e in events_for(admin_api, ns, NAME)
+        ),
     )
     assert (
         cloud_operator.metric(
@@ -233,9 +239,13 @@ def test_gcp_target_end_to_end(
     wait_for("the gcp target to converge", lambda: settled(admin_api, ns), timeout=90)
     status = target_status(admin_api, ns, NAME, "gcp")
     assert status["lastError"] == "" and status["managedRules"] > 10
-    assert any(
-        e.reason == "Applied" and e.message.startswith("gcp:")
-        for e in events_for(admin_api, ns, NAME)
+    # Events are posted after the status is written: wait for it rather than race it.
+    wait_for(
+        "the gcp Applied event",
+        lambda: any(
+            e.reason == "Applied" and e.message.startswith("gcp:")
+            for e in events_for(admin_api, ns, NAME)
+        ),
     )
     ours = sorted(
         name
@@ -252,9 +262,12 @@ def test_gcp_target_end_to_end(
         lambda: ("circleci-e2e", victim) in fake.firewalls,
         timeout=60,
     )
-    assert any(
-        e.reason == "DriftDetected" and e.message.startswith(f"gcp: missing {victim}")
-        for e in events_for(admin_api, ns, NAME)
+    wait_for(  # events are posted after the status: wait for it rather than race it
+        "the DriftDetected event",
+        lambda: any(
+            e.reason == "DriftDetected" and e.message.startswith(f"gcp: missing {victim}")
+            for e in events_for(admin_api, ns, NAME)
+        ),
     )
     assert (
         cloud_operator.metric("server_hardening_drift_detected_total", target="gcp", kind="missing")
