@@ -196,24 +196,29 @@ def _listed(event: Mapping[str, Any]) -> bool:
     return event.get("type") is None
 
 
+async def _watched(
+    kind: str, namespace: str | None, event: kopf.RawEvent, memo: kopf.Memo, kwargs: Any
+) -> None:
+    """A NetworkPolicy or Service event: note its version, and reconcile the namespace's
+    ServerHardenings unless it is the initial listing."""
+    _attach(memo, kwargs)
+    _seen(memo, kind, event)
+    if not _listed(event):
+        await _owners_in(memo, namespace, kwargs["by_namespace"])
+
+
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", id="watch-networkpolicies")
 async def networkpolicy_changed(
     namespace: str | None, event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any
 ) -> None:
-    _attach(memo, kwargs)
-    _seen(memo, "networkpolicy", event)
-    if not _listed(event):
-        await _owners_in(memo, namespace, kwargs["by_namespace"])
+    await _watched("networkpolicy", namespace, event, memo, kwargs)
 
 
 @kopf.on.event("", "v1", "services", id="watch-services")
 async def service_changed(
     namespace: str | None, event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any
 ) -> None:
-    _attach(memo, kwargs)
-    _seen(memo, "service", event)
-    if not _listed(event):
-        await _owners_in(memo, namespace, kwargs["by_namespace"])
+    await _watched("service", namespace, event, memo, kwargs)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="release", backoff=5)
