@@ -16,11 +16,12 @@ Triggers, all funnelled into one coalescing runner per resource
 The versions of the NetworkPolicies and Services the watches delivered are kept per namespace
 (:class:`~server_hardening.service.NamespaceVersions`): a timed check of a Kubernetes-only
 resource whose namespace saw no event since its last check is skipped (every event already
-triggers a reconcile). They are not kopf indexes: kopf runs no handler until every index is
-filled, and indexing thousands of policies and Services held the first reconcile back for
-minutes at 1,000 resources. kopf's per-object INFO lines ("Handler ... succeeded.") are
-lowered to WARNING unless ``--verbose``: the service logs what each reconcile did when it did
-something.
+triggers a reconcile), unless a watch restarted from a listing since (a listing does not report
+what was deleted while the watch was down). They are not kopf indexes: kopf runs no handler
+until every index is filled, and indexing thousands of policies and Services held the first
+reconcile back for minutes at 1,000 resources. kopf's per-object INFO lines ("Handler ...
+succeeded.") are lowered to WARNING unless ``--verbose``: the service logs what each reconcile
+did when it did something.
 
 Deletion runs behind a finalizer (:func:`.service.release_resource`). The per-operator state is
 an :class:`~server_hardening.service.OperatorState` in kopf's ``memo`` (``memo.state``), set by
@@ -151,6 +152,8 @@ def _seen(memo: Any, kind: str, event: Mapping[str, Any]) -> None:
     if namespace and name:
         version = "" if event.get("type") == "DELETED" else str(meta.get("resourceVersion", ""))
         state_of(memo).versions.seen(namespace, kind, name, version)
+    if _listed(event):
+        state_of(memo).versions.listed()
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")

@@ -75,11 +75,21 @@ class Registration:
 
 class NamespaceVersions:
     """What the watches delivered, per namespace: the resourceVersion of every NetworkPolicy and
-    Service, and a counter that moves whenever one of them changes (O(1) to compare)."""
+    Service, and a counter that moves whenever one of them changes (O(1) to compare).
+
+    A watch that restarts from a fresh listing (after an API-server restart, a "410 Gone" or a
+    pause) never reports what was deleted while it was down: the object is just absent from the
+    listing. So every listed object also moves a counter shared by all namespaces, and the next
+    check of every resource runs in full."""
 
     def __init__(self) -> None:
         self._versions: dict[str, dict[tuple[str, str], str]] = {}
         self._changes: dict[str, int] = {}
+        self._listings = 0
+
+    def listed(self) -> None:
+        """An object delivered by a (re)listing rather than as a change."""
+        self._listings += 1
 
     def seen(self, namespace: str, kind: str, name: str, version: str) -> None:
         """``version`` empty: the object was deleted."""
@@ -93,7 +103,8 @@ class NamespaceVersions:
         self._changes[namespace] = self._changes.get(namespace, 0) + 1
 
     def changes(self, namespace: str) -> int:
-        return self._changes.get(namespace, 0)
+        # Both counters only grow, so their sum moves whenever either does.
+        return self._changes.get(namespace, 0) + self._listings
 
 
 @dataclass

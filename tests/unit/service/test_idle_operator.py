@@ -219,6 +219,24 @@ def test_an_unchanged_kubernetes_only_check_is_skipped_until_the_next_full_check
     assert target.observed == 3  # one full check: the backstop against a missed event
 
 
+def test_a_relisting_watch_makes_the_next_check_run_in_full() -> None:
+    """A deletion while the watch was down (an API-server restart) is not reported by the
+    listing the watch restarts from: the object is simply absent. The listing itself is the
+    signal that events may have been missed."""
+    target = Policies({"a": "1"}, {"a": "1"})
+    state = make_state(target)
+    service.register(state, NS, NAME, "u-1", resources(state).body["spec"], 1)
+    asyncio.run(service.request_reconcile(state, NS, NAME))
+    asyncio.run(service.request_reconcile(state, NS, NAME, timed=True))
+    assert target.observed == 1  # unchanged: skipped
+
+    del target.held["a"]  # deleted while the watch was down: no DELETED event
+    state.versions.listed()  # the watch restarts from a listing, in another namespace even
+    asyncio.run(service.request_reconcile(state, NS, NAME, timed=True))
+    assert target.observed == 2
+    assert target.held == {"a": "1"}  # repaired at the first check after the listing
+
+
 def test_resources_with_cloud_targets_are_checked_every_time() -> None:
     target = Policies({"a": "1"}, {"a": "1"})
     tags = {"kubernetesNodes": "k8s", "nomadClients": "nomad", "externalVMs": "vm"}
