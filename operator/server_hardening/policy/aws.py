@@ -12,9 +12,9 @@ the unmanaged rules of the same group and direction that reach the same port: ``
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Sequence
 
+from server_hardening.addresses import AddressSet
 from server_hardening.guide import SENSITIVE_PORTS
 from server_hardening.policy.exposure import (
     Access,
@@ -87,26 +87,21 @@ def _ports_within(inner: AtomicRule, outer: AtomicRule) -> bool:
     return outer.from_port <= inner.from_port and inner.to_port <= outer.to_port
 
 
-def _peer_within(inner: AtomicRule, outer: AtomicRule) -> bool:
-    if inner.peer_type != outer.peer_type:
-        return False
-    if inner.peer_type not in ("cidr4", "cidr6"):
-        return inner.peer == outer.peer
-    inside = ipaddress.ip_network(inner.peer, strict=False)
-    around = ipaddress.ip_network(outer.peer, strict=False)
-    return inside.version == around.version and inside.subnet_of(around)  # type: ignore[arg-type]
-
-
-def _within(inner: AtomicRule, outer: AtomicRule) -> bool:
-    """Everything ``inner`` allows, ``outer`` allows too."""
-    same_lane = (inner.group_id, inner.direction) == (outer.group_id, outer.direction)
-    return same_lane and _ports_within(inner, outer) and _peer_within(inner, outer)
-
-
 def covered_by_the_guide(rule: AtomicRule, desired: Sequence[AtomicRule]) -> bool:
-    """Widening is judged by meaning: a rule every packet of which a desired rule allows too
-    (identical or narrower, e.g. 4647 from a /24 inside the nodes' /20) widens nothing."""
-    return any(_within(rule, wanted) for wanted in desired)
+    """Widening is judged by meaning: a rule every packet of which the desired rules allow too
+    widens nothing, e.g. 4647 from a /24 inside the nodes' /20, or a /23 that two desired /24s
+    make up. The addresses are the union of every desired rule of the same group, direction and
+    family whose ports hold the rule's; groups and prefix lists must be the same one."""
+    lane = [
+        wanted
+        for wanted in desired
+        if (wanted.group_id, wanted.direction, wanted.peer_type)
+        == (rule.group_id, rule.direction, rule.peer_type)
+        and _ports_within(rule, wanted)
+    ]
+    if rule.peer_type not in ("cidr4", "cidr6"):
+        return any(wanted.peer == rule.peer for wanted in lane)
+    return AddressSet.of(wanted.peer for wanted in lane).covers(rule.peer)
 
 
 def widens_the_group(rule: AtomicRule, seen: Access, fate: str) -> Finding | None:

@@ -11,12 +11,12 @@ denied by ours (``UnmanagedRuleShadowed``, info: it would open access if our rul
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from server_hardening.addresses import AddressSet
 from server_hardening.policy.exposure import (
     Access,
     sensitive_ports_open_to_world,
@@ -71,16 +71,14 @@ def _flow_covered(flow: _Flow, body: Mapping[str, Any], action: str) -> bool:
 def _peer_covered(
     ranges: Sequence[str], peer_tags: Sequence[str], body: Mapping[str, Any], direction: str
 ) -> bool:
-    """Every source (ingress) or destination (egress) of the unmanaged rule is one of ``body``'s."""
+    """Every source (ingress) or destination (egress) of the unmanaged rule is among ``body``'s:
+    its addresses inside the union of ``body``'s ranges, its tags among ``body``'s tags."""
     if direction == "INGRESS":
         their_ranges, their_tags = body.get("sourceRanges") or [], body.get("sourceTags") or []
     else:
         their_ranges, their_tags = body.get("destinationRanges") or [WORLD_V4, WORLD_V6], []
-    nets = [ipaddress.ip_network(r, strict=False) for r in their_ranges]
-    for cidr in ranges:
-        net = ipaddress.ip_network(cidr, strict=False)
-        if not any(net.version == n.version and net.subnet_of(n) for n in nets):  # type: ignore[arg-type]
-            return False
+    if not AddressSet.of(their_ranges).covers(AddressSet.of(ranges)):
+        return False
     return all(tag in their_tags for tag in peer_tags)
 
 

@@ -10,11 +10,11 @@ the managed policies allow already (or less).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from server_hardening.addresses import AddressSet
 from server_hardening.policy.exposure import WORLD, Access, world_open_sensitive_port
 from server_hardening.rules import Direction, Finding, FindingCode, PortRange
 
@@ -75,15 +75,6 @@ def admits_other_namespaces(name: str, spec: Mapping[str, Any], view: ManagedVie
     return None
 
 
-def _within(cidr: str, allowed: Sequence[str]) -> bool:
-    net = ipaddress.ip_network(cidr, strict=False)
-    for other in allowed:
-        wide = ipaddress.ip_network(other, strict=False)
-        if net.version == wide.version and net.subnet_of(wide):  # type: ignore[arg-type]
-            return True
-    return False
-
-
 def admits_addresses_beyond_the_guide(
     name: str, spec: Mapping[str, Any], view: ManagedView
 ) -> str | None:
@@ -108,7 +99,7 @@ def admits_addresses_beyond_the_guide(
                 selects_subset
                 and ports
                 and ports <= set(comp_ports)
-                and all(_within(b, cidrs) for b in blocks)
+                and AddressSet.of(cidrs).covers(AddressSet.of(blocks))
             ):
                 covered = True
                 break

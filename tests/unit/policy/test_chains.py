@@ -170,3 +170,74 @@ def test_gcp_chain_judges_rules_scoped_by_service_account(
     assert finding is not None
     assert finding.code is code
     assert check in finding.message
+
+
+# -- coverage by the union of what is desired ------------------------------------------------
+# Two desired /24s make up a /23: an unmanaged rule from that /23 on the same port widens
+# nothing, on every target; one address more (a /22), or another port, does.
+
+
+def _desired_aws(cidr: str) -> AtomicRule:
+    return AtomicRule(NOMAD, Direction.INGRESS, "tcp", 4647, 4647, "cidr4", cidr)
+
+
+@pytest.mark.parametrize(
+    ("peer", "port", "covered"),
+    [
+        ("10.0.0.0/23", 4647, True),
+        ("10.0.1.128/25", 4647, True),
+        ("10.0.0.0/22", 4647, False),
+        ("10.0.0.0/23", 4646, False),
+    ],
+)
+def test_aws_coverage_is_the_union_of_the_desired_rules(
+    peer: str, port: int, covered: bool
+) -> None:
+    desired = [_desired_aws("10.0.0.0/24"), _desired_aws("10.0.1.0/24")]
+    rule = AtomicRule(NOMAD, Direction.INGRESS, "tcp", port, port, "cidr4", peer)
+    assert aws_policy.covered_by_the_guide(rule, desired) is covered
+    other_group = AtomicRule("sg-0000000c", Direction.INGRESS, "tcp", port, port, "cidr4", peer)
+    assert aws_policy.covered_by_the_guide(other_group, desired) is False
+
+
+@pytest.mark.parametrize(
+    ("cidr", "port", "covered"),
+    [("10.0.0.0/23", "4647", True), ("10.0.0.0/22", "4647", False), ("10.0.0.0/23", "4646", False)],
+)
+def test_networkpolicy_coverage_is_the_union_of_the_components_addresses(
+    cidr: str, port: str, covered: bool
+) -> None:
+    view = np_policy.ManagedView(
+        components=(({"app": "nomad"}, ("10.0.0.0/24", "10.0.1.0/24"), (("TCP", "4647"),)),),
+        restrict_egress=False,
+    )
+    policy = {
+        "podSelector": {"matchLabels": {"app": "nomad"}},
+        "ingress": [{"from": [{"ipBlock": {"cidr": cidr}}], "ports": [{"port": int(port)}]}],
+    }
+    found = np_policy.admits_addresses_beyond_the_guide("extra", policy, view)
+    assert (found is None) is covered
+
+
+@pytest.mark.parametrize(
+    ("ranges", "port", "covered"),
+    [(["10.0.0.0/23"], "4647", True), (["10.0.0.0/22"], "4647", False),
+     (["10.0.0.0/23"], "4646", False)],
+)  # fmt: skip
+def test_gcp_coverage_is_the_union_of_a_rendered_rules_ranges(
+    ranges: list[str], port: str, covered: bool
+) -> None:
+    from dataclasses import replace
+
+    from server_hardening.policy.gcp import judge_firewall
+
+    rendered = _gcp_rendered()
+    [nomad_rpc] = [f for f in rendered.firewalls if f.get("targetTags") == ["nomad-client"]
+                   and {"IPProtocol": "tcp", "ports": ["4647"]} in f.get("allowed", [])]  # fmt: skip
+    widened = {**nomad_rpc, "sourceRanges": ["10.0.0.0/24", "10.0.1.0/24"]}
+    rendered = replace(rendered, firewalls=[widened if f is nomad_rpc else f
+                                            for f in rendered.firewalls])  # fmt: skip
+    body = {"name": "team-rule", "network": "global/networks/circleci", "priority": 1000,
+            "direction": "INGRESS", "targetTags": ["nomad-client"], "sourceRanges": ranges,
+            "allowed": [{"IPProtocol": "tcp", "ports": [port]}]}  # fmt: skip
+    assert (judge_firewall(body, rendered) is None) is covered
