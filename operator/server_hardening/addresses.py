@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 IPv4 = ipaddress.IPv4Network
 IPv6 = ipaddress.IPv6Network
@@ -164,31 +164,35 @@ class AddressSet:
 
 
 def _subtract4(blocks: tuple[IPv4, ...], minus: tuple[IPv4, ...]) -> tuple[IPv4, ...]:
-    out: list[IPv4] = []
-    for block in blocks:
-        out.extend(_minus(block, minus))
-    return _collapse4(out)
+    return _collapse4(_minus(blocks, minus, ipaddress.IPv4Address))
 
 
 def _subtract6(blocks: tuple[IPv6, ...], minus: tuple[IPv6, ...]) -> tuple[IPv6, ...]:
-    out: list[IPv6] = []
+    return _collapse6(_minus(blocks, minus, ipaddress.IPv6Address))
+
+
+def _minus(blocks: tuple[_N, ...], holes: tuple[_N, ...], address: type[Any]) -> list[_N]:
+    """``blocks`` without ``holes`` (both collapsed: sorted and disjoint), as integer ranges:
+    ``address_exclude`` one hole at a time cost milliseconds per set."""
+    spans = [(int(h.network_address), int(h.broadcast_address)) for h in holes]
+    out: list[_N] = []
+
+    def keep(first: int, last: int) -> None:
+        out.extend(ipaddress.summarize_address_range(address(first), address(last)))
+
     for block in blocks:
-        out.extend(_minus(block, minus))
-    return _collapse6(out)
-
-
-def _minus(block: _N, minus: tuple[_N, ...]) -> list[_N]:
-    pieces = [block]
-    for hole in minus:
-        next_pieces: list[_N] = []
-        for piece in pieces:
-            if not piece.overlaps(hole):
-                next_pieces.append(piece)
-            elif hole.prefixlen > piece.prefixlen:  # the hole is inside the piece
-                next_pieces.extend(piece.address_exclude(hole))
-            # else: the piece is inside the hole and goes
-        pieces = next_pieces
-    return pieces
+        first, last = int(block.network_address), int(block.broadcast_address)
+        for low, high in spans:
+            if high < first or low > last:
+                continue
+            if low > first:
+                keep(first, low - 1)
+            first = high + 1
+            if first > last:
+                break
+        if first <= last:
+            keep(first, last)
+    return out
 
 
 _NON_PUBLIC = AddressSet.of(c for group in NON_PUBLIC.values() for c in group)

@@ -74,8 +74,8 @@ class CompiledIntent:
 
 
 def _sorted_cidrs(cidrs: Iterable[str]) -> tuple[str, ...]:
-    unique = {str(parse_network(c)) for c in cidrs}
-    return tuple(sorted(unique, key=lambda c: (parse_network(c).version, parse_network(c))))
+    unique = {parse_network(c) for c in cidrs}
+    return tuple(str(n) for n in sorted(unique, key=lambda n: (n.version, n)))
 
 
 class _Resolver:
@@ -101,13 +101,15 @@ class _Resolver:
             PeerKind.SSH_RERUN: rerun,
             PeerKind.HEALTH_CHECKS: GCP_HEALTH_CHECK_RANGES,
         }
+        # Every row asks for its peers: each kind's addresses are sorted once per spec.
+        self._peers = {kind: Peer(kind, _sorted_cidrs(c)) for kind, c in self.addresses.items()}
 
     def peer(self, kind: PeerKind) -> Peer:
         # A transparent load balancer is no layer of its own: what the guide sends to it goes
         # to the nodes behind it.
         if kind is PeerKind.LOAD_BALANCERS and self.transparent:
             kind = PeerKind.KUBERNETES_NODES
-        return Peer(kind, _sorted_cidrs(self.addresses[kind]))
+        return self._peers[kind]
 
     def ports(self, ports: PortRange | Ports | None) -> PortRange | None:
         if isinstance(ports, Ports):
