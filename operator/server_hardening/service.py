@@ -44,8 +44,7 @@ from server_hardening.reconcile import (
     reconcile,
     refuse_keeping_the_last,
 )
-from server_hardening.targets.base import TargetError, TransientTargetError
-from server_hardening.targets.kubernetes import ResourceClient
+from server_hardening.targets.base import ResourceStore, TargetError, TransientTargetError
 
 log = logging.getLogger("server_hardening")
 
@@ -112,7 +111,7 @@ class OperatorState:
     """Per-operator state, kept in kopf's ``memo`` (never a module global)."""
 
     factory: TargetFactory
-    resources: ResourceClient
+    resources: ResourceStore
     clock: Callable[[], float] = time.time
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     pending: set[Key] = field(default_factory=set)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from server_hardening.drift import Claimer, DesiredItem, ObservedItem, Plan, UnmanagedJudge
+from server_hardening.model import ResourceRef
 from server_hardening.rules import Finding
 
 PayloadT = TypeVar("PayloadT")
@@ -90,6 +91,38 @@ class Target(Protocol[PayloadT]):
     def release(self, observed: Observation[PayloadT], *, delete: bool) -> ApplyResult:
         """On deletion of the resource: remove owned items (``delete``) or drop the ownership
         mark and leave them (orphan)."""
+        ...
+
+
+class ResourceStore(Protocol):
+    """The ServerHardening resources themselves, as the service reads and reports on them
+    (``targets.kubernetes.ResourceClient`` in the operator). A protocol, so that the service
+    layer and its tests need no Kubernetes client."""
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The resource's body, or None when it is gone."""
+        ...
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+
+    def publish_report(self, report: Any, owner: ResourceRef) -> bool:
+        """Write the resource's OpenReports Report; False when that API is not installed."""
+        ...
+
+    def post_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> str:
+        """Post an Event about ``body``; returns its name."""
+        ...
+
+    def post_or_count_event(
+        self,
+        body: Mapping[str, Any],
+        type_: str,
+        reason: str,
+        message: str,
+        *,
+        repeat_of: tuple[str, int] | None = None,
+    ) -> tuple[str, int]:
+        """Post an Event, or count a repeat on the one named in ``repeat_of``: (name, count)."""
         ...
 
 

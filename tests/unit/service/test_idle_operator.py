@@ -120,7 +120,7 @@ def make_state(target: Policies, spec: dict[str, Any] | None = None) -> Operator
         "metadata": {"namespace": NS, "name": NAME, "uid": "u-1", "generation": 1},
         "spec": spec or make_spec().model_dump(by_alias=True, mode="json"),
     }
-    return OperatorState(factory=Factory(target), resources=Resources(body))  # type: ignore[arg-type]
+    return OperatorState(factory=Factory(target), resources=Resources(body))
 
 
 def resources(state: OperatorState) -> Resources:
