@@ -18,13 +18,13 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 IPv4 = ipaddress.IPv4Network
 IPv6 = ipaddress.IPv6Network
 Network = IPv4 | IPv6
 Family = Literal[4, 6]
-_N = TypeVar("_N", IPv4, IPv6)
+_A = TypeVar("_A", ipaddress.IPv4Address, ipaddress.IPv6Address)
 
 IPV4_SPACE = 2**32
 IPV6_SPACE = 2**128
@@ -46,12 +46,7 @@ NON_PUBLIC: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 
-def _collapse4(networks: Iterable[IPv4]) -> tuple[IPv4, ...]:
-    return tuple(ipaddress.collapse_addresses(networks))
-
-
-def _collapse6(networks: Iterable[IPv6]) -> tuple[IPv6, ...]:
-    return tuple(ipaddress.collapse_addresses(networks))
+Span = tuple[int, int]  # the first and the last address of a range, as integers
 
 
 def parse(cidr: str | Network) -> Network:
@@ -61,15 +56,61 @@ def parse(cidr: str | Network) -> Network:
     return ipaddress.ip_network(cidr.strip(), strict=False)
 
 
-def _intersection(a: tuple[Network, ...], b: tuple[Network, ...]) -> list[Network]:
-    """Blocks of a ∩ b. Two CIDR blocks either nest or are disjoint, so each overlapping pair
-    contributes its smaller block; both inputs are collapsed (disjoint), so the results are too."""
-    out: list[Network] = []
-    for x in a:
-        for y in b:
-            if x.version == y.version and x.overlaps(y):
-                out.append(x if x.prefixlen >= y.prefixlen else y)
-    return out
+def _merged(spans: Iterable[Span]) -> tuple[Span, ...]:
+    """Sorted, disjoint, non-adjacent spans covering the same addresses: the canonical form."""
+    out: list[Span] = []
+    for first, last in sorted(spans):
+        if out and first <= out[-1][1] + 1:
+            if last > out[-1][1]:
+                out[-1] = (out[-1][0], last)
+        else:
+            out.append((first, last))
+    return tuple(out)
+
+
+def _intersection(a: tuple[Span, ...], b: tuple[Span, ...]) -> tuple[Span, ...]:
+    """Spans of a ∩ b, by one sweep over both (each sorted and disjoint)."""
+    out: list[Span] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        first, last = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if first <= last:
+            out.append((first, last))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return tuple(out)
+
+
+def _difference(a: tuple[Span, ...], holes: tuple[Span, ...]) -> tuple[Span, ...]:
+    """Spans of a without the holes (each sorted and disjoint)."""
+    out: list[Span] = []
+    for start, last in a:
+        first = start  # what is left of the span begins here
+        for low, high in holes:
+            if high < first or low > last:
+                continue
+            if low > first:
+                out.append((first, low - 1))
+            first = high + 1
+            if first > last:
+                break
+        if first <= last:
+            out.append((first, last))
+    return tuple(out)
+
+
+def _count(spans: tuple[Span, ...]) -> int:
+    return sum(last - first + 1 for first, last in spans)
+
+
+def _networks(spans: tuple[Span, ...], address: type[_A]) -> tuple[Network, ...]:
+    return tuple(
+        net
+        for first, last in spans
+        for net in ipaddress.summarize_address_range(address(first), address(last))
+    )
 
 
 @dataclass(frozen=True)
@@ -82,24 +123,32 @@ class Counts:
 
 @dataclass(frozen=True)
 class AddressSet:
-    """A union of CIDRs, kept as disjoint, sorted blocks per family (the canonical form: two
-    sets with the same addresses compare equal however they were spelled)."""
+    """A union of CIDRs, kept per family as sorted, disjoint, non-adjacent integer spans (the
+    canonical form: two sets with the same addresses compare equal however they were spelled,
+    and every operation is a sweep over integers, not over ``ipaddress`` objects)."""
 
-    v4: tuple[IPv4, ...] = ()
-    v6: tuple[IPv6, ...] = ()
+    v4: tuple[Span, ...] = ()
+    v6: tuple[Span, ...] = ()
 
     @classmethod
     def of(cls, cidrs: Iterable[str | Network]) -> AddressSet:
         """The union of ``cidrs`` (strings or networks; host bits cleared)."""
-        nets = [parse(c) for c in cidrs]
-        return cls(
-            _collapse4(n for n in nets if isinstance(n, IPv4)),
-            _collapse6(n for n in nets if isinstance(n, IPv6)),
-        )
+        v4: list[Span] = []
+        v6: list[Span] = []
+        for cidr in cidrs:
+            net = parse(cidr)
+            (v4 if net.version == 4 else v6).append(
+                (int(net.network_address), int(net.broadcast_address))
+            )
+        return cls(_merged(v4), _merged(v6))
 
     @property
     def blocks(self) -> tuple[Network, ...]:
-        return (*self.v4, *self.v6)
+        """The fewest CIDR blocks that make up the set, IPv4 first."""
+        return (
+            *_networks(self.v4, ipaddress.IPv4Address),
+            *_networks(self.v6, ipaddress.IPv6Address),
+        )
 
     def __bool__(self) -> bool:
         return bool(self.v4 or self.v6)
@@ -110,23 +159,26 @@ class AddressSet:
     # -- set algebra ------------------------------------------------------------------------
 
     def __or__(self, other: AddressSet) -> AddressSet:
-        return AddressSet(_collapse4((*self.v4, *other.v4)), _collapse6((*self.v6, *other.v6)))
+        return AddressSet(_merged((*self.v4, *other.v4)), _merged((*self.v6, *other.v6)))
 
     def __and__(self, other: AddressSet) -> AddressSet:
-        return AddressSet.of(_intersection(self.blocks, other.blocks))
+        return AddressSet(_intersection(self.v4, other.v4), _intersection(self.v6, other.v6))
+
+    def __sub__(self, other: AddressSet) -> AddressSet:
+        return AddressSet(_difference(self.v4, other.v4), _difference(self.v6, other.v6))
 
     def size(self) -> Counts:
-        return Counts(sum(b.num_addresses for b in self.v4), sum(b.num_addresses for b in self.v6))
+        return Counts(_count(self.v4), _count(self.v6))
 
     def issubset(self, other: AddressSet) -> bool:
         """Every address here is also in ``other``."""
-        return (self & other).size() == self.size()
+        return not (self - other)
 
     def issuperset(self, other: AddressSet) -> bool:
         return other.issubset(self)
 
     def overlaps(self, other: AddressSet) -> bool:
-        return bool(_intersection(self.blocks, other.blocks))
+        return bool(self & other)
 
     def covers(self, subnet: str | Network | AddressSet) -> bool:
         """True if this set holds every address of ``subnet`` (e.g. a role's subnets)."""
@@ -138,8 +190,8 @@ class AddressSet:
     def covers_internet(self, family: Family | None = None) -> bool:
         """The whole IPv4 internet (``family=4``), the whole IPv6 one (6), or, without a family,
         either of them: a rule open to all of IPv4 is open to the world even if IPv6 is closed."""
-        size = self.size()
-        whole4, whole6 = size.v4 == IPV4_SPACE, size.v6 == IPV6_SPACE
+        whole4 = self.v4 == ((0, IPV4_SPACE - 1),)
+        whole6 = self.v6 == ((0, IPV6_SPACE - 1),)
         if family == 4:
             return whole4
         if family == 6:
@@ -151,48 +203,15 @@ class AddressSet:
 
     def public(self) -> AddressSet:
         """The addresses here that are routable on the internet (see :data:`NON_PUBLIC`)."""
-        return AddressSet(_subtract4(self.v4, _NON_PUBLIC.v4), _subtract6(self.v6, _NON_PUBLIC.v6))
+        return self - _NON_PUBLIC
 
     def public_size(self) -> Counts:
-        size, private = self.size(), (self & _NON_PUBLIC).size()
-        return Counts(size.v4 - private.v4, size.v6 - private.v6)
+        return self.public().size()
 
     def public_larger_than(self, *, v4: int, v6: int) -> bool:
         """More than ``v4`` public IPv4 addresses, or more than ``v6`` public IPv6 ones."""
         public = self.public_size()
         return public.v4 > v4 or public.v6 > v6
-
-
-def _subtract4(blocks: tuple[IPv4, ...], minus: tuple[IPv4, ...]) -> tuple[IPv4, ...]:
-    return _collapse4(_minus(blocks, minus, ipaddress.IPv4Address))
-
-
-def _subtract6(blocks: tuple[IPv6, ...], minus: tuple[IPv6, ...]) -> tuple[IPv6, ...]:
-    return _collapse6(_minus(blocks, minus, ipaddress.IPv6Address))
-
-
-def _minus(blocks: tuple[_N, ...], holes: tuple[_N, ...], address: type[Any]) -> list[_N]:
-    """``blocks`` without ``holes`` (both collapsed: sorted and disjoint), as integer ranges:
-    ``address_exclude`` one hole at a time cost milliseconds per set."""
-    spans = [(int(h.network_address), int(h.broadcast_address)) for h in holes]
-    out: list[_N] = []
-
-    def keep(first: int, last: int) -> None:
-        out.extend(ipaddress.summarize_address_range(address(first), address(last)))
-
-    for block in blocks:
-        first, last = int(block.network_address), int(block.broadcast_address)
-        for low, high in spans:
-            if high < first or low > last:
-                continue
-            if low > first:
-                keep(first, low - 1)
-            first = high + 1
-            if first > last:
-                break
-        if first <= last:
-            keep(first, last)
-    return out
 
 
 _NON_PUBLIC = AddressSet.of(c for group in NON_PUBLIC.values() for c in group)
