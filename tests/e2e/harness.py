@@ -6,6 +6,7 @@ on how long anything took.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import signal
@@ -129,6 +130,21 @@ def operator_identity(control_plane: Any, api: Any, namespaces: list[str]) -> tu
     return kubeconfig, service_account
 
 
+def cloud_env(adc: Path) -> dict[str, str]:
+    """The environment of an operator that talks to the local AWS and GCP doubles: fixed test
+    credentials, no shared config, no metadata server, and the service-account key file whose
+    token_uri is the local token endpoint."""
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "GOOGLE_APPLICATION_CREDENTIALS": str(adc),
+        "GOOGLE_CLOUD_PROJECT": "circleci-e2e",
+    }
+
+
 class OperatorProcess:
     """``hardening run`` as a subprocess, with its metrics endpoint."""
 
@@ -222,6 +238,41 @@ class OperatorProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+KUBERNETES_ONLY = {
+    "kubernetesNodes": {"cidrs": ["10.0.0.0/16"]},
+    "nomadClients": {"cidrs": ["10.1.0.0/16"]},
+    "externalVMs": {"enabled": False},
+}
+
+
+def resource(
+    namespace: str,
+    name: str = "circleci",
+    *,
+    topology: Mapping[str, Any] = KUBERNETES_ONLY,
+    **spec: Any,
+) -> dict[str, Any]:
+    """A ServerHardening for the e2e tests: v4.3, checked every 5 s, ``spec`` on top."""
+    body: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ServerHardening",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "serverVersion": "4.3",
+            "driftCheckInterval": "5s",
+            "topology": copy.deepcopy(dict(topology)),
+        },
+    }
+    body["spec"].update(copy.deepcopy(spec))
+    return body
+
+
+def create(api: Any, body: dict[str, Any]) -> None:
+    custom(api).create_namespaced_custom_object(
+        GROUP, VERSION, body["metadata"]["namespace"], PLURAL, body
+    )
 
 
 def custom(api: Any) -> Any:

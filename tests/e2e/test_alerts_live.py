@@ -18,7 +18,6 @@ judges all three), and an invalid edit keeps the last valid spec enforced while 
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from e2e.harness import (
     REPO,
     VERSION,
     OperatorProcess,
+    cloud_env,
+    create,
     custom,
     free_port,
     operator_identity,
@@ -46,6 +47,7 @@ from e2e.harness import (
     target_status,
     wait_for,
 )
+from e2e.harness import resource as harness_resource
 from server_hardening_dev.controlplane import TestBinaries
 
 # moto for EC2, the GCP fake and a local token endpoint: the cloud e2e tests' module fixture
@@ -207,15 +209,7 @@ class PrometheusProcess:
 def operator(control_plane: Any, admin_api: Any, clouds: Any) -> Iterator[OperatorProcess]:
     _, _, adc = clouds
     kubeconfig, _ = operator_identity(control_plane, admin_api, POOL)
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_CONFIG_FILE": "/dev/null",
-        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "GOOGLE_APPLICATION_CREDENTIALS": str(adc),
-        "GOOGLE_CLOUD_PROJECT": "circleci-e2e",
-    }
+    env = cloud_env(adc)
     proc = OperatorProcess(kubeconfig, POOL, env=env).start()
     yield proc
     proc.stop()
@@ -254,29 +248,15 @@ def ns(admin_api: Any) -> str:
     return name
 
 
+TOPOLOGY = {
+    "kubernetesNodes": {"cidrs": ["10.0.0.0/20"]},
+    "nomadClients": {"cidrs": ["10.0.16.0/20"]},
+    "externalVMs": {"cidrs": ["10.0.32.0/20"]},
+}
+
+
 def resource(namespace: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ServerHardening",
-        "metadata": {"name": NAME, "namespace": namespace},
-        "spec": {
-            "serverVersion": "4.3",
-            "driftCheckInterval": "5s",
-            "topology": {
-                "kubernetesNodes": {"cidrs": ["10.0.0.0/20"]},
-                "nomadClients": {"cidrs": ["10.0.16.0/20"]},
-                "externalVMs": {"cidrs": ["10.0.32.0/20"]},
-            },
-        },
-    }
-    body["spec"].update(copy.deepcopy(spec))
-    return body
-
-
-def create(api: Any, body: dict[str, Any]) -> None:
-    custom(api).create_namespaced_custom_object(
-        GROUP, VERSION, body["metadata"]["namespace"], PLURAL, body
-    )
+    return harness_resource(namespace, NAME, topology=TOPOLOGY, **spec)
 
 
 def patch_spec(api: Any, namespace: str, spec: dict[str, Any]) -> None:

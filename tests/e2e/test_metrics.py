@@ -18,6 +18,7 @@ from e2e.harness import (
     OperatorProcess,
     custom,
     operator_identity,
+    resource,
     status_of,
     wait_for,
 )
@@ -26,24 +27,6 @@ from server_hardening_dev.controlplane import TestBinaries
 pytestmark = pytest.mark.e2e
 
 NAMESPACES = [f"svh-metrics-{uuid.uuid4().hex[:6]}-{i}" for i in range(2)]
-
-
-def resource(namespace: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ServerHardening",
-        "metadata": {"name": "circleci", "namespace": namespace},
-        "spec": {
-            "serverVersion": "4.3",
-            "driftCheckInterval": "5s",
-            "topology": {
-                "kubernetesNodes": {"cidrs": ["10.0.0.0/16"]},
-                "nomadClients": {"cidrs": ["10.1.0.0/16"]},
-                "externalVMs": {"enabled": False},
-            },
-            **extra,
-        },
-    }
 
 
 @pytest.fixture(scope="module")

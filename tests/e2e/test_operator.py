@@ -3,7 +3,6 @@ exactly the chart's RBAC. Writes are counted from the API server's own audit log
 
 from __future__ import annotations
 
-import copy
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,10 +19,12 @@ from e2e.harness import (
     PLURAL,
     VERSION,
     OperatorProcess,
+    create,
     custom,
     events_for,
     network_policies,
     operator_identity,
+    resource,
     status_of,
     target_status,
     wait_for,
@@ -69,31 +70,6 @@ def ns(admin_api: Any) -> str:
         },
     )
     return name
-
-
-def resource(namespace: str, **spec_changes: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ServerHardening",
-        "metadata": {"name": NAME, "namespace": namespace},
-        "spec": {
-            "serverVersion": "4.3",
-            "driftCheckInterval": "5s",
-            "topology": {
-                "kubernetesNodes": {"cidrs": ["10.0.0.0/16"]},
-                "nomadClients": {"cidrs": ["10.1.0.0/16"]},
-                "externalVMs": {"enabled": False},
-            },
-        },
-    }
-    body["spec"].update(copy.deepcopy(spec_changes))
-    return body
-
-
-def create(api: Any, body: dict[str, Any]) -> None:
-    custom(api).create_namespaced_custom_object(
-        GROUP, VERSION, body["metadata"]["namespace"], PLURAL, body
-    )
 
 
 def phase_is(api: Any, namespace: str, phase: str, name: str = NAME) -> Any:

@@ -23,6 +23,7 @@ from e2e.harness import (
     PLURAL,
     VERSION,
     OperatorProcess,
+    cloud_env,
     custom,
     events_for,
     operator_identity,
@@ -105,15 +106,7 @@ def clouds(
 def cloud_operator(control_plane: Any, admin_api: Any, clouds: Any) -> Iterator[OperatorProcess]:
     _, _, adc = clouds
     kubeconfig, _ = operator_identity(control_plane, admin_api, NAMESPACES)
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_CONFIG_FILE": "/dev/null",
-        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "GOOGLE_APPLICATION_CREDENTIALS": str(adc),
-        "GOOGLE_CLOUD_PROJECT": "circleci-e2e",
-    }
+    env = cloud_env(adc)
     proc = OperatorProcess(kubeconfig, NAMESPACES, env=env).start()
     yield proc
     proc.stop()
