@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from server_hardening.addresses import NON_PUBLIC, AddressSet, world_coverage
@@ -47,6 +47,8 @@ def count(found: set[tuple[int, int]], family: int) -> int:
 
 
 @given(small_sets, small_sets, small_network())
+# Two halves and the whole, spelled apart: random sets are rarely equal, so one is given.
+@example(["10.0.0.0/25", "10.0.0.128/25"], ["10.0.0.0/24"], "10.0.0.0/24")
 def test_the_set_algebra_agrees_with_the_addresses(a: list[str], b: list[str], subnet: str) -> None:
     """Size, equality however spelled, union, intersection, subset, overlap and coverage of a
     subnet, each against the enumerated addresses (one property per line, the same examples)."""
@@ -65,14 +67,15 @@ def test_the_set_algebra_agrees_with_the_addresses(a: list[str], b: list[str], s
 @st.composite
 def split_of(draw: st.DrawFn, root: str) -> list[str]:
     """``root`` cut into random CIDR pieces (some pieces repeated or overlapping a sibling),
-    with random host bits set, in random order: the world spelled as someone might. The host
-    bits and the order come from one drawn Random (a draw per piece cost most of the test)."""
-    rnd = draw(st.randoms(use_true_random=False))
+    with random host bits set, in random order: the world spelled as someone might. The cuts,
+    host bits and order come from one drawn Random (a draw per choice cost most of the test;
+    the Random is reproducible from the failing example hypothesis prints)."""
+    rnd = draw(st.randoms(use_true_random=True))  # one seed drawn, not a draw per call
     pieces: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     todo = [ipaddress.ip_network(root)]
     while todo:
         net = todo.pop()
-        if net.prefixlen < 6 and draw(st.booleans()):
+        if net.prefixlen < 6 and rnd.random() < 0.5:
             todo.extend(net.subnets())
         else:
             pieces.append(net)
