@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import heapq
 import logging
+import threading
 import time
 import zlib
 from collections.abc import Callable, Hashable, Mapping
@@ -117,7 +119,14 @@ class OperatorState:
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     pending: set[Key] = field(default_factory=set)
     registered: dict[Key, Registration] = field(default_factory=dict)
+    # When each resource's next check is due (the truth), and the same as a heap ordered by
+    # time, so the scheduler finds what is due without scanning every resource. A due time
+    # that moved leaves its old heap entry behind: it is dropped when it comes up.
     next_check: dict[Key, float] = field(default_factory=dict)
+    due_order: list[tuple[float, Key]] = field(default_factory=list)
+    due_lock: threading.Lock = field(default_factory=threading.Lock)
+    # When the scheduler wakes next: an earlier due time wakes it sooner.
+    wake_at: float = 0.0
     timed_checks: dict[Key, int] = field(default_factory=dict)
     # What the last check saw (spec generation, resourceVersions), to skip an unchanged one.
     inputs_seen: dict[Key, Hashable] = field(default_factory=dict)
@@ -382,7 +391,7 @@ def register(
     interval = float(parsed.drift_check_seconds)
     # The phase spreads the checks of many resources evenly over the interval, and stays the
     # same across restarts (it comes from the uid).
-    phase = (zlib.crc32((uid or f"{namespace}/{name}").encode()) % 10_000) / 10_000 * interval
+    phase = (_uid_hash(uid, namespace, name) % 10_000) / 10_000 * interval
     state.registered[key] = Registration(
         interval=interval,
         phase=phase,
@@ -390,8 +399,16 @@ def register(
         generation=generation,
     )
     state.inputs_seen.pop(key, None)
+    # Where the resource starts in its cycle of FULL_CHECK_EVERY checks, also from the uid: the
+    # full checks of resources that converged together are spread over the cycle instead of
+    # all falling in its last interval.
+    state.timed_checks.setdefault(key, _uid_hash(uid, namespace, name) // 10_000 % FULL_CHECK_EVERY)
     if key not in state.next_check:
         schedule_next(state, key)
+
+
+def _uid_hash(uid: str, namespace: str, name: str) -> int:
+    return zlib.crc32((uid or f"{namespace}/{name}").encode())
 
 
 def unregister(state: OperatorState, namespace: str, name: str) -> None:
@@ -418,13 +435,41 @@ def schedule_next(state: OperatorState, key: Key, *, soon: bool = False) -> None
     if registration is None:
         return
     now = state.clock()
-    if soon:
-        state.next_check[key] = now + IN_PROGRESS_RECHECK
-    else:
-        state.next_check[key] = next_slot(now, registration)
-    if state.wakeup is not None and state.loop is not None:
+    due = now + IN_PROGRESS_RECHECK if soon else next_slot(now, registration)
+    _set_due(state, key, due)
+    if due < state.wake_at and state.wakeup is not None and state.loop is not None:
         # Called from reconcile threads too: asyncio.Event is set from its own loop only.
         state.loop.call_soon_threadsafe(state.wakeup.set)
+
+
+def _set_due(state: OperatorState, key: Key, due: float) -> None:
+    with state.due_lock:  # reconcile threads reschedule too
+        state.next_check[key] = due
+        heapq.heappush(state.due_order, (due, key))
+
+
+def due_checks(state: OperatorState, now: float) -> tuple[list[Key], float]:
+    """The resources due at ``now`` (each moved on to its next slot until its check reschedules
+    it), and when the scheduler wakes next (set under the lock, so a thread that schedules an
+    earlier check after this sees it and wakes the scheduler)."""
+    taken: list[Key] = []
+    with state.due_lock:
+        heap = state.due_order
+        while heap and heap[0][0] <= now:
+            due, key = heapq.heappop(heap)
+            if state.next_check.get(key) != due:
+                continue  # rescheduled or unregistered since: an old entry
+            registration = state.registered.get(key)
+            if registration is None:
+                state.next_check.pop(key, None)
+                continue
+            taken.append(key)
+            later = next_slot(now, registration)
+            state.next_check[key] = later
+            heapq.heappush(heap, (later, key))
+        upcoming = min(heap[0][0] if heap else now + IDLE_WAKE, now + IDLE_WAKE)
+        state.wake_at = upcoming
+    return taken, upcoming
 
 
 def next_slot(now: float, registration: Registration) -> float:
@@ -436,23 +481,18 @@ def next_slot(now: float, registration: Registration) -> float:
 
 async def run_drift_checks(state: OperatorState) -> None:
     """One task for every resource's drift checks: it sleeps until the next one is due. (kopf's
-    timers were one task per resource waking every few seconds, each logging a line.)"""
+    timers were one task per resource waking every few seconds, each logging a line.) Finding
+    what is due costs O(log n) per check, not a scan of every resource at every wake."""
     state.wakeup = asyncio.Event()
     state.loop = asyncio.get_running_loop()
     running: set[asyncio.Task[None]] = set()
     while True:
         now = state.clock()
-        # list(): a copy taken at once (a release in a worker thread may remove entries).
-        for key in [k for k, due in list(state.next_check.items()) if due <= now]:
-            registration = state.registered.get(key)
-            if registration is None:
-                state.next_check.pop(key, None)
-                continue
-            state.next_check[key] = next_slot(now, registration)  # until the check reschedules
+        due, upcoming = due_checks(state, now)
+        for key in due:
             task = asyncio.create_task(_timed_check(state, key))
             running.add(task)
             task.add_done_callback(running.discard)
-        upcoming = min(list(state.next_check.values()), default=now + IDLE_WAKE)
         state.wakeup.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(state.wakeup.wait(), timeout=max(0.01, upcoming - now))
