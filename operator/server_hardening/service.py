@@ -104,6 +104,15 @@ class NamespaceVersions:
             known.pop((kind, name), None)
         self._changes[namespace] = self._changes.get(namespace, 0) + 1
 
+    def forget(self, namespace: str) -> None:
+        """The namespace has no resource any more: nothing of it is kept."""
+        self._versions.pop(namespace, None)
+        self._changes.pop(namespace, None)
+
+    def namespaces(self) -> set[str]:
+        """The namespaces whose objects' versions are kept."""
+        return set(self._versions)
+
     def changes(self, namespace: str) -> int:
         # Both counters only grow, so their sum moves whenever either does.
         return self._changes.get(namespace, 0) + self._listings
@@ -423,6 +432,8 @@ def unregister(state: OperatorState, namespace: str, name: str) -> None:
     state.events_seen.pop(key, None)
     for series in [s for s in state.event_series if s[0] == key]:
         del state.event_series[series]
+    if not any(other[0] == namespace for other in list(state.registered)):
+        state.versions.forget(namespace)
     if state.awaiting is not None:
         state.awaiting.discard(key)
 
