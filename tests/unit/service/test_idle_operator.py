@@ -318,3 +318,14 @@ def test_full_checks_of_resources_registered_together_are_spread_over_the_cycle(
     assert sum(full_per_round) == len(keys)  # each resource once per cycle
     assert min(full_per_round) > 0
     assert max(full_per_round) < 3 * len(keys) / service.FULL_CHECK_EVERY
+
+
+def test_the_scheduler_wakes_at_most_once_a_tick_and_takes_what_fell_due_meanwhile() -> None:
+    now = 1_000_000.0
+    state = _registered(1000, now)
+    first = min(state.next_check.values())
+    _, upcoming = service.due_checks(state, first)
+    assert upcoming >= first + service.CHECK_TICK  # not at the next resource's own phase
+    later, _ = service.due_checks(state, upcoming)
+    fell_due = [k for k, due in state.next_check.items() if due > upcoming + 30.0]
+    assert len(later) > 1 and set(later) <= set(fell_due)  # those due in the tick, together
