@@ -10,7 +10,7 @@ Service event since its last check is not checked again (every such event trigge
 already) until its next full check: every :data:`FULL_CHECK_EVERY`-th, the backstop against a
 missed event. A check that runs reads the API: what it compares is fresh. One scheduler
 (:func:`run_drift_checks`) spreads the checks over the interval: each resource has its own
-phase, from its uid.
+phase, and its own place in the cycle of full checks, both from its uid.
 """
 
 from __future__ import annotations
