@@ -143,13 +143,18 @@ def _attach(memo: Any, handler_kwargs: Mapping[str, Any]) -> None:
     state.awaiting = {(ns, name) for ns in known for name in set(known[ns]) if ns is not None}
 
 
-def _seen(memo: Any, kind: str, event: Mapping[str, Any]) -> None:
-    """Keep the version of every NetworkPolicy and Service the watches delivered: a drift check
-    of a Kubernetes-only resource is skipped while nothing in its namespace changed."""
+def _seen(
+    memo: Any, kind: str, event: Mapping[str, Any], index: kopf.Index[str | None, str]
+) -> None:
+    """Keep the version of every NetworkPolicy and Service the watches delivered in a namespace
+    that has a ServerHardening: a drift check of a Kubernetes-only resource is skipped while
+    nothing in its namespace changed. Other namespaces' objects are not kept (the watches are
+    cluster-wide: the API cannot select "namespaces with a ServerHardening"); a resource created
+    there later starts with a full check."""
     obj = event.get("object") or {}
     meta = obj.get("metadata") or {}
     namespace, name = meta.get("namespace"), meta.get("name")
-    if namespace and name:
+    if namespace and name and namespace in index:
         version = "" if event.get("type") == "DELETED" else str(meta.get("resourceVersion", ""))
         state_of(memo).versions.seen(namespace, kind, name, version)
     if _listed(event):
@@ -205,7 +210,7 @@ async def _watched(
     """A NetworkPolicy or Service event: note its version, and reconcile the namespace's
     ServerHardenings unless it is the initial listing."""
     _attach(memo, kwargs)
-    _seen(memo, kind, event)
+    _seen(memo, kind, event, kwargs["by_namespace"])
     if not _listed(event):
         await _owners_in(memo, namespace, kwargs["by_namespace"])
 

@@ -12,12 +12,16 @@ As a pod's PID 1 the process gets what a container runtime sends:
 - SIGTERM (what the kubelet sends) and SIGINT stop kopf gracefully, so it withdraws its peering
   record and an HA standby takes over at once instead of when the record expires;
 - a fatal error (kopf stopped without being asked to) exits non-zero with the reason on stderr.
+
+Memory that the operator freed goes back to the kernel once a minute (:func:`return_freed_memory`),
+so the RSS after a mass converge is what is live, not the converge's high-water mark.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import json
 import logging
 import os
@@ -48,6 +52,8 @@ STOP_GRACE_SECONDS = 20.0
 EXIT_FATAL = 1
 EXIT_STOP_TIMEOUT = 2
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: How often freed memory is handed back to the kernel (see return_freed_memory).
+TRIM_EVERY_SECONDS = 60.0
 
 log = logging.getLogger("server_hardening")
 
@@ -217,6 +223,30 @@ def serve_http(host: str, port: int, health: Health) -> ThreadingHTTPServer:
     return server
 
 
+def return_freed_memory() -> bool:
+    """Hand the memory freed since the last call back to the kernel: glibc's ``malloc_trim``.
+
+    CPython frees into the C allocator, which gives memory back on its own only from the top of
+    its heaps. A converge of 1,000 resources at once (3,000 creates, their watch events and
+    reconciles) left the holes below the top in place: an idle RSS of about 500 MiB with about
+    200 MiB live. ``malloc_trim`` also releases the free pages inside the heaps. Without glibc
+    (musl, macOS) there is nothing to call: returns False.
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # the C library the process already runs on
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True
+
+
+def _return_freed_memory_until(stop: threading.Event) -> None:
+    while not stop.wait(TRIM_EVERY_SECONDS):
+        if not return_freed_memory():
+            return
+
+
 def kube_api(kubeconfig: str | None) -> Any:
     from kubernetes import client, config
 
@@ -274,6 +304,9 @@ def run_operator(args: argparse.Namespace) -> int:
         except BaseException as exc:  # reported by the main thread, which exits non-zero
             failure.append(exc)
 
+    threading.Thread(
+        target=_return_freed_memory_until, args=(stop,), name="return-freed-memory", daemon=True
+    ).start()
     thread = threading.Thread(target=run, name="kopf", daemon=True)
     health.kopf_thread = thread
     log.info("kopf identity %s", kwargs["identity"])

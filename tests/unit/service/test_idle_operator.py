@@ -257,3 +257,75 @@ def test_ready_only_once_every_known_resource_was_reconciled() -> None:
     assert not state.reconciling
     service.reconcile_resource(state, NS, NAME)
     assert state.reconciling
+
+
+def _registered(count: int, now: float) -> OperatorState:
+    state = make_state(Policies({}))
+    state.clock = lambda: now
+    spec = make_spec().model_dump(by_alias=True, mode="json")
+    spec["driftCheckInterval"] = "60s"
+    for i in range(count):
+        service.register(state, f"ns-{i}", NAME, f"uid-{i:04d}", spec, 1)
+    return state
+
+
+def test_the_scheduler_takes_what_is_due_in_time_order_and_moves_it_to_its_next_slot() -> None:
+    now = 1_000_000.0
+    state = _registered(50, now)
+    first = min(state.next_check.values())
+    assert service.due_checks(state, first - 0.001)[0] == []
+    later = now + 90.0
+    taken, upcoming = service.due_checks(state, later)
+    assert sorted(taken) == sorted(state.registered)  # all fell due by then, each once
+    assert all(due > later for due in state.next_check.values())
+    assert upcoming == min(*state.next_check.values(), later + service.IDLE_WAKE)
+    assert service.due_checks(state, later)[0] == []  # taken once, not again
+
+
+def test_a_rescheduled_or_unregistered_check_does_not_fire_at_its_old_time() -> None:
+    now = 1_000_000.0
+    state = _registered(2, now)
+    moved, gone = sorted(state.registered)
+    old = state.next_check[moved]
+    state.clock = lambda: old - 1.0  # a reconcile just before its slot: the next is a slot later
+    service.schedule_next(state, moved)
+    service.unregister(state, *gone)
+    assert service.due_checks(state, old + 1.0)[0] == []
+    assert service.due_checks(state, state.next_check[moved])[0] == [moved]
+
+
+def test_full_checks_of_resources_registered_together_are_spread_over_the_cycle() -> None:
+    """Resources that converged together do not all run their full check in the same interval:
+    each round of timed checks runs about a tenth of them in full."""
+    target = Policies({"a": "1"}, {"a": "1"})
+    state = make_state(target)
+    spec = resources(state).body["spec"]
+    keys = [(f"ns-{i}", NAME) for i in range(100)]
+    for i, (ns, name) in enumerate(keys):
+        service.register(state, ns, name, f"uid-{i:04d}", spec, 1)
+
+    async def round_of(timed: bool) -> int:
+        before = target.observed
+        for key in keys:
+            await service.request_reconcile(state, *key, timed=timed)
+        return target.observed - before
+
+    async def cycle() -> list[int]:
+        await round_of(timed=False)  # the first reconciles
+        return [await round_of(timed=True) for _ in range(service.FULL_CHECK_EVERY)]
+
+    full_per_round = asyncio.run(cycle())
+    assert sum(full_per_round) == len(keys)  # each resource once per cycle
+    assert min(full_per_round) > 0
+    assert max(full_per_round) < 3 * len(keys) / service.FULL_CHECK_EVERY
+
+
+def test_the_scheduler_wakes_at_most_once_a_tick_and_takes_what_fell_due_meanwhile() -> None:
+    now = 1_000_000.0
+    state = _registered(1000, now)
+    first = min(state.next_check.values())
+    _, upcoming = service.due_checks(state, first)
+    assert upcoming >= first + service.CHECK_TICK  # not at the next resource's own phase
+    later, _ = service.due_checks(state, upcoming)
+    fell_due = [k for k, due in state.next_check.items() if due > upcoming + 30.0]
+    assert len(later) > 1 and set(later) <= set(fell_due)  # those due in the tick, together
