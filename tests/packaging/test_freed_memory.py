@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-OPERATOR = Path(__file__).resolve().parents[3] / "operator"
+OPERATOR = Path(__file__).resolve().parents[2] / "operator"
 
 PROGRAM = """
 from server_hardening.runner import return_freed_memory
