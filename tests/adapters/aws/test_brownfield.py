@@ -8,9 +8,8 @@ from typing import Any
 
 from adapters.aws.world import OWNER, World, capture_calls, run_pass
 from server_hardening.ownership import OWNER_TAG, owner_key
-from server_hardening.renderers.aws import AtomicRule
+from server_hardening.renderers.aws import AtomicRule, parse_rule
 from server_hardening.rules import Role
-from server_hardening.targets.aws import parse_rule
 
 NLB = "a953ad6f802b345fe85f29d793a4e104"
 

@@ -17,6 +17,7 @@ from server_hardening.renderers.aws import (
     atomic_rules,
     normalise_ports,
     normalise_protocol,
+    parse_rule,
     permissions,
     render_security_groups,
 )
@@ -30,7 +31,6 @@ from server_hardening.rules import (
     Role,
     Rule,
 )
-from server_hardening.targets.aws import parse_rule
 
 PORT_4647 = PortRange.single(4647)
 NODES, NOMAD, VMS, LBS = "sg-0000000a", "sg-0000000b", "sg-0000000c", "sg-0000000d"

@@ -3,7 +3,7 @@
 :mod:`server_hardening.planners.aws` and unmanaged rules are judged by
 :mod:`server_hardening.policy.aws`."""
 
-from server_hardening.targets.aws.adapter import AwsTarget, parse_rule
+from server_hardening.targets.aws.adapter import AwsTarget
 from server_hardening.targets.aws.errors import (
     AwsPermanentError,
     AwsTransientError,
@@ -19,5 +19,4 @@ __all__ = [
     "RetryPolicy",
     "client_config",
     "default_client",
-    "parse_rule",
 ]

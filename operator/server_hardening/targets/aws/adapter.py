@@ -44,8 +44,7 @@ from server_hardening.renderers.aws import (
     AtomicRule,
     RenderedSecurityGroups,
     atomic_rules,
-    normalise_cidr,
-    normalise_protocol,
+    parse_rule,
     permissions,
     render_security_groups,
     rule_fingerprint,
@@ -536,30 +535,3 @@ class AwsTarget:
                 raise
             raise translated from None
         return dict(response)
-
-
-def parse_rule(rule: Mapping[str, Any]) -> AtomicRule:
-    """A ``SecurityGroupRule`` from DescribeSecurityGroupRules as a normalised AtomicRule."""
-    protocol = normalise_protocol(rule.get("IpProtocol", "-1"))
-    first = rule.get("FromPort")
-    last = rule.get("ToPort")
-    if protocol == "-1":
-        first = last = None
-    if rule.get("CidrIpv4"):
-        peer_type, peer = "cidr4", normalise_cidr(str(rule["CidrIpv4"]))
-    elif rule.get("CidrIpv6"):
-        peer_type, peer = "cidr6", normalise_cidr(str(rule["CidrIpv6"]))
-    elif rule.get("ReferencedGroupInfo"):
-        peer_type, peer = "group", str(rule["ReferencedGroupInfo"].get("GroupId", ""))
-    else:
-        peer_type, peer = "prefix-list", str(rule.get("PrefixListId", ""))
-    return AtomicRule(
-        group_id=str(rule.get("GroupId", "")),
-        direction=Direction.EGRESS if rule.get("IsEgress") else Direction.INGRESS,
-        protocol=protocol,
-        from_port=None if first is None else int(first),
-        to_port=None if last is None else int(last),
-        peer_type=peer_type,
-        peer=peer,
-        description=str(rule.get("Description") or ""),
-    )
