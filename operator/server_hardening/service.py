@@ -11,6 +11,10 @@ already) until its next full check: every :data:`FULL_CHECK_EVERY`-th, the backs
 missed event. A check that runs reads the API: what it compares is fresh. One scheduler
 (:func:`run_drift_checks`) spreads the checks over the interval: each resource has its own
 phase, and its own place in the cycle of full checks, both from its uid.
+
+Why a little over 600 lines: the pipeline and the scheduler share the per-operator state and
+call each other (every reconcile reschedules its resource, every due check runs the pipeline),
+so split into two modules they would import each other.
 """
 
 from __future__ import annotations
