@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from server_hardening.addresses import parse
 from server_hardening.guide import (
     GCP_HEALTH_CHECK_RANGES,
     Component,
@@ -35,7 +36,6 @@ from server_hardening.rules import (
     Protocol,
     Role,
     Rule,
-    parse_network,
 )
 
 CloudTarget = Literal["aws", "gcp"]
@@ -74,7 +74,7 @@ class CompiledIntent:
 
 
 def _sorted_cidrs(cidrs: Iterable[str]) -> tuple[str, ...]:
-    unique = {parse_network(c) for c in cidrs}
+    unique = {parse(c) for c in cidrs}
     return tuple(str(n) for n in sorted(unique, key=lambda n: (n.version, n)))
 
 
@@ -247,7 +247,7 @@ def _findings(spec: ServerHardeningSpec, profile: Profile) -> list[Finding]:
     findings: list[Finding] = []
     rerun = spec.access.ssh_rerun
     rerun_sources = rerun.sources or spec.topology.external.cidrs
-    if rerun.enabled and any(parse_network(c).prefixlen == 0 for c in rerun_sources):
+    if rerun.enabled and any(parse(c).prefixlen == 0 for c in rerun_sources):
         for row, ports in (("NOMAD-IN-2", "64535-65535"), ("VM-IN-5", "54782")):
             if row == "VM-IN-5" and not spec.topology.external_vms.enabled:
                 continue

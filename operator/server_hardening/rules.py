@@ -9,8 +9,6 @@ evaluators in the tests read those back and check the meaning survived.
 from __future__ import annotations
 
 import enum
-import functools
-import ipaddress
 from dataclasses import dataclass, field
 
 
@@ -81,17 +79,6 @@ class PortRange:
 
     def __str__(self) -> str:
         return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
-
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@functools.lru_cache(maxsize=4096)
-def parse_network(cidr: str) -> IPNetwork:
-    """Parse a CIDR the way the model normalised it (host bits cleared). Cached: a compile
-    parses each of a spec's CIDRs dozens of times (two thirds of its time), every full drift
-    check compiles again, and networks are immutable."""
-    return ipaddress.ip_network(cidr, strict=False)
 
 
 @dataclass(frozen=True, order=True)
