@@ -349,7 +349,6 @@ async def request_reconcile(
             # Read here, in the event loop that updates them, before the reconcile: an event
             # during it makes the next check run.
             inputs = _inputs(state, key)
-            full = False
             if timed:
                 count = state.timed_checks.get(key, 0) + 1
                 full = count >= FULL_CHECK_EVERY
@@ -433,9 +432,9 @@ def unregister(state: OperatorState, namespace: str, name: str) -> None:
         state.next_check,
         state.timed_checks,
         state.inputs_seen,
+        state.events_seen,
     ):
         table.pop(key, None)
-    state.events_seen.pop(key, None)
     for series in [s for s in state.event_series if s[0] == key]:
         del state.event_series[series]
     if not any(other[0] == namespace for other in list(state.registered)):
