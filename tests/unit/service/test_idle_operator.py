@@ -123,6 +123,17 @@ def make_state(target: Policies, spec: dict[str, Any] | None = None) -> Operator
     return OperatorState(factory=Factory(target), resources=Resources(body))
 
 
+def _registered(count: int, now: float) -> OperatorState:
+    """``count`` Kubernetes-only resources checked every 60 s, registered at ``now``."""
+    state = make_state(Policies({}))
+    state.clock = lambda: now
+    spec = make_spec().model_dump(by_alias=True, mode="json")
+    spec["driftCheckInterval"] = "60s"
+    for i in range(count):
+        service.register(state, f"ns-{i}", NAME, f"uid-{i:04d}", spec, 1)
+    return state
+
+
 def resources(state: OperatorState) -> Resources:
     assert isinstance(state.resources, Resources)
     return state.resources
@@ -165,14 +176,9 @@ def test_a_drift_episode_posts_once_and_a_recurrence_counts_on_the_same_event() 
 
 
 def test_checks_of_many_resources_are_spread_over_the_interval_and_never_bunch() -> None:
-    state = make_state(Policies({}))
     interval = 60.0
     now = 1_000_000.0
-    state.clock = lambda: now
-    spec = make_spec().model_dump(by_alias=True, mode="json")
-    spec["driftCheckInterval"] = "60s"
-    for i in range(1000):
-        service.register(state, f"ns-{i}", NAME, f"uid-{i:04d}", spec, 1)
+    state = _registered(1000, now)
     due = sorted(state.next_check.values())
     assert len(due) == 1000
     assert all(now + interval / 2 <= d < now + 1.5 * interval for d in due)
@@ -257,16 +263,6 @@ def test_ready_only_once_every_known_resource_was_reconciled() -> None:
     assert not state.reconciling
     service.reconcile_resource(state, NS, NAME)
     assert state.reconciling
-
-
-def _registered(count: int, now: float) -> OperatorState:
-    state = make_state(Policies({}))
-    state.clock = lambda: now
-    spec = make_spec().model_dump(by_alias=True, mode="json")
-    spec["driftCheckInterval"] = "60s"
-    for i in range(count):
-        service.register(state, f"ns-{i}", NAME, f"uid-{i:04d}", spec, 1)
-    return state
 
 
 def test_the_scheduler_takes_what_is_due_in_time_order_and_moves_it_to_its_next_slot() -> None:
