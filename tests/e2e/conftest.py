@@ -7,15 +7,13 @@ whole session; every test gets its own namespace.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubernetes import client
-from kubernetes.client.rest import ApiException
 
+from e2e.harness import ensure_namespace, wait_for
 from server_hardening_dev.controlplane import (
     ControlPlane,
     TestBinaries,
@@ -41,17 +39,12 @@ def admin_api(control_plane: ControlPlane) -> Iterator[Any]:
 def namespace(admin_api: Any) -> str:
     """A fresh namespace (never deleted: there is no namespace controller to finalize it)."""
     name = f"e2e-{uuid.uuid4().hex[:10]}"
-    # A loaded API server answers 504 when etcd is slow, and the write may still land: retried
-    # like any client would, a 409 then means it did.
-    attempt = 0
-    while True:
-        try:
-            client.CoreV1Api(admin_api).create_namespace({"metadata": {"name": name}})
-            return name
-        except ApiException as exc:
-            if exc.status == 409 and attempt:
-                return name
-            if exc.status not in (429, 500, 503, 504) or attempt == 4:
-                raise
-        attempt += 1
-        time.sleep(attempt)
+    # A loaded API server can answer 504 while the write still lands: retried as any client
+    # would (wait_for retries API errors), and a 409 then means an earlier attempt did.
+
+    def created() -> bool:
+        ensure_namespace(admin_api, name)
+        return True
+
+    wait_for(f"namespace {name}", created, timeout=30)
+    return name
