@@ -186,8 +186,13 @@ def _live(
     from server_hardening.live import live_plan_json, run_once
     from server_hardening.runner import kube_api
     from server_hardening.targets.factory import LiveTargets
+    from server_hardening.targets.kubeapi import KubeConfigError
 
-    api = kube_api(args.kubeconfig) if spec.kubernetes.network_policies.enabled else None
+    try:
+        api = kube_api(args.kubeconfig) if spec.kubernetes.network_policies.enabled else None
+    except KubeConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     reports, _events = run_once(ref, spec, LiveTargets(api), enforce=enforce)
     doc = live_plan_json(spec, reports)
     if args.output == "json":

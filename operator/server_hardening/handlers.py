@@ -106,24 +106,31 @@ async def _heartbeat(state: OperatorState) -> None:
 
 
 @kopf.on.login(id="login")
-def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
-    """``--kubeconfig`` when given; else kopf's own (in-cluster, then the default kubeconfig)."""
-    path = state_of(memo).kubeconfig
-    if not path:
-        return kopf.login_via_client(memo=memo, **kwargs)
-    from kubernetes import client, config
+def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo:
+    """The operator's own credentials (``--kubeconfig``, else in-cluster, else the default
+    kubeconfig): kopf's watches and the operator's calls authenticate as the same user. kopf
+    calls this again when the API server refuses the credentials (a rotated token, an exec
+    plugin's expired one)."""
+    from server_hardening.targets.kubeapi import CredentialSource, load_credentials
 
-    cfg = client.Configuration()
-    config.load_kube_config(config_file=path, client_configuration=cfg)
-    token = str((cfg.api_key or {}).get("authorization", "")).removeprefix("Bearer ").strip()
+    state = state_of(memo)
+    source = state.credentials or CredentialSource(load_credentials(state.kubeconfig))
+    now = source.current()
+    creds = now.credentials
     return kopf.ConnectionInfo(
-        server=cfg.host,
-        ca_path=cfg.ssl_ca_cert,
-        insecure=not cfg.verify_ssl,
-        scheme="Bearer" if token else None,
-        token=token or None,
-        certificate_path=cfg.cert_file,
-        private_key_path=cfg.key_file,
+        server=creds.server,
+        # kopf takes a path or the data, not both; the data wins, as in kubectl.
+        ca_path=None if creds.ca_data else creds.ca_path,
+        ca_data=creds.ca_data,
+        insecure=creds.insecure,
+        scheme="Bearer" if now.token else None,
+        token=now.token,
+        certificate_path=None if now.cert_data else creds.cert_path,
+        certificate_data=now.cert_data,
+        private_key_path=None if now.key_data else creds.key_path,
+        private_key_data=now.key_data,
+        default_namespace=creds.namespace,
+        expiration=now.expires,
     )
 
 

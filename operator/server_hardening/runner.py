@@ -40,6 +40,7 @@ from server_hardening import metrics
 
 if TYPE_CHECKING:
     from server_hardening.service import OperatorState
+    from server_hardening.targets.kubeapi import KubeApi
 
 HEARTBEAT_STALE_SECONDS = 30.0
 # The watches count as down when the API server has not answered the operator's own
@@ -165,23 +166,17 @@ class Health:
         # A client of its own (same configuration, its own connection pool): the probe never
         # competes with the reconciles for a connection, and a probe cut short never hands a
         # half-read connection back to them.
-        from kubernetes import client
-
-        api_client = client.ApiClient(rt.resources.core.api_client.configuration)
+        probe = rt.resources.api.fork()
         threading.Thread(
-            target=self._probe_forever, args=(api_client,), name="watch-probe", daemon=True
+            target=self._probe_forever, args=(probe,), name="watch-probe", daemon=True
         ).start()
 
-    def _probe_forever(self, api_client: Any) -> None:
+    def _probe_forever(self, probe: KubeApi) -> None:
         while True:
             try:
-                # The whole answer is read (preloaded): a connection goes back to the pool only
-                # once nothing of the response is left on it.
-                api_client.call_api(
-                    "/readyz", "GET", auth_settings=["BearerToken"],
-                    _request_timeout=WATCH_PROBE_EVERY, _return_http_data_only=True,
-                    response_type="str",
-                )  # fmt: skip
+                # The whole answer is read: a connection goes back to the pool only once
+                # nothing of the response is left on it.
+                probe.get("/readyz", timeout=WATCH_PROBE_EVERY)
                 self._last_contact = time.monotonic()
                 self._probe_error = ""
             except Exception as exc:  # any failure to get an answer: network, TLS, 401, 5xx
@@ -247,16 +242,13 @@ def _return_freed_memory_until(stop: threading.Event) -> None:
             return
 
 
-def kube_api(kubeconfig: str | None) -> Any:
-    from kubernetes import client, config
+def kube_api(kubeconfig: str | None) -> KubeApi:
+    """The API client of ``--kubeconfig``, else in-cluster, else the default kubeconfig.
 
-    if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
+    Raises :class:`~server_hardening.targets.kubeapi.KubeConfigError` naming what is wrong."""
+    from server_hardening.targets.kubeapi import KubeApi, load_credentials
+
+    return KubeApi(load_credentials(kubeconfig))
 
 
 def run_operator(args: argparse.Namespace) -> int:
@@ -265,14 +257,20 @@ def run_operator(args: argparse.Namespace) -> int:
     from server_hardening import handlers  # noqa: F401 - registers the handlers with kopf
     from server_hardening.service import OperatorState
     from server_hardening.targets.factory import LiveTargets
+    from server_hardening.targets.kubeapi import KubeConfigError
     from server_hardening.targets.kubernetes import ResourceClient
 
     configure_logging(args.log_format, args.verbose)
-    api = kube_api(args.kubeconfig)
+    try:
+        api = kube_api(args.kubeconfig)
+    except KubeConfigError as exc:
+        sys.stderr.write(f"hardening run: {exc}\n")
+        return EXIT_FATAL
     state = OperatorState(
         factory=LiveTargets(api, recorder=metrics.recorder_for),
         resources=ResourceClient(api),
         kubeconfig=args.kubeconfig,
+        credentials=api.source,
         clusterwide=bool(args.all_namespaces),
         release_timeout=float(args.release_timeout),
     )

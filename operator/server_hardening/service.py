@@ -29,7 +29,7 @@ import time
 import zlib
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server_hardening import metrics
 from server_hardening.compiler import compile_intent
@@ -51,6 +51,9 @@ from server_hardening.reconcile import (
     refuse_keeping_the_last,
 )
 from server_hardening.targets.base import ResourceStore, TargetError, TransientTargetError
+
+if TYPE_CHECKING:
+    from server_hardening.targets.kubeapi import CredentialSource
 
 log = logging.getLogger("server_hardening")
 
@@ -164,6 +167,8 @@ class OperatorState:
     heartbeat: float = field(default_factory=time.monotonic)
     ready: bool = False
     kubeconfig: str | None = None
+    # The credentials of the operator's own client; kopf's login hands the same to its watches.
+    credentials: CredentialSource | None = None
     clusterwide: bool = False
     release_timeout: float = RELEASE_TIMEOUT
 

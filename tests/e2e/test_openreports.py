@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,6 +19,8 @@ from server_hardening.drift import DriftCounts
 from server_hardening.model import ResourceRef
 from server_hardening.reconcile import MAX_FINDINGS, Report, TargetReport
 from server_hardening.rules import Finding, Severity
+from server_hardening.runner import kube_api
+from server_hardening.targets.kubeapi import KubeApi
 from server_hardening.targets.reports import ReportWriter
 
 pytestmark = pytest.mark.e2e
@@ -28,9 +30,10 @@ REPORTS = ("openreports.io", "v1alpha1", "reports")
 
 
 @pytest.fixture(scope="module")
-def operator_api(control_plane: Any, admin_api: Any) -> Any:
+def operator_api(control_plane: Any, admin_api: Any) -> Iterator[KubeApi]:
+    """The operator's own client, as the chart's ServiceAccount."""
     kubeconfig, _ = operator_identity(control_plane, admin_api, [NAMESPACE])
-    api = control_plane.api_client(Path(kubeconfig))
+    api = kube_api(str(kubeconfig))
     yield api
     api.close()
 

@@ -13,8 +13,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import urllib3
-from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from server_hardening import components
 from server_hardening.compiler import CompiledIntent
@@ -58,19 +56,21 @@ from server_hardening.targets.base import (
     TransientTargetError,
     ignore_call,
 )
+from server_hardening.targets.kubeapi import ApiError, KubeApi, namespaced
 from server_hardening.targets.retry import Retrier, RetryPolicy, Verdict
 
 NAME = "kubernetes"
+CORE = "/api/v1"
+NETWORKING = "/apis/networking.k8s.io/v1"
 
 
 def translate(exc: Exception, operation: str, resource: str) -> TargetError:
     """One place that turns client errors into the two kinds the pipeline knows."""
     if isinstance(exc, TargetError):
         return exc
-    if isinstance(exc, ApiException):
-        status = int(exc.status or 0)
-        reason = _api_message(exc)
-        message = f"{operation} {resource}: HTTP {status} {reason}"
+    if isinstance(exc, ApiError):
+        status = exc.status
+        message = f"{operation} {resource}: HTTP {status} {exc.message}"
         if status in {409, 429} or status >= 500:
             return TransientTargetError(message, operation=operation, resource=resource)
         return PermanentTargetError(message, operation=operation, resource=resource)
@@ -79,22 +79,14 @@ def translate(exc: Exception, operation: str, resource: str) -> TargetError:
     )
 
 
-def _api_message(exc: ApiException) -> str:
-    try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
-    except (ValueError, AttributeError):
-        return str(exc.reason)
-
-
 def classify(exc: Exception) -> Verdict:
     """Retry throttling (429), 5xx and a dropped connection; a 409 is not retried as-is (the
     object changed under us: the next pass judges the new version)."""
-    if isinstance(exc, ApiException):
-        status = int(exc.status or 0)
-        if status == 429:
-            return Verdict("throttled", retry=True, why=f"HTTP 429 {_api_message(exc)}")
-        if status >= 500:
-            return Verdict("transient_error", retry=True, why=f"HTTP {status} {_api_message(exc)}")
+    if isinstance(exc, ApiError):
+        if exc.status == 429:
+            return Verdict("throttled", retry=True, why=str(exc))
+        if exc.status >= 500:
+            return Verdict("transient_error", retry=True, why=str(exc))
         return Verdict("error")
     if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
         return Verdict("transient_error", retry=True, why=str(exc))
@@ -111,17 +103,12 @@ class KubernetesCalls:
     def __call__(self, operation: str, resource: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return self.retrier.call(operation, resource, lambda: fn(*args, **kwargs), classify)
-        except (ApiException, urllib3.exceptions.HTTPError, OSError, TargetError) as exc:
+        except (ApiError, urllib3.exceptions.HTTPError, OSError, TargetError) as exc:
             raise translate(exc, operation, resource) from exc
 
 
-def _json(response: Any) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(response.data)
-    return data
-
-
 def resolve_components(
-    api: Any,
+    api: KubeApi,
     namespace: str,
     intent: CompiledIntent,
     record: ApiCallRecorder = ignore_call,
@@ -130,7 +117,6 @@ def resolve_components(
 ]:
     """Read the guide's Services and find the pods and pod ports behind them; the lookups
     whose Service is absent come back too (their last allow is kept, see KubernetesTarget)."""
-    core = client.CoreV1Api(api)
     call = KubernetesCalls(record)
     pinned, pending = components.lookups(intent)
     resolved = {c.component: c for c in pinned}
@@ -140,15 +126,11 @@ def resolve_components(
         outcome: components.ResolvedComponent | Finding | None = None
         for name in lookup.names:
             try:
-                service = _json(
-                    call(
-                        "read_service",
-                        f"service/{name}",
-                        core.read_namespaced_service,
-                        name,
-                        namespace,
-                        _preload_content=False,
-                    )
+                service = call(
+                    "read_service",
+                    f"service/{name}",
+                    api.get,
+                    namespaced(CORE, namespace, "services", name),
                 )
             except PermanentTargetError as exc:
                 if " 404 " in str(exc):
@@ -179,20 +161,17 @@ def resolve_components(
 
 
 def node_ports_of(
-    api: Any, namespace: str, record: ApiCallRecorder = ignore_call
+    api: KubeApi, namespace: str, record: ApiCallRecorder = ignore_call
 ) -> dict[int, tuple[str, int]]:
     """NodePort -> (Service, port) of the namespace's Services (one list): what a cloud rule
     that opens a NodePort really opens. An error reading them leaves the map empty (the cloud
     rules are still judged on their own ports)."""
     try:
-        listing = _json(
-            KubernetesCalls(record)(
-                "list_services",
-                f"namespace/{namespace}",
-                client.CoreV1Api(api).list_namespaced_service,
-                namespace,
-                _preload_content=False,
-            )
+        listing = KubernetesCalls(record)(
+            "list_services",
+            f"namespace/{namespace}",
+            api.get,
+            namespaced(CORE, namespace, "services"),
         )
     except TargetError:
         return {}
@@ -224,7 +203,7 @@ class KubernetesTarget:
         self,
         intent: CompiledIntent,
         ref: ResourceRef,
-        api: Any,
+        api: KubeApi,
         resolved: Mapping[Component, components.ResolvedComponent],
         *,
         record_call: ApiCallRecorder = ignore_call,
@@ -234,12 +213,14 @@ class KubernetesTarget:
         self.intent = intent
         self.ref = ref
         self.api = api
-        self.net = client.NetworkingV1Api(api)
         self.call = KubernetesCalls(record_call)
         self.policies = render_network_policies(intent, ref.namespace, ref, resolved)
         self.findings = tuple(findings)
         self.services_gone = tuple(services_gone)
         self._kept: list[DesiredItem[Manifest]] = []
+
+    def _policies(self, name: str | None = None) -> str:
+        return namespaced(NETWORKING, self.ref.namespace, "networkpolicies", name)
 
     def desired(self) -> Sequence[DesiredItem[Manifest]]:
         return [*desired_items(self.policies), *self._kept]
@@ -275,14 +256,11 @@ class KubernetesTarget:
 
     def observe(self) -> Observation[Manifest]:
         self.call.retrier.new_pass()
-        listing = _json(
-            self.call(
-                "list_networkpolicies",
-                f"namespace/{self.ref.namespace}",
-                self.net.list_namespaced_network_policy,
-                self.ref.namespace,
-                _preload_content=False,
-            )
+        listing = self.call(
+            "list_networkpolicies",
+            f"namespace/{self.ref.namespace}",
+            self.api.get,
+            self._policies(),
         )
         me = owner_key(self.ref)
         items: list[ObservedItem[Manifest]] = []
@@ -345,14 +323,13 @@ class KubernetesTarget:
         both the old and the new desired state allow."""
         self.call.retrier.new_pass()
         result = ApplyResult()
-        ns = self.ref.namespace
-        create = self.net.create_namespaced_network_policy
+        create = self.api.create
         for adoption in plan.adopt:
             if self._replace(result, adoption):
                 result.adopted += 1
         for item in plan.create:
             if self._call_noting_errors(
-                result, "create_networkpolicy", item.key, create, ns, dict(item.payload)
+                result, "create_networkpolicy", item.key, create, self._policies(), item.payload
             ):
                 result.created += 1
         for change in plan.update:
@@ -376,22 +353,19 @@ class KubernetesTarget:
         key = change.desired.key
         body = json.loads(json.dumps(change.desired.payload))
         body["metadata"]["resourceVersion"] = change.observed.payload["metadata"]["resourceVersion"]
-        replace = self.net.replace_namespaced_network_policy
         return self._call_noting_errors(
-            result, "replace_networkpolicy", key, replace, key, self.ref.namespace, body
+            result, "replace_networkpolicy", key, self.api.replace, self._policies(key), body
         )
 
     def _delete(self, result: ApplyResult, item: ObservedItem[Manifest]) -> bool:
-        meta = item.payload["metadata"]
-        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=meta["uid"]))
+        uid = item.payload["metadata"]["uid"]
         try:
             self.call(
                 "delete_networkpolicy",
                 item.native_id,
-                self.net.delete_namespaced_network_policy,
-                item.native_id,
-                self.ref.namespace,
-                body=options,
+                self.api.delete,
+                self._policies(item.native_id),
+                uid=uid,
             )
         except TargetError as exc:
             if " 404 " in str(exc):
@@ -431,11 +405,10 @@ class KubernetesTarget:
                     "annotations": {OWNER_ANNOTATION: None},
                 }
             }
-            patch_policy = self.net.patch_namespaced_network_policy
-            ns = self.ref.namespace
             if self._call_noting_errors(
-                result, "patch_networkpolicy", item.key, patch_policy, item.key, ns, patch
-            ):
+                result, "patch_networkpolicy", item.key, self.api.merge_patch,
+                self._policies(item.key), patch,
+            ):  # fmt: skip
                 result.updated += 1
         return result
 
@@ -443,21 +416,24 @@ class KubernetesTarget:
 class ResourceClient:
     """Reads ServerHardening resources, writes their status and posts their events."""
 
-    def __init__(self, api: Any, *, component: str = "server-hardening") -> None:
-        self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
+    def __init__(self, api: KubeApi, *, component: str = "server-hardening") -> None:
+        self.api = api
         self.component = component
 
-    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+    @staticmethod
+    def _resource(namespace: str, name: str) -> str:
         from server_hardening.model import GROUP, PLURAL, VERSION
 
+        return namespaced(f"/apis/{GROUP}/{VERSION}", namespace, PLURAL, name)
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            body: dict[str, Any] = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name
-            )
-        except ApiException as exc:
+            body: dict[str, Any] = self.api.get(self._resource(namespace, name))
+        except ApiError as exc:
             if exc.status == 404:
                 return None
+            raise translate(exc, "get_serverhardening", f"{namespace}/{name}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise translate(exc, "get_serverhardening", f"{namespace}/{name}") from exc
         return body
 
@@ -465,19 +441,19 @@ class ResourceClient:
         """Write the OpenReports ``Report`` of ``owner`` (False: its CRD is not installed)."""
         from server_hardening.targets.reports import publish_report
 
-        return publish_report(self.core.api_client, report, owner)
+        return publish_report(self.api, report, owner)
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        from server_hardening.model import GROUP, PLURAL, VERSION
-
         # A merge patch replaces lists wholesale, and `null` clears what the new status omits.
         try:
-            self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status)}
+            self.api.merge_patch(
+                self._resource(namespace, name) + "/status", {"status": dict(status)}
             )
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status == 404:
                 return
+            raise translate(exc, "patch_status", f"{namespace}/{name}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise translate(exc, "patch_status", f"{namespace}/{name}") from exc
 
     def post_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> str:
@@ -512,8 +488,8 @@ class ResourceClient:
             "count": 1,
         }
         try:
-            self.core.create_namespaced_event(meta.get("namespace"), event)
-        except ApiException as exc:
+            self.api.create(namespaced(CORE, str(meta.get("namespace")), "events"), event)
+        except (ApiError, urllib3.exceptions.HTTPError, OSError) as exc:
             raise translate(exc, "create_event", reason) from exc
         return event_name
 
@@ -538,9 +514,11 @@ class ResourceClient:
             now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             patch = {"count": count + 1, "lastTimestamp": now}
             try:
-                self.core.patch_namespaced_event(name, namespace, patch)
+                self.api.merge_patch(namespaced(CORE, str(namespace), "events", name), patch)
                 return name, count + 1
-            except ApiException as exc:
+            except ApiError as exc:
                 if exc.status != 404:
                     raise translate(exc, "patch_event", reason) from exc
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise translate(exc, "patch_event", reason) from exc
         return self.post_event(body, type_, reason, message), 1

@@ -9,17 +9,16 @@ later needs no restart, and the return is logged once too.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.rest import ApiException
+import urllib3
 
 from server_hardening.model import ResourceRef
 from server_hardening.openreports import GROUP, PLURAL, VERSION, Report, to_openreport
 from server_hardening.targets.base import PermanentTargetError, TransientTargetError
+from server_hardening.targets.kubeapi import ApiError, KubeApi, namespaced
 
 log = logging.getLogger("server_hardening.reports")
 
@@ -34,13 +33,12 @@ class ReportWriter:
         self._lock = threading.Lock()
         self._crd_missing = False
 
-    def publish(self, api_client: Any, report: Report, owner: ResourceRef) -> bool:
+    def publish(self, api: KubeApi, report: Report, owner: ResourceRef) -> bool:
         """Write the Report for ``report``; False (and nothing written) when the CRD is absent.
 
         Raises :class:`TransientTargetError` for 5xx/429 and network errors,
         :class:`PermanentTargetError` for anything else the API refuses (RBAC, validation)."""
         body = to_openreport(report, owner)
-        api = client.CustomObjectsApi(api_client)
         name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
         try:
             for _attempt in range(2):
@@ -50,26 +48,27 @@ class ReportWriter:
                 raise TransientTargetError(
                     f"Report {namespace}/{name}: changed by another writer twice in a row"
                 )
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status == 404 and self._is_missing_crd(exc):
                 self._set_missing(True)
                 return False
             raise _translate(exc, namespace, name) from exc
-        except OSError as exc:  # urllib3's connection errors are OSErrors
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransientTargetError(f"Report {namespace}/{name}: {exc}") from exc
         self._set_missing(False)
         return True
 
     @staticmethod
-    def _write(api: Any, namespace: str, name: str, body: dict[str, Any]) -> bool:
+    def _write(api: KubeApi, namespace: str, name: str, body: dict[str, Any]) -> bool:
         """One create-or-replace; False on a write conflict (try again)."""
+        group = f"/apis/{GROUP}/{VERSION}"
         try:
-            api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+            api.create(namespaced(group, namespace, PLURAL), body)
             return True
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status != 409:
                 raise
-        current = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        current = api.get(namespaced(group, namespace, PLURAL, name))
         replacement = {
             **body,
             "metadata": {
@@ -78,27 +77,20 @@ class ReportWriter:
             },
         }
         try:
-            api.replace_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, replacement
-            )
-        except ApiException as exc:
+            api.replace(namespaced(group, namespace, PLURAL, name), replacement)
+        except ApiError as exc:
             if exc.status == 409:
                 return False
             raise
         return True
 
     @staticmethod
-    def _is_missing_crd(exc: ApiException) -> bool:
+    def _is_missing_crd(exc: ApiError) -> bool:
         """A create gets 404 for a missing resource type (a plain ``404 page not found`` when
         the whole group is unknown, a Status "could not find the requested resource" when
         the group is served but not this kind), or for a missing namespace (a Status naming
         ``namespaces``), which is not a missing CRD."""
-        try:
-            status = json.loads(exc.body or "")
-        except ValueError:
-            return True
-        details = status.get("details") or {} if isinstance(status, dict) else {}
-        return details.get("kind") != "namespaces"
+        return exc.details.get("kind") != "namespaces"
 
     def _set_missing(self, missing: bool) -> None:
         with self._lock:
@@ -114,7 +106,7 @@ class ReportWriter:
             log.info("the %s CRD is installed now: writing OpenReports Reports", CRD_NAME)
 
 
-def _translate(exc: ApiException, namespace: str, name: str) -> Exception:
+def _translate(exc: ApiError, namespace: str, name: str) -> Exception:
     message = f"Report {namespace}/{name}: {exc.status} {exc.reason}"
     if exc.status in {429, 500, 502, 503, 504}:
         return TransientTargetError(message)
@@ -124,10 +116,10 @@ def _translate(exc: ApiException, namespace: str, name: str) -> Exception:
 _WRITER = ReportWriter()
 
 
-def publish_report(api_client: Any, report: Report, owner: ResourceRef) -> bool:
+def publish_report(api: KubeApi, report: Report, owner: ResourceRef) -> bool:
     """Create or replace the OpenReports ``Report`` of ``owner`` from ``report``.
 
     Returns True when written, False when the Report CRD is not installed (logged once).
-    ``api_client`` is a ``kubernetes.client.ApiClient`` allowed to create, get and update
+    ``api`` must be allowed to create, get and update
     ``reports.openreports.io`` in the owner's namespace (the chart's Role grants it)."""
-    return _WRITER.publish(api_client, report, owner)
+    return _WRITER.publish(api, report, owner)

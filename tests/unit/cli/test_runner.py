@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -76,7 +77,11 @@ def run_with_kopf(monkeypatch: pytest.MonkeyPatch, operator: object) -> int:
     from server_hardening.cli import build_parser
 
     monkeypatch.setattr(kopf, "operator", operator)
-    monkeypatch.setattr(runner, "kube_api", lambda kubeconfig: object())
+    from server_hardening.targets.kubeapi import Credentials, KubeApi
+
+    # A client that is never called (kopf is replaced): nothing listens there.
+    api = KubeApi(Credentials(server="https://127.0.0.1:9"))
+    monkeypatch.setattr(runner, "kube_api", lambda kubeconfig: api)
     args = build_parser().parse_args(
         ["run", "--metrics-host", "127.0.0.1", "--metrics-port", "0", "-n", "x"]
     )
@@ -103,3 +108,23 @@ def test_kopf_receives_an_explicit_identity(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("POD_NAME", "server-hardening-abc12")
     assert run_with_kopf(monkeypatch, recording) == runner.EXIT_FATAL  # it ended unasked
     assert seen["identity"] == "server-hardening-abc12"
+
+
+def test_unusable_credentials_exit_non_zero_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server_hardening.cli import build_parser
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: lab\n"
+        "contexts: [{name: lab, context: {cluster: lab, user: lab}}]\n"
+        "clusters: [{name: lab, cluster: {server: 'https://127.0.0.1:9'}}]\n"
+        "users: [{name: lab, user: {auth-provider: {name: gcp}}}]\n"
+    )
+    args = build_parser().parse_args(
+        ["run", "--kubeconfig", str(kubeconfig), "--metrics-port", "0", "-n", "x"]
+    )
+    assert runner.run_operator(args) == runner.EXIT_FATAL
+    err = capsys.readouterr().err
+    assert f"{kubeconfig}: users[lab].user.auth-provider: not supported" in err
