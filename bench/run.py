@@ -210,7 +210,7 @@ def _installation(api: Any, core: Any, ns: str) -> None:
 def _idle(cp: Any, operator: Any, account: str, size: int, label: str, seconds: float) -> None:
     # Idle begins once the reconciles of the convergence (and of the watch events it caused)
     # have stopped for 10 s; how long that took is a figure too. The full drift checks go on
-    # (about one resource in ten each interval): they are part of idle, not of the converge.
+    # (one resource in thirty each 60 s interval): they are part of idle, not of the converge.
     began, last, count = time.monotonic(), time.monotonic(), -1.0
     while time.monotonic() - last < 10 and time.monotonic() - began < 600:
         now = _converging(operator)

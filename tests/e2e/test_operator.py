@@ -402,7 +402,7 @@ def test_metrics_show_reconciles_and_health(
     wait_for("two more drift checks", lambda: checks() >= checked + 2, timeout=45)
 
     # Drift checks of an unchanged namespace are skipped: no list, no Service read. One check
-    # in FULL_CHECK_EVERY runs in full (where in the cycle comes from the uid): it lists once.
+    # per FULL_CHECK_PERIOD runs in full (where in the cycle comes from the uid): it lists once.
     def reads_only_from_full_checks() -> bool:
         now, ran = calls(), full_checks() - full
         listed = now["list_networkpolicies"] - before["list_networkpolicies"]

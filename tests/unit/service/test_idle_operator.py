@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from builders import make_spec
 from server_hardening import metrics, service
 from server_hardening.compiler import CompiledIntent
@@ -220,9 +222,19 @@ def test_an_unchanged_kubernetes_only_check_is_skipped_until_the_next_full_check
     check()
     assert target.observed == 2
 
-    for _ in range(service.FULL_CHECK_EVERY):
+    for _ in range(state.registered[(NS, NAME)].full_check_every):
         check()
     assert target.observed == 3  # one full check: the backstop against a missed event
+
+
+@pytest.mark.parametrize(
+    ("interval", "every"), [(60.0, 30), (5.0, 360), (45.0, 40), (1800.0, 1), (3600.0, 1)]
+)
+def test_every_resource_is_checked_in_full_once_per_period_whatever_its_interval(
+    interval: float, every: int
+) -> None:
+    assert service.full_check_every(interval) == every
+    assert every * interval >= service.FULL_CHECK_PERIOD or every == 1
 
 
 def test_a_relisting_watch_makes_the_next_check_run_in_full() -> None:
@@ -295,7 +307,9 @@ def test_full_checks_of_resources_registered_together_are_spread_over_the_cycle(
     each round of timed checks runs about a tenth of them in full."""
     target = Policies({"a": "1"}, {"a": "1"})
     state = make_state(target)
-    spec = resources(state).body["spec"]
+    spec = {**resources(state).body["spec"], "driftCheckInterval": "180s"}
+    rounds = service.full_check_every(180.0)
+    assert rounds == 10
     keys = [(f"ns-{i}", NAME) for i in range(100)]
     for i, (ns, name) in enumerate(keys):
         service.register(state, ns, name, f"uid-{i:04d}", spec, 1)
@@ -308,12 +322,12 @@ def test_full_checks_of_resources_registered_together_are_spread_over_the_cycle(
 
     async def cycle() -> list[int]:
         await round_of(timed=False)  # the first reconciles
-        return [await round_of(timed=True) for _ in range(service.FULL_CHECK_EVERY)]
+        return [await round_of(timed=True) for _ in range(rounds)]
 
     full_per_round = asyncio.run(cycle())
     assert sum(full_per_round) == len(keys)  # each resource once per cycle
     assert min(full_per_round) > 0
-    assert max(full_per_round) < 3 * len(keys) / service.FULL_CHECK_EVERY
+    assert max(full_per_round) < 3 * len(keys) / rounds
 
 
 def test_the_scheduler_wakes_at_most_once_a_tick_and_takes_what_fell_due_meanwhile() -> None:
