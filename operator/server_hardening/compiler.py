@@ -9,7 +9,7 @@ same effect and returns them with the findings a person should read before apply
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -81,7 +81,15 @@ def _sorted_cidrs(cidrs: Iterable[str]) -> tuple[str, ...]:
 class _Resolver:
     """Turns a row's symbolic peer and ports into concrete ones for one spec."""
 
-    def __init__(self, spec: ServerHardeningSpec, *, transparent: bool) -> None:
+    def __init__(
+        self,
+        spec: ServerHardeningSpec,
+        *,
+        transparent: bool,
+        peers: Mapping[PeerKind, Peer] | None = None,
+    ) -> None:
+        """``peers``: another resolver's for the same spec (they do not depend on
+        ``transparent``), so the second resolver of a compile does not sort them again."""
         self.spec = spec
         self.transparent = transparent
         topo = spec.topology
@@ -102,14 +110,28 @@ class _Resolver:
             PeerKind.HEALTH_CHECKS: GCP_HEALTH_CHECK_RANGES,
         }
         # Every row asks for its peers: each kind's addresses are sorted once per spec.
-        self._peers = {kind: Peer(kind, _sorted_cidrs(c)) for kind, c in self.addresses.items()}
+        self.peers: Mapping[PeerKind, Peer] = (
+            {kind: Peer(kind, _sorted_cidrs(c)) for kind, c in self.addresses.items()}
+            if peers is None
+            else peers
+        )
+        # What each requirement needs is the same for every row: decided once, not per row.
+        self._met = {
+            Requires.ADMIN_SSH: spec.access.admin_ssh.enabled,
+            Requires.SSH_RERUN: spec.access.ssh_rerun.enabled,
+            Requires.EXTERNAL_VMS: topo.external_vms.enabled,
+            Requires.DNS: topo.dns is not None,
+            Requires.LB_LAYER: not transparent,
+            Requires.IN_CLUSTER_NOMAD: topo.nomad_servers is None,
+            Requires.EXTERNAL_NOMAD: topo.nomad_servers is not None,
+        }
 
     def peer(self, kind: PeerKind) -> Peer:
         # A transparent load balancer is no layer of its own: what the guide sends to it goes
         # to the nodes behind it.
         if kind is PeerKind.LOAD_BALANCERS and self.transparent:
             kind = PeerKind.KUBERNETES_NODES
-        return self._peers[kind]
+        return self.peers[kind]
 
     def ports(self, ports: PortRange | Ports | None) -> PortRange | None:
         if isinstance(ports, Ports):
@@ -118,18 +140,9 @@ class _Resolver:
         return ports
 
     def applies(self, row: GuideRow) -> bool:
-        checks = {
-            Requires.ADMIN_SSH: self.spec.access.admin_ssh.enabled,
-            Requires.SSH_RERUN: self.spec.access.ssh_rerun.enabled,
-            Requires.EXTERNAL_VMS: self.spec.topology.external_vms.enabled,
-            Requires.DNS: self.spec.topology.dns is not None,
-            Requires.LB_LAYER: not self.transparent,
-            Requires.IN_CLUSTER_NOMAD: self.spec.topology.nomad_servers is None,
-            Requires.EXTERNAL_NOMAD: self.spec.topology.nomad_servers is not None,
-        }
-        if not all(checks[r] for r in row.requires):
+        if not all(self._met[r] for r in row.requires):
             return False
-        vms_off = not self.spec.topology.external_vms.enabled
+        vms_off = not self._met[Requires.EXTERNAL_VMS]
         return not (
             vms_off and (row.subject is Role.EXTERNAL_VMS or row.peer is PeerKind.EXTERNAL_VMS)
         )
@@ -323,7 +336,7 @@ def compile_intent(spec: ServerHardeningSpec) -> CompiledIntent:
     resolver = _Resolver(spec, transparent=transparent)
     rules = merge_rules(_rules_from_rows(profile.rows, resolver))
 
-    gcp_resolver = _Resolver(spec, transparent=True)
+    gcp_resolver = _Resolver(spec, transparent=True, peers=resolver.peers)
     gcp_rows = _rules_from_rows(profile.rows, gcp_resolver)
     node_ports = resolver.ports(Ports.NODE_PORTS)
     gcp_rows.append(

@@ -841,14 +841,15 @@ def _overlaps(spec: ServerHardeningSpec) -> list[FieldError]:
     if spec.topology.nomad_servers is not None:
         roles.append(("nomadServers", spec.topology.nomad_servers.cidrs))
     roles.append(("loadBalancers", spec.topology.load_balancers.cidrs))
+    # Each CIDR parsed once, not once per pair it is compared in.
+    networks = {role: [ipaddress.ip_network(c) for c in cidrs] for role, cidrs in roles}
     errors: list[FieldError] = []
     for i, (role_a, cidrs_a) in enumerate(roles):
         for role_b, cidrs_b in roles[i + 1 :]:
             if role_b == "loadBalancers" and role_a in {"kubernetesNodes", "nomadServers"}:
                 continue  # a load balancer may live in the node (or server) subnets
-            for ia, a in enumerate(cidrs_a):
-                for ib, b in enumerate(cidrs_b):
-                    na, nb = ipaddress.ip_network(a), ipaddress.ip_network(b)
+            for ia, (a, na) in enumerate(zip(cidrs_a, networks[role_a], strict=True)):
+                for ib, (b, nb) in enumerate(zip(cidrs_b, networks[role_b], strict=True)):
                     if na.version == nb.version and na.overlaps(nb):
                         errors.append(
                             FieldError(

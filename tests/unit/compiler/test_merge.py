@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,26 +21,28 @@ from server_hardening.rules import (
 
 PEERS = [Peer(PeerKind.EXTERNAL, ("0.0.0.0/0",)), Peer(PeerKind.NOMAD_CLIENTS, ("10.1.0.0/16",))]
 MAX_PORT = 60
+ROWS = ("A-1", "B-2", "C-3")
+
+
+# Everything but the ports, as one choice: 2 subjects x 2 directions x 2 actions x 2 peers x
+# 3 protocols x 3 rows. Drawn field by field (and ports drawn, then dropped, for "all") it
+# took three times the choices per rule and twice the time per example, for the same rules.
+KINDS = tuple(
+    itertools.product(
+        (Role.NOMAD_CLIENTS, Role.EXTERNAL_VMS), Direction, Action, PEERS, Protocol, ROWS
+    )
+)
+KIND = st.sampled_from(KINDS)
 
 
 @st.composite
 def rules(draw: st.DrawFn) -> Rule:
-    protocol = draw(st.sampled_from(list(Protocol)))
+    subject, direction, action, peer, protocol, row = draw(KIND)
     ports = None
-    if protocol is not Protocol.ALL or draw(st.booleans()):
+    if protocol is not Protocol.ALL:
         first = draw(st.integers(1, MAX_PORT))
         ports = PortRange(first, draw(st.integers(first, MAX_PORT)))
-    if protocol is Protocol.ALL:
-        ports = None
-    return Rule(
-        subject=draw(st.sampled_from([Role.NOMAD_CLIENTS, Role.EXTERNAL_VMS])),
-        direction=draw(st.sampled_from(list(Direction))),
-        action=draw(st.sampled_from(list(Action))),
-        peer=draw(st.sampled_from(PEERS)),
-        protocol=protocol,
-        ports=ports,
-        rows=frozenset({draw(st.sampled_from(["A-1", "B-2", "C-3"]))}),
-    )
+    return Rule(subject, direction, action, peer, protocol, ports, frozenset({row}))
 
 
 def meaning(rule_set: tuple[Rule, ...] | list[Rule]) -> set[tuple[object, ...]]:
