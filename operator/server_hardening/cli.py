@@ -186,7 +186,7 @@ def _live(
     from server_hardening.live import live_plan_json, run_once
     from server_hardening.runner import kube_api
     from server_hardening.targets.factory import LiveTargets
-    from server_hardening.targets.kubeapi import KubeConfigError
+    from server_hardening.targets.kubeconfig import KubeConfigError
 
     try:
         api = kube_api(args.kubeconfig) if spec.kubernetes.network_policies.enabled else None

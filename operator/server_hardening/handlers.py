@@ -111,7 +111,7 @@ def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo:
     kubeconfig): kopf's watches and the operator's calls authenticate as the same user. kopf
     calls this again when the API server refuses the credentials (a rotated token, an exec
     plugin's expired one)."""
-    from server_hardening.targets.kubeapi import CredentialSource, load_credentials
+    from server_hardening.targets.kubeconfig import CredentialSource, load_credentials
 
     state = state_of(memo)
     source = state.credentials or CredentialSource(load_credentials(state.kubeconfig))

@@ -245,8 +245,9 @@ def _return_freed_memory_until(stop: threading.Event) -> None:
 def kube_api(kubeconfig: str | None) -> KubeApi:
     """The API client of ``--kubeconfig``, else in-cluster, else the default kubeconfig.
 
-    Raises :class:`~server_hardening.targets.kubeapi.KubeConfigError` naming what is wrong."""
-    from server_hardening.targets.kubeapi import KubeApi, load_credentials
+    Raises :class:`~server_hardening.targets.kubeconfig.KubeConfigError` naming what is wrong."""
+    from server_hardening.targets.kubeapi import KubeApi
+    from server_hardening.targets.kubeconfig import load_credentials
 
     return KubeApi(load_credentials(kubeconfig))
 
@@ -257,7 +258,7 @@ def run_operator(args: argparse.Namespace) -> int:
     from server_hardening import handlers  # noqa: F401 - registers the handlers with kopf
     from server_hardening.service import OperatorState
     from server_hardening.targets.factory import LiveTargets
-    from server_hardening.targets.kubeapi import KubeConfigError
+    from server_hardening.targets.kubeconfig import KubeConfigError
     from server_hardening.targets.kubernetes import ResourceClient
 
     configure_logging(args.log_format, args.verbose)

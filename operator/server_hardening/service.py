@@ -55,7 +55,7 @@ from server_hardening.reconcile import (
 from server_hardening.targets.base import ResourceStore, TargetError, TransientTargetError
 
 if TYPE_CHECKING:
-    from server_hardening.targets.kubeapi import CredentialSource
+    from server_hardening.targets.kubeconfig import CredentialSource
 
 log = logging.getLogger("server_hardening")
 

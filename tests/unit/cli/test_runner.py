@@ -77,7 +77,8 @@ def run_with_kopf(monkeypatch: pytest.MonkeyPatch, operator: object) -> int:
     from server_hardening.cli import build_parser
 
     monkeypatch.setattr(kopf, "operator", operator)
-    from server_hardening.targets.kubeapi import Credentials, KubeApi
+    from server_hardening.targets.kubeapi import KubeApi
+    from server_hardening.targets.kubeconfig import Credentials
 
     # A client that is never called (kopf is replaced): nothing listens there.
     api = KubeApi(Credentials(server="https://127.0.0.1:9"))

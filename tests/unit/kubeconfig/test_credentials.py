@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from server_hardening.targets import kubeapi
-from server_hardening.targets.kubeapi import (
+from server_hardening.targets import kubeconfig
+from server_hardening.targets.kubeconfig import (
     CredentialSource,
     KubeConfigError,
     from_kubeconfig,
@@ -22,7 +22,7 @@ from server_hardening.targets.kubeapi import (
 )
 
 
-def kubeconfig(path: Path, *, user: dict[str, object], cluster: dict[str, object] | None = None,
+def write_kubeconfig(path: Path, *, user: dict[str, object], cluster: dict[str, object] | None = None,
                context: str = "lab") -> Path:  # fmt: skip
     path.write_text(
         json.dumps(
@@ -43,7 +43,7 @@ def kubeconfig(path: Path, *, user: dict[str, object], cluster: dict[str, object
 
 def test_files_are_relative_to_their_kubeconfig_and_data_is_decoded(tmp_path: Path) -> None:
     pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
-    path = kubeconfig(
+    path = write_kubeconfig(
         tmp_path / "config",
         user={"client-certificate": "pki/admin.crt", "client-key": "/abs/admin.key"},
         cluster={
@@ -61,7 +61,7 @@ def test_files_are_relative_to_their_kubeconfig_and_data_is_decoded(tmp_path: Pa
 def test_merged_files_take_each_name_from_the_first_file_that_has_it(tmp_path: Path) -> None:
     first = tmp_path / "first"
     first.write_text(json.dumps({"users": [{"name": "lab", "user": {"token": "from-first"}}]}))
-    second = kubeconfig(tmp_path / "second", user={"token": "from-second"})
+    second = write_kubeconfig(tmp_path / "second", user={"token": "from-second"})
     env = {"KUBECONFIG": f"{first}:{tmp_path / 'missing'}:{second}"}
     creds = load_credentials(environ=env)
     assert creds.token == "from-first"  # first file's user, second file's context and cluster
@@ -86,7 +86,7 @@ def test_unusable_kubeconfigs_are_refused_naming_the_field(
     context: str,
     names: str,
 ) -> None:
-    path = kubeconfig(tmp_path / "config", user=user, cluster=cluster, context=context)
+    path = write_kubeconfig(tmp_path / "config", user=user, cluster=cluster, context=context)
     with pytest.raises(KubeConfigError, match=names.replace("[", r"\[").replace("]", r"\]")):
         from_kubeconfig([path])
 
@@ -111,7 +111,7 @@ def test_a_rotated_token_file_is_read_again(
     assert source.current().token == "first"
     token.write_text("rotated")
     assert source.current().token == "first"  # not read again within the minute
-    monkeypatch.setattr(kubeapi, "TOKEN_FILE_REREAD_SECONDS", 0.0)
+    monkeypatch.setattr(kubeconfig, "TOKEN_FILE_REREAD_SECONDS", 0.0)
     assert source.current().token == "rotated"
 
 
@@ -134,7 +134,7 @@ def exec_plugin(tmp_path: Path, *, expires_in: dt.timedelta, exit_code: int = 0)
 
 def test_an_exec_plugin_is_run_again_only_when_its_credential_expires(tmp_path: Path) -> None:
     lasting = exec_plugin(tmp_path, expires_in=dt.timedelta(hours=1))
-    path = kubeconfig(tmp_path / "config", user={"exec": {"command": str(lasting)}})
+    path = write_kubeconfig(tmp_path / "config", user={"exec": {"command": str(lasting)}})
     source = CredentialSource(from_kubeconfig([path]))
     assert [source.current().token for _ in range(3)] == ["token-1"] * 3
     assert source.current().expires is not None
@@ -148,7 +148,7 @@ def test_an_exec_plugin_is_run_again_only_when_its_credential_expires(tmp_path: 
 
 def test_a_failing_exec_plugin_is_reported_with_its_message(tmp_path: Path) -> None:
     failing = exec_plugin(tmp_path, expires_in=dt.timedelta(hours=1), exit_code=1)
-    path = kubeconfig(tmp_path / "config", user={"exec": {"command": str(failing)}})
+    path = write_kubeconfig(tmp_path / "config", user={"exec": {"command": str(failing)}})
     with pytest.raises(
         KubeConfigError, match=r"users\[lab\]\.user\.exec: .* exited 1: login required"
     ):
