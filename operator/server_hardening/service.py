@@ -22,6 +22,7 @@ so split into two modules they would import each other.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import datetime as dt
 import heapq
@@ -87,6 +88,9 @@ class Registration:
     phase: float
     clouds: bool
     generation: int
+    # When the spec's declared exceptions expire (Unix time, sorted): an expiry changes the
+    # verdict on what the namespace holds though nothing in it changed.
+    expiries: tuple[float, ...] = ()
 
     @property
     def full_check_every(self) -> int:
@@ -390,12 +394,14 @@ async def request_reconcile(
 
 
 def _inputs(state: OperatorState, key: Key) -> Hashable | None:
-    """What a Kubernetes-only check depends on: the spec's generation and the changes its
-    namespace's watches saw. None for a resource with cloud targets (no watch there)."""
+    """What a Kubernetes-only check depends on: the spec's generation, the changes its
+    namespace's watches saw and how many of its declared exceptions have expired by now. None
+    for a resource with cloud targets (no watch there)."""
     registration = state.registered.get(key)
     if registration is None or registration.clouds:
         return None
-    return (registration.generation, state.versions.changes(key[0]))
+    expired = bisect.bisect_right(registration.expiries, state.clock())
+    return (registration.generation, state.versions.changes(key[0]), expired)
 
 
 # -- the drift-check scheduler -----------------------------------------------------------------
@@ -431,6 +437,9 @@ def register(
         phase=phase,
         clouds=parsed.aws is not None or parsed.gcp is not None,
         generation=generation,
+        expiries=tuple(
+            sorted(e.expires.timestamp() for e in parsed.exceptions if e.expires is not None)
+        ),
     )
     state.inputs_seen.pop(key, None)
     # Where the resource starts in its cycle of full checks, also from the uid: the full checks

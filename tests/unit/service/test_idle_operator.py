@@ -5,6 +5,7 @@ checks skipped from the watch caches, readiness once caught up. No kopf, no API 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -235,6 +236,33 @@ def test_every_resource_is_checked_in_full_once_per_period_whatever_its_interval
 ) -> None:
     assert service.full_check_every(interval) == every
     assert every * interval >= service.FULL_CHECK_PERIOD or every == 1
+
+
+def test_a_declared_exception_expiring_makes_the_next_check_run_in_full() -> None:
+    """An expiry changes the verdict on what the namespace holds though nothing in it changed:
+    the check right after it compares, not only the next full check."""
+    now = 1_800_000_000.0
+    target = Policies({"a": "1"}, {"a": "1"})
+    spec = make_spec().model_dump(by_alias=True, mode="json")
+    spec["exceptions"] = [
+        {"target": "kubernetes", "name": "allow-prometheus-*", "reason": "scrapes",
+         "expires": dt.datetime.fromtimestamp(now + 90, dt.UTC).isoformat()},
+    ]  # fmt: skip
+    state = make_state(target, spec)
+    state.clock = lambda: now
+    service.register(state, NS, NAME, "u-1", spec, 1)
+
+    def check() -> None:
+        asyncio.run(service.request_reconcile(state, NS, NAME, timed=True))
+
+    asyncio.run(service.request_reconcile(state, NS, NAME))
+    check()
+    assert target.observed == 1  # before the expiry: skipped
+    now += 120
+    check()
+    assert target.observed == 2  # after it: compared
+    check()
+    assert target.observed == 2  # and skipped again once that is judged
 
 
 def test_a_relisting_watch_makes_the_next_check_run_in_full() -> None:
