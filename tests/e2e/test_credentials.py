@@ -84,3 +84,23 @@ def test_an_operator_whose_kubeconfig_uses_an_exec_plugin_watches_and_writes(
     # The plugin ran (once for the operator's client, once for kopf's login) and its
     # credential, which states no expiry, was not asked for again at every call.
     assert 1 <= len(runs.read_text().splitlines()) <= 2
+
+
+def test_plan_live_reads_the_cluster_with_a_client_certificate_kubeconfig(
+    control_plane: Any, admin_api: Any, namespace: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """``hardening plan --live`` as an administrator runs it from a laptop: the admin
+    kubeconfig holds a client certificate and the CA as data. It reads; it writes nothing."""
+    from server_hardening.cli import main
+
+    body = resource(namespace)
+    path = tmp_path / "hardening.yaml"
+    path.write_text(yaml.safe_dump(body))
+    kubeconfig = str(control_plane.admin_kubeconfig)
+    assert main(["plan", "--live", "-f", str(path), "--kubeconfig", kubeconfig, "-o", "json"]) == 0
+    (kube,) = json.loads(capsys.readouterr().out)["targets"]
+    assert kube["name"] == "kubernetes" and not kube["error"]
+    created = {a["id"] for a in kube["actions"] if a["action"] == "create"}
+    assert {"svh-default-deny", "svh-allow-namespace"} <= created
+    assert network_policies(admin_api, namespace) == {}  # a plan writes nothing
