@@ -11,7 +11,7 @@ from kubernetes.client.rest import ApiException
 
 from field import site
 from field.conftest import RELEASE, RELEASE_NAMESPACE, FieldCluster
-from field.node import wait_until
+from field.node import NodeError, wait_until
 
 GROUP, VERSION, PLURAL = "hardening.circleci.com", "v1alpha1", "serverhardenings"
 
@@ -39,7 +39,12 @@ def operator_tasks(cluster: FieldCluster) -> list[str]:
     for line in cluster.node.ctr("tasks", "list").splitlines()[1:]:
         fields = line.split()
         if len(fields) >= 3 and fields[2] == "RUNNING":
-            image = cluster.node.ctr("containers", "info", fields[0])
+            try:
+                image = cluster.node.ctr("containers", "info", fields[0])
+            except NodeError as exc:
+                if "not found" in str(exc):
+                    continue  # removed between the two calls: what the caller waits for
+                raise
             if "localhost/server-hardening:field" in image:
                 running.append(fields[0])
     return running
