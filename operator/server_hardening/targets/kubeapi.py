@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import urllib3
 
@@ -43,27 +43,20 @@ class ApiError(Exception):
         self.status = status
         self.reason = reason
         self.body = body
+        try:
+            parsed = json.loads(body or "{}")
+        except ValueError:
+            parsed = None
+        api_status: Mapping[str, Any] = parsed if isinstance(parsed, dict) else {}
+        #: The ``message`` of the API's Status object, else the HTTP reason.
+        self.message = str(api_status.get("message") or reason)
+        #: The Status object's ``details`` (e.g. ``kind`` of what was not found), or empty.
+        self.details: Mapping[str, Any] = api_status.get("details") or {}
         super().__init__(f"HTTP {status} {self.message}")
 
-    @property
-    def message(self) -> str:
-        """The ``message`` of the API's Status object, else the HTTP reason."""
-        try:
-            status = json.loads(self.body or "{}")
-        except ValueError:
-            return self.reason
-        if isinstance(status, dict) and status.get("message"):
-            return str(status["message"])
-        return self.reason
 
-    @property
-    def details(self) -> Mapping[str, Any]:
-        """The Status object's ``details`` (e.g. ``kind`` of what was not found), or empty."""
-        try:
-            status = json.loads(self.body or "{}")
-        except ValueError:
-            return {}
-        return (status.get("details") or {}) if isinstance(status, dict) else {}
+# What a call through KubeApi raises: an error status, or a connection that failed.
+CLIENT_ERRORS = (ApiError, urllib3.exceptions.HTTPError, OSError)
 
 
 class KubeApi:
@@ -86,6 +79,8 @@ class KubeApi:
             else CredentialSource(credentials)
         )
         self.read_timeout = read_timeout
+        # Tokens are read again at every call (see CredentialSource); a client certificate is
+        # loaded into the TLS context once, so one that an exec plugin rotates takes a restart.
         first = self.source.current()
         creds = first.credentials
         self.server = creds.server.rstrip("/")
@@ -111,7 +106,6 @@ class KubeApi:
         method: str,
         path: str,
         *,
-        query: Mapping[str, str] | None = None,
         body: Any = None,
         content_type: str = JSON,
         timeout: float | None = None,
@@ -125,7 +119,7 @@ class KubeApi:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = content_type
-        url = self.server + path + (f"?{urlencode(query)}" if query else "")
+        url = self.server + path
         read = self.read_timeout if timeout is None else timeout
         response = self._pool.request(
             method,

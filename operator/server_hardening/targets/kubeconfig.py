@@ -12,6 +12,8 @@ by name.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import json
 import os
@@ -265,9 +267,6 @@ def _decoded(entry: Mapping[str, Any], key: str, path: Path, name: str) -> str |
 
 
 def _b64(value: Any, where: str) -> bytes:
-    import base64
-    import binascii
-
     try:
         return base64.b64decode(str(value), validate=True)
     except (binascii.Error, ValueError) as exc:

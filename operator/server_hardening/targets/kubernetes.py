@@ -56,7 +56,7 @@ from server_hardening.targets.base import (
     TransientTargetError,
     ignore_call,
 )
-from server_hardening.targets.kubeapi import ApiError, KubeApi, namespaced
+from server_hardening.targets.kubeapi import CLIENT_ERRORS, ApiError, KubeApi, namespaced
 from server_hardening.targets.retry import Retrier, RetryPolicy, Verdict
 
 NAME = "kubernetes"
@@ -103,7 +103,7 @@ class KubernetesCalls:
     def __call__(self, operation: str, resource: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return self.retrier.call(operation, resource, lambda: fn(*args, **kwargs), classify)
-        except (ApiError, urllib3.exceptions.HTTPError, OSError, TargetError) as exc:
+        except (*CLIENT_ERRORS, TargetError) as exc:
             raise translate(exc, operation, resource) from exc
 
 
@@ -429,11 +429,9 @@ class ResourceClient:
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             body: dict[str, Any] = self.api.get(self._resource(namespace, name))
-        except ApiError as exc:
-            if exc.status == 404:
+        except CLIENT_ERRORS as exc:
+            if isinstance(exc, ApiError) and exc.status == 404:
                 return None
-            raise translate(exc, "get_serverhardening", f"{namespace}/{name}") from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise translate(exc, "get_serverhardening", f"{namespace}/{name}") from exc
         return body
 
@@ -449,11 +447,9 @@ class ResourceClient:
             self.api.merge_patch(
                 self._resource(namespace, name) + "/status", {"status": dict(status)}
             )
-        except ApiError as exc:
-            if exc.status == 404:
+        except CLIENT_ERRORS as exc:
+            if isinstance(exc, ApiError) and exc.status == 404:
                 return
-            raise translate(exc, "patch_status", f"{namespace}/{name}") from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise translate(exc, "patch_status", f"{namespace}/{name}") from exc
 
     def post_event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> str:
@@ -489,7 +485,7 @@ class ResourceClient:
         }
         try:
             self.api.create(namespaced(CORE, str(meta.get("namespace")), "events"), event)
-        except (ApiError, urllib3.exceptions.HTTPError, OSError) as exc:
+        except CLIENT_ERRORS as exc:
             raise translate(exc, "create_event", reason) from exc
         return event_name
 
@@ -516,9 +512,7 @@ class ResourceClient:
             try:
                 self.api.merge_patch(namespaced(CORE, str(namespace), "events", name), patch)
                 return name, count + 1
-            except ApiError as exc:
-                if exc.status != 404:
+            except CLIENT_ERRORS as exc:
+                if not (isinstance(exc, ApiError) and exc.status == 404):
                     raise translate(exc, "patch_event", reason) from exc
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise translate(exc, "patch_event", reason) from exc
         return self.post_event(body, type_, reason, message), 1
