@@ -58,16 +58,20 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from server_hardening.drift import DriftKind
 
-REGISTRY = CollectorRegistry(auto_describe=True)
+# The operator's own counters, histogram and gauge; the per-resource families come from
+# SNAPSHOTS. REGISTRY holds both (for collecting in-process); /metrics serves exposition().
+_STANDARD = CollectorRegistry(auto_describe=True)
 
 DRIFT_KINDS = tuple(kind.value for kind in DriftKind)
 PHASES = ("Enforced", "Drifted", "Auditing", "Invalid", "Error", "Conflict")
@@ -77,42 +81,42 @@ RECONCILES = Counter(
     "server_hardening_reconciles",
     "Reconciles of ServerHardening resources, by result.",
     ["result"],
-    registry=REGISTRY,
+    registry=_STANDARD,
 )
 RECONCILE_DURATION = Histogram(
     "server_hardening_reconcile_duration_seconds",
     "Wall time of one reconcile of one resource.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-    registry=REGISTRY,
+    registry=_STANDARD,
 )
 API_CALLS = Counter(
     "server_hardening_api_calls",
     "Calls to external APIs, by target, operation and outcome.",
     ["target", "operation", "outcome"],
-    registry=REGISTRY,
+    registry=_STANDARD,
 )
 WRITES = Counter(
     "server_hardening_writes",
     "Writes the operator made, by target and action.",
     ["target", "action"],
-    registry=REGISTRY,
+    registry=_STANDARD,
 )
 DRIFT_DETECTED = Counter(
     "server_hardening_drift_detected",
     "Drift found by checks, by target and kind.",
     ["target", "kind"],
-    registry=REGISTRY,
+    registry=_STANDARD,
 )
 DRIFT_CHECKS = Counter(
     "server_hardening_drift_checks",
     "Timed drift checks, by how they were done (full, or skipped as unchanged).",
     ["how"],
-    registry=REGISTRY,
+    registry=_STANDARD,
 )
 WATCH_ALIVE = Gauge(
     "server_hardening_watch_alive",
     "1 while the operator's watch streams are alive.",
-    registry=REGISTRY,
+    registry=_STANDARD,
 )
 
 
@@ -144,14 +148,6 @@ class ResourceSnapshot:
         return self.spec_valid and self.phase != "Invalid"
 
 
-_RESOURCE = ("namespace", "name")
-_TARGET = ("namespace", "name", "target")
-
-
-def _gauge(name: str, documentation: str, labels: tuple[str, ...] | list[str]) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, documentation, labels=list(labels))
-
-
 class _SnapshotCollector(Collector):
     """Per-resource gauges from the latest snapshot of each live resource."""
 
@@ -161,23 +157,32 @@ class _SnapshotCollector(Collector):
         # The last successful check per target, kept across snapshots that lack one (a failed
         # pass, an invalid spec with no targets): a check that stops must age, not vanish.
         self._last_checks: dict[tuple[str, str], dict[str, float]] = {}
+        # Per resource, its lines in the text format for every family but the two timestamps
+        # (which move at every check), with the generation of the snapshot they were rendered
+        # from: a new snapshot (update) makes them stale, a check that changed nothing (touch)
+        # does not.
+        self._generation: dict[tuple[str, str], int] = {}
+        self._rendered: dict[tuple[str, str], tuple[int, tuple[str, ...]]] = {}
 
     def update(self, snapshot: ResourceSnapshot) -> None:
         key = (snapshot.namespace, snapshot.name)
         with self._lock:
             self._resources[key] = snapshot
+            self._generation[key] = self._generation.get(key, 0) + 1
             checks = self._last_checks.setdefault(key, {})
             for tgt in snapshot.targets:
                 if tgt.last_check is not None:
                     checks[tgt.target] = tgt.last_check
 
     def touch(self, namespace: str, name: str, when: float) -> None:
-        """A check found the resource unchanged: its check timestamps move to ``when``."""
+        """A check found the resource unchanged: its check timestamps move to ``when`` (the
+        last reconcile, and every target that had a successful check)."""
+        key = (namespace, name)
         with self._lock:
-            old = self._resources.get((namespace, name))
+            old = self._resources.get(key)
             if old is None:
                 return
-            self._resources[(namespace, name)] = dataclasses.replace(
+            self._resources[key] = dataclasses.replace(
                 old,
                 last_reconcile=when if old.last_reconcile is not None else None,
                 targets=tuple(
@@ -185,11 +190,16 @@ class _SnapshotCollector(Collector):
                     for t in old.targets
                 ),
             )
+            checks = self._last_checks.setdefault(key, {})
+            for tgt in old.targets:
+                if tgt.last_check is not None:
+                    checks[tgt.target] = when
 
     def forget(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
         with self._lock:
-            self._resources.pop((namespace, name), None)
-            self._last_checks.pop((namespace, name), None)
+            for table in (self._resources, self._last_checks, self._generation, self._rendered):
+                table.pop(key, None)
 
     def last_checks(self, namespace: str, name: str) -> dict[str, float]:
         with self._lock:
@@ -199,105 +209,181 @@ class _SnapshotCollector(Collector):
         with self._lock:
             return list(self._resources.values())
 
+    def _samples(
+        self, res: ResourceSnapshot, checks: Mapping[str, float]
+    ) -> Iterator[tuple[int, tuple[str, ...], float]]:
+        """The resource's samples but the timestamps: (index into :data:`_FAMILIES`, the
+        labels after namespace and name, value)."""
+        total = 0
+        yield _SERVICES_MISSING, (), float(sum(t.services_missing for t in res.targets))
+        for phase in PHASES:
+            yield _READY, (phase,), 1.0 if phase == res.phase else 0.0
+        yield _INTERVAL, (), float(res.interval_seconds)
+        yield _VALID, (), 1.0 if res.valid else 0.0
+        for tgt in res.targets:
+            for kind in DRIFT_KINDS:
+                value = tgt.drift.get(kind, 0)
+                total += value
+                yield _DRIFT, (tgt.target, kind), float(value)
+            yield _MANAGED, (tgt.target,), float(tgt.managed_rules)
+            yield _WORLD_OPEN, (tgt.target,), float(tgt.world_open_sensitive)
+            yield _ERROR, (tgt.target,), 1.0 if tgt.error else 0.0
+            yield _EXCEPTIONS, (tgt.target, "active"), float(tgt.exceptions_active)
+            yield _EXCEPTIONS, (tgt.target, "expired"), float(tgt.exceptions_expired)
+        yield _DRIFT_TOTAL, (), float(total)
+
+    @staticmethod
+    def _times(
+        res: ResourceSnapshot, checks: Mapping[str, float]
+    ) -> Iterator[tuple[int, tuple[str, ...], float]]:
+        if res.last_reconcile is not None:
+            yield _LAST_RECONCILE, (), res.last_reconcile
+        for target, when in sorted(checks.items()):
+            yield _LAST_CHECK, (target,), when
+
     def collect(self) -> Iterable[Metric]:
-        resources = self.snapshots()
-        drift = _gauge(
-            "server_hardening_drift",
-            "Drift found at the last check, by target and kind.",
-            ["namespace", "name", "target", "kind"],
-        )
-        drift_total = _gauge(
-            "server_hardening_resource_drift",
-            "Drift found at the last check, all targets and kinds.",
-            _RESOURCE,
-        )
-        managed = _gauge(
-            "server_hardening_managed_rules", "Rules the resource manages on the target.", _TARGET
-        )
-        world_open = _gauge(
-            "server_hardening_world_open_sensitive_ports",
-            "Rules open to the world on 22, 2376 or 4647 found at the last check.",
-            _TARGET,
-        )
-        errors = _gauge(
-            "server_hardening_target_error", "1 while the last pass on the target failed.", _TARGET
-        )
-        ready = _gauge(
-            "server_hardening_resource_ready",
-            "1 for the resource's current phase.",
-            ["namespace", "name", "phase"],
-        )
-        last_reconcile = _gauge(
-            "server_hardening_last_reconcile_timestamp_seconds",
-            "Unix time of the last successful reconcile.",
-            _RESOURCE,
-        )
-        last_check = _gauge(
-            "server_hardening_last_drift_check_timestamp_seconds",
-            "Unix time of the last successful observation of the target.",
-            _TARGET,
-        )
-        interval = _gauge(
-            "server_hardening_drift_check_interval_seconds",
-            "The resource's driftCheckInterval.",
-            _RESOURCE,
-        )
-        valid = _gauge(
-            "server_hardening_spec_valid",
-            "1 while the resource's current spec is valid, 0 while it is refused.",
-            _RESOURCE,
-        )
-        exceptions = _gauge(
-            "server_hardening_exceptions",
-            "Items excused by spec.exceptions at the last check (active or expired).",
-            ["namespace", "name", "target", "state"],
-        )
-        services_missing = _gauge(
-            "server_hardening_component_services_missing",
-            "Components whose Service vanished (their last allow is kept).",
-            _RESOURCE,
-        )
-        for res in resources:
-            ids = [res.namespace, res.name]
-            total = 0
-            services_missing.add_metric(ids, float(sum(t.services_missing for t in res.targets)))
-            for phase in PHASES:
-                ready.add_metric([*ids, phase], 1.0 if phase == res.phase else 0.0)
-            if res.last_reconcile is not None:
-                last_reconcile.add_metric(ids, res.last_reconcile)
-            interval.add_metric(ids, float(res.interval_seconds))
-            valid.add_metric(ids, 1.0 if res.valid else 0.0)
-            for target, when in sorted(self.last_checks(res.namespace, res.name).items()):
-                last_check.add_metric([*ids, target], when)
-            for tgt in res.targets:
-                for kind in DRIFT_KINDS:
-                    value = tgt.drift.get(kind, 0)
-                    total += value
-                    drift.add_metric([*ids, tgt.target, kind], float(value))
-                managed.add_metric([*ids, tgt.target], float(tgt.managed_rules))
-                world_open.add_metric([*ids, tgt.target], float(tgt.world_open_sensitive))
-                errors.add_metric([*ids, tgt.target], 1.0 if tgt.error else 0.0)
-                exceptions.add_metric([*ids, tgt.target, "active"], float(tgt.exceptions_active))
-                exceptions.add_metric([*ids, tgt.target, "expired"], float(tgt.exceptions_expired))
-            drift_total.add_metric(ids, float(total))
-        yield from (
-            drift,
-            drift_total,
-            managed,
-            world_open,
-            errors,
-            ready,
-            last_reconcile,
-            last_check,
-            interval,
-            valid,
-            exceptions,
-            services_missing,
-        )
+        families = [
+            GaugeMetricFamily(name, documentation, labels=["namespace", "name", *labels])
+            for name, documentation, labels in _FAMILIES
+        ]
+        for res in self.snapshots():
+            checks = self.last_checks(res.namespace, res.name)
+            for family, labels, value in (*self._samples(res, checks), *self._times(res, checks)):
+                families[family].add_metric([res.namespace, res.name, *labels], value)
+        yield from families
+
+    def exposition(self) -> bytes:
+        """The same series as :meth:`collect`, in the text format exactly as prometheus_client's
+        ``generate_latest`` renders them (a test holds the two equal, byte for byte), at a small
+        part of the cost. At 1,000 resources a scrape is 21,000 series: through the library's
+        generic path that was 240 ms of CPU, 0.8 % of a core at the chart's 30 s scrape
+        interval. Here each resource's lines are rendered once per snapshot and kept, and only
+        the two timestamps are written at every scrape."""
+        with self._lock:
+            resources = list(self._resources.items())
+            checks = {key: dict(when) for key, when in self._last_checks.items()}
+            generations = dict(self._generation)
+            rendered = dict(self._rendered)
+        lines: list[list[str]] = [[] for _ in _FAMILIES]
+        fresh: dict[tuple[str, str], tuple[int, tuple[str, ...]]] = {}
+        for key, res in resources:
+            namespace, name = _escape(res.namespace), _escape(res.name)
+            generation = generations.get(key, 0)
+            cached = rendered.get(key)
+            if cached is None or cached[0] != generation:
+                by_family: list[list[str]] = [[] for _ in _FAMILIES]
+                for family, labels, value in self._samples(res, checks.get(key, {})):
+                    by_family[family].append(_line(family, namespace, name, labels, value))
+                cached = (generation, tuple("".join(family) for family in by_family))
+                fresh[key] = cached
+            for family, chunk in enumerate(cached[1]):
+                if chunk:
+                    lines[family].append(chunk)
+            for family, labels, value in self._times(res, checks.get(key, {})):
+                lines[family].append(_line(family, namespace, name, labels, value))
+        if fresh:
+            with self._lock:
+                for key, entry in fresh.items():
+                    if key in self._resources:  # not forgotten meanwhile
+                        self._rendered[key] = entry
+        out: list[str] = []
+        for (family_name, documentation, _), family_lines in zip(_FAMILIES, lines, strict=True):
+            out.append(f"# HELP {family_name} {_escape_help(documentation)}\n")
+            out.append(f"# TYPE {family_name} gauge\n")
+            out.extend(family_lines)
+        return "".join(out).encode("utf-8")
+
+
+def _line(family: int, namespace: str, name: str, labels: tuple[str, ...], value: float) -> str:
+    """One sample line; namespace and name already escaped (the other labels come from fixed
+    sets: targets, kinds, phases, states)."""
+    return _LINE_FORMATS[family].format(namespace, name, *labels, _float_text(value))
+
+
+# The per-resource families: name, help, the labels after namespace and name. Their order is
+# the order of the exposition.
+_FAMILIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("server_hardening_drift", "Drift found at the last check, by target and kind.",
+     ("target", "kind")),
+    ("server_hardening_resource_drift", "Drift found at the last check, all targets and kinds.",
+     ()),
+    ("server_hardening_managed_rules", "Rules the resource manages on the target.",
+     ("target",)),
+    ("server_hardening_world_open_sensitive_ports",
+     "Rules open to the world on 22, 2376 or 4647 found at the last check.", ("target",)),
+    ("server_hardening_target_error", "1 while the last pass on the target failed.",
+     ("target",)),
+    ("server_hardening_resource_ready", "1 for the resource's current phase.", ("phase",)),
+    ("server_hardening_last_reconcile_timestamp_seconds",
+     "Unix time of the last successful reconcile.", ()),
+    ("server_hardening_last_drift_check_timestamp_seconds",
+     "Unix time of the last successful observation of the target.", ("target",)),
+    ("server_hardening_drift_check_interval_seconds", "The resource's driftCheckInterval.", ()),
+    ("server_hardening_spec_valid",
+     "1 while the resource's current spec is valid, 0 while it is refused.", ()),
+    ("server_hardening_exceptions",
+     "Items excused by spec.exceptions at the last check (active or expired).",
+     ("target", "state")),
+    ("server_hardening_component_services_missing",
+     "Components whose Service vanished (their last allow is kept).", ()),
+)  # fmt: skip
+(
+    _DRIFT,
+    _DRIFT_TOTAL,
+    _MANAGED,
+    _WORLD_OPEN,
+    _ERROR,
+    _READY,
+    _LAST_RECONCILE,
+    _LAST_CHECK,
+    _INTERVAL,
+    _VALID,
+    _EXCEPTIONS,
+    _SERVICES_MISSING,
+) = range(len(_FAMILIES))
+
+
+def _line_format(name: str, labels: tuple[str, ...]) -> str:
+    """``name{a="{i}",...} {n}`` with the labels sorted by name, as the library writes them;
+    the placeholders number namespace 0, name 1, the family's own labels from 2, value last."""
+    names = ("namespace", "name", *labels)
+    ordered = sorted(range(len(names)), key=lambda i: names[i])
+    inner = ",".join(f'{names[i]}="{{{i}}}"' for i in ordered)
+    return f"{name}{{{{{inner}}}}} {{{len(names)}}}\n"
+
+
+_LINE_FORMATS = tuple(_line_format(name, labels) for name, _, labels in _FAMILIES)
+
+
+# A value as the library writes it ("1.0", "1.7e+09"); the library leaves it untyped.
+_float_text = cast(Callable[[float], str], floatToGoString)
+
+
+def _escape(value: str) -> str:
+    """A label value as the text format writes it."""
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", r"\\").replace("\n", r"\n")
 
 
 SNAPSHOTS = _SnapshotCollector()
-REGISTRY.register(SNAPSHOTS)
+
+
+class _Both(Collector):
+    def collect(self) -> Iterable[Metric]:
+        yield from _STANDARD.collect()
+        yield from SNAPSHOTS.collect()
+
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+REGISTRY.register(_Both())
+
+
+def exposition() -> bytes:
+    """What ``/metrics`` serves: every series in REGISTRY, in the Prometheus text format."""
+    return generate_latest(_STANDARD) + SNAPSHOTS.exposition()
 
 
 class DetectionCounter:

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from server_hardening import metrics
 
@@ -189,7 +189,7 @@ def serve_http(host: str, port: int, health: Health) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path.startswith("/metrics"):
-                body = generate_latest(metrics.REGISTRY)
+                body = metrics.exposition()
                 self._send(200, body, CONTENT_TYPE_LATEST)
                 return
             if self.path.startswith("/healthz"):

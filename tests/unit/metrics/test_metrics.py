@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from server_hardening.metrics import (
+    DRIFT_KINDS,
     DetectionCounter,
     ResourceSnapshot,
     TargetSnapshot,
@@ -110,3 +115,82 @@ def test_the_summed_drift_gauge_has_no_total_suffix() -> None:
         (("name", "r"), ("namespace", "ns")): 2.0
     }
     assert _samples(collector, "server_hardening_drift_total") == {}
+
+
+def test_a_check_that_changed_nothing_moves_the_check_timestamps() -> None:
+    """An unchanged Kubernetes-only check is skipped (nothing to compare) but still a check:
+    ServerHardeningDriftCheckStale fires on the age of this series, so it must move."""
+    collector = _SnapshotCollector()
+    key = (("name", "r"), ("namespace", "ns"), ("target", "aws"))
+    collector.update(ResourceSnapshot("ns", "r", "Enforced", 1000.0, 60, (target(1000.0),)))
+    collector.touch("ns", "r", 1060.0)
+    assert _samples(collector, "server_hardening_last_drift_check_timestamp_seconds") == {
+        key: 1060.0
+    }
+    assert _samples(collector, "server_hardening_last_reconcile_timestamp_seconds") == {
+        (("name", "r"), ("namespace", "ns")): 1060.0
+    }
+    collector.update(snapshot("Error", target(None, error=True)))
+    collector.touch("ns", "r", 1120.0)  # a target that failed has no check to move
+    assert _samples(collector, "server_hardening_last_drift_check_timestamp_seconds") == {
+        key: 1060.0
+    }
+
+
+# Few names, so that updates, touches and forgets keep landing on the same resources; the
+# odd characters are what the text format must escape.
+_LABEL_TEXT = st.sampled_from(["circleci", 'q"uote', "back\\slash", "new\nline", "é"])
+_TARGETS = st.builds(
+    TargetSnapshot,
+    target=st.sampled_from(["kubernetes", "aws", "gcp"]),
+    drift=st.dictionaries(st.sampled_from(list(DRIFT_KINDS)), st.integers(0, 5), max_size=4),
+    managed_rules=st.integers(0, 3000),
+    world_open_sensitive=st.integers(0, 2),
+    error=st.booleans(),
+    last_check=st.one_of(st.none(), st.floats(0, 2e9, allow_nan=False)),
+    exceptions_active=st.integers(0, 3),
+    exceptions_expired=st.integers(0, 3),
+    services_missing=st.integers(0, 2),
+)
+_SNAPSHOTS = st.builds(
+    ResourceSnapshot,
+    namespace=_LABEL_TEXT,
+    name=_LABEL_TEXT,
+    phase=st.sampled_from(["Enforced", "Drifted", "Error", "Invalid"]),
+    last_reconcile=st.one_of(st.none(), st.floats(0, 2e9, allow_nan=False)),
+    interval_seconds=st.integers(5, 86_400),
+    targets=st.lists(_TARGETS, max_size=3, unique_by=lambda t: t.target).map(tuple),
+    spec_valid=st.booleans(),
+)
+_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("update"), _SNAPSHOTS),
+        st.tuples(st.just("touch"), st.integers(0, 9), st.floats(0, 2e9, allow_nan=False)),
+        st.tuples(st.just("forget"), st.integers(0, 9)),
+        st.tuples(st.just("scrape")),
+        st.tuples(st.just("scrape")),
+    ),
+    max_size=25,
+)
+
+
+@given(_STEPS)
+def test_the_served_exposition_is_what_the_library_renders(steps: list[tuple[Any, ...]]) -> None:
+    """/metrics is rendered by the operator (each resource's lines kept until its snapshot
+    changes), not by prometheus_client's generic path: byte for byte the same text, through
+    updates, touches, forgets and scrapes in any order."""
+    collector = _SnapshotCollector()
+    registry = CollectorRegistry()
+    registry.register(collector)
+    keys: list[tuple[str, str]] = []
+    for step in steps:
+        if step[0] == "update":
+            collector.update(step[1])
+            keys.append((step[1].namespace, step[1].name))
+        elif step[0] == "touch" and keys:
+            collector.touch(*keys[step[1] % len(keys)], step[2])
+        elif step[0] == "forget" and keys:
+            collector.forget(*keys[step[1] % len(keys)])
+        else:
+            assert collector.exposition() == generate_latest(registry)
+    assert collector.exposition() == generate_latest(registry)
