@@ -399,7 +399,19 @@ def test_metrics_show_reconciles_and_health(
     assert calls()["create_networkpolicy"] >= 1
     time.sleep(6)  # the reconciles that the watch events of its own writes trigger
     before, checked, full = calls(), checks(), full_checks()
+
+    def last_check() -> float:
+        return operator.metric(
+            "server_hardening_last_drift_check_timestamp_seconds",
+            namespace=ns,
+            name=NAME,
+            target="kubernetes",
+        )
+
+    checked_at = last_check()
     wait_for("two more drift checks", lambda: checks() >= checked + 2, timeout=45)
+    # A skipped check is still a check: the series ServerHardeningDriftCheckStale ages on moves.
+    assert last_check() > checked_at
 
     # Drift checks of an unchanged namespace are skipped: no list, no Service read. One check
     # per FULL_CHECK_PERIOD runs in full (where in the cycle comes from the uid): it lists once.
