@@ -4,24 +4,23 @@ Triggers, all funnelled into one coalescing runner per resource
 (:func:`.service.request_reconcile`):
 
 - create / update / resume of a ServerHardening;
-- any NetworkPolicy event in a namespace that has a ServerHardening (managed ones edited or
-  deleted, unmanaged ones added): drift is seen within seconds, not at the next timer;
-- any Service event there (the components' selectors and target ports may have changed);
+- any NetworkPolicy or Service event in a namespace that has a ServerHardening (managed
+  policies edited or deleted, unmanaged ones added, the components' Services changed): drift is
+  seen within seconds, not at the next check. These watches are the operator's own
+  (:mod:`server_hardening.targets.watches`, started here at startup), not kopf's: a listing
+  reaches the operator whole, so what was deleted while a watch was down is seen, and a
+  reconcile at start waits for the first listings (:func:`.watching.watches_listed`);
 - the drift-check scheduler (:func:`.service.run_drift_checks`), one task started at startup,
   that re-observes every resource's targets each ``driftCheckInterval`` at the resource's own
   phase (the backstop, and the only way to see drift in the clouds, which have no watch). It
   replaces a kopf timer per resource: those woke every few seconds each, logged
   "Timer ... succeeded." at INFO every time, and lined up into bursts.
 
-The versions of the NetworkPolicies and Services the watches delivered are kept per namespace
-(:class:`~server_hardening.service.NamespaceVersions`): a timed check of a Kubernetes-only
-resource whose namespace saw no event since its last check is skipped (every event already
-triggers a reconcile), unless a watch restarted from a listing since (a listing does not report
-what was deleted while the watch was down). They are not kopf indexes: kopf runs no handler
-until every index is filled, and indexing thousands of policies and Services held the first
-reconcile back for minutes at 1,000 resources. kopf's per-object INFO lines ("Handler ...
-succeeded.") are lowered to WARNING unless ``--verbose``: the service logs what each reconcile
-did when it did something.
+The versions the watches delivered are kept per namespace
+(:class:`~server_hardening.targets.watches.NamespaceVersions`): a timed check of a Kubernetes-only
+resource whose namespace saw no change since its last check is skipped (every change already
+triggers a reconcile). kopf's per-object INFO lines ("Handler ... succeeded.") are lowered to
+WARNING unless ``--verbose``: the service logs what each reconcile did when it did something.
 
 Deletion runs behind a finalizer (:func:`.service.release_resource`). The per-operator state is
 an :class:`~server_hardening.service.OperatorState` in kopf's ``memo`` (``memo.state``), set by
@@ -38,7 +37,7 @@ from typing import Any
 
 import kopf
 
-from server_hardening import metrics, service
+from server_hardening import metrics, service, watching
 from server_hardening.model import GROUP, PLURAL, VERSION
 from server_hardening.service import OperatorState
 from server_hardening.targets.base import TargetError
@@ -81,6 +80,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     # kopf hands startup handlers its (still empty, then filling) indexes.
     resources = kwargs["by_namespace"]
     state.resources_indexed = lambda: len(resources)
+    state.owners = lambda namespace: set(resources.get(namespace, ()))
+    state.owned_namespaces = lambda: {ns for ns in resources if ns is not None}
+    watching.start_watches(state)
     loop = asyncio.get_running_loop()
     state.background = [
         loop.create_task(_heartbeat(state)),
@@ -92,8 +94,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
 # them, so they are ended at cleanup (which kopf runs as soon as its own tasks are done).
 @kopf.on.cleanup(id="stop-background")
 async def stop_background(memo: kopf.Memo, **_: Any) -> None:
-    for task in state_of(memo).background:
+    state = state_of(memo)
+    for task in state.background:
         task.cancel()
+    watching.stop_watches(state)
 
 
 async def _heartbeat(state: OperatorState) -> None:
@@ -101,6 +105,7 @@ async def _heartbeat(state: OperatorState) -> None:
     while True:
         state.heartbeat = time.monotonic()
         state.ready = True
+        watching.note_empty_index(state)
         metrics.WATCH_ALIVE.set(1)
         await asyncio.sleep(2)
 
@@ -148,24 +153,7 @@ def _attach(memo: Any, handler_kwargs: Mapping[str, Any]) -> None:
         return
     known = handler_kwargs["by_namespace"]
     state.awaiting = {(ns, name) for ns in known for name in set(known[ns]) if ns is not None}
-
-
-def _seen(
-    memo: Any, kind: str, event: Mapping[str, Any], index: kopf.Index[str | None, str]
-) -> None:
-    """Keep the version of every NetworkPolicy and Service the watches delivered in a namespace
-    that has a ServerHardening: a drift check of a Kubernetes-only resource is skipped while
-    nothing in its namespace changed. Other namespaces' objects are not kept (the watches are
-    cluster-wide: the API cannot select "namespaces with a ServerHardening"); a resource created
-    there later starts with a full check."""
-    obj = event.get("object") or {}
-    meta = obj.get("metadata") or {}
-    namespace, name = meta.get("namespace"), meta.get("name")
-    if namespace and name and namespace in index:
-        version = "" if event.get("type") == "DELETED" else str(meta.get("resourceVersion", ""))
-        state_of(memo).versions.seen(namespace, kind, name, version)
-    if _listed(event):
-        state_of(memo).versions.listed()
+    watching.index_complete(state)
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile")
@@ -184,6 +172,7 @@ async def on_change(
     _attach(memo, kwargs)
     state = state_of(memo)
     state.released.discard((namespace, name))  # re-created under the same name
+    await watching.watches_listed(state)
     generation = int(meta.get("generation") or 0)
     service.register(
         state,
@@ -195,45 +184,6 @@ async def on_change(
         dict(kwargs.get("status") or {}),
     )
     await _reconcile(memo, namespace, name)
-
-
-async def _owners_in(memo: Any, namespace: str | None, index: kopf.Index[str | None, str]) -> None:
-    """Reconcile every ServerHardening of the namespace the event happened in."""
-    if namespace is None:
-        return
-    for name in set(index.get(namespace, [])):
-        await _reconcile(memo, namespace, name)
-
-
-def _listed(event: Mapping[str, Any]) -> bool:
-    """kopf delivers every existing object once at start (type None): that is the initial
-    listing, which the resume of each ServerHardening already covers."""
-    return event.get("type") is None
-
-
-async def _watched(
-    kind: str, namespace: str | None, event: kopf.RawEvent, memo: kopf.Memo, kwargs: Any
-) -> None:
-    """A NetworkPolicy or Service event: note its version, and reconcile the namespace's
-    ServerHardenings unless it is the initial listing."""
-    _attach(memo, kwargs)
-    _seen(memo, kind, event, kwargs["by_namespace"])
-    if not _listed(event):
-        await _owners_in(memo, namespace, kwargs["by_namespace"])
-
-
-@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", id="watch-networkpolicies")
-async def networkpolicy_changed(
-    namespace: str | None, event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any
-) -> None:
-    await _watched("networkpolicy", namespace, event, memo, kwargs)
-
-
-@kopf.on.event("", "v1", "services", id="watch-services")
-async def service_changed(
-    namespace: str | None, event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any
-) -> None:
-    await _watched("service", namespace, event, memo, kwargs)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="release", backoff=5)

@@ -252,6 +252,11 @@ def kube_api(kubeconfig: str | None) -> KubeApi:
     return KubeApi(load_credentials(kubeconfig))
 
 
+def watched_namespaces(named: list[str]) -> list[str]:
+    """``--namespace`` as given, else the pod's own namespace, else ``default``."""
+    return named or [os.environ.get("POD_NAMESPACE", "default")]
+
+
 def run_operator(args: argparse.Namespace) -> int:
     import kopf
 
@@ -262,6 +267,12 @@ def run_operator(args: argparse.Namespace) -> int:
     from server_hardening.targets.kubernetes import ResourceClient
 
     configure_logging(args.log_format, args.verbose)
+    namespaces = [] if args.all_namespaces else watched_namespaces(args.namespace)
+    patterns = [ns for ns in namespaces if set(ns) & set("*?[]!")]
+    if patterns:
+        # kopf would take these as patterns; the operator's own watches need names.
+        sys.stderr.write(f"hardening run: --namespace {patterns[0]!r}: a name, not a pattern\n")
+        return EXIT_FATAL
     try:
         api = kube_api(args.kubeconfig)
     except KubeConfigError as exc:
@@ -274,6 +285,8 @@ def run_operator(args: argparse.Namespace) -> int:
         credentials=api.source,
         clusterwide=bool(args.all_namespaces),
         release_timeout=float(args.release_timeout),
+        watch_api=api,
+        namespaces=tuple(namespaces),
     )
     health = Health(state)
     server = serve_http(args.metrics_host, args.metrics_port, health)
@@ -287,7 +300,6 @@ def run_operator(args: argparse.Namespace) -> int:
     if args.all_namespaces:
         kwargs["clusterwide"] = True
     else:
-        namespaces = args.namespace or [os.environ.get("POD_NAMESPACE", "default")]
         kwargs["namespaces"] = namespaces
     if args.peering:
         kwargs["peering_name"] = args.peering

@@ -8,9 +8,10 @@ its Events once and a recurrence counts on the Event posted before (as client-go
 Kubernetes-only resource whose spec did not change and whose namespace saw no NetworkPolicy or
 Service event since its last check is not checked again (every such event triggers a reconcile
 already) until its next full check, at least every :data:`FULL_CHECK_PERIOD`: the backstop
-against a missed event (a watch delivers every change, and a relisting watch makes the next
-check of every resource run in full; controller-runtime's comparable resync defaults to 10
-hours). A check that runs reads the API: what it compares is fresh. One scheduler
+against a missed event (the watches deliver every change, and a listing that differs from
+what their events said counts as a change of each namespace it differs in, see
+:mod:`server_hardening.watching`; controller-runtime's comparable resync defaults to 10 hours).
+A check that runs reads the API: what it compares is fresh. One scheduler
 (:func:`run_drift_checks`) spreads the checks over the interval: each resource has its own
 phase, and its own place in the cycle of full checks, both from its uid.
 
@@ -54,8 +55,10 @@ from server_hardening.reconcile import (
     refuse_keeping_the_last,
 )
 from server_hardening.targets.base import ResourceStore, TargetError, TransientTargetError
+from server_hardening.targets.watches import NamespaceVersions, Watch
 
 if TYPE_CHECKING:
+    from server_hardening.targets.kubeapi import KubeApi
     from server_hardening.targets.kubeconfig import CredentialSource
 
 log = logging.getLogger("server_hardening")
@@ -102,49 +105,6 @@ def full_check_every(interval: float) -> int:
     return max(1, round(FULL_CHECK_PERIOD / interval))
 
 
-class NamespaceVersions:
-    """What the watches delivered, per namespace: the resourceVersion of every NetworkPolicy and
-    Service, and a counter that moves whenever one of them changes (O(1) to compare).
-
-    A watch that restarts from a fresh listing (after an API-server restart, a "410 Gone" or a
-    pause) never reports what was deleted while it was down: the object is just absent from the
-    listing. So every listed object also moves a counter shared by all namespaces, and the next
-    check of every resource runs in full."""
-
-    def __init__(self) -> None:
-        self._versions: dict[str, dict[tuple[str, str], str]] = {}
-        self._changes: dict[str, int] = {}
-        self._listings = 0
-
-    def listed(self) -> None:
-        """An object delivered by a (re)listing rather than as a change."""
-        self._listings += 1
-
-    def seen(self, namespace: str, kind: str, name: str, version: str) -> None:
-        """``version`` empty: the object was deleted."""
-        known = self._versions.setdefault(namespace, {})
-        if known.get((kind, name), "") == version:
-            return
-        if version:
-            known[(kind, name)] = version
-        else:
-            known.pop((kind, name), None)
-        self._changes[namespace] = self._changes.get(namespace, 0) + 1
-
-    def forget(self, namespace: str) -> None:
-        """The namespace has no resource any more: nothing of it is kept."""
-        self._versions.pop(namespace, None)
-        self._changes.pop(namespace, None)
-
-    def namespaces(self) -> set[str]:
-        """The namespaces whose objects' versions are kept."""
-        return set(self._versions)
-
-    def changes(self, namespace: str) -> int:
-        # Both counters only grow, so their sum moves whenever either does.
-        return self._changes.get(namespace, 0) + self._listings
-
-
 @dataclass
 class OperatorState:
     """Per-operator state, kept in kopf's ``memo`` (never a module global)."""
@@ -177,6 +137,18 @@ class OperatorState:
     started: float = field(default_factory=time.monotonic)
     # How many ServerHardenings kopf's index holds so far (set at startup; for /readyz).
     resources_indexed: Callable[[], int] = lambda: 0
+    # The ServerHardenings of a namespace, and the namespaces that have one: kopf's index.
+    owners: Callable[[str], set[str]] = lambda _namespace: set()
+    owned_namespaces: Callable[[], set[str]] = set
+    # The NetworkPolicy and Service watches: the client they fork theirs from, the namespaces
+    # they watch (none: all, with ``clusterwide``), those whose first listing is not in yet
+    # (kind, namespace or None), set once all are, and the reconciles their events started.
+    watch_api: KubeApi | None = None
+    namespaces: tuple[str, ...] = ()
+    watches: list[Watch] = field(default_factory=list)
+    unlisted: set[tuple[str, str | None]] = field(default_factory=set)
+    listed: asyncio.Event | None = None
+    watch_tasks: set[asyncio.Task[None]] = field(default_factory=set)
     wakeup: asyncio.Event | None = None
     loop: asyncio.AbstractEventLoop | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)  # kept from the GC
@@ -398,7 +370,8 @@ def _inputs(state: OperatorState, key: Key) -> Hashable | None:
     namespace's watches saw and how many of its declared exceptions have expired by now. None
     for a resource with cloud targets (no watch there)."""
     registration = state.registered.get(key)
-    if registration is None or registration.clouds:
+    if registration is None or registration.clouds or state.unlisted:
+        # Until the watches' first listings are in, what they hold is not all there is.
         return None
     expired = bisect.bisect_right(registration.expiries, state.clock())
     return (registration.generation, state.versions.changes(key[0]), expired)

@@ -9,10 +9,12 @@ Credentials come from :mod:`server_hardening.targets.kubeconfig`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import ssl
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -139,6 +141,34 @@ class KubeApi:
     def get(self, path: str, **kwargs: Any) -> Any:
         return self.request("GET", path, **kwargs)
 
+    def watch(self, path: str, *, since: str, timeout_seconds: int) -> WatchStream:
+        """Open one watch call on a collection from resourceVersion ``since``; its events come
+        from the stream until the API server ends the call (after about ``timeout_seconds``) or
+        the connection fails. Bookmarks are asked for: they keep the version a watch resumes
+        from fresh while nothing changes. Raises :class:`ApiError` for an error status."""
+        headers = {"Accept": JSON, "User-Agent": USER_AGENT}
+        token = self.source.current().token
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        query = (
+            f"?watch=1&allowWatchBookmarks=true&resourceVersion={quote(since, safe='')}"
+            f"&timeoutSeconds={timeout_seconds}"
+        )
+        response = self._pool.request(
+            "GET",
+            self.server + path + query,
+            headers=headers,
+            # The server ends the call; the read timeout only catches a connection gone silent.
+            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=timeout_seconds + 30.0),
+            redirect=False,
+            preload_content=False,
+        )
+        if not 200 <= response.status < 300:
+            text = response.read().decode("utf-8", errors="replace")
+            response.release_conn()
+            raise ApiError(response.status, response.reason or "", text)
+        return WatchStream(response)
+
     def create(self, path: str, body: Any) -> Any:
         return self.request("POST", path, body=body)
 
@@ -154,6 +184,36 @@ class KubeApi:
         if uid is not None:
             body["preconditions"] = {"uid": uid}
         return self.request("DELETE", path, body=body)
+
+
+class WatchStream:
+    """The events of one watch call, one decoded JSON object each."""
+
+    def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
+        self._response = response
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        pending = b""
+        try:
+            for chunk in self._response.stream(64 * 1024):
+                lines = (pending + chunk).split(b"\n")
+                pending = lines.pop()
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """End the call, also from another thread while one reads it (the socket is shut
+        down, so the read returns); the connection is not reused."""
+        connection = getattr(self._response, "connection", None)
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._response.close()
+        self._response.release_conn()
 
 
 def namespaced(api_path: str, namespace: str, plural: str, name: str | None = None) -> str:

@@ -129,3 +129,15 @@ def test_unusable_credentials_exit_non_zero_naming_the_field(
     assert runner.run_operator(args) == runner.EXIT_FATAL
     err = capsys.readouterr().err
     assert f"{kubeconfig}: users[lab].user.auth-provider: not supported" in err
+
+
+def test_a_namespace_pattern_is_refused_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """kopf would take ``team-*`` as a pattern; the operator's own watches watch named
+    namespaces, so a pattern is refused before anything starts."""
+    from server_hardening.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["run", "--kubeconfig", "/nonexistent", "-n", "circleci", "-n", "team-*"]
+    )
+    assert runner.run_operator(args) == runner.EXIT_FATAL
+    assert "--namespace 'team-*': a name, not a pattern" in capsys.readouterr().err

@@ -265,22 +265,44 @@ def test_a_declared_exception_expiring_makes_the_next_check_run_in_full() -> Non
     assert target.observed == 2  # and skipped again once that is judged
 
 
-def test_a_relisting_watch_makes_the_next_check_run_in_full() -> None:
+def test_a_relisting_that_lacks_an_object_makes_the_next_check_run_in_full() -> None:
     """A deletion while the watch was down (an API-server restart) is not reported by the
-    listing the watch restarts from: the object is simply absent. The listing itself is the
-    signal that events may have been missed."""
+    listing the watch restarts from: the object is simply absent. The listing replaces what was
+    known, so the absence is a change of the namespace."""
     target = Policies({"a": "1"}, {"a": "1"})
     state = make_state(target)
     service.register(state, NS, NAME, "u-1", resources(state).body["spec"], 1)
+    listing = {NS: {"a": "5", "b": "6"}}
+    state.versions.replace("networkpolicy", None, listing, {NS})
     asyncio.run(service.request_reconcile(state, NS, NAME))
     asyncio.run(service.request_reconcile(state, NS, NAME, timed=True))
     assert target.observed == 1  # unchanged: skipped
 
+    # The watch lists again and finds the same: nothing to compare.
+    assert state.versions.replace("networkpolicy", None, {NS: {"a": "5", "b": "6"}}, {NS}) == set()
+    asyncio.run(service.request_reconcile(state, NS, NAME, timed=True))
+    assert target.observed == 1
+
     del target.held["a"]  # deleted while the watch was down: no DELETED event
-    state.versions.listed()  # the watch restarts from a listing, in another namespace even
+    assert state.versions.replace("networkpolicy", None, {NS: {"b": "6"}}, {NS}) == {NS}
     asyncio.run(service.request_reconcile(state, NS, NAME, timed=True))
     assert target.observed == 2
     assert target.held == {"a": "1"}  # repaired at the first check after the listing
+
+
+def test_nothing_is_skipped_until_the_first_listings_are_in() -> None:
+    """Before a watch's first listing, what the versions hold is not all there is."""
+    target = Policies({"a": "1"}, {"a": "1"})
+    state = make_state(target)
+    state.unlisted = {("networkpolicy", None)}
+    service.register(state, NS, NAME, "u-1", resources(state).body["spec"], 1)
+    asyncio.run(service.request_reconcile(state, NS, NAME))
+    asyncio.run(service.request_reconcile(state, NS, NAME, timed=True))
+    assert target.observed == 2
+    state.unlisted.clear()
+    asyncio.run(service.request_reconcile(state, NS, NAME, timed=True))
+    asyncio.run(service.request_reconcile(state, NS, NAME, timed=True))
+    assert target.observed == 3  # the first check after the listing compares, the next skips
 
 
 def test_resources_with_cloud_targets_are_checked_every_time() -> None:
