@@ -33,7 +33,7 @@ from e2e.harness import (
 
 pytestmark = pytest.mark.e2e
 
-POOL = [f"svh-e2e-{uuid.uuid4().hex[:6]}-{i}" for i in range(12)]
+POOL = [f"svh-e2e-{uuid.uuid4().hex[:6]}-{i}" for i in range(14)]
 NAME = "circleci"
 EXPECTED = {"svh-default-deny", "svh-allow-namespace", "svh-allow-circleci-proxy"}
 
@@ -434,6 +434,66 @@ def test_metrics_show_reconciles_and_health(
             and f'namespace="{ns}"' not in operator.http("/metrics")[1]
         ),
     )
+
+
+def test_a_restarted_operator_does_not_check_an_unchanged_namespace_again(
+    admin_api: Any, operator: OperatorProcess, operator_sa_kubeconfig: Any, ns: str
+) -> None:
+    """The reconciles at start wait for the watches' first listings, so the timed checks after a
+    restart find nothing changed and are skipped: no second full check of everything."""
+    from server_hardening import service
+
+    kubeconfig, _ = operator_sa_kubeconfig
+    operator.kill()  # this test's operator watches only its namespace: its counters are its own
+    own = OperatorProcess(kubeconfig, [ns]).start()
+    try:
+        interval = 5.0
+        api = custom(admin_api)
+
+        def gone() -> bool:
+            try:
+                api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, NAME)
+            except ApiException as exc:
+                return exc.status == 404
+            return False
+
+        for _ in range(10):
+            create(admin_api, resource(ns))
+            uid = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, NAME)["metadata"][
+                "uid"
+            ]
+            start = service.cycle_start(uid, ns, NAME, interval)
+            if service.full_check_every(interval) - start > 2:
+                break  # its first two timed checks after a restart are not due in full
+            api.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, NAME)
+            wait_for("the resource gone", gone)
+        wait_for("Enforced", phase_is(admin_api, ns, "Enforced"))
+        own.kill()
+        own.start()
+        wait_for("ready", lambda: own.http("/readyz")[0] == 200)
+
+        def count(how: str) -> float:
+            return own.metric("server_hardening_drift_checks_total", how=how)
+
+        lists = own.metric(
+            "server_hardening_api_calls_total",
+            target="kubernetes",
+            operation="list_networkpolicies",
+        )
+        assert lists == 1  # the reconcile at start, after the listings
+        wait_for("two timed checks", lambda: count("unchanged") >= 2, timeout=45)
+        assert count("full") == 0
+        assert (
+            own.metric(
+                "server_hardening_api_calls_total",
+                target="kubernetes",
+                operation="list_networkpolicies",
+            )
+            == 1
+        )
+    finally:
+        own.stop()
+        operator.start()
 
 
 def test_the_examples_pass_the_real_api_server_schema(
