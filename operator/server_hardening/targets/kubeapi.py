@@ -37,6 +37,10 @@ READ_TIMEOUT = 30.0
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 
+# The API groups the operator calls, for namespaced() and the watches.
+CORE = "/api/v1"
+NETWORKING = "/apis/networking.k8s.io/v1"
+
 
 class ApiError(Exception):
     """The API server answered with an error status."""
@@ -113,10 +117,7 @@ class KubeApi:
         timeout: float | None = None,
     ) -> Any:
         """One call; the decoded JSON answer (a text answer comes back as ``str``)."""
-        headers = {"Accept": JSON, "User-Agent": USER_AGENT}
-        token = self.source.current().token
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        headers = self._headers()
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -138,6 +139,14 @@ class KubeApi:
             return text
         return json.loads(text) if text else {}
 
+    def _headers(self) -> dict[str, str]:
+        """Every call's headers; the token as it is now (re-read, or renewed, when due)."""
+        headers = {"Accept": JSON, "User-Agent": USER_AGENT}
+        token = self.source.current().token
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
     def get(self, path: str, **kwargs: Any) -> Any:
         return self.request("GET", path, **kwargs)
 
@@ -146,10 +155,6 @@ class KubeApi:
         from the stream until the API server ends the call (after about ``timeout_seconds``) or
         the connection fails. Bookmarks are asked for: they keep the version a watch resumes
         from fresh while nothing changes. Raises :class:`ApiError` for an error status."""
-        headers = {"Accept": JSON, "User-Agent": USER_AGENT}
-        token = self.source.current().token
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
         query = (
             f"?watch=1&allowWatchBookmarks=true&resourceVersion={quote(since, safe='')}"
             f"&timeoutSeconds={timeout_seconds}"
@@ -157,7 +162,7 @@ class KubeApi:
         response = self._pool.request(
             "GET",
             self.server + path + query,
-            headers=headers,
+            headers=self._headers(),
             # The server ends the call; the read timeout only catches a connection gone silent.
             timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=timeout_seconds + 30.0),
             redirect=False,

@@ -56,12 +56,17 @@ from server_hardening.targets.base import (
     TransientTargetError,
     ignore_call,
 )
-from server_hardening.targets.kubeapi import CLIENT_ERRORS, ApiError, KubeApi, namespaced
+from server_hardening.targets.kubeapi import (
+    CLIENT_ERRORS,
+    CORE,
+    NETWORKING,
+    ApiError,
+    KubeApi,
+    namespaced,
+)
 from server_hardening.targets.retry import Retrier, RetryPolicy, Verdict
 
 NAME = "kubernetes"
-CORE = "/api/v1"
-NETWORKING = "/apis/networking.k8s.io/v1"
 
 
 def translate(exc: Exception, operation: str, resource: str) -> TargetError:

@@ -34,6 +34,8 @@ from urllib.parse import quote
 from server_hardening.targets.base import ApiCallRecorder, ignore_call
 from server_hardening.targets.kubeapi import (
     CLIENT_ERRORS,
+    CORE,
+    NETWORKING,
     ApiError,
     KubeApi,
     WatchStream,
@@ -59,8 +61,8 @@ class WatchedKind:
     plural: str
 
 
-NETWORKPOLICIES = WatchedKind("networkpolicy", "/apis/networking.k8s.io/v1", "networkpolicies")
-SERVICES = WatchedKind("service", "/api/v1", "services")
+NETWORKPOLICIES = WatchedKind("networkpolicy", NETWORKING, "networkpolicies")
+SERVICES = WatchedKind("service", CORE, "services")
 
 
 class WatchSink(Protocol):
