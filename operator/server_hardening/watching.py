@@ -48,10 +48,10 @@ def start_watches(state: OperatorState) -> None:
     state.listed = asyncio.Event()
     delivery = _WatchDelivery(state, loop)
     scopes: list[str | None] = [None] if state.clusterwide else list(state.namespaces)
+    record = metrics.recorder_for("kubernetes")
     for kind in (NETWORKPOLICIES, SERVICES):
         for scope in scopes:
             state.unlisted.add((kind.kind, scope))
-            record = metrics.recorder_for("kubernetes")
             watch = Watch(state.watch_api.fork(), kind, scope, delivery, record=record)
             state.watches.append(watch.start())
     if not state.unlisted:
@@ -101,11 +101,11 @@ def _kept(state: OperatorState) -> set[str] | None:
 def watch_changed(state: OperatorState, kind: str, namespace: str, name: str, version: str) -> None:
     """A watch event: note the version, and reconcile the namespace's resources (every event
     does: a change is drift, or an edit the resources' policies must follow)."""
-    kept = _kept(state)
-    if kept is not None and namespace not in kept:
-        return
+    owners = state.owners(namespace)
+    if state.awaiting is not None and not owners:
+        return  # kopf's index is complete and has no resource there: not kept
     state.versions.seen(namespace, kind, name, version)
-    reconcile_soon(state, namespace, state.owners(namespace))
+    reconcile_soon(state, namespace, owners)
 
 
 def watch_listed(state: OperatorState, kind: str, scope: str | None, versions: Versions) -> None:

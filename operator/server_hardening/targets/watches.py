@@ -179,7 +179,8 @@ class Watch:
                 return str(listing.get("resourceVersion", ""))
 
     def watch_once(self, since: str) -> None:
-        """One watch call, from ``since`` until the server ends it."""
+        """One watch call, from ``since`` until the server ends it; :attr:`since` follows the
+        events delivered."""
         stream: WatchStream = self._call(
             f"watch_{self.kind.plural}",
             self.api.watch,
@@ -192,7 +193,7 @@ class Watch:
             for event in stream:
                 if self.stopping.is_set():
                     break
-                self.since = self._deliver(event, self.since or since)
+                self.since = since = self._deliver(event, since)
         finally:
             self._stream = None
             stream.close()
