@@ -13,7 +13,7 @@ As a pod's PID 1 the process gets what a container runtime sends:
   record and an HA standby takes over at once instead of when the record expires;
 - a fatal error (kopf stopped without being asked to) exits non-zero with the reason on stderr.
 
-Memory that the operator freed goes back to the kernel once a minute (:func:`return_freed_memory`),
+The allocators are tuned and kept from holding freed memory (:mod:`server_hardening.memory`),
 so the RSS after a mass converge is what is live, not the converge's high-water mark.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import json
 import logging
 import os
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from server_hardening import metrics
+from server_hardening import memory, metrics
 
 if TYPE_CHECKING:
     from server_hardening.service import OperatorState
@@ -53,8 +52,6 @@ STOP_GRACE_SECONDS = 20.0
 EXIT_FATAL = 1
 EXIT_STOP_TIMEOUT = 2
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-#: How often freed memory is handed back to the kernel (see return_freed_memory).
-TRIM_EVERY_SECONDS = 60.0
 
 log = logging.getLogger("server_hardening")
 
@@ -218,30 +215,6 @@ def serve_http(host: str, port: int, health: Health) -> ThreadingHTTPServer:
     return server
 
 
-def return_freed_memory() -> bool:
-    """Hand the memory freed since the last call back to the kernel: glibc's ``malloc_trim``.
-
-    CPython frees into the C allocator, which gives memory back on its own only from the top of
-    its heaps. A converge of 1,000 resources at once (3,000 creates, their watch events and
-    reconciles) left the holes below the top in place: an idle RSS of about 500 MiB with about
-    200 MiB live. ``malloc_trim`` also releases the free pages inside the heaps. Without glibc
-    (musl, macOS) there is nothing to call: returns False.
-    """
-    try:
-        trim = ctypes.CDLL(None).malloc_trim  # the C library the process already runs on
-    except (OSError, AttributeError):
-        return False
-    trim.argtypes = [ctypes.c_size_t]
-    trim(0)
-    return True
-
-
-def _return_freed_memory_until(stop: threading.Event) -> None:
-    while not stop.wait(TRIM_EVERY_SECONDS):
-        if not return_freed_memory():
-            return
-
-
 def kube_api(kubeconfig: str | None) -> KubeApi:
     """The API client of ``--kubeconfig``, else in-cluster, else the default kubeconfig.
 
@@ -266,6 +239,7 @@ def run_operator(args: argparse.Namespace) -> int:
     from server_hardening.targets.kubeconfig import KubeConfigError
     from server_hardening.targets.kubernetes import ResourceClient
 
+    memory.tune_allocator()  # before any thread starts
     configure_logging(args.log_format, args.verbose)
     namespaces = [] if args.all_namespaces else watched_namespaces(args.namespace)
     patterns = [ns for ns in namespaces if set(ns) & set("*?[]!")]
@@ -315,9 +289,7 @@ def run_operator(args: argparse.Namespace) -> int:
         except BaseException as exc:  # reported by the main thread, which exits non-zero
             failure.append(exc)
 
-    threading.Thread(
-        target=_return_freed_memory_until, args=(stop,), name="return-freed-memory", daemon=True
-    ).start()
+    threading.Thread(target=memory.upkeep, args=(stop,), name="memory-upkeep", daemon=True).start()
     thread = threading.Thread(target=run, name="kopf", daemon=True)
     health.kopf_thread = thread
     log.info("kopf identity %s", kwargs["identity"])

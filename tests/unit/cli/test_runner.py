@@ -111,6 +111,26 @@ def test_kopf_receives_an_explicit_identity(monkeypatch: pytest.MonkeyPatch) -> 
     assert seen["identity"] == "server-hardening-abc12"
 
 
+def test_the_allocator_is_tuned_before_the_operator_starts_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """glibc fixes the number of arenas when a second thread first allocates: a tuning after
+    the threads started would come too late for them."""
+    threads_when_tuned: list[set[str]] = []
+    monkeypatch.setattr(
+        runner.memory,
+        "tune_allocator",
+        lambda: threads_when_tuned.append({t.name for t in threading.enumerate()}) or True,
+    )
+    before = {t.name for t in threading.enumerate()}
+
+    async def ending(**_: object) -> None:
+        return None
+
+    run_with_kopf(monkeypatch, ending)
+    assert threads_when_tuned == [before]
+
+
 def test_unusable_credentials_exit_non_zero_naming_the_field(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
