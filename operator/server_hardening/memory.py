@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from typing import Any
 
 # glibc's mallopt parameters (malloc.h).
 M_TRIM_THRESHOLD = -1
@@ -28,6 +29,15 @@ ALLOCATOR_ARENAS = 2
 TRIM_EVERY_SECONDS = 60.0
 
 
+def _glibc(name: str) -> Any:
+    """A function of the C library the process already runs on, or None without it (musl and
+    macOS have neither ``mallopt`` nor ``malloc_trim``)."""
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def tune_allocator() -> bool:
     """Keep the C allocator from holding freed memory: fixed thresholds and two arenas.
 
@@ -38,9 +48,8 @@ def tune_allocator() -> bool:
     to hold anything (the threads run Python, one at a time, so they barely contend for one).
     To be called before any thread starts. Without glibc there is nothing to tune: False.
     """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library the process already runs on
-    except (OSError, AttributeError):
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
@@ -63,9 +72,8 @@ def return_freed_memory() -> bool:
     200 MiB live. ``malloc_trim`` also releases the free pages inside the heaps. Without glibc
     (musl, macOS) there is nothing to call: returns False.
     """
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    trim = _glibc("malloc_trim")
+    if trim is None:
         return False
     trim.argtypes = [ctypes.c_size_t]
     trim(0)

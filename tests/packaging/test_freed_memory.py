@@ -12,13 +12,17 @@ import pytest
 
 OPERATOR = Path(__file__).resolve().parents[2] / "operator"
 
-PROGRAM = """
-from server_hardening.memory import return_freed_memory
-
+RSS_MIB = """
 def rss_mib():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
+"""
+
+PROGRAM = (
+    RSS_MIB
+    + """
+from server_hardening.memory import return_freed_memory
 
 # Blocks over 512 bytes come from the C allocator, not Python's own; one in 50 survives, so
 # nothing is freed at the top of the heap only.
@@ -29,6 +33,7 @@ del freed
 before = rss_mib()
 print(return_freed_memory(), before, rss_mib())
 """
+)
 
 
 def _run(program: str, *args: str) -> list[str]:
@@ -51,14 +56,11 @@ def test_freed_memory_goes_back_to_the_kernel() -> None:
     assert after < before - 100  # about 170 MiB freed; a few MiB survive
 
 
-THREAD_PROGRAM = """
+THREAD_PROGRAM = (
+    RSS_MIB
+    + """
 import sys, threading
 from server_hardening.memory import tune_allocator
-
-def rss_mib():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
 
 tuned = tune_allocator() if sys.argv[1] == "tuned" else False
 held = []
@@ -78,6 +80,7 @@ thread.start()
 thread.join()
 print(tuned, held[0])
 """
+)
 
 
 @pytest.mark.parametrize("allocator", ["default", "tuned"])
