@@ -380,7 +380,7 @@ def _aws_baseline(double, groups, per_group, make_world, many_groups, changed): 
     for scenario, wanted in (("converge", rendered), ("no-op", rendered),
                              ("change", changed(rendered))):  # fmt: skip
         target = world.target(wanted)
-        plan = plan_target(target, target.observe(), remove_unmanaged=False)
+        plan = plan_target(target, target.observe())
         double.proxy.reset()
         began = time.monotonic()
         for group in wanted.group_ids:
@@ -454,7 +454,7 @@ def _gcp(latencies: list[float], sequential_up_to: float) -> None:
     for latency in latencies:
         with _fake(latency) as fake:
             target = target_for(fake)
-            plan = plan_target(target, target.observe(), remove_unmanaged=False)
+            plan = plan_target(target, target.observe())
             began = time.monotonic()
             result = target.apply(plan)
             parallel = time.monotonic() - began
@@ -464,7 +464,7 @@ def _gcp(latencies: list[float], sequential_up_to: float) -> None:
         if latency <= sequential_up_to:
             with _fake(latency) as fake:
                 target = target_for(fake)
-                plan = plan_target(target, target.observe(), remove_unmanaged=False)
+                plan = plan_target(target, target.observe())
                 began = time.monotonic()
                 for item in plan.create:  # one write and its wait at a time
                     target.apply(Plan(target="gcp", create=(item,)))

@@ -25,7 +25,6 @@ from server_hardening.model import (
     Mode,
     ResourceRef,
     ServerHardeningSpec,
-    UnmanagedRules,
 )
 from server_hardening.policy.exceptions import matcher as exception_matcher
 from server_hardening.rules import Finding, FindingCode, most_important_first
@@ -352,22 +351,23 @@ def plan_target(
     target: AnyTarget,
     observation: Observation[Any],
     *,
-    remove_unmanaged: bool,
     adopt: bool = True,
     exceptions: Sequence[DeclaredExceptionSpec] = (),
     now: dt.datetime | None = None,
 ) -> Plan[Any]:
-    """What it takes to make ``target`` hold its desired items, given what it was seen to hold."""
+    """What it takes to make ``target`` hold its desired items, given what it was seen to hold:
+    the target's policy judges, ``drift.compute_plan`` places every item."""
+    policy = target.policy
     return compute_plan(
         target.name,
-        target.desired(),
+        [*policy.desired(), *observation.kept],
         observation.items,
-        judge_unmanaged=target.judge_unmanaged(),
-        remove_unmanaged=remove_unmanaged,
+        judge_unmanaged=policy.judge_unmanaged(observation.items),
+        remove_unmanaged=policy.remove_unmanaged,
         findings=observation.findings,
-        claim=target.claimer(),
+        claim=policy.claimer(),
         adopt_identical=adopt,
-        judge_foreign=target.judge_foreign(),
+        judge_foreign=policy.judge_foreign(),
         exception_for=exception_matcher(exceptions, target.name, now or dt.datetime.now(dt.UTC)),
     )
 
@@ -407,7 +407,6 @@ def run_target(
     plan = plan_target(
         target,
         observation,
-        remove_unmanaged=spec.unmanaged_rules is UnmanagedRules.REMOVE,
         adopt=spec.adoption is Adoption.ADOPT,
         exceptions=spec.exceptions,
         now=now,
@@ -454,7 +453,7 @@ def run_target(
         report.last_error = "; ".join(result.errors[:3])
     elif not result.in_progress:
         # Unmanaged rules that are only reported (unmanagedRules: Report) are still there.
-        left = drift.unmanaged_widening if spec.unmanaged_rules is UnmanagedRules.REPORT else 0
+        left = 0 if target.policy.remove_unmanaged else drift.unmanaged_widening
         report.repaired = drift.total > 0 and left == 0
         report.managed_repaired = drift.missing + drift.modified + drift.unexpected > 0
     return report

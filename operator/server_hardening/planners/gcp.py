@@ -78,10 +78,9 @@ def keeping_logging(
     return replace(change.desired, payload={**change.desired.payload, "logConfig": kept})
 
 
-def plan_writes(
-    plan: Plan[FirewallBody], *, remove_unmanaged: bool, manages_logging: bool = False
-) -> WritePlan:
-    """The two waves for ``plan`` (see the module doc)."""
+def plan_writes(plan: Plan[FirewallBody], *, manages_logging: bool = False) -> WritePlan:
+    """The two waves for ``plan`` (see the module doc). Unmanaged items are removed only when
+    the plan lists them in ``remove_unmanaged`` (which the policy decided)."""
     adds = [
         Write(WriteKind.UPDATE, a.desired.key, desired=keeping_logging(a, manages_logging),
               adopt=True)
@@ -93,11 +92,9 @@ def plan_writes(
         for c in plan.update
     ]
     removes = [Write(WriteKind.DELETE, s.native_id or s.key) for s in plan.delete]
-    if remove_unmanaged:
-        removes += [
-            Write(WriteKind.DELETE, u.native_id or u.key, unmanaged=True)
-            for u in plan.remove_unmanaged
-        ]
+    removes += [
+        Write(WriteKind.DELETE, u.native_id or u.key, unmanaged=True) for u in plan.remove_unmanaged
+    ]
     return WritePlan(adds=tuple(adds), removes=tuple(removes))
 
 

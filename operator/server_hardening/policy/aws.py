@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from server_hardening.addresses import AddressSet
+from server_hardening.drift import Claim, Claimer, DesiredItem, ObservedItem, UnmanagedJudge
 from server_hardening.guide import SENSITIVE_PORTS
 from server_hardening.policy.exposure import (
     Access,
@@ -23,7 +24,7 @@ from server_hardening.policy.exposure import (
     node_port_exposure,
     world_open_sensitive_port,
 )
-from server_hardening.renderers.aws import AtomicRule, RenderedSecurityGroups
+from server_hardening.renderers.aws import AtomicRule, RenderedSecurityGroups, atomic_rules
 from server_hardening.rules import Direction, Finding, FindingCode, PortRange
 
 TARGET = "aws"
@@ -171,3 +172,63 @@ def judge_foreign_rule(
     return world_open_sensitive_port(seen, TARGET, fate) or node_port_exposure(
         seen, node_ports or {}, TARGET, fate
     )
+
+
+class AwsPolicy:
+    """The ``aws`` target's judgement (:class:`~server_hardening.policy.base.TargetPolicy`):
+    the rendered rules are desired, an unmarked rule with a desired key is that rule exactly
+    (the key is the access itself), unmanaged rules go through :data:`CHAIN` beside their group's
+    other unmanaged rules, other controllers' are judged for exposure only."""
+
+    def __init__(
+        self,
+        rendered: RenderedSecurityGroups,
+        *,
+        remove_unmanaged: bool = False,
+        node_ports: NodePorts | None = None,
+    ) -> None:
+        self.rendered = rendered
+        self._remove_unmanaged = remove_unmanaged
+        self.node_ports: NodePorts = dict(node_ports or {})
+
+    @property
+    def remove_unmanaged(self) -> bool:
+        return self._remove_unmanaged
+
+    def desired(self) -> Sequence[DesiredItem[AtomicRule]]:
+        return atomic_rules(self.rendered)
+
+    def judge_unmanaged(
+        self, observed: Sequence[ObservedItem[AtomicRule]]
+    ) -> UnmanagedJudge[AtomicRule]:
+        unmanaged = [i for i in observed if not i.owned and not i.owner]
+
+        def judge(item: ObservedItem[AtomicRule]) -> Finding | None:
+            neighbours = [i.payload for i in unmanaged if i.native_id != item.native_id]
+            return judge_rule(
+                item.payload,
+                item.native_id,
+                self.rendered,
+                removing=self._remove_unmanaged,
+                neighbours=neighbours,
+                node_ports=self.node_ports,
+            )
+
+        return judge
+
+    def judge_foreign(self) -> UnmanagedJudge[AtomicRule]:
+        def judge(item: ObservedItem[AtomicRule]) -> Finding | None:
+            return judge_foreign_rule(
+                item.payload, item.native_id, item.controller, self.rendered, self.node_ports
+            )
+
+        return judge
+
+    def claimer(self) -> Claimer[AtomicRule]:
+        """The key is the access itself (group, direction, protocol, ports, peer): an unmarked
+        rule with a desired key is that rule exactly, whatever its description says."""
+
+        def claim(item: ObservedItem[AtomicRule], desired: DesiredItem[AtomicRule]) -> Claim | None:
+            return Claim.ADOPT
+
+        return claim

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server_hardening.addresses import AddressSet
+from server_hardening.drift import Claim, Claimer, DesiredItem, ObservedItem, UnmanagedJudge
 from server_hardening.policy.exposure import (
     Access,
     sensitive_ports_open_to_world,
@@ -28,10 +29,12 @@ from server_hardening.renderers.gcp import (
     ISOLATION_PRIORITY,
     WORLD_V4,
     WORLD_V6,
+    FirewallBody,
     RenderedFirewalls,
     _norm_entries,
     _port_bounds,
     _port_text,
+    firewall_items,
     normalise_firewall,
 )
 from server_hardening.rules import Direction, Finding, FindingCode, PortRange, Role
@@ -367,3 +370,62 @@ def judge_firewall_policies(
                 )
             )
     return findings
+
+
+class GcpPolicy:
+    """The ``gcp`` target's judgement (:class:`~server_hardening.policy.base.TargetPolicy`).
+
+    Ownership of a firewall is decided by its mark; an unmarked one under this resource's name
+    prefix (a digest of namespace, name and installation) is claimed: adopted when it is exactly
+    the desired rule, else taken back (its marks were stripped, or an orphaning release left
+    it)."""
+
+    def __init__(
+        self, rendered: RenderedFirewalls, *, name_prefix: str, remove_unmanaged: bool = False
+    ) -> None:
+        self.rendered = rendered
+        self.name_prefix = name_prefix
+        self._remove_unmanaged = remove_unmanaged
+
+    @property
+    def remove_unmanaged(self) -> bool:
+        return self._remove_unmanaged
+
+    def desired(self) -> Sequence[DesiredItem[FirewallBody]]:
+        return firewall_items(self.rendered)
+
+    def judge_unmanaged(
+        self, observed: Sequence[ObservedItem[FirewallBody]]
+    ) -> UnmanagedJudge[FirewallBody]:
+        def judge(item: ObservedItem[FirewallBody]) -> Finding | None:
+            return judge_firewall(item.payload, self.rendered)
+
+        return judge
+
+    def judge_foreign(self) -> UnmanagedJudge[FirewallBody]:
+        def judge(item: ObservedItem[FirewallBody]) -> Finding | None:
+            return judge_foreign_firewall(item.payload, item.controller, self.rendered)
+
+        return judge
+
+    def claimer(self) -> Claimer[FirewallBody]:
+        project = self.rendered.project
+        logging = self.rendered.manages_logging
+
+        def content(body: FirewallBody) -> dict[str, Any]:
+            normal = normalise_firewall(body, project, with_logging=logging)
+            normal.pop("description", None)
+            return normal
+
+        def claim(
+            item: ObservedItem[FirewallBody], desired: DesiredItem[FirewallBody]
+        ) -> Claim | None:
+            if not item.key.startswith(self.name_prefix):
+                return None
+            return (
+                Claim.ADOPT
+                if content(item.payload) == content(desired.payload)
+                else Claim.TAKE_BACK
+            )
+
+        return claim

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from server_hardening.addresses import AddressSet
+from server_hardening.drift import Claim, Claimer, DesiredItem, ObservedItem, UnmanagedJudge
+from server_hardening.ownership import ROWS_ANNOTATION
 from server_hardening.policy.exposure import WORLD, Access, world_open_sensitive_port
+from server_hardening.renderers.networkpolicy import Manifest, desired_items, normalise_spec
 from server_hardening.rules import Direction, Finding, FindingCode, PortRange
 
 TARGET = "kubernetes"
@@ -180,3 +183,51 @@ def judge_policy(policy: Mapping[str, Any], view: ManagedView) -> Finding | None
                 target=TARGET,
             )
     return None
+
+
+class KubernetesPolicy:
+    """The ``kubernetes`` target's judgement (:class:`~server_hardening.policy.base.TargetPolicy`):
+    the rendered NetworkPolicies are desired; an unmarked policy under one of our names is
+    adopted when its spec is exactly the desired one, taken back when it still carries our
+    guide-rows annotation (an orphaning release, or stripped ownership marks), so an Orphan then
+    re-create converges; other policies go through :func:`judge_policy`. No other controller's
+    NetworkPolicies are known: they are declared as exceptions."""
+
+    def __init__(
+        self,
+        policies: Sequence[Manifest],
+        *,
+        restrict_egress: bool,
+        remove_unmanaged: bool = False,
+    ) -> None:
+        self.policies = tuple(policies)
+        self._remove_unmanaged = remove_unmanaged
+        self._view = managed_view(self.policies, restrict_egress=restrict_egress)
+
+    @property
+    def remove_unmanaged(self) -> bool:
+        return self._remove_unmanaged
+
+    def desired(self) -> Sequence[DesiredItem[Manifest]]:
+        return desired_items(self.policies)
+
+    def judge_unmanaged(
+        self, observed: Sequence[ObservedItem[Manifest]]
+    ) -> UnmanagedJudge[Manifest]:
+        def judge(item: ObservedItem[Manifest]) -> Finding | None:
+            return judge_policy(item.payload, self._view)
+
+        return judge
+
+    def judge_foreign(self) -> UnmanagedJudge[Manifest]:
+        return lambda item: None
+
+    def claimer(self) -> Claimer[Manifest]:
+        def claim(item: ObservedItem[Manifest], desired: DesiredItem[Manifest]) -> Claim | None:
+            observed_spec = normalise_spec(item.payload.get("spec") or {})
+            if observed_spec == normalise_spec(desired.payload.get("spec") or {}):
+                return Claim.ADOPT
+            annotations = (item.payload.get("metadata") or {}).get("annotations") or {}
+            return Claim.TAKE_BACK if ROWS_ANNOTATION in annotations else None
+
+        return claim

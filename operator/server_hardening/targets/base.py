@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from server_hardening.drift import Claimer, DesiredItem, ObservedItem, Plan, UnmanagedJudge
+from server_hardening.drift import DesiredItem, ObservedItem, Plan
 from server_hardening.model import ResourceRef
+from server_hardening.policy.base import TargetPolicy
 from server_hardening.rules import Finding
 
 PayloadT = TypeVar("PayloadT")
@@ -37,6 +38,9 @@ class Observation(Generic[PayloadT]):
 
     items: tuple[ObservedItem[PayloadT], ...]
     findings: tuple[Finding, ...] = ()
+    # Owned items to keep exactly as they are although the intent no longer renders them (a
+    # component whose Service vanished keeps its last allow): desired beside the policy's.
+    kept: tuple[DesiredItem[PayloadT], ...] = ()
 
 
 @dataclass
@@ -64,24 +68,13 @@ class Target(Protocol[PayloadT]):
 
     name: str
 
-    def desired(self) -> Sequence[DesiredItem[PayloadT]]:
-        """The items the compiled intent requires (pure rendering, no API call)."""
+    @property
+    def policy(self) -> TargetPolicy[PayloadT]:
+        """The target's judgement, built with it by the factory (pure: see policy.base)."""
         ...
 
     def observe(self) -> Observation[PayloadT]:
         """Read what the target holds. Never writes."""
-        ...
-
-    def judge_unmanaged(self) -> UnmanagedJudge[PayloadT]:
-        """How to judge an item this resource does not own."""
-        ...
-
-    def judge_foreign(self) -> UnmanagedJudge[PayloadT]:
-        """How to judge an item another controller owns: for exposure only."""
-        ...
-
-    def claimer(self) -> Claimer[PayloadT]:
-        """Which unmarked items holding a desired key this resource may adopt or take back."""
         ...
 
     def apply(self, plan: Plan[PayloadT]) -> ApplyResult:

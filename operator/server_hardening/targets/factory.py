@@ -82,7 +82,6 @@ class LiveTargets:
                     intent,
                     aws,
                     ref,
-                    unmanaged_rules=spec.unmanaged_rules,
                     record_call=self.recorder("aws"),
                     **kwargs,
                 )

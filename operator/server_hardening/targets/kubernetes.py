@@ -17,16 +17,13 @@ import urllib3
 from server_hardening import components
 from server_hardening.compiler import CompiledIntent
 from server_hardening.drift import (
-    Claim,
-    Claimer,
     DesiredItem,
     ObservedItem,
     Plan,
-    UnmanagedJudge,
     Update,
 )
 from server_hardening.guide import Component
-from server_hardening.model import ResourceRef
+from server_hardening.model import ResourceRef, UnmanagedRules
 from server_hardening.ownership import (
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
@@ -40,8 +37,6 @@ from server_hardening.policy import networkpolicy as np_policy
 from server_hardening.policy.loadbalancer import load_balancer_exposure
 from server_hardening.renderers.networkpolicy import (
     Manifest,
-    desired_items,
-    normalise_spec,
     policy_fingerprint,
     policy_name_for,
     render_network_policies,
@@ -223,12 +218,15 @@ class KubernetesTarget:
         self.findings = tuple(findings)
         self.services_gone = tuple(services_gone)
         self._kept: list[DesiredItem[Manifest]] = []
+        # The target's judgement (see policy.base).
+        self.policy = np_policy.KubernetesPolicy(
+            self.policies,
+            restrict_egress=intent.spec.kubernetes.network_policies.restrict_egress,
+            remove_unmanaged=intent.spec.unmanaged_rules is UnmanagedRules.REMOVE,
+        )
 
     def _policies(self, name: str | None = None) -> str:
         return namespaced(NETWORKING, self.ref.namespace, "networkpolicies", name)
-
-    def desired(self) -> Sequence[DesiredItem[Manifest]]:
-        return [*desired_items(self.policies), *self._kept]
 
     def _keep_last_allows(self, observed: Sequence[ObservedItem[Manifest]]) -> list[Finding]:
         """A component whose Service vanished keeps the allow it had (never a silent outage):
@@ -292,36 +290,7 @@ class KubernetesTarget:
                 f.code is FindingCode.SERVICE_NOT_FOUND and f.message.split(":", 1)[0] in keeping
             )
         ]
-        return Observation(items=tuple(items), findings=(*earlier, *kept))
-
-    def judge_foreign(self) -> UnmanagedJudge[Manifest]:
-        """No other controller's NetworkPolicies are known here: declare them as exceptions."""
-        return lambda item: None
-
-    def claimer(self) -> Claimer[Manifest]:
-        """An unmarked policy under one of our names: adopted when its spec is exactly the
-        desired one; taken back when it still carries our guide-rows annotation (an orphaning
-        release, or stripped ownership marks), so an Orphan then re-create converges."""
-
-        def claim(item: ObservedItem[Manifest], desired: DesiredItem[Manifest]) -> Claim | None:
-            observed_spec = normalise_spec(item.payload.get("spec") or {})
-            if observed_spec == normalise_spec(desired.payload.get("spec") or {}):
-                return Claim.ADOPT
-            annotations = (item.payload.get("metadata") or {}).get("annotations") or {}
-            return Claim.TAKE_BACK if ROWS_ANNOTATION in annotations else None
-
-        return claim
-
-    def judge_unmanaged(self) -> UnmanagedJudge[Manifest]:
-        view = np_policy.managed_view(
-            self.policies,
-            restrict_egress=self.intent.spec.kubernetes.network_policies.restrict_egress,
-        )
-
-        def judge(item: ObservedItem[Manifest]) -> Finding | None:
-            return np_policy.judge_policy(item.payload, view)
-
-        return judge
+        return Observation(items=tuple(items), findings=(*earlier, *kept), kept=tuple(self._kept))
 
     def apply(self, plan: Plan[Manifest]) -> ApplyResult:
         """Create and replace first, then delete: the namespace is never less reachable than

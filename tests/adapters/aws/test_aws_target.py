@@ -446,7 +446,7 @@ def test_throttling_beyond_the_budget_is_transient_and_says_what_was_applied(
 ) -> None:
     world = bare_world
     target = world.target(world.guide_rendering(), retry=RetryPolicy(max_attempts=3))
-    plan = plan_target(target, target.observe(), remove_unmanaged=False)
+    plan = plan_target(target, target.observe())
     world.double.proxy.throttle("AuthorizeSecurityGroupEgress", 100)
 
     with pytest.raises(AwsTransientError) as caught:
@@ -476,7 +476,7 @@ def test_a_missing_group_is_a_permanent_error_naming_it(world: World) -> None:
 def test_a_group_deleted_between_observe_and_apply_is_permanent(bare_world: World) -> None:
     world = bare_world
     target = world.target(world.guide_rendering())
-    plan = plan_target(target, target.observe(), remove_unmanaged=False)
+    plan = plan_target(target, target.observe())
     gone = world.groups[Role.EXTERNAL_VMS]
     world.ec2.delete_security_group(GroupId=gone)
 
@@ -563,7 +563,7 @@ def test_a_rule_added_meanwhile_is_a_duplicate_not_an_error(bare_world: World) -
         world.ec2.revoke_security_group_ingress(
             GroupId=nomad, SecurityGroupRuleIds=[rule["SecurityGroupRuleId"]]
         )
-    plan = plan_target(target, target.observe(), remove_unmanaged=False)
+    plan = plan_target(target, target.observe())
     assert len(plan.create) == len(owned_in) == 2
     # Someone else puts one of them back before the apply: the first of the batch, with the
     # same description (moto then refuses the whole call as EC2 does; see double.py).
@@ -600,7 +600,7 @@ def test_a_rule_revoked_meanwhile_is_gone_not_an_error(bare_world: World) -> Non
     reconcile(world.target(render_security_groups(before, aws, OWNER), aws=aws))
     after = [r for r in before if r.ports and r.ports.first not in (10000, 10002, 10004)]
     target = world.target(render_security_groups(after, aws, OWNER), aws=aws)
-    plan = plan_target(target, target.observe(), remove_unmanaged=False)
+    plan = plan_target(target, target.observe())
     assert len(plan.delete) == 3
     nomad = world.groups[Role.NOMAD_CLIENTS]
     world.ec2.revoke_security_group_ingress(

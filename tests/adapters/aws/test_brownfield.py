@@ -191,7 +191,7 @@ def test_a_world_open_nodeport_that_backs_nomads_4647_is_sensitive(world: World)
     is circleci-proxy's 4647. Left alone (the cloud provider's), but reported as what it is."""
     ids = _seed_by_hand(world)
     target = world.target(world.guide_rendering())
-    target.node_ports = {31234: ("circleci-proxy", 4647), 31235: ("circleci-proxy", 443)}
+    target.policy.node_ports = {31234: ("circleci-proxy", 4647), 31235: ("circleci-proxy", 443)}
 
     report = run_pass(target, remove_unmanaged=True)
 

@@ -22,6 +22,7 @@ from server_hardening.model import (
     parse_spec,
 )
 from server_hardening.ownership import describe, owner_key
+from server_hardening.policy.aws import AwsPolicy
 from server_hardening.reconcile import Event, TargetReport, run_target
 from server_hardening.renderers.aws import (
     AtomicRule,
@@ -218,6 +219,10 @@ def run_pass(
         }
     )
     events: list[Event] = []
+    # As the factory does for each pass: the policy is built from the pass's spec.
+    target.policy = AwsPolicy(
+        target.rendered, remove_unmanaged=remove_unmanaged, node_ports=target.policy.node_ports
+    )
     return run_target("aws", lambda: target, spec, previously_managed, events)
 
 

@@ -14,6 +14,7 @@ from fakes.gcp_compute import FakeCompute
 from server_hardening.compiler import compile_intent
 from server_hardening.drift import Plan
 from server_hardening.model import GcpSpec, ResourceRef, ServerHardeningSpec, UnmanagedRules
+from server_hardening.policy.gcp import GcpPolicy
 from server_hardening.reconcile import plan_target, run_target
 from server_hardening.targets.base import ApplyResult, Observation
 from server_hardening.targets.gcp import GcpClients, GcpTarget, RetryPolicy, make_clients
@@ -73,9 +74,17 @@ def make_target(
     )
 
 
+def with_policy(target: GcpTarget, *, remove: bool) -> None:
+    """As the factory does for each pass: the policy is built from the pass's spec."""
+    target.policy = GcpPolicy(
+        target.rendered, name_prefix=target.policy.name_prefix, remove_unmanaged=remove
+    )
+
+
 def plan_for(target: GcpTarget, *, remove: bool = False) -> tuple[Observation[Any], Plan[Any]]:
     observed = target.observe()
-    return observed, plan_target(target, observed, remove_unmanaged=remove)
+    with_policy(target, remove=remove)
+    return observed, plan_target(target, observed)
 
 
 def reconcile(target: GcpTarget, *, remove: bool = False) -> tuple[Plan[Any], ApplyResult]:
@@ -83,6 +92,7 @@ def reconcile(target: GcpTarget, *, remove: bool = False) -> tuple[Plan[Any], Ap
     spec = make_spec().model_copy(
         update={"unmanaged_rules": UnmanagedRules.REMOVE if remove else UnmanagedRules.REPORT}
     )
+    with_policy(target, remove=remove)
     report = run_target("gcp", lambda: target, spec, 0, [])
     if report.error is not None:
         raise report.error

@@ -80,8 +80,8 @@ def test_two_installations_with_one_name_in_one_project_each_converge_with_their
     reconcile(first)
 
     rules = fake.rules(PROJECT)
-    first_names = {d.key for d in first.desired()}
-    second_names = {d.key for d in second.desired()}
+    first_names = {d.key for d in first.policy.desired()}
+    second_names = {d.key for d in second.policy.desired()}
     assert first_names.isdisjoint(second_names)
     assert first_names | second_names <= set(rules)
     for name in first_names:
@@ -155,7 +155,7 @@ def test_without_permission_for_policies_the_vpc_rules_are_still_enforced(
 
     plan, result = reconcile(target)
 
-    assert result.errors == [] and result.created == len(target.desired())
+    assert result.errors == [] and result.created == len(target.policy.desired())
     unseen = [f for f in plan.findings if f.code == "FirewallPolicyOverrides"]
     assert len(unseen) == 1 and "cannot be read" in unseen[0].message
     assert "compute.networks.getEffectiveFirewalls" in unseen[0].message

@@ -29,7 +29,7 @@ ADDS = ("firewalls.insert", "firewalls.update")
 def _seed_one_modified_and_one_stale(fake: FakeCompute, recorder: Recorder) -> tuple[str, str]:
     """A network holding one of our rules edited and one we no longer want."""
     target = make_target(gcp_spec(fake), recorder)
-    bodies = {d.key: dict(d.payload) for d in target.desired()}
+    bodies = {d.key: dict(d.payload) for d in target.policy.desired()}
     edited = f"{PREFIX}nomad-in-allow-rerun"
     fake.seed(PROJECT, {**bodies[edited], "sourceRanges": ["198.51.100.0/24"]})
     stale = f"{PREFIX}nomad-in-allow-old"
@@ -43,7 +43,7 @@ def test_all_inserts_are_outstanding_at_once(recorder: Recorder) -> None:
     with FakeCompute(pending_operations=True) as fake:
         target = make_target(gcp_spec(fake), recorder)
         _, result = reconcile(target)
-        desired = len(target.desired())
+        desired = len(target.policy.desired())
         assert result.errors == [] and result.created == desired
         assert fake.max_outstanding == desired
 
@@ -73,7 +73,7 @@ def test_a_busy_network_delays_one_write_and_fails_nothing(
     fake.not_ready("firewalls.insert", times=2)  # the first write, and one of the rest
     target = make_target(gcp_spec(fake), recorder)
     _, result = reconcile(target)
-    desired = len(target.desired())
+    desired = len(target.policy.desired())
     assert result.errors == [] and result.created == desired
     assert len(fake.rules(PROJECT)) == desired
     refused = [r for r in fake.log if r.operation == "firewalls.insert" and r.status == 400]
@@ -91,17 +91,17 @@ def test_an_operation_that_fails_not_ready_is_sent_again_with_a_new_request_id(
     fake.fail_operations("insert", times=1)
     target = make_target(gcp_spec(fake), recorder)
     _, result = reconcile(target)
-    assert result.errors == [] and result.created == len(target.desired())
+    assert result.errors == [] and result.created == len(target.policy.desired())
     failed = [c for c in fake.completed if c.failed]
     assert len(failed) == 1
     inserts = [r for r in fake.log if r.operation == "firewalls.insert"]
-    desired = len(target.desired())
+    desired = len(target.policy.desired())
     # one more insert than rules, each with its own request ID: the same ID would only fetch
     # the failed operation again
     assert len(inserts) == desired + 1
     assert len({r.query["requestId"] for r in inserts}) == desired + 1
     assert failed[0].firewall in fake.rules(PROJECT)
-    assert set(fake.rules(PROJECT)) == {d.key for d in target.desired()}
+    assert set(fake.rules(PROJECT)) == {d.key for d in target.policy.desired()}
 
 
 def test_a_network_busy_for_good_fails_only_its_write_and_skips_the_deletes(
@@ -148,7 +148,7 @@ def test_a_wait_that_returns_before_done_is_asked_again(recorder: Recorder) -> N
     with FakeCompute(operation_seconds=0.4, wait_deadline_seconds=0.1) as fake:
         target = make_target(gcp_spec(fake), recorder)
         _, result = reconcile(target)
-        desired = len(target.desired())
+        desired = len(target.policy.desired())
         assert result.errors == [] and result.created == desired
         assert len(fake.calls("globalOperations.wait")) > desired
         assert recorder.count("globalOperations.wait", "error") == 0

@@ -38,13 +38,13 @@ def test_converges_from_an_empty_network_then_a_reconcile_only_lists(
     fake: FakeCompute, recorder: Recorder
 ) -> None:
     target = make_target(gcp_spec(fake), recorder)
-    desired = len(target.desired())
+    desired = len(target.policy.desired())
     plan, result = reconcile(target)
 
     assert len(plan.create) == desired == 27
     assert result.errors == [] and result.created == desired
     assert fake.calls() == [*OBSERVE, "projects.get"] + ["firewalls.insert"] * desired
-    assert set(fake.rules(PROJECT)) == {d.key for d in target.desired()}
+    assert set(fake.rules(PROJECT)) == {d.key for d in target.policy.desired()}
 
     fake.reset_log()
     _, again = plan_for(target)
@@ -83,7 +83,7 @@ def test_waits_on_pending_operations(recorder: Recorder) -> None:
     with FakeCompute(pending_operations=True) as fake:
         target = make_target(gcp_spec(fake), recorder)
         _, result = reconcile(target)
-        desired = len(target.desired())
+        desired = len(target.policy.desired())
         assert result.created == desired
         assert fake.calls("globalOperations.wait") == ["globalOperations.wait"] * desired
         # every insert is sent before the waits begin: the operations run side by side
@@ -96,7 +96,7 @@ def test_converges_a_default_network_changing_only_owned_and_missing_rules(
 ) -> None:
     fake.seed_default_network(PROJECT, "default")
     target = make_target(gcp_spec(fake, network="default"), recorder)
-    bodies = {d.key: dict(d.payload) for d in target.desired()}
+    bodies = {d.key: dict(d.payload) for d in target.policy.desired()}
     correct = f"{PREFIX}nomad-in-allow-k8s"
     wrong = f"{PREFIX}nomad-in-allow-rerun"
     fake.seed(PROJECT, bodies[correct])
@@ -198,7 +198,7 @@ def test_throttling_is_retried_with_backoff_and_recorded(
     fake.unavailable("firewalls.list", times=1)
     target = make_target(gcp_spec(fake), recorder)
     _, result = reconcile(target)
-    desired = len(target.desired())
+    desired = len(target.policy.desired())
     assert result.errors == [] and result.created == desired
     assert recorder.count("firewalls.insert", "throttled") == 3
     assert recorder.count("firewalls.list", "transient_error") == 1
@@ -214,7 +214,7 @@ def test_a_lost_insert_response_is_retried_with_the_same_request_id(
     fake.fail("firewalls.insert", status=503, reason="backendError", after=True)
     target = make_target(gcp_spec(fake), recorder)
     _, result = reconcile(target)
-    assert result.errors == [] and result.created == len(target.desired())
+    assert result.errors == [] and result.created == len(target.policy.desired())
     inserts = [r for r in fake.log if r.operation == "firewalls.insert"]
     assert inserts[0].query["requestId"] == inserts[1].query["requestId"]
     assert inserts[1].status == 200  # the same operation again, not a 409
@@ -285,7 +285,7 @@ def test_release_deletes_owned_rules_only(fake: FakeCompute, recorder: Recorder)
     other = make_target(gcp_spec(fake), recorder, owner=ResourceRef("other-ns", "other", "uid-2"))
     # Another resource's rules on the same network (seeded: as the operator runs it, a second
     # resource that meets ours is a conflict and writes nothing, asserted below).
-    for item in other.desired():
+    for item in other.policy.desired():
         fake.seed(PROJECT, dict(item.payload))
     assert run_target("gcp", lambda: other, make_spec(), 0, []).conflict_with == (
         "circleci-server/circleci"
@@ -293,10 +293,10 @@ def test_release_deletes_owned_rules_only(fake: FakeCompute, recorder: Recorder)
     observed = target.observe()
     assert any(i.owner == "other-ns/other" for i in observed.items)
     result = target.release(observed, delete=True)
-    assert result.deleted == len(target.desired()) and result.errors == []
+    assert result.deleted == len(target.policy.desired()) and result.errors == []
     left = fake.rules(PROJECT)
     assert not any(n.startswith(PREFIX) for n in left)
-    assert len(left) == 4 + len(other.desired())
+    assert len(left) == 4 + len(other.policy.desired())
 
 
 def test_release_orphan_unmarks_and_a_recreated_resource_takes_them_back(
@@ -306,7 +306,7 @@ def test_release_orphan_unmarks_and_a_recreated_resource_takes_them_back(
     reconcile(target)
     fake.reset_log()
     result = target.release(target.observe(), delete=False)
-    desired = len(target.desired())
+    desired = len(target.policy.desired())
     assert result.updated == desired and result.errors == []
     assert writes(fake) == ["firewalls.patch"] * desired
     rules = fake.rules(PROJECT)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from server_hardening.drift import DesiredItem, ObservedItem, Plan, Update
@@ -34,7 +36,7 @@ PLAN: Plan[FirewallBody] = Plan(
 
 
 def test_every_insert_and_update_is_in_the_first_wave_and_every_delete_in_the_second() -> None:
-    writes = plan_writes(PLAN, remove_unmanaged=True)
+    writes = plan_writes(PLAN)
     assert [(w.kind, w.name) for w in writes.adds] == [
         (WriteKind.INSERT, "a"),
         (WriteKind.INSERT, "b"),
@@ -48,10 +50,11 @@ def test_every_insert_and_update_is_in_the_first_wave_and_every_delete_in_the_se
     assert all(w.desired is not None and w.desired.key == w.name for w in writes.adds)
 
 
-def test_unmanaged_rules_are_removed_only_when_asked() -> None:
-    writes = plan_writes(PLAN, remove_unmanaged=False)
+def test_unmanaged_rules_are_removed_only_when_the_plan_says_so() -> None:
+    reported_only = replace(PLAN, remove_unmanaged=())
+    writes = plan_writes(reported_only)
     assert [w.name for w in writes.removes] == ["stale"]
-    assert plan_writes(Plan(target="gcp"), remove_unmanaged=True).empty
+    assert plan_writes(Plan(target="gcp")).empty
 
 
 def test_pacing_takes_a_share_of_the_rate_quota_and_never_more_threads_than_writes() -> None:

@@ -10,12 +10,42 @@ from typing import Any
 from builders import OWNER, make_spec
 from server_hardening.compiler import CompiledIntent
 from server_hardening.drift import Claimer, DesiredItem, ObservedItem, Plan, UnmanagedJudge
-from server_hardening.model import FieldError, ResourceRef, ServerHardeningSpec
+from server_hardening.model import FieldError, ResourceRef, ServerHardeningSpec, UnmanagedRules
 from server_hardening.reconcile import Phase, reconcile, refuse_keeping_the_last
 from server_hardening.rules import Finding, FindingCode, Severity
 from server_hardening.targets.base import ApplyResult, Observation, PermanentTargetError, Target
 
 NOW = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
+
+
+@dataclass
+class MemoryPolicy:
+    """Desired: ``wanted``; an unmanaged item whose key starts with "wide" widens access."""
+
+    name: str
+    wanted: dict[str, str]
+    remove_unmanaged: bool = False
+
+    def desired(self) -> Sequence[DesiredItem]:
+        return [DesiredItem(k, v, {"k": k}, ("ROW-1",)) for k, v in self.wanted.items()]
+
+    def claimer(self) -> Claimer[Any]:
+        return lambda item, desired: None
+
+    def judge_foreign(self) -> UnmanagedJudge:
+        return lambda item: None
+
+    def judge_unmanaged(self, observed: Sequence[ObservedItem[Any]]) -> UnmanagedJudge:
+        return lambda item: (
+            Finding(
+                Severity.WARNING,
+                FindingCode("UnmanagedWidening"),
+                f"{item.key} widens",
+                target=self.name,
+            )
+            if item.key.startswith("wide")
+            else None
+        )
 
 
 @dataclass
@@ -28,9 +58,11 @@ class MemoryTarget:
     fail_observe: Exception | None = None
     applied: list[Plan] = field(default_factory=list)
     still_running: tuple[str, ...] = ()
+    remove_unmanaged: bool = False
 
-    def desired(self) -> Sequence[DesiredItem]:
-        return [DesiredItem(k, v, {"k": k}, ("ROW-1",)) for k, v in self.wanted.items()]
+    @property
+    def policy(self) -> MemoryPolicy:
+        return MemoryPolicy(self.name, self.wanted, self.remove_unmanaged)
 
     def observe(self) -> Observation:
         if self.fail_observe:
@@ -40,24 +72,6 @@ class MemoryTarget:
                 ObservedItem(k, fp, {"k": k}, owned, k, owner)
                 for k, (fp, owned, owner) in self.held.items()
             )
-        )
-
-    def claimer(self) -> Claimer[Any]:
-        return lambda item, desired: None
-
-    def judge_foreign(self) -> UnmanagedJudge:
-        return lambda item: None
-
-    def judge_unmanaged(self) -> UnmanagedJudge:
-        return lambda item: (
-            Finding(
-                Severity.WARNING,
-                FindingCode("UnmanagedWidening"),
-                f"{item.key} widens",
-                target=self.name,
-            )
-            if item.key.startswith("wide")
-            else None
         )
 
     def apply(self, plan: Plan) -> ApplyResult:
@@ -87,6 +101,9 @@ class Factory:
     def build(
         self, intent: CompiledIntent, ref: ResourceRef
     ) -> list[tuple[str, Callable[[], Target]]]:
+        # As the production factory does: each target's policy follows the spec.
+        for target in self.targets:
+            target.remove_unmanaged = intent.spec.unmanaged_rules is UnmanagedRules.REMOVE
         return [(t.name, (lambda t=t: t)) for t in self.targets]  # type: ignore[misc]
 
 

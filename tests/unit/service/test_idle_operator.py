@@ -42,7 +42,14 @@ class Policies:
             tuple(ObservedItem(k, fp, {"k": k}, True, k) for k, fp in self.held.items())
         )
 
-    def judge_unmanaged(self) -> UnmanagedJudge[Any]:
+    # Its own (trivial) policy: nothing unmanaged matters, nothing is claimed.
+    remove_unmanaged = False
+
+    @property
+    def policy(self) -> Policies:
+        return self
+
+    def judge_unmanaged(self, observed: Sequence[ObservedItem[Any]]) -> UnmanagedJudge[Any]:
         return lambda item: None
 
     def judge_foreign(self) -> UnmanagedJudge[Any]:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from server_hardening.drift import Claim, Claimer, DesiredItem, ObservedItem, Plan, UnmanagedJudge
+from server_hardening.drift import ObservedItem, Plan
 from server_hardening.model import AwsSpec, ResourceRef, UnmanagedRules
 from server_hardening.ownership import (
     MANAGED_BY_LABEL,
@@ -37,13 +37,12 @@ from server_hardening.ownership import (
     owner_key,
 )
 from server_hardening.planners.aws import Write, WriteKind, plan_writes
-from server_hardening.policy.aws import judge_foreign_rule, judge_rule
+from server_hardening.policy.aws import AwsPolicy
 from server_hardening.policy.exposure import NodePorts
 from server_hardening.policy.owners import aws_rule_controller
 from server_hardening.renderers.aws import (
     AtomicRule,
     RenderedSecurityGroups,
-    atomic_rules,
     parse_rule,
     permissions,
     render_security_groups,
@@ -93,20 +92,19 @@ class AwsTarget:
         aws: AwsSpec,
         owner: ResourceRef,
         *,
-        unmanaged_rules: UnmanagedRules = UnmanagedRules.REPORT,
+        policy: AwsPolicy | None = None,
         client: EC2Client | None = None,
         client_factory: Callable[[AwsSpec], EC2Client] | None = None,
         record_call: ApiCallRecorder = ignore_call,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        node_ports: NodePorts | None = None,
     ) -> None:
         self.rendered = rendered
-        self.node_ports = dict(node_ports or {})
         self.aws = aws
         self.owner = owner
         self.owner_key = owner_key(owner)
-        self.unmanaged_rules = unmanaged_rules
+        # The target's judgement; the factory builds it from the spec (see policy.base).
+        self.policy = policy or AwsPolicy(rendered)
         self._client = client
         self._client_factory = client_factory or default_client
         self._retrier = Retrier(retry, record_call, sleep=sleep)
@@ -114,10 +112,21 @@ class AwsTarget:
 
     @classmethod
     def from_intent(
-        cls, intent: CompiledIntent, aws: AwsSpec, owner: ResourceRef, **kwargs: Any
+        cls,
+        intent: CompiledIntent,
+        aws: AwsSpec,
+        owner: ResourceRef,
+        *,
+        node_ports: NodePorts | None = None,
+        **kwargs: Any,
     ) -> AwsTarget:
         rendered = render_security_groups(intent.cloud_rules("aws"), aws, owner)
-        return cls(rendered, aws, owner, **kwargs)
+        policy = AwsPolicy(
+            rendered,
+            remove_unmanaged=intent.spec.unmanaged_rules is UnmanagedRules.REMOVE,
+            node_ports=node_ports,
+        )
+        return cls(rendered, aws, owner, policy=policy, **kwargs)
 
     @property
     def client(self) -> EC2Client:
@@ -127,9 +136,6 @@ class AwsTarget:
 
     # --------------------------------------------------------------------------------------
     # Target protocol
-
-    def desired(self) -> Sequence[DesiredItem[AtomicRule]]:
-        return atomic_rules(self.rendered)
 
     def observe(self) -> Observation[AtomicRule]:
         self._retrier.new_pass()
@@ -155,44 +161,6 @@ class AwsTarget:
         # What rendering taught (over quota, roles without a group, isolation by omission)
         # travels with the observation: the Target contract has no other way up for it.
         return Observation(items=items, findings=self.rendered.findings)
-
-    def judge_unmanaged(self) -> UnmanagedJudge[AtomicRule]:
-        rendered = self.rendered
-        removing = self.unmanaged_rules is UnmanagedRules.REMOVE
-        node_ports = self.node_ports
-        unmanaged = [i for i in self._last or () if not i.owned and not i.owner]
-
-        def judge(item: SecurityGroupRuleItem) -> Finding | None:
-            neighbours = [i.payload for i in unmanaged if i.native_id != item.native_id]
-            return judge_rule(
-                item.payload,
-                item.native_id,
-                rendered,
-                removing=removing,
-                neighbours=neighbours,
-                node_ports=node_ports,
-            )
-
-        return judge
-
-    def judge_foreign(self) -> UnmanagedJudge[AtomicRule]:
-        rendered = self.rendered
-
-        def judge(item: SecurityGroupRuleItem) -> Finding | None:
-            return judge_foreign_rule(
-                item.payload, item.native_id, item.controller, rendered, self.node_ports
-            )
-
-        return judge
-
-    def claimer(self) -> Claimer[AtomicRule]:
-        """The key is the access itself (group, direction, protocol, ports, peer): an unmarked
-        rule with a desired key is that rule exactly, whatever its description says."""
-
-        def claim(item: SecurityGroupRuleItem, desired: DesiredItem[AtomicRule]) -> Claim | None:
-            return Claim.ADOPT
-
-        return claim
 
     def apply(self, plan: Plan[AtomicRule]) -> ApplyResult:
         self._retrier.new_pass()

@@ -58,12 +58,9 @@ from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
 from server_hardening.drift import (
-    Claim,
-    Claimer,
     DesiredItem,
     ObservedItem,
     Plan,
-    UnmanagedJudge,
     fingerprint,
 )
 from server_hardening.model import GcpSpec, ResourceRef, UnmanagedRules
@@ -84,16 +81,14 @@ from server_hardening.planners.gcp import (
     plan_writes,
 )
 from server_hardening.policy.gcp import (
-    judge_firewall,
+    GcpPolicy,
     judge_firewall_policies,
-    judge_foreign_firewall,
 )
 from server_hardening.policy.owners import gcp_firewall_controller
 from server_hardening.renderers.gcp import (
     TARGET,
     FirewallBody,
     RenderedFirewalls,
-    firewall_items,
     normalise_firewall,
     render_firewalls,
 )
@@ -190,7 +185,7 @@ class GcpTarget:
         gcp: GcpSpec,
         owner: ResourceRef,
         *,
-        unmanaged_rules: UnmanagedRules = UnmanagedRules.REPORT,
+        policy: GcpPolicy | None = None,
         client_factory: ClientFactory | None = None,
         record_call: ApiCallRecorder = ignore_call,
         retry: RetryPolicy | None = None,
@@ -202,7 +197,6 @@ class GcpTarget:
         self.rendered = rendered
         self.gcp = gcp
         self.owner = owner
-        self.unmanaged_rules = unmanaged_rules
         self._factory: ClientFactory = client_factory or make_clients
         self._clients: GcpClients | None = None
         self._retrier = Retrier(retry, record_call, sleep=sleep)
@@ -214,17 +208,28 @@ class GcpTarget:
         self._stop = threading.Event()
         self._prefix = gcp_name_prefix(owner, gcp.installation_id)
         self._mine = installation_owner_key(owner, gcp.installation_id)
+        # The target's judgement; built from the spec with the target (see policy.base).
+        self.policy = policy or GcpPolicy(rendered, name_prefix=self._prefix)
 
     @classmethod
     def from_rules(
-        cls, rules: Sequence[Rule], gcp: GcpSpec, owner: ResourceRef, **kwargs: Any
+        cls,
+        rules: Sequence[Rule],
+        gcp: GcpSpec,
+        owner: ResourceRef,
+        *,
+        unmanaged_rules: UnmanagedRules = UnmanagedRules.REPORT,
+        **kwargs: Any,
     ) -> GcpTarget:
-        return cls(render_firewalls(rules, gcp, owner), gcp, owner, **kwargs)
+        rendered = render_firewalls(rules, gcp, owner)
+        policy = GcpPolicy(
+            rendered,
+            name_prefix=gcp_name_prefix(owner, gcp.installation_id),
+            remove_unmanaged=unmanaged_rules is UnmanagedRules.REMOVE,
+        )
+        return cls(rendered, gcp, owner, policy=policy, **kwargs)
 
     # -- Target protocol -----------------------------------------------------------------------
-
-    def desired(self) -> Sequence[DesiredItem[FirewallBody]]:
-        return firewall_items(self.rendered)
 
     def observe(self) -> Observation[FirewallBody]:
         """One paged list of the network's VPC rules, and its effective firewall policies
@@ -262,47 +267,6 @@ class GcpTarget:
             ]
         return judge_firewall_policies(policies_to_dicts(response), self.rendered)
 
-    def judge_foreign(self) -> UnmanagedJudge[FirewallBody]:
-        rendered = self.rendered
-
-        def judge(item: ObservedItem[FirewallBody]) -> Finding | None:
-            return judge_foreign_firewall(item.payload, item.controller, rendered)
-
-        return judge
-
-    def claimer(self) -> Claimer[FirewallBody]:
-        """An unmarked rule under one of our names (the prefix is a digest of this resource):
-        adopted when it is exactly the desired rule, else taken back (its marks were stripped,
-        or an orphaning release left it)."""
-        project = self.gcp.project
-        logging = self.rendered.manages_logging
-
-        def content(body: FirewallBody) -> dict[str, Any]:
-            normal = normalise_firewall(body, project, with_logging=logging)
-            normal.pop("description", None)
-            return normal
-
-        def claim(
-            item: ObservedItem[FirewallBody], desired: DesiredItem[FirewallBody]
-        ) -> Claim | None:
-            if not item.key.startswith(self._prefix):
-                return None
-            return (
-                Claim.ADOPT
-                if content(item.payload) == content(desired.payload)
-                else Claim.TAKE_BACK
-            )
-
-        return claim
-
-    def judge_unmanaged(self) -> UnmanagedJudge[FirewallBody]:
-        rendered = self.rendered
-
-        def judge(item: ObservedItem[FirewallBody]) -> Finding | None:
-            return judge_firewall(item.payload, rendered)
-
-        return judge
-
     def apply(self, plan: Plan[FirewallBody]) -> ApplyResult:
         """The writes of :func:`~server_hardening.planners.gcp.plan_writes`: every add of the
         pass sent together and waited for together, then the removes, only once every add is
@@ -311,11 +275,7 @@ class GcpTarget:
         result = ApplyResult()
         if plan.empty:
             return result
-        writes = plan_writes(
-            plan,
-            remove_unmanaged=self.unmanaged_rules is UnmanagedRules.REMOVE,
-            manages_logging=self.rendered.manages_logging,
-        )
+        writes = plan_writes(plan, manages_logging=self.rendered.manages_logging)
         deadline = time.monotonic() + self._wait_budget
         try:
             if writes.inserts and not self._quota_allows(writes.inserts, result):
