@@ -610,6 +610,36 @@ class RuleQuota(_Spec):
     outbound: StrictInt = Field(60, ge=1, le=1000)
 
 
+ASG_NAME_PATTERN = r"^[^:]{1,255}$"
+
+
+class AwsMachineSelector(_Spec):
+    """Machines that belong to a role whether or not they carry its security group: they are
+    read (never written) to judge each machine's real access."""
+
+    auto_scaling_groups: list[Annotated[str, Field(pattern=ASG_NAME_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Auto Scaling group names whose instances are in the role (e.g. "
+        "server-terraform's <basename>-circleci-nomad-clients-asg).",
+    )
+    instance_tags: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=10,
+        description="Instance tags (all must match) that put a running instance in the role.",
+    )
+
+
+class AwsMachineSelectors(_Spec):
+    """Per role, how to find its machines beyond the interfaces that carry its configured
+    group. externalVMs are also found by the machine provisioner's own ManagedBy tag."""
+
+    kubernetes_nodes: AwsMachineSelector | None = None
+    nomad_clients: AwsMachineSelector | None = None
+    external_vms: AwsMachineSelector | None = Field(None, alias="externalVMs")
+    nomad_servers: AwsMachineSelector | None = None
+
+
 class AwsSpec(_Spec):
     region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
     security_groups: AwsSecurityGroups
@@ -620,6 +650,11 @@ class AwsSpec(_Spec):
         "the regional endpoint.",
     )
     rule_quota: RuleQuota = Field(default_factory=RuleQuota)
+    machines: AwsMachineSelectors | None = Field(
+        None,
+        description="Selectors for each role's machines (read-only), so every machine is judged "
+        "by the union of all its security groups and its subnet's network ACL.",
+    )
 
 
 NETWORK_TAG_PATTERN = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"

@@ -31,9 +31,11 @@ from server_hardening.rules import Finding, FindingCode, most_important_first
 from server_hardening.targets.base import (
     AnyTarget,
     ApplyResult,
+    ExaminesMachines,
     Observation,
     TargetError,
 )
+from server_hardening.verification import RowResult, guide_checks, verify
 
 MAX_FINDINGS = 20
 
@@ -84,6 +86,8 @@ class TargetReport:
     error: TargetError | None = None
     # The identities found drifted, per kind (metrics count episodes from them).
     drifted: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # The guide verified on the target's machines, row by row (None: not examined this pass).
+    rows: tuple[RowResult, ...] | None = None
 
     @property
     def world_open_sensitive(self) -> int:
@@ -372,6 +376,40 @@ def plan_target(
     )
 
 
+def examine_machines(
+    target: AnyTarget, intent: CompiledIntent
+) -> tuple[list[Finding], tuple[RowResult, ...]] | None:
+    """The target's machines as they are really exposed (``policy.effective``): the findings
+    per machine and the guide verified row by row. None for a target without machines (the
+    cluster's NetworkPolicies are judged by their own policy)."""
+    if not isinstance(target, ExaminesMachines):
+        return None
+    machines = target.observe_machines()
+    # Only the clouds' policies evaluate machines (AwsPolicy.effective, GcpPolicy.effective).
+    policy: Any = target.policy
+    effective = policy.effective(machines)
+    checks = guide_checks(intent)
+    return effective.findings(checks), tuple(verify(checks, [effective]))
+
+
+def _examined(
+    target: AnyTarget, intent: CompiledIntent, report: TargetReport
+) -> tuple[list[Finding], tuple[RowResult, ...]] | None:
+    try:
+        return examine_machines(target, intent)
+    except TargetError as exc:
+        # The machines are an extra view: without them the rules are still enforced.
+        report.findings.append(
+            Finding.of(
+                FindingCode.MACHINES_UNREADABLE,
+                f"{report.name}: the machines of each role could not be read ({exc}); their "
+                "real exposure is not known",
+                target=report.name,
+            )
+        )
+        return None
+
+
 def run_target(
     name: str,
     build: TargetBuilder,
@@ -379,17 +417,41 @@ def run_target(
     previously_managed: int,
     events: list[Event],
     now: dt.datetime | None = None,
+    *,
+    intent: CompiledIntent | None = None,
 ) -> TargetReport:
     """One target's pipeline: build, observe, check ownership conflicts, plan, and in Enforce
-    apply. The operator, the CLI and the adapter test suites all run exactly this."""
+    apply. The operator, the CLI and the adapter test suites all run exactly this. With
+    ``intent`` the target's machines are examined too, once the pass's writes are done
+    (:func:`examine_machines`): the CLI always, the operator at its full checks (it costs a
+    few reads per role)."""
     report = TargetReport(name=name)
+    target = _run_rules(report, build, spec, previously_managed, events, now)
+    if target is not None and intent is not None:
+        examined = _examined(target, intent, report)
+        if examined is not None:
+            report.findings += examined[0]
+            report.rows = examined[1]
+    return report
+
+
+def _run_rules(
+    report: TargetReport,
+    build: TargetBuilder,
+    spec: ServerHardeningSpec,
+    previously_managed: int,
+    events: list[Event],
+    now: dt.datetime | None,
+) -> AnyTarget | None:
+    """:func:`run_target`'s rules part; the target once it was observed, else None."""
+    name = report.name
     try:
         target = build()
         observation: Observation[Any] = target.observe()
     except TargetError as exc:
         report.last_error, report.error = str(exc), exc
         events.append(Event("Warning", "TargetError", f"{name}: {exc}"))
-        return report
+        return None
     report.observed = True
     others = sorted({i.owner for i in observation.items if i.owner and not i.owned})
     if others:
@@ -403,7 +465,7 @@ def run_target(
             )
         )
         events.append(Event("Warning", "Conflict", f"{name}: already managed by {others[0]}"))
-        return report
+        return target
     plan = plan_target(
         target,
         observation,
@@ -437,7 +499,7 @@ def run_target(
     if drift_event is not None:
         events.append(drift_event)
     if spec.mode is Mode.AUDIT or plan.empty:
-        return report
+        return target
     try:
         result = target.apply(plan)
     except TargetError as exc:
@@ -445,7 +507,7 @@ def run_target(
         # Adapters that stop mid-apply say what they did get done.
         report.applied = getattr(exc, "result", None)
         events.append(Event("Warning", "ApplyFailed", f"{name}: {exc}"))
-        return report
+        return target
     report.applied = result
     report.findings.extend(result.findings)
     events.extend(_apply_event(name, plan, result))
@@ -456,7 +518,7 @@ def run_target(
         left = 0 if target.policy.remove_unmanaged else drift.unmanaged_widening
         report.repaired = drift.total > 0 and left == 0
         report.managed_repaired = drift.missing + drift.modified + drift.unexpected > 0
-    return report
+    return target
 
 
 def _spec_findings(findings: Sequence[Finding], targets: Sequence[TargetReport]) -> list[Finding]:

@@ -195,6 +195,10 @@ class FindingCode(enum.StrEnum):
     COMPONENT_SERVICE_MISSING = "ComponentServiceMissing"
     # Cloud firewall policies evaluated before the VPC rules (GCP).
     FIREWALL_POLICY_OVERRIDES = "FirewallPolicyOverrides"
+    # Each machine as it is really exposed (policy.effective) and the guide verified row by row.
+    GUIDE_ROW_BLOCKED = "GuideRowBlocked"
+    MACHINE_SELECTOR_UNMATCHED = "MachineSelectorUnmatched"
+    MACHINES_UNREADABLE = "MachinesUnreadable"
 
     @property
     def severity(self) -> Severity:
@@ -221,6 +225,7 @@ _SEVERITY: dict[FindingCode, Severity] = {
     FindingCode.WORLD_OPEN_SENSITIVE_PORT: Severity.ERROR,
     FindingCode.CONFLICT: Severity.ERROR,
     FindingCode.QUOTA_EXCEEDED: Severity.ERROR,
+    FindingCode.GUIDE_ROW_BLOCKED: Severity.ERROR,
 }
 
 

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from server_hardening.addresses import AddressSet
 from server_hardening.drift import Claim, Claimer, DesiredItem, ObservedItem, UnmanagedJudge
 from server_hardening.guide import SENSITIVE_PORTS
+from server_hardening.machines import AwsMachines
+from server_hardening.policy.effective import AwsEffective
 from server_hardening.policy.exposure import (
     Access,
     NodePorts,
@@ -223,6 +225,15 @@ class AwsPolicy:
             )
 
         return judge
+
+    def effective(self, machines: AwsMachines) -> AwsEffective:
+        """Every machine of every role as it is really exposed (``policy.effective``)."""
+        atoms = self.rendered.atoms
+        return AwsEffective(
+            machines,
+            managed_groups=self.rendered.group_ids,
+            covered=lambda rule: covered_by_the_guide(rule, atoms),
+        )
 
     def claimer(self) -> Claimer[AtomicRule]:
         """The key is the access itself (group, direction, protocol, ports, peer): an unmarked

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from server_hardening.drift import DesiredItem, ObservedItem, Plan
 from server_hardening.model import ResourceRef
@@ -131,3 +131,16 @@ with it.
 
 def ignore_call(operation: str, outcome: str) -> None:
     """The default recorder: count nothing."""
+
+
+@runtime_checkable
+class ExaminesMachines(Protocol):
+    """A target that can read the machines of each role (``machines``) and whose policy
+    evaluates them (``policy.effective``): the clouds."""
+
+    @property
+    def policy(self) -> Any: ...
+
+    def observe_machines(self) -> Any:
+        """Read every machine of every role and the layers on it. Never writes."""
+        ...

@@ -197,6 +197,17 @@ class MotoDouble:
             aws_secret_access_key=aws_secret_access_key or DUMMY["aws_secret_access_key"],
         )
 
+    def client_for(self, service: str) -> Any:
+        """A client of another service on the same moto (Auto Scaling, SQS, EventBridge)."""
+        return boto3.session.Session().client(
+            service,
+            region_name=REGION,
+            endpoint_url=self.url,
+            config=client_config(),
+            aws_access_key_id=DUMMY["aws_access_key_id"],
+            aws_secret_access_key=DUMMY["aws_secret_access_key"],
+        )
+
     def counts(self) -> dict[str, int]:
         return self.proxy.snapshot()
 

@@ -98,6 +98,10 @@ class World:
         assert spec.aws is not None
         return render_security_groups(compile_intent(spec).cloud_rules("aws"), spec.aws, OWNER)
 
+    def double_autoscaling(self) -> Any:
+        """An Auto Scaling client on the same moto (machine discovery reads Auto Scaling groups)."""
+        return self.double.client_for("autoscaling")
+
     def record(self, operation: str, outcome: str) -> None:
         self.calls[(operation, outcome)] += 1
 

@@ -28,6 +28,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from server_hardening.drift import ObservedItem, Plan
+from server_hardening.machines import AwsMachines
 from server_hardening.model import AwsSpec, ResourceRef, UnmanagedRules
 from server_hardening.ownership import (
     MANAGED_BY_LABEL,
@@ -43,23 +44,26 @@ from server_hardening.policy.owners import aws_rule_controller
 from server_hardening.renderers.aws import (
     AtomicRule,
     RenderedSecurityGroups,
+    groups_by_role,
     parse_rule,
     permissions,
     render_security_groups,
     rule_fingerprint,
 )
-from server_hardening.rules import Direction, Finding, FindingCode
+from server_hardening.rules import Direction, Finding, FindingCode, Role
 from server_hardening.targets.aws.errors import (
     DUPLICATE_CODES,
     QUOTA_CODES,
     RULE_GONE_CODES,
     AlreadyDoneError,
     GroupChangeRefusedError,
+    autoscaling_client_like,
     classify,
     default_client,
     saying_what_was_applied,
     translate,
 )
+from server_hardening.targets.aws.machines import MACHINE_ROLES, MachineReader, role_attribute
 from server_hardening.targets.base import (
     ApiCallRecorder,
     ApplyResult,
@@ -93,6 +97,7 @@ class AwsTarget:
         owner: ResourceRef,
         *,
         policy: AwsPolicy | None = None,
+        external_vms: bool = False,
         client: EC2Client | None = None,
         client_factory: Callable[[AwsSpec], EC2Client] | None = None,
         record_call: ApiCallRecorder = ignore_call,
@@ -105,6 +110,16 @@ class AwsTarget:
         self.owner_key = owner_key(owner)
         # The target's judgement; the factory builds it from the spec (see policy.base).
         self.policy = policy or AwsPolicy(rendered)
+        # The roles whose machines are read: those with a group, with a selector, and the VMs
+        # (found by the machine provisioner's tag) when the topology has them.
+        selectors = aws.machines
+        self.machine_roles: tuple[Role, ...] = tuple(
+            role
+            for role in MACHINE_ROLES
+            if role in groups_by_role(aws)
+            or (selectors is not None and getattr(selectors, role_attribute(role)) is not None)
+            or (role is Role.EXTERNAL_VMS and external_vms)
+        )
         self._client = client
         self._client_factory = client_factory or default_client
         self._retrier = Retrier(retry, record_call, sleep=sleep)
@@ -120,6 +135,7 @@ class AwsTarget:
         node_ports: NodePorts | None = None,
         **kwargs: Any,
     ) -> AwsTarget:
+        kwargs.setdefault("external_vms", intent.spec.topology.external_vms.enabled)
         rendered = render_security_groups(intent.cloud_rules("aws"), aws, owner)
         policy = AwsPolicy(
             rendered,
@@ -224,6 +240,23 @@ class AwsTarget:
                     except GroupChangeRefusedError as exc:
                         result.errors.append(f"DeleteTags: {exc}")
         return result
+
+    def observe_machines(self) -> AwsMachines:
+        """The machines of every role the spec names, read-only (``targets.aws.machines``):
+        after :meth:`observe` in the same pass, the managed groups' rules are not read again."""
+        managed: dict[str, list[AtomicRule]] = {}
+        if self._last is not None:
+            managed = {g: [] for g in self.rendered.group_ids}
+            for item in self._last:
+                managed.setdefault(item.payload.group_id, []).append(item.payload)
+        reader = MachineReader(
+            self.aws,
+            self._paged,
+            self.client,
+            lambda: autoscaling_client_like(self.client, self.aws),
+            groups_by_role(self.aws),
+        )
+        return reader.read(managed, self.machine_roles)
 
     # --------------------------------------------------------------------------------------
     # Observing

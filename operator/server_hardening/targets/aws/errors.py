@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
@@ -113,6 +113,24 @@ def default_client(aws: AwsSpec) -> EC2Client:
         endpoint_url=aws.endpoint_url or None,
         config=client_config(),
     )
+
+
+def autoscaling_client_like(ec2: Any, aws: AwsSpec) -> Any:
+    """An Auto Scaling client with the EC2 client's credentials and region; its endpoint is the
+    EC2 one only where the spec overrides it (a private endpoint, the tests' double)."""
+    session = boto3.session.Session()
+    return session.client(
+        "autoscaling",
+        region_name=aws.region,
+        endpoint_url=aws.endpoint_url or _endpoint_override(ec2),
+        config=client_config(),
+    )
+
+
+def _endpoint_override(ec2: Any) -> str | None:
+    """The EC2 client's endpoint when it is not AWS's own (a double, a VPC endpoint)."""
+    url = str(getattr(getattr(ec2, "meta", None), "endpoint_url", "") or "")
+    return url if url and not url.endswith(".amazonaws.com") else None
 
 
 class AlreadyDoneError(Exception):

@@ -1,0 +1,466 @@
+"""Each machine as it is really exposed. Pure: no I/O here.
+
+The rules a resource manages are one layer of what protects a machine. On AWS a packet to an
+instance meets the union of **every** security group on its network interface (groups only
+allow, so any one of them opening a port opens it), and, when it crosses a subnet boundary, the
+network ACLs of both subnets: stateless, evaluated in rule-number order, first match wins, and
+both directions (the reply crosses them too). On GCP every VPC rule that targets the instance by
+any means applies, in priority order, under the firewall policies evaluated before them.
+
+This module answers two questions on the machines the adapters read (``machines``):
+
+- per check of the guide (``verification.Check``): allowed or blocked, on which machines, and
+  decided by which layer (a group's rule, an ACL entry, a firewall): :class:`AwsEffective` and
+  :class:`GcpEffective` are ``verification.Evaluator``s;
+- per machine, what a security engineer must hear (:meth:`findings`): a sensitive port open to
+  the whole internet through any layer (``WorldOpenSensitivePort``, the same question and the
+  same code as :mod:`.exposure` asks of one rule), a layer the resource does not own that opens
+  the machine beyond the guide (``UnmanagedWidening``), a layer that blocks what a guide row
+  needs (``GuideRowBlocked``). Layers the resource does not own are never written: each
+  finding says what to change, and where.
+
+Machines whose layers are the same (same groups, same subnet; same tags and service accounts)
+behave the same: they are evaluated once, as one signature, and named together.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from server_hardening.guide import SENSITIVE_PORTS
+from server_hardening.machines import AwsInterface, AwsMachines, NaclEntry, NetworkAcl
+from server_hardening.policy.exposure import world_families
+from server_hardening.renderers.aws import AtomicRule
+from server_hardening.rules import Direction, Finding, FindingCode, Role
+from server_hardening.verification import OUTSIDER, Check, CheckResult, Endpoint
+
+# A reply leaves from an ephemeral port: Linux's default range starts at 32768 (and AWS's NAT
+# and load balancers use 1024-65535). A NACL that lets no reply through blocks the flow too.
+EPHEMERAL_PORT = 32768
+NAMED = 5  # machines named in one finding; the rest are counted
+
+
+def _contains(cidr: str, ip: str) -> bool:
+    try:
+        net = ipaddress.ip_network(cidr, strict=False)
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return net.version == address.version and address in net
+
+
+def _is_world(endpoint: Endpoint) -> bool:
+    return any(ipaddress.ip_network(c, strict=False).prefixlen == 0 for c in endpoint.cidrs)
+
+
+def _names(machines: Sequence[str]) -> str:
+    shown = ", ".join(machines[:NAMED])
+    more = len(machines) - NAMED
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+# ------------------------------------------------------------------------------------------------
+# AWS
+
+
+def _protocol_matches(rule_protocol: str, protocol: str) -> bool:
+    names = {"6": "tcp", "17": "udp"}
+    return rule_protocol in ("-1", "all") or names.get(rule_protocol, rule_protocol) == protocol
+
+
+def _rule_port_matches(rule: AtomicRule, protocol: str, port: int) -> bool:
+    if not _protocol_matches(rule.protocol, protocol):
+        return False
+    if rule.protocol == "-1" or rule.from_port is None or rule.to_port is None:
+        return True
+    first = 0 if rule.from_port < 0 else rule.from_port
+    last = 65535 if rule.to_port < 0 else rule.to_port
+    return first <= port <= last
+
+
+def describe_rule(rule: AtomicRule, group_name: str = "") -> str:
+    name = f" ({group_name})" if group_name else ""
+    text = f": {rule.description!r}" if rule.description else ""
+    return f"{rule.group_id}{name} {rule.key().split(' ', 1)[1]}{text}"
+
+
+@dataclass(frozen=True)
+class _AwsSignature:
+    """Interfaces that meet exactly the same layers: same groups, same subnet."""
+
+    role: Role
+    groups: tuple[str, ...]
+    subnet: str
+    interfaces: tuple[AwsInterface, ...]
+
+    @property
+    def address(self) -> str:
+        return self.interfaces[0].private_ips[0]
+
+    @property
+    def peer_address(self) -> str:
+        """Another machine of the signature, for checks between machines of one role."""
+        return (self.interfaces[1] if len(self.interfaces) > 1 else self.interfaces[0]).private_ips[
+            0
+        ]
+
+    @property
+    def machines(self) -> tuple[str, ...]:
+        return tuple(i.instance_id or i.interface_id for i in self.interfaces)
+
+
+def _nacl_decision(
+    acl: NetworkAcl | None, *, egress: bool, protocol: str, port: int, ip: str
+) -> tuple[bool, str]:
+    """First matching entry in rule-number order; none: denied (the ``*`` entry)."""
+    if acl is None:
+        return True, ""
+    entries: Iterable[NaclEntry] = sorted(
+        (e for e in acl.entries if e.egress == egress), key=lambda e: e.rule_number
+    )
+    for entry in entries:
+        if not _protocol_matches(entry.protocol, protocol):
+            continue
+        ported = entry.protocol not in ("-1", "all") and entry.from_port is not None
+        if ported and not (entry.from_port or 0) <= port <= (entry.to_port or entry.from_port or 0):
+            continue
+        if not _contains(entry.cidr, ip):
+            continue
+        way = "outbound" if egress else "inbound"
+        number = "*" if entry.rule_number >= 32767 else str(entry.rule_number)
+        verb = "allow" if entry.allow else "deny"
+        return (
+            entry.allow,
+            f"{acl.acl_id} {way} entry {number} ({verb} {entry.cidr})",
+        )
+    way = "outbound" if egress else "inbound"
+    return False, f"{acl.acl_id} {way}: no entry matches (denied)"
+
+
+class AwsEffective:
+    """The effective access of every machine the AWS adapter read (see the module doc)."""
+
+    target = "aws"
+
+    def __init__(
+        self,
+        machines: AwsMachines,
+        *,
+        managed_groups: Iterable[str],
+        covered: Callable[[AtomicRule], bool] = lambda rule: False,
+    ) -> None:
+        """``covered``: does the guide, as rendered for the role's own group, allow everything
+        this rule allows (``policy.aws.covered_by_the_guide``)?"""
+        self.machines = machines
+        self.managed_groups = frozenset(managed_groups)
+        self.covered = covered
+        self.signatures: dict[Role, list[_AwsSignature]] = {}
+        for role_machines in machines.roles:
+            grouped: dict[tuple[tuple[str, ...], str], list[AwsInterface]] = {}
+            for interface in role_machines.interfaces:
+                key = (tuple(sorted(interface.group_ids)), interface.subnet_id)
+                grouped.setdefault(key, []).append(interface)
+            self.signatures[role_machines.role] = [
+                _AwsSignature(role_machines.role, groups, subnet, tuple(members))
+                for (groups, subnet), members in sorted(grouped.items())
+            ]
+
+    # -- one side of a connection ------------------------------------------------------------------
+
+    def _allowing(
+        self,
+        groups: Sequence[str],
+        direction: Direction,
+        protocol: str,
+        port: int,
+        peer_ip: str,
+        peer_groups: Sequence[str],
+    ) -> list[str]:
+        out = []
+        for group in groups:
+            for rule in self.machines.group_rules.get(group, ()):
+                if rule.direction is not direction or not _rule_port_matches(rule, protocol, port):
+                    continue
+                if (rule.peer_type in ("cidr4", "cidr6") and _contains(rule.peer, peer_ip)) or (
+                    rule.peer_type == "group" and rule.peer in peer_groups
+                ):
+                    out.append(describe_rule(rule, self.machines.group_names.get(group, "")))
+        return out
+
+    def _world_allowing(
+        self, groups: Sequence[str], protocol: str, port: int
+    ) -> tuple[tuple[int, ...], list[AtomicRule]]:
+        """The IP families whose whole internet the union of the groups' ingress rules admits
+        on the port, and the rules that make it up."""
+        rules = [
+            rule
+            for group in groups
+            for rule in self.machines.group_rules.get(group, ())
+            if rule.direction is Direction.INGRESS
+            and rule.peer_type in ("cidr4", "cidr6")
+            and _rule_port_matches(rule, protocol, port)
+        ]
+        return world_families(r.peer for r in rules), rules
+
+    def _pair(
+        self, src: _AwsSignature | Endpoint, dst: _AwsSignature, check: Check, same: bool
+    ) -> tuple[bool, list[str]]:
+        """(allowed, what decided it) for one source signature (or address) and one target."""
+        protocol, port = check.protocol, check.port
+        dst_ip = dst.peer_address if same else dst.address
+        acls = self.machines.subnet_acls
+        if isinstance(src, Endpoint):
+            if _is_world(src):
+                families, rules = self._world_allowing(dst.groups, protocol, port)
+                if not families:
+                    return False, ["no rule of the groups admits the whole internet"]
+                ok, entry = _nacl_decision(
+                    acls.get(dst.subnet), egress=False, protocol=protocol, port=port, ip=OUTSIDER
+                )
+                names = self.machines.group_names
+                said = [describe_rule(r, names.get(r.group_id, "")) for r in rules]
+                return ok, ([entry] if entry else []) + said
+            src_ip, src_subnet = src.address(), ""
+            src_groups: tuple[str, ...] = ()
+            egress: list[str] | None = None
+        else:
+            src_ip, src_groups, src_subnet = src.address, src.groups, src.subnet
+            egress = self._allowing(
+                src.groups, Direction.EGRESS, protocol, port, dst_ip, dst.groups
+            )
+            if not egress:
+                return False, [f"no egress rule of {', '.join(src.groups)} allows it"]
+        ingress = self._allowing(dst.groups, Direction.INGRESS, protocol, port, src_ip, src_groups)
+        if not ingress:
+            return False, [f"no ingress rule of {', '.join(dst.groups) or 'any group'} allows it"]
+        said = list(ingress) + list(egress or [])
+        if src_subnet != dst.subnet:
+            # Crossing subnets: both ACLs, both ways (NACLs are stateless).
+            steps = [
+                (acls.get(dst.subnet), False, port, src_ip),
+                (acls.get(dst.subnet), True, EPHEMERAL_PORT, src_ip),
+            ]
+            if src_subnet:
+                steps += [
+                    (acls.get(src_subnet), True, port, dst_ip),
+                    (acls.get(src_subnet), False, EPHEMERAL_PORT, dst_ip),
+                ]
+            for acl, is_egress, at, ip in steps:
+                ok, entry = _nacl_decision(acl, egress=is_egress, protocol=protocol, port=at, ip=ip)
+                if not ok:
+                    return False, [entry]
+        return True, said
+
+    def _outbound(self, src: _AwsSignature, dst: Endpoint, check: Check) -> tuple[bool, list[str]]:
+        """A machine to an address outside every role (DNS, the VCS, the internet): its groups'
+        egress, then its subnet's ACL out and the reply in."""
+        protocol, port, ip = check.protocol, check.port, dst.address()
+        egress = self._allowing(src.groups, Direction.EGRESS, protocol, port, ip, ())
+        if not egress:
+            return False, [f"no egress rule of {', '.join(src.groups)} allows it"]
+        acl = self.machines.subnet_acls.get(src.subnet)
+        for is_egress, at in ((True, port), (False, EPHEMERAL_PORT)):
+            ok, entry = _nacl_decision(acl, egress=is_egress, protocol=protocol, port=at, ip=ip)
+            if not ok:
+                return False, [entry]
+        return True, egress
+
+    def evaluate(self, check: Check) -> CheckResult:
+        dst_role = check.destination.role
+        if dst_role is None:
+            return self._evaluate_outbound(check)
+        targets = self.signatures.get(dst_role, [])
+        if not targets:
+            return CheckResult(check, None, decided_by=(f"no machine found for {dst_role}",))
+        sources: Sequence[_AwsSignature | Endpoint]
+        if check.source.role is not None:
+            sources = self.signatures.get(check.source.role, [])
+            if not sources:
+                return CheckResult(
+                    check, None, decided_by=(f"no machine found for {check.source.role}",)
+                )
+        else:
+            sources = [check.source]
+        return self._gather(
+            check,
+            [(dst, self._pair(src, dst, check, src == dst)) for dst in targets for src in sources],
+        )
+
+    def _evaluate_outbound(self, check: Check) -> CheckResult:
+        role = check.source.role
+        sources = self.signatures.get(role, []) if role is not None else []
+        if not sources:
+            return CheckResult(check, None, decided_by=("no machine on either side",))
+        return self._gather(
+            check, [(src, self._outbound(src, check.destination, check)) for src in sources]
+        )
+
+    def _gather(
+        self, check: Check, outcomes: Sequence[tuple[_AwsSignature, tuple[bool, list[str]]]]
+    ) -> CheckResult:
+        """One verdict from every pair's: all must allow a must-allow check, none a must-block
+        one; the machines named are those that decide it."""
+        failing: list[str] = []
+        passing: list[str] = []
+        why: list[str] = []
+        for sig, (allowed, decided) in outcomes:
+            bucket = passing if allowed else failing
+            bucket += [m for m in sig.machines if m not in bucket]
+            if allowed != check.expect:
+                why += [d for d in decided if d not in why]
+        if check.expect:
+            verdict, machines = not failing, failing or passing
+        else:
+            verdict, machines = bool(passing), passing or failing
+        return CheckResult(
+            check, verdict, tuple(machines), tuple(why or ["as expected on every machine"])
+        )
+
+    # -- findings ----------------------------------------------------------------------------------
+
+    def findings(self, checks: Sequence[Check] = ()) -> list[Finding]:
+        out: list[Finding] = list(self.machines.findings)
+        out += self._world_open()
+        out += self._beyond_the_guide()
+        out += self._without_the_group()
+        out += self._blocked(checks)
+        return out
+
+    def _world_open(self) -> list[Finding]:
+        out = []
+        for role, signatures in self.signatures.items():
+            for sig in signatures:
+                for port, (row, what) in SENSITIVE_PORTS.items():
+                    families, rules = self._world_allowing(sig.groups, "tcp", port)
+                    if not families or all(r.group_id in self.managed_groups for r in rules):
+                        continue  # the managed groups' own rules are judged by policy.aws
+                    ok, _ = _nacl_decision(
+                        self.machines.subnet_acls.get(sig.subnet),
+                        egress=False, protocol="tcp", port=port, ip=OUTSIDER,
+                    )  # fmt: skip
+                    if not ok:
+                        continue
+                    groups = sorted({r.group_id for r in rules})
+                    layers = "; ".join(
+                        f"{g} ({self.machines.group_names.get(g, '?')})" for g in groups
+                    )
+                    out.append(
+                        Finding.of(
+                            FindingCode.WORLD_OPEN_SENSITIVE_PORT,
+                            f"{role.value} machines {_names(sig.machines)} are open on {port} "
+                            f"({what}) to the whole internet through security group(s) {layers}; "
+                            "a group this resource does not manage is never changed by it: remove "
+                            "the rule or detach the group from these machines",
+                            row=row,
+                            target=self.target,
+                            objects=sig.machines[:NAMED],
+                        )
+                    )
+        return out
+
+    def _configured(self, role: Role) -> str | None:
+        for role_machines in self.machines.roles:
+            if role_machines.role is role:
+                return role_machines.configured_group
+        return None
+
+    def _beyond_the_guide(self) -> list[Finding]:
+        out = []
+        reported: set[tuple[Role, str]] = set()
+        for role, signatures in self.signatures.items():
+            configured = self._configured(role)
+            for sig in signatures:
+                for group in sig.groups:
+                    if group in self.managed_groups or (role, group) in reported:
+                        continue
+                    widening = [
+                        rule
+                        for rule in self.machines.group_rules.get(group, ())
+                        if not self._guided(rule, configured)
+                    ]
+                    if not widening:
+                        continue
+                    reported.add((role, group))
+                    machines = [m for s in signatures if group in s.groups for m in s.machines]
+                    name = self.machines.group_names.get(group, "?")
+                    shown = "; ".join(describe_rule(r) for r in widening[:4])
+                    more = f" and {len(widening) - 4} more" if len(widening) > 4 else ""
+                    out.append(
+                        Finding.of(
+                            FindingCode.UNMANAGED_WIDENING,
+                            f"{role.value} machines {_names(machines)} also carry security group "
+                            f"{group} ({name}), which this resource does not manage and which "
+                            f"allows beyond the guide: {shown}{more}; it is never written or "
+                            "detached by the operator: narrow it, or detach it from the role's "
+                            "machines",
+                            target=self.target,
+                            objects=(group, *machines[:NAMED]),
+                        )
+                    )
+        return out
+
+    def _guided(self, rule: AtomicRule, configured: str | None) -> bool:
+        if configured is None:
+            return True  # nothing rendered for this role here: nothing to compare with
+        if (
+            rule.direction is Direction.INGRESS
+            and rule.peer_type in ("cidr4", "cidr6")
+            and world_families([rule.peer])
+            and any(_rule_port_matches(rule, "tcp", port) for port in SENSITIVE_PORTS)
+        ):
+            return True  # reported as WorldOpenSensitivePort already
+        return self.covered(replace(rule, group_id=configured))
+
+    def _without_the_group(self) -> list[Finding]:
+        out = []
+        for role_machines in self.machines.roles:
+            group = role_machines.configured_group
+            if group is None or not role_machines.selected_instances:
+                continue
+            lacking = sorted(
+                {
+                    i.instance_id
+                    for i in role_machines.interfaces
+                    if i.instance_id in role_machines.selected_instances
+                    and group not in i.group_ids
+                }
+            )
+            if lacking:
+                out.append(
+                    Finding.of(
+                        FindingCode.GUIDE_ROW_BLOCKED,
+                        f"{role_machines.role.value} machines {_names(lacking)} were selected "
+                        f"(spec.aws.machines.{role_machines.role.value}) but do not carry the "
+                        f"role's security group {group}: none of the guide's rows for the role "
+                        "reach them; attach the group (launch template or instance)",
+                        target=self.target,
+                        objects=tuple(lacking[:NAMED]),
+                    )
+                )
+        return out
+
+    def _blocked(self, checks: Sequence[Check]) -> list[Finding]:
+        out = []
+        for check in checks:
+            if not check.expect:
+                continue
+            result = self.evaluate(check)
+            if result.allowed is not False:
+                continue
+            acl = [d for d in result.decided_by if " entry " in d or "no entry matches" in d]
+            if not acl:
+                continue  # no rule allows it: the managed rules' drift says why
+            out.append(
+                Finding.of(
+                    FindingCode.GUIDE_ROW_BLOCKED,
+                    f"{check.describe()}, but the network ACL blocks it on "
+                    f"{_names(result.machines)}: {'; '.join(acl)}; ACLs are not managed by the "
+                    "operator: add an allow entry before that one",
+                    row=check.row,
+                    target=self.target,
+                    objects=result.machines[:NAMED],
+                )
+            )
+        return out
