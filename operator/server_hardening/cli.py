@@ -217,6 +217,48 @@ def _live(
     return 1 if failed else 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Read-only: every row of the guide on the effective live state; exit 0 when every row
+    holds, 3 when one is violated, 1 when the state cannot be read, 2 on bad input."""
+    import datetime as dt
+
+    from server_hardening.live import run_once
+    from server_hardening.runner import kube_api
+    from server_hardening.targets.factory import LiveTargets
+    from server_hardening.targets.kubeconfig import KubeConfigError
+    from server_hardening.verify import (
+        EXIT_UNREADABLE,
+        exit_code,
+        verify_document,
+        verify_markdown,
+        verify_table,
+    )
+
+    parsed = _parse(args.file)
+    if parsed is None:
+        return EXIT_INVALID
+    ref, spec = parsed
+    try:
+        api = kube_api(args.kubeconfig) if spec.kubernetes.network_policies.enabled else None
+    except KubeConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    observed_at = dt.datetime.now(dt.UTC)
+    reports, _events = run_once(ref, spec, LiveTargets(api), enforce=False)
+    document = verify_document(ref, spec, reports, observed_at)
+    if args.output == "json":
+        json.dump(document, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif args.output == "markdown":
+        sys.stdout.write(verify_markdown(document))
+    else:
+        _table(verify_table(document), sys.stdout)
+        for target in document["targets"]:
+            if target["error"]:
+                sys.stdout.write(f"\n{target['name']}: {target['error']}\n")
+    return exit_code(document)
+
+
 def cmd_crd(args: argparse.Namespace) -> int:
     from server_hardening.crd import crd_yaml
 
@@ -266,6 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("-o", "--output", choices=["table", "json"], default="table")
     apply.add_argument("--kubeconfig", default=None, help="else in-cluster or ~/.kube/config")
     apply.set_defaults(func=cmd_apply)
+
+    verify = sub.add_parser(
+        "verify",
+        help="check every row of the guide on the live installation (read-only): exit 0 when "
+        "every row holds, 3 when one is violated, 1 when the state cannot be read",
+    )
+    verify.add_argument("-f", "--file", required=True, help="a ServerHardening YAML file, or -")
+    verify.add_argument("-o", "--output", choices=["table", "json", "markdown"], default="table")
+    verify.add_argument("--kubeconfig", default=None, help="else in-cluster or ~/.kube/config")
+    verify.set_defaults(func=cmd_verify)
 
     crd = sub.add_parser("crd", help="print the CustomResourceDefinition")
     crd.set_defaults(func=cmd_crd)

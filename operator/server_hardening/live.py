@@ -85,13 +85,15 @@ def actions(plan: Plan[Any], findings: Iterable[Finding], removing: bool) -> lis
 def run_once(
     ref: ResourceRef, spec: ServerHardeningSpec, factory: Any, *, enforce: bool
 ) -> tuple[list[TargetReport], list[Event]]:
-    """One pass over every configured target: Audit (``enforce=False``) or Enforce."""
+    """One pass over every configured target: Audit (``enforce=False``) or Enforce. The clouds'
+    machines are examined too (every layer on every machine of each role, read-only)."""
     mode = Mode.ENFORCE if enforce else Mode.AUDIT
     effective = spec.model_copy(update={"mode": mode})
     events: list[Event] = []
+    intent = compile_intent(effective)
     reports = [
-        run_target(name, build, effective, 0, events)
-        for name, build in factory.build(compile_intent(effective), ref)
+        run_target(name, build, effective, 0, events, intent=intent)
+        for name, build in factory.build(intent, ref)
     ]
     return reports, events
 

@@ -5,10 +5,16 @@ the VPC CIDR on ``nomad_traffic_sg``), with only the nomad group configured."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
+
 from adapters.aws.world import OWNER, ROLE_KEYS, World
+from server_hardening.cli import main
 from server_hardening.compiler import compile_intent
 from server_hardening.model import ServerHardeningSpec, parse_spec
 from server_hardening.reconcile import Event, TargetReport, run_target
@@ -290,3 +296,60 @@ def test_after_apply_every_row_holds_on_machines_that_carry_only_their_role_grou
         for f in report.findings
         if f.code in (FindingCode.WORLD_OPEN_SENSITIVE_PORT, FindingCode.GUIDE_ROW_BLOCKED)
     ]
+
+
+def _resource_file(tmp_path: Path, world: World, **aws: Any) -> Path:
+    spec = spec_for(world, **aws).model_dump(by_alias=True, exclude_none=True, mode="json")
+    spec["kubernetes"] = {"networkPolicies": {"enabled": False}}
+    path = tmp_path / "hardening.yaml"
+    body = {
+        "apiVersion": "hardening.circleci.com/v1alpha1",
+        "kind": "ServerHardening",
+        "metadata": {"name": "server", "namespace": "circleci"},
+        "spec": spec,
+    }
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def test_verify_says_all_in_1_is_violated_with_the_ssh_group_as_evidence(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install = server_terraform_48(world)
+    path = _resource_file(tmp_path, world, machines={"nomadClients": {"autoScalingGroups": [ASG]}})
+    before = {g: rules_of(world, g) for g in world.groups.values()}
+
+    code = main(["verify", "-f", str(path), "-o", "json"])
+
+    document = json.loads(capsys.readouterr().out)
+    assert code == 3
+    ssh = [r for r in document["rows"] if r["row"] == "ALL-IN-1" and r["verdict"] == "violated"]
+    evidence = [
+        c
+        for r in ssh
+        for c in r["checks"]
+        if c["to"] == "nomadClients" and c["verdict"] == "violated"
+    ]
+    assert evidence and set(evidence[0]["machines"]) == set(install.nomad_instances)
+    assert any(install.ssh_group in d for d in evidence[0]["decidedBy"])
+    assert any(
+        f["code"] == "WorldOpenSensitivePort" and install.ssh_group in f["message"]
+        for f in document["findings"]
+    )
+    assert "CIS AWS Foundations" in ssh[0]["controls"]
+    # Read-only: not one rule changed anywhere.
+    assert {g: rules_of(world, g) for g in world.groups.values()} == before
+
+    assert main(["verify", "-f", str(path), "-o", "markdown"]) == 3
+    report = capsys.readouterr().out
+    assert "| ALL-IN-1 | aws | violated |" in report and install.ssh_group in report
+
+
+def test_verify_exits_2_on_bad_input_naming_the_field(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _resource_file(tmp_path, world)
+    path.write_text(path.read_text().replace("region: us-east-1", "region: nowhere"))
+
+    assert main(["verify", "-f", str(path)]) == 2
+    assert "spec.aws.region" in capsys.readouterr().err
