@@ -30,6 +30,10 @@ Series
     one excuses nothing and is judged again).
 ``server_hardening_component_services_missing{namespace, name}`` gauge
     Components whose Service vanished; their pods keep the last allow until it is back.
+``server_hardening_guide_row{namespace, name, target, row, verdict}`` gauge
+    1 for each guide row's verdict (holds | violated | unknown) at the last examination of the
+    target's machines (every layer on every machine of each role; ``hardening verify`` asks the
+    same), 0 for the other two verdicts. Only the clouds' machines are examined.
 ``server_hardening_spec_valid{namespace, name}`` gauge
     1 while the resource's current spec is valid, 0 while it is refused.
 ``server_hardening_drift_check_interval_seconds{namespace, name}`` gauge
@@ -131,6 +135,10 @@ class TargetSnapshot:
     exceptions_active: int = 0
     exceptions_expired: int = 0
     services_missing: int = 0
+    rows: tuple[tuple[str, str], ...] = ()  # (guide row, verdict) at the last examination
+
+
+VERDICTS = ("holds", "violated", "unknown")
 
 
 @dataclass(frozen=True)
@@ -230,6 +238,9 @@ class _SnapshotCollector(Collector):
             yield _ERROR, (tgt.target,), 1.0 if tgt.error else 0.0
             yield _EXCEPTIONS, (tgt.target, "active"), float(tgt.exceptions_active)
             yield _EXCEPTIONS, (tgt.target, "expired"), float(tgt.exceptions_expired)
+            for row, verdict in tgt.rows:
+                for candidate in VERDICTS:
+                    yield _GUIDE_ROW, (tgt.target, row, candidate), float(candidate == verdict)
         yield _DRIFT_TOTAL, (), float(total)
 
     @staticmethod
@@ -326,6 +337,9 @@ _FAMILIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      ("target", "state")),
     ("server_hardening_component_services_missing",
      "Components whose Service vanished (their last allow is kept).", ()),
+    ("server_hardening_guide_row",
+     "1 for each guide row's verdict at the last examination of the target's machines.",
+     ("target", "row", "verdict")),
 )  # fmt: skip
 (
     _DRIFT,
@@ -340,6 +354,7 @@ _FAMILIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     _VALID,
     _EXCEPTIONS,
     _SERVICES_MISSING,
+    _GUIDE_ROW,
 ) = range(len(_FAMILIES))
 
 

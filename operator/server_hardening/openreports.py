@@ -55,6 +55,34 @@ class TargetReport(Protocol):
     def managed_rules(self) -> int: ...
     @property
     def drift(self) -> _Drift: ...
+    @property
+    def rows(self) -> Sequence[_RowResult] | None: ...
+
+
+class _Check(Protocol):
+    def describe(self) -> str: ...
+
+
+class _CheckResult(Protocol):
+    @property
+    def check(self) -> _Check: ...
+    @property
+    def machines(self) -> tuple[str, ...]: ...
+    @property
+    def decided_by(self) -> tuple[str, ...]: ...
+    @property
+    def verdict(self) -> str: ...
+
+
+class _RowResult(Protocol):
+    @property
+    def row(self) -> str: ...
+    @property
+    def target(self) -> str: ...
+    @property
+    def verdict(self) -> str: ...
+    @property
+    def checks(self) -> Sequence[_CheckResult]: ...
 
 
 class Report(Protocol):
@@ -189,6 +217,33 @@ def _target_outcome(
     return None
 
 
+def _row_result(row: _RowResult, owner: ResourceRef, report: Report) -> dict[str, Any]:
+    """One result per guide row verified on the machines: ``pass`` when it holds, ``fail``
+    when violated, ``skip`` when no machine could tell."""
+    verdict = str(row.verdict)
+    outcome = {"holds": "pass", "violated": "fail"}.get(verdict, "skip")
+    failing = [c for c in row.checks if str(c.verdict) == "violated"]
+    evidence = "; ".join(
+        f"{c.check.describe()} on {', '.join(c.machines[:5])}: {'; '.join(c.decided_by)}"
+        for c in failing[:3]
+    )
+    return {
+        "source": SOURCE,
+        "policy": row.row,
+        "rule": "GuideRowVerified",
+        "category": row.target,
+        "result": outcome,
+        "severity": "high" if outcome == "fail" else "info",
+        "scored": True,
+        "timestamp": _timestamp(report),
+        "message": f"{row.row} {verdict} on {row.target}" + (f": {evidence}" if evidence else ""),
+        "properties": {"target": row.target, "guideRow": row.row, "verdict": verdict,
+                       "checks": str(len(row.checks)), "mode": report.mode,
+                       "generation": str(report.generation)},
+        "resources": [_owner_object(owner)],
+    }  # fmt: skip
+
+
 def to_openreport(report: Report, owner: ResourceRef | None = None) -> dict[str, Any]:
     """The ``openreports.io/v1alpha1`` ``Report`` for one reconcile report (every finding)."""
     who = owner or report.ref
@@ -198,6 +253,7 @@ def to_openreport(report: Report, owner: ResourceRef | None = None) -> dict[str,
         outcome = _target_outcome(target, who, report)
         if outcome is not None:
             results.append(outcome)
+        results += [_row_result(row, who, report) for row in target.rows or ()]
     counts = Counter(r["result"] for r in results)
     owner_reference: dict[str, Any] = {
         "apiVersion": OWNER_API_VERSION,

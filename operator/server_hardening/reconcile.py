@@ -88,6 +88,8 @@ class TargetReport:
     drifted: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # The guide verified on the target's machines, row by row (None: not examined this pass).
     rows: tuple[RowResult, ...] | None = None
+    # The findings of that examination (also in ``findings``), kept apart for the checks between.
+    examined_findings: tuple[Finding, ...] = ()
 
     @property
     def world_open_sensitive(self) -> int:
@@ -244,6 +246,7 @@ class Report:
                     exceptions_active=t.count(FindingCode.DECLARED_EXCEPTION),
                     exceptions_expired=t.count(FindingCode.EXCEPTION_EXPIRED),
                     services_missing=t.count(FindingCode.COMPONENT_SERVICE_MISSING),
+                    rows=tuple((r.row, r.verdict.value) for r in t.rows or ()),
                     error=bool(t.last_error),
                     last_check=when if t.observed else None,
                 )
@@ -431,6 +434,7 @@ def run_target(
         examined = _examined(target, intent, report)
         if examined is not None:
             report.findings += examined[0]
+            report.examined_findings = tuple(examined[0])
             report.rows = examined[1]
     return report
 
@@ -539,7 +543,10 @@ def reconcile(
     generation: int = 0,
     previous_status: Mapping[str, Any] | None = None,
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    examine: bool = False,
 ) -> Report:
+    """One pass over every target of one resource. ``examine``: read the clouds' machines too
+    and verify the guide row by row on them (:func:`examine_machines`)."""
     intent = compile_intent(spec)
     events: list[Event] = []
     previously = {
@@ -548,7 +555,15 @@ def reconcile(
     }
     started = now()
     targets = [
-        run_target(name, build, spec, previously.get(name, 0), events, started)
+        run_target(
+            name,
+            build,
+            spec,
+            previously.get(name, 0),
+            events,
+            started,
+            intent=intent if examine else None,
+        )
         for name, build in factory.build(intent, ref)
     ]
     report = Report(

@@ -29,6 +29,7 @@ ALERT_NAMES = (
     "ServerHardeningWorldOpenSensitivePort",
     "ServerHardeningSpecInvalid",
     "ServerHardeningComponentServiceMissing",
+    "ServerHardeningGuideRowViolated",
     "ServerHardeningOperatorDown",
 )
 

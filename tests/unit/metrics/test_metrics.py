@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from server_hardening.metrics import (
     DRIFT_KINDS,
+    VERDICTS,
     DetectionCounter,
     ResourceSnapshot,
     TargetSnapshot,
@@ -151,6 +152,11 @@ _TARGETS = st.builds(
     exceptions_active=st.integers(0, 3),
     exceptions_expired=st.integers(0, 3),
     services_missing=st.integers(0, 2),
+    rows=st.lists(
+        st.tuples(st.sampled_from(["ALL-IN-1", "NOMAD-IN-1"]), st.sampled_from(VERDICTS)),
+        max_size=2,
+        unique_by=lambda r: r[0],
+    ).map(tuple),
 )
 _SNAPSHOTS = st.builds(
     ResourceSnapshot,
@@ -194,3 +200,14 @@ def test_the_served_exposition_is_what_the_library_renders(steps: list[tuple[Any
         else:
             assert collector.exposition() == generate_latest(registry)
     assert collector.exposition() == generate_latest(registry)
+
+
+def test_each_guide_row_has_one_verdict_at_1_and_the_others_at_0() -> None:
+    collector = _SnapshotCollector()
+    target = TargetSnapshot("aws", {}, 0, 0, False, 1.0, rows=(("ALL-IN-1", "violated"),))
+    collector.update(ResourceSnapshot("ns", "svh", "Drifted", 1.0, 60, (target,)))
+    text = collector.exposition().decode()
+    prefix = 'server_hardening_guide_row{name="svh",namespace="ns",row="ALL-IN-1",target="aws"'
+    assert f'{prefix},verdict="violated"}} 1.0' in text
+    assert f'{prefix},verdict="holds"}} 0.0' in text
+    assert f'{prefix},verdict="unknown"}} 0.0' in text
