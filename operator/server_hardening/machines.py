@@ -12,7 +12,9 @@ Nothing here talks to an API or knows a provider SDK's types.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from server_hardening.renderers.aws import AtomicRule
 from server_hardening.rules import Finding, Role
@@ -119,7 +121,7 @@ class GcpRoleMachines:
 class GcpMachines:
     roles: tuple[GcpRoleMachines, ...]
     # Every VPC firewall of the network (the Compute API's JSON, as the adapter observes it).
-    firewalls: tuple[dict[str, object], ...] = ()
+    firewalls: tuple[Mapping[str, Any], ...] = ()
     # Every policy rule above the VPC rules, in evaluation order (hierarchy first).
     policy_rules: tuple[GcpPolicyRule, ...] = ()
     findings: tuple[Finding, ...] = ()

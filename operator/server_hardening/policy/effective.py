@@ -26,15 +26,23 @@ behave the same: they are evaluated once, as one signature, and named together.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from server_hardening.guide import SENSITIVE_PORTS
-from server_hardening.machines import AwsInterface, AwsMachines, NaclEntry, NetworkAcl
+from server_hardening.machines import (
+    AwsInterface,
+    AwsMachines,
+    GcpInstance,
+    GcpMachines,
+    NaclEntry,
+    NetworkAcl,
+)
 from server_hardening.policy.exposure import world_families
 from server_hardening.renderers.aws import AtomicRule
 from server_hardening.rules import Direction, Finding, FindingCode, Role
-from server_hardening.verification import OUTSIDER, Check, CheckResult, Endpoint
+from server_hardening.verification import OUTSIDER, Check, CheckResult, Endpoint, Verdict
 
 # A reply leaves from an ephemeral port: Linux's default range starts at 32768 (and AWS's NAT
 # and load balancers use 1024-65535). A NACL that lets no reply through blocks the flow too.
@@ -463,4 +471,298 @@ class AwsEffective:
                     objects=result.machines[:NAMED],
                 )
             )
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
+# GCP
+
+
+def _gcp_ports_match(entries: Sequence[Any], protocol: str, port: int) -> bool:
+    for entry in entries:
+        proto = str(entry.get("IPProtocol", entry.get("ipProtocol", ""))).lower()
+        if proto not in ("all", protocol, {"tcp": "6", "udp": "17"}.get(protocol, "")):
+            continue
+        ports = entry.get("ports") or []
+        if not ports:
+            return True
+        for text in ports:
+            first, _, last = str(text).partition("-")
+            if int(first) <= port <= int(last or first):
+                return True
+    return False
+
+
+def _any_in(ip: str, ranges: Iterable[str]) -> bool:
+    return any(_contains(r, ip) for r in ranges)
+
+
+@dataclass(frozen=True)
+class _GcpSignature:
+    """Instances whose rules are the same: same tags, same service accounts."""
+
+    role: Role
+    tags: tuple[str, ...]
+    accounts: tuple[str, ...]
+    instances: tuple[GcpInstance, ...]
+
+    @property
+    def address(self) -> str:
+        return self.instances[0].network_ips[0]
+
+    @property
+    def peer_address(self) -> str:
+        return (self.instances[1] if len(self.instances) > 1 else self.instances[0]).network_ips[0]
+
+    @property
+    def machines(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self.instances)
+
+
+def _targets(rule: Mapping[str, Any], tags: Sequence[str], accounts: Sequence[str]) -> bool:
+    """Does the rule apply to an instance: no target (every instance), a target tag it carries
+    or a target service account it runs as."""
+    by_tag = rule.get("targetTags") or []
+    by_account = rule.get("targetServiceAccounts") or []
+    if not by_tag and not by_account:
+        return True
+    return bool(set(by_tag) & set(tags)) or bool(set(by_account) & set(accounts))
+
+
+class GcpEffective:
+    """The effective access of every instance the GCP adapter read: the firewall policies first
+    (in their order; ``goto_next`` defers), then every VPC rule that targets the instance, by
+    priority (a deny wins a tie), then the implied rules (ingress denied, egress allowed)."""
+
+    target = "gcp"
+
+    def __init__(self, machines: GcpMachines, *, managed: Iterable[str]) -> None:
+        self.machines = machines
+        self.managed = frozenset(managed)
+        self.firewalls = [f for f in machines.firewalls if not f.get("disabled")]
+        self.signatures: dict[Role, list[_GcpSignature]] = {}
+        for role_machines in machines.roles:
+            grouped: dict[tuple[tuple[str, ...], tuple[str, ...]], list[GcpInstance]] = {}
+            for instance in role_machines.instances:
+                if not instance.network_ips:
+                    continue
+                key = (
+                    tuple(sorted(instance.network_tags)),
+                    tuple(sorted(instance.service_accounts)),
+                )
+                grouped.setdefault(key, []).append(instance)
+            self.signatures[role_machines.role] = [
+                _GcpSignature(role_machines.role, tags, accounts, tuple(members))
+                for (tags, accounts), members in sorted(grouped.items())
+            ]
+
+    def _policy(
+        self, direction: str, ip: str, protocol: str, port: int, accounts: Sequence[str]
+    ) -> tuple[bool, str] | None:
+        for rule in self.machines.policy_rules:
+            if rule.disabled or rule.direction != direction:
+                continue
+            if rule.target_service_accounts and not set(rule.target_service_accounts) & set(
+                accounts
+            ):
+                continue
+            if rule.target_secure_tags:
+                continue  # secure tags are not read here: such a rule is not judged
+            if rule.ranges and not _any_in(ip, rule.ranges):
+                continue
+            if rule.layer4 and not _gcp_ports_match(
+                [{"IPProtocol": p, "ports": list(ports)} for p, ports in rule.layer4],
+                protocol,
+                port,
+            ):
+                continue
+            said = f"firewall policy {rule.policy} rule {rule.priority} ({rule.action})"
+            if rule.action == "allow":
+                return True, said
+            if rule.action == "deny":
+                return False, said
+        return None
+
+    def _vpc(
+        self,
+        direction: str,
+        tags: Sequence[str],
+        accounts: Sequence[str],
+        peer_ip: str,
+        peer: _GcpSignature | None,
+        protocol: str,
+        port: int,
+    ) -> tuple[bool, list[Mapping[str, Any]]]:
+        """The VPC rules' verdict and the rules of the deciding priority (deny wins a tie)."""
+        matching = []
+        for rule in self.firewalls:
+            if str(rule.get("direction", "INGRESS")) != direction or not _targets(
+                rule, tags, accounts
+            ):
+                continue
+            entries = rule.get("allowed") or rule.get("denied") or []
+            if not _gcp_ports_match(entries, protocol, port):
+                continue
+            if direction == "INGRESS":
+                ranges = rule.get("sourceRanges") or []
+                src_tags = rule.get("sourceTags") or []
+                src_accounts = rule.get("sourceServiceAccounts") or []
+                unsourced = not ranges and not src_tags and not src_accounts
+                by_peer = peer is not None and (
+                    bool(set(src_tags) & set(peer.tags))
+                    or bool(set(src_accounts) & set(peer.accounts))
+                )
+                if not (unsourced or _any_in(peer_ip, ranges) or by_peer):
+                    continue
+            elif not _any_in(peer_ip, rule.get("destinationRanges") or ["0.0.0.0/0", "::/0"]):
+                continue
+            matching.append(rule)
+        if not matching:
+            return direction == "EGRESS", []
+        best = min(int(r.get("priority", 1000)) for r in matching)
+        top = [r for r in matching if int(r.get("priority", 1000)) == best]
+        denies = [r for r in top if r.get("denied")]
+        return (False, denies) if denies else (True, top)
+
+    def _side(
+        self,
+        direction: str,
+        sig: _GcpSignature,
+        peer_ip: str,
+        peer: _GcpSignature | None,
+        protocol: str,
+        port: int,
+    ) -> tuple[bool, list[str]]:
+        ip = peer_ip
+        decided = self._policy(direction, ip, protocol, port, sig.accounts)
+        if decided is not None:
+            return decided[0], [decided[1]]
+        allowed, rules = self._vpc(direction, sig.tags, sig.accounts, ip, peer, protocol, port)
+        names = [str(r.get("name", "?")) for r in rules] or [
+            "the implied rule (ingress denied)" if direction == "INGRESS" else "the implied rule"
+        ]
+        return allowed, names
+
+    def _pair(
+        self, src: _GcpSignature | Endpoint, dst: _GcpSignature, check: Check, same: bool
+    ) -> tuple[bool, list[str]]:
+        protocol, port = check.protocol, check.port
+        dst_ip = dst.peer_address if same else dst.address
+        if isinstance(src, Endpoint):
+            ok, why = self._side("INGRESS", dst, src.address(), None, protocol, port)
+            if ok and _is_world(src):
+                # "The whole internet" by meaning: the union of the admitting rules' sources.
+                ranges = [
+                    r
+                    for rule in self.firewalls
+                    if rule.get("allowed")
+                    and str(rule.get("direction", "INGRESS")) == "INGRESS"
+                    and _targets(rule, dst.tags, dst.accounts)
+                    and _gcp_ports_match(rule.get("allowed") or [], protocol, port)
+                    for r in (rule.get("sourceRanges") or ["0.0.0.0/0"])
+                ]
+                by_policy = any(w.startswith("firewall policy") for w in why)
+                if not world_families(ranges) and not by_policy:
+                    return False, ["no rule admits the whole internet"]
+            return ok, why
+        ok, out_why = self._side("EGRESS", src, dst_ip, dst, protocol, port)
+        if not ok:
+            return False, out_why
+        ok, in_why = self._side("INGRESS", dst, src.address, src, protocol, port)
+        return ok, in_why + out_why
+
+    def _outbound(self, src: _GcpSignature, dst: Endpoint, check: Check) -> tuple[bool, list[str]]:
+        return self._side("EGRESS", src, dst.address(), None, check.protocol, check.port)
+
+    def _gather(
+        self, check: Check, outcomes: Sequence[tuple[_GcpSignature, tuple[bool, list[str]]]]
+    ) -> CheckResult:
+        failing: list[str] = []
+        passing: list[str] = []
+        why: list[str] = []
+        for sig, (allowed, decided) in outcomes:
+            bucket = passing if allowed else failing
+            bucket += [m for m in sig.machines if m not in bucket]
+            if allowed != check.expect:
+                why += [d for d in decided if d not in why]
+        if check.expect:
+            verdict, machines = not failing, failing or passing
+        else:
+            verdict, machines = bool(passing), passing or failing
+        return CheckResult(
+            check, verdict, tuple(machines), tuple(why or ["as expected on every machine"])
+        )
+
+    def evaluate(self, check: Check) -> CheckResult:
+        dst_role = check.destination.role
+        if dst_role is None:
+            role = check.source.role
+            senders = self.signatures.get(role, []) if role is not None else []
+            if not senders:
+                return CheckResult(check, None, decided_by=("no machine on either side",))
+            return self._gather(
+                check, [(s, self._outbound(s, check.destination, check)) for s in senders]
+            )
+        targets = self.signatures.get(dst_role, [])
+        if not targets:
+            return CheckResult(check, None, decided_by=(f"no instance found for {dst_role}",))
+        sources: Sequence[_GcpSignature | Endpoint]
+        if check.source.role is not None:
+            sources = self.signatures.get(check.source.role, [])
+            if not sources:
+                return CheckResult(
+                    check, None, decided_by=(f"no instance found for {check.source.role}",)
+                )
+        else:
+            sources = [check.source]
+        return self._gather(
+            check,
+            [(dst, self._pair(src, dst, check, src == dst)) for dst in targets for src in sources],
+        )
+
+    def findings(self, checks: Sequence[Check] = ()) -> list[Finding]:
+        out: list[Finding] = list(self.machines.findings)
+        for check in checks:
+            result = self.evaluate(check)
+            if result.verdict is not Verdict.VIOLATED:
+                continue
+            foreign = [d for d in result.decided_by if d not in self.managed]
+            if not foreign:
+                continue  # only our own rules decide: the managed rules' drift says why
+            if check.expect:
+                out.append(
+                    Finding.of(
+                        FindingCode.GUIDE_ROW_BLOCKED,
+                        f"{check.describe()}, but {'; '.join(foreign)} blocks it on "
+                        f"{_names(result.machines)}; it is not managed by the operator: change it "
+                        "there",
+                        row=check.row,
+                        target=self.target,
+                        objects=result.machines[:NAMED],
+                    )
+                )
+            elif _is_world(check.source) and check.port in SENSITIVE_PORTS:
+                out.append(
+                    Finding.of(
+                        FindingCode.WORLD_OPEN_SENSITIVE_PORT,
+                        f"{check.destination.label} instances {_names(result.machines)} are open "
+                        f"on {check.port} ({SENSITIVE_PORTS[check.port][1]}) to the whole internet "
+                        f"through {'; '.join(foreign)}: a rule this resource does not manage is "
+                        "never changed by it: remove it or narrow its sources",
+                        row=check.row,
+                        target=self.target,
+                        objects=result.machines[:NAMED],
+                    )
+                )
+            else:
+                out.append(
+                    Finding.of(
+                        FindingCode.UNMANAGED_WIDENING,
+                        f"{check.describe()}, but {'; '.join(foreign)} allows it on "
+                        f"{_names(result.machines)}; not managed by the operator: narrow it there",
+                        row=check.row,
+                        target=self.target,
+                        objects=result.machines[:NAMED],
+                    )
+                )
         return out

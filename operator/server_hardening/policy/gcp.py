@@ -18,6 +18,8 @@ from typing import Any
 
 from server_hardening.addresses import AddressSet
 from server_hardening.drift import Claim, Claimer, DesiredItem, ObservedItem, UnmanagedJudge
+from server_hardening.machines import GcpMachines
+from server_hardening.policy.effective import GcpEffective
 from server_hardening.policy.exposure import (
     Access,
     sensitive_ports_open_to_world,
@@ -407,6 +409,11 @@ class GcpPolicy:
             return judge_foreign_firewall(item.payload, item.controller, self.rendered)
 
         return judge
+
+    def effective(self, machines: GcpMachines) -> GcpEffective:
+        """Every instance of every role as it is really exposed (``policy.effective``); the
+        firewalls this resource writes are named as its own."""
+        return GcpEffective(machines, managed=(str(f["name"]) for f in self.rendered.firewalls))
 
     def claimer(self) -> Claimer[FirewallBody]:
         project = self.rendered.project

@@ -1,0 +1,140 @@
+"""Each instance as GCP really exposes it, without any SDK: every rule that targets it by any
+means (none, a tag, a service account), by priority, under the firewall policies; the guide
+verified on it. The rendered firewalls of examples/gcp-v3.yaml are the managed ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from builders import example
+from server_hardening.compiler import compile_intent
+from server_hardening.machines import GcpInstance, GcpMachines, GcpPolicyRule, GcpRoleMachines
+from server_hardening.policy.gcp import GcpPolicy
+from server_hardening.renderers.gcp import render_firewalls
+from server_hardening.rules import FindingCode, Role
+from server_hardening.verification import RowResult, Verdict, guide_checks, verify
+
+REF, SPEC = example("gcp-v3")
+assert SPEC.gcp is not None
+INTENT = compile_intent(SPEC)
+RENDERED = render_firewalls(INTENT.cloud_rules("gcp"), SPEC.gcp, REF)
+NOMAD_SA = "nomad@circleci-prod-1234.iam.gserviceaccount.com"
+
+
+def instances(role: Role, tag: str, base: str, *extra_tags: str) -> GcpRoleMachines:
+    return GcpRoleMachines(
+        role,
+        tag,
+        tuple(
+            GcpInstance(
+                f"{tag}-{i}",
+                "us-east1-b",
+                (tag, *extra_tags),
+                (NOMAD_SA,) if role is Role.NOMAD_CLIENTS else (),
+                (f"{base}.{10 + i}",),
+            )
+            for i in range(2)
+        ),
+    )
+
+
+def machines(*extra: dict[str, Any], policy: tuple[GcpPolicyRule, ...] = ()) -> GcpMachines:
+    return GcpMachines(
+        roles=(
+            instances(Role.KUBERNETES_NODES, "circleci-k8s", "10.128.0"),
+            instances(Role.NOMAD_CLIENTS, "circleci-nomad", "10.132.0", "legacy-ssh"),
+            instances(Role.EXTERNAL_VMS, "circleci-vm", "10.136.0"),
+        ),
+        firewalls=(*RENDERED.firewalls, *extra),
+        policy_rules=policy,
+    )
+
+
+def rows(m: GcpMachines) -> tuple[list[RowResult], list[Any]]:
+    effective = GcpPolicy(RENDERED, name_prefix="svh-").effective(m)
+    checks = guide_checks(INTENT)
+    return verify(checks, [effective]), effective.findings(checks)
+
+
+def verdict(results: list[RowResult], row: str) -> Verdict:
+    return next(r.verdict for r in results if r.row == row)
+
+
+def evidence(results: list[RowResult], row: str) -> list[str]:
+    return [
+        d
+        for r in results
+        if r.row == row
+        for c in r.checks
+        if c.verdict is Verdict.VIOLATED
+        for d in c.decided_by
+    ]
+
+
+def test_the_rendered_rules_alone_make_every_row_hold() -> None:
+    results, findings = rows(machines())
+    assert results and all(r.verdict is Verdict.HOLDS for r in results), [
+        (r.row, c.check.describe(), c.decided_by)
+        for r in results
+        for c in r.checks
+        if c.verdict is not Verdict.HOLDS
+    ]
+    assert not findings
+
+
+def test_an_untargeted_world_open_ssh_rule_violates_all_in_1_on_every_role() -> None:
+    rule = {"name": "allow-ssh-everywhere", "direction": "INGRESS", "priority": 1000,
+            "allowed": [{"IPProtocol": "tcp", "ports": ["22"]}], "sourceRanges": ["0.0.0.0/0"]}  # fmt: skip
+    results, findings = rows(machines(rule))
+    assert verdict(results, "ALL-IN-1") is Verdict.VIOLATED
+    assert "allow-ssh-everywhere" in evidence(results, "ALL-IN-1")
+    world = [f for f in findings if f.code is FindingCode.WORLD_OPEN_SENSITIVE_PORT]
+    assert {f.message.split(" ")[0] for f in world} == {
+        "kubernetesNodes",
+        "nomadClients",
+        "externalVMs",
+    }
+
+
+def test_a_rule_on_a_second_tag_a_nomad_instance_carries_applies_to_it() -> None:
+    rule = {"name": "legacy-docker", "direction": "INGRESS", "priority": 1000, "targetTags": ["legacy-ssh"],
+            "allowed": [{"IPProtocol": "tcp", "ports": ["4647"]}], "sourceRanges": ["0.0.0.0/0"]}  # fmt: skip
+    results, findings = rows(machines(rule))
+    assert verdict(results, "NOMAD-IN-1") is Verdict.VIOLATED
+    assert "legacy-docker" in evidence(results, "NOMAD-IN-1")
+    assert any(
+        f.code is FindingCode.WORLD_OPEN_SENSITIVE_PORT and "circleci-nomad-0" in f.objects
+        for f in findings
+    )
+
+
+def test_a_service_account_rule_applies_to_the_instances_running_as_it() -> None:
+    rule = {"name": "sa-ssh", "direction": "INGRESS", "priority": 800, "targetServiceAccounts": [NOMAD_SA],
+            "allowed": [{"IPProtocol": "tcp", "ports": ["22"]}], "sourceRanges": ["0.0.0.0/0"]}  # fmt: skip
+    results, _ = rows(machines(rule))
+    assert verdict(results, "ALL-IN-1") is Verdict.VIOLATED
+    violated = [
+        c for r in results if r.row == "ALL-IN-1" for c in r.checks if c.verdict is Verdict.VIOLATED
+    ]
+    assert {c.check.destination.label for c in violated} == {"nomadClients"}
+
+
+def test_a_firewall_policy_deny_of_egress_443_blocks_the_rows_that_need_it() -> None:
+    deny = GcpPolicyRule(
+        "org-egress-lockdown", 100, "EGRESS", "deny", ("0.0.0.0/0",), (("tcp", ("443",)),)
+    )
+    results, findings = rows(machines(policy=(deny,)))
+    blocked = [r.row for r in results if r.verdict is Verdict.VIOLATED]
+    assert blocked and all(
+        "firewall policy org-egress-lockdown rule 100 (deny)" in evidence(results, row)
+        for row in blocked
+    )
+    assert {f.row for f in findings if f.code is FindingCode.GUIDE_ROW_BLOCKED} == set(blocked)
+
+
+def test_a_higher_priority_deny_of_ours_stops_an_unmanaged_allow() -> None:
+    # The guide's isolation deny (priority 900) is above an allow at the default 1000.
+    rule = {"name": "nomad-mesh", "direction": "INGRESS", "priority": 1000, "targetTags": ["circleci-nomad"],
+            "allowed": [{"IPProtocol": "all"}], "sourceTags": ["circleci-nomad"]}  # fmt: skip
+    results, _ = rows(machines(rule))
+    assert verdict(results, "NOMAD-ISO-1") is Verdict.HOLDS
