@@ -919,9 +919,51 @@ def _admin_ssh_from_the_world(sources: list[str]) -> list[FieldError]:
     ]
 
 
+# The roles whose isolation rows (NOMAD-ISO-1, VM-ISO-1) a shared security group would break:
+# the guide's rows name the other role's group as a peer (NOMAD-IN-1: 4647 from the nodes'
+# group), so in one group the machines of the isolated role would reach each other too.
+_ISOLATED_ROLES = (Role.NOMAD_CLIENTS, Role.EXTERNAL_VMS)
+
+
+def _shared_groups(spec: ServerHardeningSpec) -> list[FieldError]:
+    """One security group (or GCP target tag) for two roles, where the guide's rows for them
+    conflict: security groups only allow, so what the guide opens to one role from the other
+    would open the isolated role's machines to each other."""
+    errors: list[FieldError] = []
+    sections: list[tuple[str, dict[Role, str]]] = []
+    if spec.aws is not None:
+        sections.append(("spec.aws.securityGroups", configured_by_role(spec.aws.security_groups)))
+    if spec.gcp is not None:
+        sections.append(("spec.gcp.targetTags", configured_by_role(spec.gcp.target_tags)))
+    for field, by_role in sections:
+        for isolated in _ISOLATED_ROLES:
+            value = by_role.get(isolated)
+            if value is None:
+                continue
+            for other, shared in sorted(by_role.items()):
+                if (
+                    other is not isolated
+                    and shared == value
+                    and (other not in _ISOLATED_ROLES or other.value < isolated.value)
+                ):
+                    errors.append(
+                        FieldError(
+                            f"{field}.{isolated.value}",
+                            f"{value} is also {field}.{other.value}: in one group the guide's "
+                            f"rows for {other.value} would let {isolated.value} machines reach "
+                            f"each other, which {_ISOLATION_ROW[isolated]} forbids; give each "
+                            "role its own group",
+                        )
+                    )
+    return errors
+
+
+_ISOLATION_ROW = {Role.NOMAD_CLIENTS: "NOMAD-ISO-1", Role.EXTERNAL_VMS: "VM-ISO-1"}
+
+
 def semantic_errors(spec: ServerHardeningSpec) -> list[FieldError]:
     """Rules that span fields (and so are not field validators)."""
-    errors = _overlaps(spec)
+    errors = _overlaps(spec) + _shared_groups(spec)
     if spec.topology.nomad_servers is not None and not re.fullmatch(
         _EXTERNAL_NOMAD_VERSIONS, spec.server_version
     ):

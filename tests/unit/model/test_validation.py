@@ -328,3 +328,32 @@ def test_nomad_servers_overlapping_the_clients_are_named() -> None:
     assert message.startswith(
         "spec.topology.nomadServers.cidrs[0]: 10.1.2.0/24 overlaps spec.topology.nomadClients"
     )
+
+
+def _aws(groups: dict[str, str]) -> dict[str, object]:
+    return {"region": "us-east-1", "securityGroups": groups}
+
+
+def test_one_security_group_for_nomad_clients_and_nodes_is_refused_naming_both_fields() -> None:
+    shared = "sg-0123456789abcdef0"
+    with pytest.raises(SpecError) as caught:
+        parse_spec(spec_dict(aws=_aws({"kubernetesNodes": shared, "nomadClients": shared})))
+    [error] = [e for e in caught.value.errors if "securityGroups" in e.path]
+    assert error.path == "spec.aws.securityGroups.nomadClients"
+    assert "spec.aws.securityGroups.kubernetesNodes" in error.reason
+    assert "NOMAD-ISO-1" in error.reason
+
+
+def test_one_tag_for_vms_and_nomad_clients_is_refused_once() -> None:
+    gcp = {"project": "circleci-prod-1234", "network": "circleci",
+           "targetTags": {"nomadClients": "ci", "externalVMs": "ci", "kubernetesNodes": "k8s"}}  # fmt: skip
+    with pytest.raises(SpecError) as caught:
+        parse_spec(spec_dict(gcp=gcp))
+    shared = [e for e in caught.value.errors if "targetTags" in e.path]
+    assert len(shared) == 1 and "externalVMs" in shared[0].path + shared[0].reason
+
+
+def test_nodes_and_load_balancers_may_share_a_group() -> None:
+    shared = "sg-0123456789abcdef0"
+    spec = parse_spec(spec_dict(aws=_aws({"kubernetesNodes": shared, "loadBalancers": shared})))
+    assert spec.aws is not None
