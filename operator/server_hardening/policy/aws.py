@@ -165,14 +165,37 @@ def judge_foreign_rule(
     controller: str,
     rendered: RenderedSecurityGroups,
     node_ports: NodePorts | None = None,
+    node_port_range: tuple[int, int] | None = None,
 ) -> Finding | None:
-    """Another controller's rule: never removed, but a sensitive port it opens to the whole
-    internet (itself, or as the NodePort that backs it) is reported like anyone's."""
+    """Another controller's rule: never removed, but judged by what it means. A sensitive port
+    it opens to the whole internet (itself, or as the NodePort that backs it) is reported like
+    anyone's; NodePorts it opens to the whole internet (an NLB's client rule without
+    ``loadBalancerSourceRanges``) are a warning naming the Services behind them."""
     role = rendered.role_of(rule.group_id)
     where = f"{rule_id} in {rule.group_id} ({role}, owned by {controller})"
     seen, fate = access(rule, where), "left alone: another controller's"
-    return world_open_sensitive_port(seen, TARGET, fate) or node_port_exposure(
+    exposed = world_open_sensitive_port(seen, TARGET, fate) or node_port_exposure(
         seen, node_ports or {}, TARGET, fate
+    )
+    if exposed is not None or node_port_range is None:
+        return exposed
+    first, last = node_port_range
+    if seen.direction is not Direction.INGRESS or not is_world_open(seen):
+        return None
+    if not any(seen.covers_port(port) for port in (first, last)):
+        return None
+    behind = sorted(
+        f"{service} port {port} (NodePort {node_port})"
+        for node_port, (service, port) in (node_ports or {}).items()
+        if seen.covers_port(node_port)
+    )
+    services = f": {', '.join(behind)}" if behind else ""
+    return Finding.of(
+        FindingCode.UNMANAGED_WIDENING,
+        f"{where} opens NodePorts {first}-{last} to the whole internet{services}; set the "
+        "Service's loadBalancerSourceRanges (the controller then writes the narrower rule); "
+        f"{fate}",
+        target=TARGET,
     )
 
 
@@ -188,10 +211,12 @@ class AwsPolicy:
         *,
         remove_unmanaged: bool = False,
         node_ports: NodePorts | None = None,
+        node_port_range: tuple[int, int] | None = None,
     ) -> None:
         self.rendered = rendered
         self._remove_unmanaged = remove_unmanaged
         self.node_ports: NodePorts = dict(node_ports or {})
+        self.node_port_range = node_port_range
 
     @property
     def remove_unmanaged(self) -> bool:
@@ -221,7 +246,12 @@ class AwsPolicy:
     def judge_foreign(self) -> UnmanagedJudge[AtomicRule]:
         def judge(item: ObservedItem[AtomicRule]) -> Finding | None:
             return judge_foreign_rule(
-                item.payload, item.native_id, item.controller, self.rendered, self.node_ports
+                item.payload,
+                item.native_id,
+                item.controller,
+                self.rendered,
+                self.node_ports,
+                self.node_port_range,
             )
 
         return judge

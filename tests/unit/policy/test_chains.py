@@ -241,3 +241,24 @@ def test_gcp_coverage_is_the_union_of_a_rendered_rules_ranges(
             "direction": "INGRESS", "targetTags": ["nomad-client"], "sourceRanges": ranges,
             "allowed": [{"IPProtocol": "tcp", "ports": [port]}]}  # fmt: skip
     assert (judge_firewall(body, rendered) is None) is covered
+
+
+def test_an_nlb_rule_opening_the_nodeports_to_the_world_is_a_warning_naming_the_service() -> None:
+    rendered = _rendered()
+    nodes = rendered.group_ids[0]
+    nlb = AtomicRule(nodes, Direction.INGRESS, "tcp", 30000, 32767, "cidr4", "0.0.0.0/0",
+                     "kubernetes.io/rule/nlb/client=a1b2c3")  # fmt: skip
+    node_ports = {31443: ("circleci-proxy", 443)}
+
+    finding = aws_policy.judge_foreign_rule(
+        nlb, "sgr-1", "kubernetes-cloud-provider", rendered, node_ports, (30000, 32767)
+    )
+    narrow = aws_policy.judge_foreign_rule(
+        AtomicRule(nodes, Direction.INGRESS, "tcp", 30000, 32767, "cidr4", "203.0.113.0/24"),
+        "sgr-2", "kubernetes-cloud-provider", rendered, node_ports, (30000, 32767),
+    )  # fmt: skip
+
+    assert finding is not None and finding.code is FindingCode.UNMANAGED_WIDENING
+    assert "circleci-proxy port 443 (NodePort 31443)" in finding.message
+    assert "loadBalancerSourceRanges" in finding.message
+    assert narrow is None

@@ -137,10 +137,12 @@ class AwsTarget:
     ) -> AwsTarget:
         kwargs.setdefault("external_vms", intent.spec.topology.external_vms.enabled)
         rendered = render_security_groups(intent.cloud_rules("aws"), aws, owner)
+        node_range = intent.spec.topology.load_balancers.node_port_range
         policy = AwsPolicy(
             rendered,
             remove_unmanaged=intent.spec.unmanaged_rules is UnmanagedRules.REMOVE,
             node_ports=node_ports,
+            node_port_range=(node_range.from_, node_range.to),
         )
         return cls(rendered, aws, owner, policy=policy, **kwargs)
 
