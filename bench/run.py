@@ -479,6 +479,72 @@ def _gcp(latencies: list[float], sequential_up_to: float) -> None:
 # -- plan --------------------------------------------------------------------------------------
 
 
+def _verify(groups: int = 100, per_group: int = 50, instances: int = 500) -> None:
+    """``hardening verify``'s pass on moto: every role's machines, every group on them, their
+    ACLs, the guide's checks on each machine signature. Wall time and API calls."""
+    from adapters.aws.double import MotoDouble
+    from adapters.aws.test_machines import SUBNETS, spec_for
+    from adapters.aws.world import OWNER, make_world
+    from server_hardening.compiler import compile_intent
+    from server_hardening.model import Mode
+    from server_hardening.reconcile import run_target
+    from server_hardening.rules import Role
+    from server_hardening.targets.aws import AwsTarget
+
+    double = MotoDouble()
+    try:
+        world = make_world(double)
+        ec2 = world.ec2
+        extra = []
+        for g in range(groups):
+            group = ec2.create_security_group(
+                GroupName=f"extra-{g}", Description="bench", VpcId=world.vpc
+            )["GroupId"]
+            ec2.authorize_security_group_ingress(
+                GroupId=group,
+                IpPermissions=[
+                    {"IpProtocol": "tcp", "FromPort": 10000 + i, "ToPort": 10000 + i,
+                     "IpRanges": [{"CidrIp": f"192.0.2.{i}/32"}]}
+                    for i in range(per_group)
+                ],
+            )  # fmt: skip
+            extra.append(group)
+        ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        shares = {Role.KUBERNETES_NODES: 0.2, Role.NOMAD_CLIENTS: 0.6, Role.EXTERNAL_VMS: 0.2}
+        made = 0
+        for role, cidr in SUBNETS.items():
+            subnet = ec2.create_subnet(VpcId=world.vpc, CidrBlock=cidr)["Subnet"]["SubnetId"]
+            count = int(instances * shares[role])
+            for i in range(count):
+                two = [extra[(made + i) % groups], extra[(made + i + 1) % groups]]
+                ec2.run_instances(
+                    ImageId=ami, MinCount=1, MaxCount=1, SubnetId=subnet,
+                    SecurityGroupIds=[world.groups[role], *two],
+                )  # fmt: skip
+            made += count
+        spec = spec_for(world)
+        assert spec.aws is not None
+        intent = compile_intent(spec)
+        target = AwsTarget.from_intent(intent, spec.aws, OWNER, client=ec2, sleep=lambda _s: None)
+        double.proxy.reset()
+        began = time.monotonic()
+        report = run_target(
+            "aws",
+            lambda: target,
+            spec.model_copy(update={"mode": Mode.AUDIT}),
+            0,
+            [],
+            intent=intent,
+        )
+        wall = time.monotonic() - began
+        calls = sum(double.counts().values())
+        rows = len(report.rows or ())
+        row("verify", f"AWS: {groups} groups x {per_group} rules on {made} instances "
+            f"({rows} row verdicts): wall / API calls", f"{wall:.2f} s / {calls}")  # fmt: skip
+    finally:
+        double.stop()
+
+
 def _plan() -> None:
     for example in sorted((ROOT / "examples").glob("*.yaml"), key=lambda p: -p.stat().st_size):
         walls = []
@@ -500,6 +566,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
     "gcp": lambda a: _gcp(a.gcp_latencies, a.sequential_up_to),
     "aws": lambda a: _aws(),
     "kubernetes": lambda a: _kubernetes(a.sizes, a.idle_seconds, a.repairs),
+    "verify": lambda a: _verify(),
 }
 
 

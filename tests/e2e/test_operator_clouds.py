@@ -36,7 +36,7 @@ from server_hardening.ownership import OWNER_TAG
 
 pytestmark = pytest.mark.e2e
 
-NAMESPACES = [f"svh-cloud-{uuid.uuid4().hex[:6]}-{i}" for i in range(2)]
+NAMESPACES = [f"svh-cloud-{uuid.uuid4().hex[:6]}-{i}" for i in range(3)]
 NAME = "circleci"
 TOPOLOGY = {
     "kubernetesNodes": {"cidrs": ["10.0.0.0/20"]},
@@ -275,3 +275,44 @@ def test_gcp_target_end_to_end(
     assert (
         cloud_operator.metric("server_hardening_api_calls_total", target="gcp", outcome="ok") >= 2
     )
+
+
+def test_the_operator_sees_a_second_group_on_the_nomad_clients_open_ssh_to_the_world(
+    cloud_operator: OperatorProcess, admin_api: Any, clouds: Any
+) -> None:
+    """server-terraform 4.8's three groups on every Nomad client, only the nomad group
+    configured: the operator's status, metrics and Report name the machines and the ssh group,
+    and nothing is written to the groups it does not manage."""
+    from adapters.aws.test_machines import ASG, rules_of, server_terraform_48, spec_for
+
+    double, _, _ = clouds
+    world: World = make_world(double)
+    install = server_terraform_48(world)
+    before = rules_of(world, install.ssh_group)
+    ns = NAMESPACES[2]
+    spec = spec_for(world, machines={"nomadClients": {"autoScalingGroups": [ASG]}})
+    aws = spec.model_dump(by_alias=True, exclude_none=True, mode="json")["aws"]
+    create(admin_api, ns, {"serverVersion": "4.8", "unmanagedRules": "Remove", "aws": aws})
+
+    def reported() -> Any:
+        status = status_of(admin_api, ns, NAME)
+        for target in status.get("targets") or []:
+            for finding in target.get("findings") or []:
+                if (
+                    finding["code"] == "WorldOpenSensitivePort"
+                    and install.ssh_group in finding["message"]
+                ):
+                    return finding
+        return None
+
+    finding = wait_for("the ssh group on the Nomad clients to be reported", reported, timeout=90)
+    assert all(i in finding["message"] for i in install.nomad_instances)
+    violated = wait_for(
+        "the ALL-IN-1 verdict metric",
+        lambda: cloud_operator.metric(
+            "server_hardening_guide_row", namespace=ns, name=NAME, target="aws",
+            row="ALL-IN-1", verdict="violated",
+        ) == 1 or None,
+    )  # fmt: skip
+    assert violated
+    assert rules_of(world, install.ssh_group) == before
