@@ -102,6 +102,8 @@ def covered_by_the_guide(rule: AtomicRule, desired: Sequence[AtomicRule]) -> boo
         == (rule.group_id, rule.direction, rule.peer_type)
         and _ports_within(rule, wanted)
     ]
+    if not lane:
+        return False
     if rule.peer_type not in ("cidr4", "cidr6"):
         return any(wanted.peer == rule.peer for wanted in lane)
     return AddressSet.of(wanted.peer for wanted in lane).covers(rule.peer)

@@ -25,6 +25,7 @@ behave the same: they are evaluated once, as one signature, and named together.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -50,7 +51,9 @@ EPHEMERAL_PORT = 32768
 NAMED = 5  # machines named in one finding; the rest are counted
 
 
+@functools.lru_cache(maxsize=65536)
 def _contains(cidr: str, ip: str) -> bool:
+    """Cached: the same few addresses meet the same rules at every pair of machines."""
     try:
         net = ipaddress.ip_network(cidr, strict=False)
         address = ipaddress.ip_address(ip)
@@ -67,6 +70,25 @@ def _names(machines: Sequence[str]) -> str:
     shown = ", ".join(machines[:NAMED])
     more = len(machines) - NAMED
     return f"{shown} and {more} more" if more > 0 else shown
+
+
+def _gathered(
+    check: Check, outcomes: Iterable[tuple[tuple[str, ...], tuple[bool, list[str]]]]
+) -> CheckResult:
+    """One verdict from every pair's: all must allow a must-allow check, none a must-block one;
+    the machines named are those that decide it, with what decided it."""
+    failing: dict[str, None] = {}
+    passing: dict[str, None] = {}
+    why: dict[str, None] = {}
+    for machines, (allowed, decided) in outcomes:
+        (passing if allowed else failing).update(dict.fromkeys(machines))
+        if allowed != check.expect:
+            why.update(dict.fromkeys(decided))
+    if check.expect:
+        verdict, named = not failing, failing or passing
+    else:
+        verdict, named = bool(passing), passing or failing
+    return CheckResult(check, verdict, tuple(named), tuple(why or ["as expected on every machine"]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -164,6 +186,17 @@ class AwsEffective:
         self.machines = machines
         self.managed_groups = frozenset(managed_groups)
         self.covered = covered
+        self._results: dict[Check, CheckResult] = {}
+        # Groups some rule names as its peer: membership in them changes an answer.
+        self._referenced = frozenset(
+            rule.peer
+            for rules in machines.group_rules.values()
+            for rule in rules
+            if rule.peer_type == "group"
+        )
+        self._reach_cache: dict[
+            tuple[tuple[str, ...], Direction, str, int], tuple[AtomicRule, ...]
+        ] = {}
         self.signatures: dict[Role, list[_AwsSignature]] = {}
         for role_machines in machines.roles:
             grouped: dict[tuple[tuple[str, ...], str], list[AwsInterface]] = {}
@@ -187,15 +220,30 @@ class AwsEffective:
         peer_groups: Sequence[str],
     ) -> list[str]:
         out = []
-        for group in groups:
-            for rule in self.machines.group_rules.get(group, ()):
-                if rule.direction is not direction or not _rule_port_matches(rule, protocol, port):
-                    continue
-                if (rule.peer_type in ("cidr4", "cidr6") and _contains(rule.peer, peer_ip)) or (
-                    rule.peer_type == "group" and rule.peer in peer_groups
-                ):
-                    out.append(describe_rule(rule, self.machines.group_names.get(group, "")))
+        for rule in self._reaching(tuple(groups), direction, protocol, port):
+            if (rule.peer_type in ("cidr4", "cidr6") and _contains(rule.peer, peer_ip)) or (
+                rule.peer_type == "group" and rule.peer in peer_groups
+            ):
+                out.append(describe_rule(rule, self.machines.group_names.get(rule.group_id, "")))
         return out
+
+    def _reaching(
+        self, groups: tuple[str, ...], direction: Direction, protocol: str, port: int
+    ) -> tuple[AtomicRule, ...]:
+        """The rules of ``groups`` in ``direction`` that reach the port: asked once per
+        signature and check, not once per pair of machines (500 instances in 100 signatures
+        made 10,000 pairs a check)."""
+        key = (groups, direction, protocol, port)
+        found = self._reach_cache.get(key)
+        if found is None:
+            found = tuple(
+                rule
+                for group in groups
+                for rule in self.machines.group_rules.get(group, ())
+                if rule.direction is direction and _rule_port_matches(rule, protocol, port)
+            )
+            self._reach_cache[key] = found
+        return found
 
     def _world_allowing(
         self, groups: Sequence[str], protocol: str, port: int
@@ -276,6 +324,13 @@ class AwsEffective:
         return True, egress
 
     def evaluate(self, check: Check) -> CheckResult:
+        """Asked once per check (``verify`` and :meth:`findings` ask the same ones)."""
+        result = self._results.get(check)
+        if result is None:
+            result = self._results[check] = self._evaluate(check)
+        return result
+
+    def _evaluate(self, check: Check) -> CheckResult:
         dst_role = check.destination.role
         if dst_role is None:
             return self._evaluate_outbound(check)
@@ -291,10 +346,41 @@ class AwsEffective:
                 )
         else:
             sources = [check.source]
-        return self._gather(
-            check,
-            [(dst, self._pair(src, dst, check, src == dst)) for dst in targets for src in sources],
+        receivers = self._classes(targets, Direction.INGRESS, check)
+        senders: list[tuple[_AwsSignature | Endpoint, tuple[str, ...]]] = (
+            list(self._classes(sources, Direction.EGRESS, check))  # type: ignore[arg-type]
+            if check.source.role is not None
+            else [(check.source, ())]
         )
+        return _gathered(
+            check,
+            (
+                (machines, self._pair(src, dst, check, src == dst))
+                for dst, machines in receivers
+                for src, _ in senders
+            ),
+        )
+
+    def _classes(
+        self, signatures: Sequence[_AwsSignature], direction: Direction, check: Check
+    ) -> list[tuple[_AwsSignature, tuple[str, ...]]]:
+        """Signatures that meet the same rules for this check, in the same subnet and with the
+        same groups that other rules name as peers, answer it the same: one representative
+        each, named with every member's machines (500 instances in 100 signatures made 10,000
+        pairs a check; a group that opens nothing on the port no longer splits them). As for
+        one signature, a member is represented by the first one's address."""
+        classes: dict[Any, tuple[_AwsSignature, list[str]]] = {}
+        for sig in signatures:
+            key = (
+                self._reaching(sig.groups, direction, check.protocol, check.port),
+                sig.subnet,
+                tuple(g for g in sig.groups if g in self._referenced),
+            )
+            if key in classes:
+                classes[key][1].extend(sig.machines)
+            else:
+                classes[key] = (sig, list(sig.machines))
+        return [(rep, tuple(machines)) for rep, machines in classes.values()]
 
     def _evaluate_outbound(self, check: Check) -> CheckResult:
         role = check.source.role
@@ -310,21 +396,7 @@ class AwsEffective:
     ) -> CheckResult:
         """One verdict from every pair's: all must allow a must-allow check, none a must-block
         one; the machines named are those that decide it."""
-        failing: list[str] = []
-        passing: list[str] = []
-        why: list[str] = []
-        for sig, (allowed, decided) in outcomes:
-            bucket = passing if allowed else failing
-            bucket += [m for m in sig.machines if m not in bucket]
-            if allowed != check.expect:
-                why += [d for d in decided if d not in why]
-        if check.expect:
-            verdict, machines = not failing, failing or passing
-        else:
-            verdict, machines = bool(passing), passing or failing
-        return CheckResult(
-            check, verdict, tuple(machines), tuple(why or ["as expected on every machine"])
-        )
+        return _gathered(check, ((sig.machines, outcome) for sig, outcome in outcomes))
 
     # -- findings ----------------------------------------------------------------------------------
 
@@ -415,8 +487,8 @@ class AwsEffective:
         if (
             rule.direction is Direction.INGRESS
             and rule.peer_type in ("cidr4", "cidr6")
-            and world_families([rule.peer])
             and any(_rule_port_matches(rule, "tcp", port) for port in SENSITIVE_PORTS)
+            and world_families([rule.peer])
         ):
             return True  # reported as WorldOpenSensitivePort already
         return self.covered(replace(rule, group_id=configured))
@@ -539,6 +611,7 @@ class GcpEffective:
     def __init__(self, machines: GcpMachines, *, managed: Iterable[str]) -> None:
         self.machines = machines
         self.managed = frozenset(managed)
+        self._results: dict[Check, CheckResult] = {}
         self.firewalls = [f for f in machines.firewalls if not f.get("disabled")]
         self.signatures: dict[Role, list[_GcpSignature]] = {}
         for role_machines in machines.roles:
@@ -677,23 +750,16 @@ class GcpEffective:
     def _gather(
         self, check: Check, outcomes: Sequence[tuple[_GcpSignature, tuple[bool, list[str]]]]
     ) -> CheckResult:
-        failing: list[str] = []
-        passing: list[str] = []
-        why: list[str] = []
-        for sig, (allowed, decided) in outcomes:
-            bucket = passing if allowed else failing
-            bucket += [m for m in sig.machines if m not in bucket]
-            if allowed != check.expect:
-                why += [d for d in decided if d not in why]
-        if check.expect:
-            verdict, machines = not failing, failing or passing
-        else:
-            verdict, machines = bool(passing), passing or failing
-        return CheckResult(
-            check, verdict, tuple(machines), tuple(why or ["as expected on every machine"])
-        )
+        return _gathered(check, ((sig.machines, outcome) for sig, outcome in outcomes))
 
     def evaluate(self, check: Check) -> CheckResult:
+        """Asked once per check (``verify`` and :meth:`findings` ask the same ones)."""
+        result = self._results.get(check)
+        if result is None:
+            result = self._results[check] = self._evaluate(check)
+        return result
+
+    def _evaluate(self, check: Check) -> CheckResult:
         dst_role = check.destination.role
         if dst_role is None:
             role = check.source.role
