@@ -108,6 +108,10 @@ class GcpPolicyRule:
     target_secure_tags: tuple[str, ...] = ()
     source_secure_tags: tuple[str, ...] = ()
     disabled: bool = False
+    policy_type: str = "HIERARCHY"  # "HIERARCHY" | "NETWORK" | "NETWORK_REGIONAL"
+    # A network's own policy is evaluated after the VPC rules unless the network says
+    # BEFORE_CLASSIC_FIREWALL (its networkFirewallPolicyEnforcementOrder); hierarchy: before.
+    after_vpc_rules: bool = False
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class GcpMachines:
     roles: tuple[GcpRoleMachines, ...]
     # Every VPC firewall of the network (the Compute API's JSON, as the adapter observes it).
     firewalls: tuple[Mapping[str, Any], ...] = ()
-    # Every policy rule above the VPC rules, in evaluation order (hierarchy first).
+    # Every firewall-policy rule of the network, in evaluation order (hierarchy first, each
+    # policy by priority); ``after_vpc_rules`` marks those evaluated after the VPC rules.
     policy_rules: tuple[GcpPolicyRule, ...] = ()
     findings: tuple[Finding, ...] = ()

@@ -630,9 +630,18 @@ class GcpEffective:
             ]
 
     def _policy(
-        self, direction: str, ip: str, protocol: str, port: int, accounts: Sequence[str]
+        self,
+        direction: str,
+        ip: str,
+        protocol: str,
+        port: int,
+        accounts: Sequence[str],
+        *,
+        after_vpc_rules: bool,
     ) -> tuple[bool, str] | None:
         for rule in self.machines.policy_rules:
+            if rule.after_vpc_rules != after_vpc_rules:
+                continue
             if rule.disabled or rule.direction != direction:
                 continue
             if rule.target_service_accounts and not set(rule.target_service_accounts) & set(
@@ -706,15 +715,25 @@ class GcpEffective:
         protocol: str,
         port: int,
     ) -> tuple[bool, list[str]]:
-        ip = peer_ip
-        decided = self._policy(direction, ip, protocol, port, sig.accounts)
+        # Hierarchical policies (and a network policy set BEFORE_CLASSIC_FIREWALL) first; then
+        # the VPC rules; a network policy evaluated after them decides what no VPC rule matched;
+        # then the implied rules.
+        decided = self._policy(
+            direction, peer_ip, protocol, port, sig.accounts, after_vpc_rules=False
+        )
         if decided is not None:
             return decided[0], [decided[1]]
-        allowed, rules = self._vpc(direction, sig.tags, sig.accounts, ip, peer, protocol, port)
-        names = [str(r.get("name", "?")) for r in rules] or [
+        allowed, rules = self._vpc(direction, sig.tags, sig.accounts, peer_ip, peer, protocol, port)
+        if rules:
+            return allowed, [str(r.get("name", "?")) for r in rules]
+        decided = self._policy(
+            direction, peer_ip, protocol, port, sig.accounts, after_vpc_rules=True
+        )
+        if decided is not None:
+            return decided[0], [decided[1]]
+        return allowed, [
             "the implied rule (ingress denied)" if direction == "INGRESS" else "the implied rule"
         ]
-        return allowed, names
 
     def _pair(
         self, src: _GcpSignature | Endpoint, dst: _GcpSignature, check: Check, same: bool

@@ -138,3 +138,23 @@ def test_a_higher_priority_deny_of_ours_stops_an_unmanaged_allow() -> None:
             "allowed": [{"IPProtocol": "all"}], "sourceTags": ["circleci-nomad"]}  # fmt: skip
     results, _ = rows(machines(rule))
     assert verdict(results, "NOMAD-ISO-1") is Verdict.HOLDS
+
+
+def test_a_network_policy_evaluated_after_the_vpc_rules_decides_only_what_none_matched() -> None:
+    # AFTER_CLASSIC_FIREWALL (the default order): our VPC allows of 443 egress still decide.
+    late_deny = GcpPolicyRule("net-policy", 100, "EGRESS", "deny", ("0.0.0.0/0",),
+                              (("tcp", ("443",)),), policy_type="NETWORK", after_vpc_rules=True)  # fmt: skip
+    results, _ = rows(machines(policy=(late_deny,)))
+    assert all(r.verdict is Verdict.HOLDS for r in results)
+    # Ingress to 22 from the world meets our priority-65000 deny floor, a VPC rule: a network
+    # policy evaluated after the VPC rules never reaches it.
+    late_allow = GcpPolicyRule("net-policy", 200, "INGRESS", "allow", ("0.0.0.0/0",),
+                               (("tcp", ("22",)),), policy_type="NETWORK", after_vpc_rules=True)  # fmt: skip
+    results, _ = rows(machines(policy=(late_allow,)))
+    assert verdict(results, "ALL-IN-1") is Verdict.HOLDS
+    # Evaluated before the VPC rules (BEFORE_CLASSIC_FIREWALL), the same allow decides.
+    early_allow = GcpPolicyRule("net-policy", 200, "INGRESS", "allow", ("0.0.0.0/0",),
+                                (("tcp", ("22",)),), policy_type="NETWORK")  # fmt: skip
+    results, _ = rows(machines(policy=(early_allow,)))
+    assert verdict(results, "ALL-IN-1") is Verdict.VIOLATED
+    assert "firewall policy net-policy rule 200 (allow)" in evidence(results, "ALL-IN-1")
