@@ -353,3 +353,24 @@ def test_verify_exits_2_on_bad_input_naming_the_field(
 
     assert main(["verify", "-f", str(path)]) == 2
     assert "spec.aws.region" in capsys.readouterr().err
+
+
+def test_a_selector_that_matches_nothing_is_a_finding_naming_the_field(world: World) -> None:
+    server_terraform_48(world)
+    spec = spec_for(
+        world,
+        machines={
+            "nomadClients": {"autoScalingGroups": [ASG, "no-such-asg"]},
+            "kubernetesNodes": {"instanceTags": {"eks:nodegroup-name": "absent"}},
+        },
+    )
+
+    report = run(world, spec)
+
+    unmatched = sorted(
+        f.message for f in report.findings if f.code is FindingCode.MACHINE_SELECTOR_UNMATCHED
+    )
+    assert len(unmatched) == 2, [f.message for f in report.findings]
+    assert unmatched[0].startswith("spec.aws.machines.kubernetesNodes.instanceTags")
+    assert unmatched[1].startswith("spec.aws.machines.nomadClients.autoScalingGroups")
+    assert "'no-such-asg'" in unmatched[1]
