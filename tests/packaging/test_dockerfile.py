@@ -303,7 +303,10 @@ def test_builder_steps_install_a_working_hardening_into_a_fresh_venv(
     top_help = subprocess.run(
         [str(hardening), "--help"], capture_output=True, text=True, check=True, env=env
     ).stdout
-    assert "demo" not in top_help and "{plan,apply,crd,run}" in top_help
+    # The product's commands, and none of the developer package's (dev, demo).
+    commands = set(top_help.split("{", 1)[1].split("}", 1)[0].split(","))
+    assert {"plan", "apply", "verify", "crd", "run"} <= commands, top_help
+    assert not commands & {"dev", "demo"}, top_help
     # ... and it plans every example, from the installed wheel alone.
     for example in sorted(EXAMPLES.glob("*.yaml")):
         proc = subprocess.run(
