@@ -167,6 +167,8 @@ class FindingCode(enum.StrEnum):
     GCP_EGRESS_UNRESTRICTED = "GcpEgressUnrestricted"
     GCP_LOAD_BALANCER_RULE_SKIPPED = "GcpLoadBalancerRuleSkipped"
     QUOTA_EXCEEDED = "QuotaExceeded"
+    # A cloud refused one call for lack of permission (the others of the pass went on).
+    PERMISSION_REFUSED = "PermissionRefused"
     INVALID_SPEC = "InvalidSpec"
     SERVER_VERSION_UNPINNED = "ServerVersionUnpinned"
     SERVER_VERSION_NEWER_THAN_CATALOGUE = "ServerVersionNewerThanCatalogue"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from adapters.aws.double import MotoDouble
 from adapters.aws.world import (
@@ -700,15 +701,68 @@ def test_the_iam_policy_actions_are_enough(world: World) -> None:
     assert world.rules() == []
 
 
-def test_a_missing_permission_is_permanent_and_names_the_operation(world: World) -> None:
+def test_a_missing_permission_fails_only_its_own_step_and_names_it(world: World) -> None:
     actions = [a for a in _policy_actions() if a != "ec2:RevokeSecurityGroupEgress"]
     with world.double.enforce_iam(actions) as creds:
         target = world.target(world.guide_rendering(), client=world.double.client(**creds))
-        with pytest.raises(AwsPermanentError) as caught:
-            reconcile(target, remove_unmanaged=True)
-    assert caught.value.operation == "RevokeSecurityGroupEgress"
-    assert "ec2:RevokeSecurityGroupEgress" in str(caught.value)
-    assert caught.value.result.created == GUIDE_RULES
+        report = run_pass(target, remove_unmanaged=True)
+    assert report.error is None and report.applied is not None
+    # Every create and ingress revoke landed; the egress revokes are reported, named.
+    assert report.applied.created == GUIDE_RULES
+    refused = [e for e in report.applied.errors if "ec2:RevokeSecurityGroupEgress" in e]
+    assert len(refused) == 4  # the default egress rule of each group
+    assert "refused (AccessDenied" in refused[0] or "refused (UnauthorizedOperation" in refused[0]
+    assert "statement ChangeRulesOfTheManagedGroupsOnly" in refused[0]
+    assert [f.code for f in report.applied.findings].count("PermissionRefused") == 4
+    assert report.last_error
+
+
+def test_refused_adoption_tagging_stops_nothing_else_of_the_pass(world: World) -> None:
+    """Brownfield under a policy that refuses a standalone CreateTags: the hand-made twin stays
+    as it was (unmarked), the error names the permission and the statement that grants it, and
+    every create, update and revoke of the pass still happens: the world-open SSH rule under
+    Remove goes, after the rules that replace it were added."""
+    nomad, nodes = world.groups[Role.NOMAD_CLIENTS], world.groups[Role.KUBERNETES_NODES]
+    twin = _authorize_tagged(
+        world, nomad,
+        {"IpProtocol": "tcp", "FromPort": 4647, "ToPort": 4647,
+         "UserIdGroupPairs": [{"GroupId": nodes, "Description": "by hand"}]},
+    )  # fmt: skip
+    open_ssh = _authorize_tagged(
+        world, nomad,
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
+    )  # fmt: skip
+    client = world.double.client()
+
+    def refuse(**_: Any) -> None:
+        raise ClientError(
+            {"Error": {"Code": "UnauthorizedOperation", "Message": "not authorized"},
+             "ResponseMetadata": {"HTTPStatusCode": 403}},
+            "CreateTags",
+        )  # fmt: skip
+
+    client.meta.events.register("before-call.ec2.CreateTags", refuse)
+    calls = capture_calls(client)
+
+    report = run_pass(world.target(world.guide_rendering(), client=client), remove_unmanaged=True)
+
+    assert report.error is None and report.applied is not None
+    applied = report.applied
+    assert applied.adopted == 0
+    assert applied.created == GUIDE_RULES - 1  # all but the twin's access, which is held
+    assert applied.removed_unmanaged == 5  # four default egress rules and the open SSH
+    [error] = applied.errors
+    assert error.startswith(f"ec2:CreateTags on security-group-rule/{twin}: refused")
+    assert "statement MarkRulesAsThisResourcesOnly" in error
+    assert [f.code for f in applied.findings].count("PermissionRefused") == 1
+    rules = {r["SecurityGroupRuleId"]: r for r in world.rules()}
+    assert twin in rules and OWNER_TAG not in _tags(rules[twin])
+    assert rules[twin]["Description"] == "by hand"
+    assert open_ssh not in rules
+    order = [op for op, _ in calls if not op.startswith("Describe")]
+    assert order.index("RevokeSecurityGroupIngress") > max(
+        i for i, op in enumerate(order) if op.startswith("Authorize")
+    )
 
 
 def test_bad_credentials_are_permanent(world: World) -> None:
@@ -726,3 +780,37 @@ def test_a_different_owner_sees_our_rules_as_another_owners(world: World) -> Non
     observation = world.target(world.guide_rendering(), owner=other).observe()
     assert {i.owner for i in observation.items if i.owner} == {"circleci/server"}
     assert not any(i.owned for i in observation.items)
+
+
+def test_a_refused_authorise_keeps_the_rules_it_was_to_replace(bare_world: World) -> None:
+    """The new rules of one group cannot be added (IAM refuses the call for that group): its old
+    rules stay, an error says why, and the other groups' changes of the pass still happen."""
+    world = bare_world
+    aws = world.aws_spec()
+    nomad = world.groups[Role.NOMAD_CLIENTS]
+    old = bulk_rules(4)
+    reconcile(world.target(render_security_groups(old, aws, OWNER), aws=aws))
+    moved = [dataclasses.replace(r, peer=Peer(PeerKind.CIDRS, ("192.168.0.0/24",))) for r in old]
+    client = world.double.client()
+
+    def refuse_nomad(params: dict[str, Any], **_: Any) -> None:
+        if params.get("GroupId") == nomad:
+            raise ClientError(
+                {"Error": {"Code": "UnauthorizedOperation", "Message": "not authorized"},
+                 "ResponseMetadata": {"HTTPStatusCode": 403}},
+                "AuthorizeSecurityGroupIngress",
+            )  # fmt: skip
+
+    for op in ("AuthorizeSecurityGroupIngress", "AuthorizeSecurityGroupEgress"):
+        client.meta.events.register(f"provide-client-params.ec2.{op}", refuse_nomad)
+
+    report = run_pass(
+        world.target(render_security_groups(moved, aws, OWNER), aws=aws, client=client)
+    )
+
+    assert report.error is None and report.applied is not None
+    assert (report.applied.created, report.applied.deleted) == (3 * 4, 3 * 4)
+    nomad_now = {r["CidrIpv4"] for r in world.rules(nomad)}
+    assert nomad_now == {r.peer.cidrs[0] for r in old if r.subject is Role.NOMAD_CLIENTS}
+    assert sum("ec2:AuthorizeSecurityGroup" in e for e in report.applied.errors) == 2
+    assert sum("revokes not made" in e for e in report.applied.errors) == 2

@@ -57,6 +57,7 @@ from server_hardening.targets.aws.errors import (
     RULE_GONE_CODES,
     AlreadyDoneError,
     GroupChangeRefusedError,
+    PermissionRefusedError,
     autoscaling_client_like,
     classify,
     default_client,
@@ -83,6 +84,12 @@ PAGE_SIZE = 1000  # DescribeSecurityGroupRules: MaxResults 5..1000
 FILTER_VALUES = 200  # values per filter; more groups are split over several requests
 
 SecurityGroupRuleItem = ObservedItem[AtomicRule]
+
+
+def _some(ids: Sequence[str], shown: int = 3) -> str:
+    """IDs for a message: the first few and how many more."""
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return ",".join(ids[:shown]) + more
 
 
 class AwsTarget:
@@ -181,19 +188,35 @@ class AwsTarget:
         return Observation(items=items, findings=self.rendered.findings)
 
     def apply(self, plan: Plan[AtomicRule]) -> ApplyResult:
+        """Execute the planned calls in order. A group-level 4xx stops that group's later
+        writes; a call the IAM policy refuses fails only its own step (an error and a
+        ``PermissionRefused`` finding name the permission), except that the revokes of a lane
+        whose authorise was refused are not made: they may be what the new rules replace."""
         self._retrier.new_pass()
         writes = plan_writes(plan, self.rendered, self._last, self.aws.rule_quota)
         result = ApplyResult(findings=list(writes.findings), errors=list(writes.errors))
         refused: set[str] = set()
+        not_added: set[tuple[str, Direction]] = set()
         with saying_what_was_applied(result):
             for write in writes.writes:
                 if write.group in refused:
                     continue  # a group-level 4xx stops that group's later writes only
+                lane = (write.group, write.direction or Direction.INGRESS)
+                if write.kind is WriteKind.REVOKE and lane in not_added:
+                    result.errors.append(
+                        f"{write.group} {lane[1].value}: {len(write.items)} revokes not made: "
+                        "the rules that replace them could not be added"
+                    )
+                    continue
                 try:
                     self._execute(write, result)
                 except GroupChangeRefusedError as exc:
                     refused.add(write.group)
                     self._group_refused(write.group, exc, result)
+                except PermissionRefusedError as exc:
+                    self._permission_refused(exc, result)
+                    if write.kind is WriteKind.AUTHORIZE and write.direction is not None:
+                        not_added.add((write.group, write.direction))
         return result
 
     def _execute(self, write: Write, result: ApplyResult) -> None:
@@ -226,6 +249,8 @@ class AwsTarget:
                         self._revoke(group, direction, items, result)
                     except GroupChangeRefusedError as exc:
                         result.errors.append(f"{group} {direction.value}: {exc}")
+                    except PermissionRefusedError as exc:
+                        self._permission_refused(exc, result)
             else:
                 ids = [item.native_id for item in owned]
                 tags = [{"Key": OWNER_TAG, "Value": self.owner_key}, {"Key": OWNER_UID_TAG}]
@@ -235,12 +260,14 @@ class AwsTarget:
                     try:
                         self._call(
                             "DeleteTags",
-                            ",".join(chunk),
+                            _some(chunk),
                             self.client.delete_tags,
                             {"Resources": chunk, "Tags": tags},
                         )
                     except GroupChangeRefusedError as exc:
                         result.errors.append(f"DeleteTags: {exc}")
+                    except PermissionRefusedError as exc:
+                        self._permission_refused(exc, result)
         return result
 
     def observe_machines(self) -> AwsMachines:
@@ -346,6 +373,16 @@ class AwsTarget:
                 )
             )
 
+    def _permission_refused(self, exc: PermissionRefusedError, result: ApplyResult) -> None:
+        result.errors.append(str(exc))
+        result.findings.append(
+            Finding.of(
+                FindingCode.PERMISSION_REFUSED,
+                f"{exc}; the other changes of this pass were applied",
+                target=TARGET,
+            )
+        )
+
     def _tags(self) -> list[dict[str, str]]:
         tags = [
             {"Key": OWNER_TAG, "Value": self.owner_key},
@@ -414,18 +451,26 @@ class AwsTarget:
         self, group: str, changes: list[tuple[str, AtomicRule]], result: ApplyResult
     ) -> None:
         """Tag identical unmarked rules as this resource's, then give them the guide's
-        description. Neither call changes what the rules allow."""
-        ids = [rule_id for rule_id, _ in changes]
-        for start in range(0, len(ids), 1000):
-            chunk = ids[start : start + 1000]
-            self._call(
-                "CreateTags",
-                group,
-                self.client.create_tags,
-                {"Resources": chunk, "Tags": self._tags()},
-            )
-        self._modify(group, changes, ApplyResult())
-        result.adopted += len(changes)
+        description. Neither call changes what the rules allow. Rules whose tagging is refused
+        stay as they are (unmarked, not described): an error and a finding say so."""
+        tagged: list[tuple[str, AtomicRule]] = []
+        for start in range(0, len(changes), 1000):
+            chunk = changes[start : start + 1000]
+            ids = [rule_id for rule_id, _ in chunk]
+            try:
+                self._call(
+                    "CreateTags",
+                    _some(ids),
+                    self.client.create_tags,
+                    {"Resources": ids, "Tags": self._tags()},
+                )
+            except PermissionRefusedError as exc:
+                self._permission_refused(exc, result)
+                continue
+            tagged += chunk
+        if tagged:
+            self._modify(group, tagged, ApplyResult())
+        result.adopted += len(tagged)
 
     def _still_there(self, group: str, rule_ids: Sequence[str]) -> set[str]:
         return {

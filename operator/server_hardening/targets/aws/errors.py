@@ -60,12 +60,12 @@ TRANSIENT_CODES = frozenset(
         "PriorRequestNotComplete",
     }
 )
-AUTH_CODES = frozenset(
+# The identity is known but its policy does not allow this one call: that call's step fails,
+# the other steps of the pass go on (PermissionRefusedError).
+PERMISSION_CODES = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"})
+AUTH_CODES = PERMISSION_CODES | frozenset(
     {
-        "UnauthorizedOperation",
         "AuthFailure",
-        "AccessDenied",
-        "AccessDeniedException",
         "InvalidClientTokenId",
         "SignatureDoesNotMatch",
         "IncompleteSignature",
@@ -82,6 +82,22 @@ GROUP_MISSING_CODES = frozenset(
 DUPLICATE_CODES = frozenset({"InvalidPermission.Duplicate"})
 RULE_GONE_CODES = frozenset({"InvalidPermission.NotFound", "InvalidSecurityGroupRuleId.NotFound"})
 QUOTA_CODES = frozenset({"RulesPerSecurityGroupLimitExceeded"})
+
+# The statement of deploy/aws/iam-policy.json that allows each call (docs/aws.md, "IAM"), named
+# in the error when AWS refuses the call.
+POLICY_STATEMENTS = {
+    "DescribeSecurityGroups": "ReadSecurityGroupsAndTheMachinesBehindThem",
+    "DescribeSecurityGroupRules": "ReadSecurityGroupsAndTheMachinesBehindThem",
+    "AuthorizeSecurityGroupIngress": "ChangeRulesOfTheManagedGroupsOnly (and, for the tags it "
+    "writes, MarkRulesAsThisResourcesOnly)",
+    "AuthorizeSecurityGroupEgress": "ChangeRulesOfTheManagedGroupsOnly (and, for the tags it "
+    "writes, MarkRulesAsThisResourcesOnly)",
+    "RevokeSecurityGroupIngress": "ChangeRulesOfTheManagedGroupsOnly",
+    "RevokeSecurityGroupEgress": "ChangeRulesOfTheManagedGroupsOnly",
+    "ModifySecurityGroupRules": "ChangeRulesOfTheManagedGroupsOnly",
+    "CreateTags": "MarkRulesAsThisResourcesOnly",
+    "DeleteTags": "DropOnlyThisResourcesMarks",
+}
 
 _CONNECTION_ERRORS = (
     EndpointConnectionError,
@@ -147,6 +163,21 @@ class GroupChangeRefusedError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
+
+
+class PermissionRefusedError(PermanentTargetError):
+    """The operator's identity may not make this call (its IAM policy refused it). Permanent for
+    this call, but only this call's step fails: the rest of the pass goes on."""
+
+
+def iam_resource(resource: str) -> str:
+    """The resource a call was about, as its ARN's resource part (``security-group/sg-1``)."""
+    first = resource.split(",", maxsplit=1)[0]
+    if first.startswith("sgr-"):
+        return f"security-group-rule/{resource}"
+    if first.startswith("sg-"):
+        return f"security-group/{resource}"
+    return resource
 
 
 class _StoppedApplyError(TargetError):
@@ -217,6 +248,20 @@ def translate(  # noqa: PLR0911 - one answer per error family
                 f"{region} ({code}: {message})",
                 operation=operation,
                 resource=",".join(named),
+            )
+        if code in PERMISSION_CODES:
+            statement = POLICY_STATEMENTS.get(operation, "")
+            allows = (
+                f"; the shipped policy's statement {statement} (deploy/aws/iam-policy.json) "
+                "allows it"
+                if statement
+                else "; deploy/aws/iam-policy.json does not grant it"
+            )
+            return PermissionRefusedError(
+                f"ec2:{operation} on {iam_resource(resource)}: refused ({code}){allows} "
+                f"({message})",
+                operation=operation,
+                resource=resource,
             )
         if code in AUTH_CODES:
             return PermanentTargetError(
