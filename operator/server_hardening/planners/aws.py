@@ -6,13 +6,19 @@ adopted rules. The order keeps access from narrowing at every moment, below both
 the new desired state:
 
 0. adoptions: identical unmarked rules get this resource's tags (access does not change);
-1. lanes whose end state fits the quota but old and new side by side do not revoke their
-   undesired rules first (those grant nothing the new state keeps);
+1. in a lane whose end state fits the quota but whose old and new rules side by side do not
+   (a full lane), just enough revokes to make room, chosen among the rules whose access no
+   state needs: what a rule grants that both the old and the new state grant must still be
+   granted by the rules left in the lane (an unexpected rule no desired rule covers, or a rule
+   the others cover). If no such choice makes room, the group is not written (``QuotaExceeded``
+   naming the group, direction, quota and the rules that would have to go): a full lane never
+   revokes first what it is about to re-grant narrower;
 2. every authorise and modify, across all groups;
-3. every revoke.
+3. every other revoke.
 
-A desired rule that an unmarked identical rule holds is adopted, never revoked and re-created,
-so no revoke ever precedes the authorise of the same access.
+So at every moment of the pass the lane grants at least what both the old and the new state
+grant. A desired rule that an unmarked identical rule holds is adopted, never revoked and
+re-created, so no revoke ever precedes the authorise of the same access.
 
 A lane over the quota at the end of the pass is not written at all (a ``QuotaExceeded``
 finding and an error say by how much).
@@ -21,6 +27,7 @@ finding and an error say by how much).
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -193,25 +200,183 @@ def over_quota(
     return blocked, findings, errors
 
 
-def needs_room_first(
+# --------------------------------------------------------------------------------------
+# Access as boxes: what a rule grants, to tell which revokes no state needs
+
+
+Interval = tuple[int, int]
+Box = tuple[Interval, Interval, str, Interval]
+"""Protocol numbers, ports (ICMP: type * 256 + code), peer space (``v4``, ``v6``, ``group:<id>``,
+``prefix-list:<id>``) and the addresses in it: the access of one rule."""
+
+PROTOCOL_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
+EVERY_PORT: Interval = (0, 65535)
+
+
+def _ports(number: int, first: int | None, last: int | None) -> Interval:
+    if number in (6, 17):
+        low = 0 if first is None or first < 0 else first
+        high = 65535 if last is None or last < 0 else last
+        return (low, high)
+    if number in (1, 58):  # ICMP type and code, -1 meaning any
+        if first is None or first < 0:
+            return EVERY_PORT
+        if last is None or last < 0:
+            return (first * 256, first * 256 + 255)
+        return (first * 256 + last, first * 256 + last)
+    return EVERY_PORT
+
+
+def access_box(rule: AtomicRule) -> Box:
+    """What ``rule`` grants in its lane."""
+    if rule.protocol == "-1":
+        protocols, ports = (0, 255), EVERY_PORT
+    else:
+        number = PROTOCOL_NUMBERS.get(rule.protocol)
+        if number is None:
+            number = int(rule.protocol) if rule.protocol.isdigit() else -1
+        protocols, ports = (number, number), _ports(number, rule.from_port, rule.to_port)
+    if rule.peer_type in ("cidr4", "cidr6"):
+        net = ipaddress.ip_network(rule.peer, strict=False)
+        space = f"v{net.version}"
+        return protocols, ports, space, (int(net.network_address), int(net.broadcast_address))
+    return protocols, ports, f"{rule.peer_type}:{rule.peer}", (0, 0)
+
+
+def _meet(a: Interval, b: Interval) -> Interval | None:
+    low, high = max(a[0], b[0]), min(a[1], b[1])
+    return (low, high) if low <= high else None
+
+
+def _intersection(a: Box, b: Box) -> Box | None:
+    if a[2] != b[2]:
+        return None
+    protocols, ports, addresses = _meet(a[0], b[0]), _meet(a[1], b[1]), _meet(a[3], b[3])
+    if protocols is None or ports is None or addresses is None:
+        return None
+    return protocols, ports, a[2], addresses
+
+
+def _minus(a: Box, b: Box) -> list[Box]:
+    """``a`` without ``b``, as disjoint boxes."""
+    if _intersection(a, b) is None:
+        return [a]
+    out: list[Box] = []
+    rest = list(a)
+    for dim in (0, 1, 3):
+        have: Interval = rest[dim]  # type: ignore[assignment]
+        cut: Interval = b[dim]  # type: ignore[assignment]
+        if have[0] < cut[0]:
+            piece = list(rest)
+            piece[dim] = (have[0], cut[0] - 1)
+            out.append(tuple(piece))  # type: ignore[arg-type]
+        if cut[1] < have[1]:
+            piece = list(rest)
+            piece[dim] = (cut[1] + 1, have[1])
+            out.append(tuple(piece))  # type: ignore[arg-type]
+        rest[dim] = (max(have[0], cut[0]), min(have[1], cut[1]))
+    return out
+
+
+def uncovered(boxes: Sequence[Box], by: Sequence[Box]) -> list[Box]:
+    """The parts of ``boxes`` that no box of ``by`` covers."""
+    left = list(boxes)
+    for hole in by:
+        left = [piece for box in left for piece in _minus(box, hole)]
+        if not left:
+            break
+    return left
+
+
+def still_granted_without(
+    rule: AtomicRule, needed: Sequence[AtomicRule], others: Sequence[AtomicRule]
+) -> bool:
+    """Whether everything ``rule`` grants that ``needed`` also grants is granted by ``others``."""
+    box = access_box(rule)
+    shared = [m for m in (_intersection(box, access_box(n)) for n in needed) if m is not None]
+    return not uncovered(shared, [access_box(o) for o in others])
+
+
+# --------------------------------------------------------------------------------------
+# Full lanes
+
+
+def make_room(
     lanes: Mapping[Lane, LaneChanges],
+    observed: Sequence[ObservedItem[AtomicRule]],
     counts: RuleCounts | None,
     quota: RuleQuota,
     blocked: set[str],
-) -> set[Lane]:
-    """Lanes whose end state fits the quota but old and new side by side do not."""
-    out: set[Lane] = set()
+    rendered: RenderedSecurityGroups,
+) -> tuple[dict[Lane, list[ObservedItem[AtomicRule]]], set[str], list[Finding], list[str]]:
+    """For each full lane (its end state fits the quota, its old and new rules side by side do
+    not), the revokes made before any add: as many as the quota needs, each one a rule whose
+    access the old and the new state share is granted by the rules still there when it goes.
+    A lane without enough of them blocks its group (a finding and an error say which rules
+    would have to go)."""
+    first: dict[Lane, list[ObservedItem[AtomicRule]]] = {}
+    refused: set[str] = set()
+    findings: list[Finding] = []
+    errors: list[str] = []
     if counts is None:
-        return out
-    for (group, direction), lane in lanes.items():
-        if group in blocked or not lane.revokes:
+        return first, refused, findings, errors
+    for (group, direction), lane in sorted(lanes.items()):
+        if group in blocked or group in refused:
             continue
         have = counts.get((group, direction), (0, 0))
         limit = _quota(quota, direction)
-        for i, family in enumerate(FAMILIES):
-            if have[i] + _family_count(lane.creates, family) > limit:
-                out.add((group, direction))
-    return out
+        need = [
+            have[i] + _family_count(lane.creates, family) - limit
+            for i, family in enumerate(FAMILIES)
+        ]
+        if max(need) <= 0:
+            continue
+        present = [
+            i for i in observed if (i.payload.group_id, i.payload.direction) == (group, direction)
+        ]
+        leaving = {id(i) for i in lane.revokes}
+        new_state = [i.payload for i in present if id(i) not in leaving] + lane.creates
+        early: list[ObservedItem[AtomicRule]] = []
+        for item in sorted(lane.revokes, key=lambda i: i.key):
+            if max(need) <= 0:
+                break
+            helps = any(need[i] > 0 and family in item.payload.family
+                        for i, family in enumerate(FAMILIES))  # fmt: skip
+            if not helps:
+                continue
+            others = [i.payload for i in present if i is not item]
+            if still_granted_without(item.payload, new_state, others):
+                early.append(item)
+                present = [i for i in present if i is not item]
+                for i, family in enumerate(FAMILIES):
+                    if family in item.payload.family:
+                        need[i] -= 1
+        if max(need) <= 0:
+            first[(group, direction)] = early
+            continue
+        refused.add(group)
+        role = rendered.role_of(group)
+        short = max(need)
+        replaced = ", ".join(i.key for i in lane.revokes if i not in early) or "none"
+        field = "inbound" if direction is Direction.INGRESS else "outbound"
+        findings.append(
+            Finding.of(
+                FindingCode.QUOTA_EXCEEDED,
+                f"{group} ({role}) {direction.value} is full ({max(have)} of its quota of "
+                f"{limit} per address family, spec.aws.ruleQuota.{field}): adding "
+                f"{len(lane.creates)} rules before removing the ones they replace needs "
+                f"{short} more free places, and removing first would close access both the "
+                f"old and the new rules grant (the rules to remove: {replaced}); nothing is "
+                "written to this group: free places by removing or merging rules no state "
+                "needs, or raise the quota",
+                target=TARGET,
+            )
+        )
+        errors.append(
+            f"{group} ({role}): not written: {direction.value} has no room to add "
+            f"{len(lane.creates)} rules before removing what they replace (quota {limit})"
+        )
+    return first, refused, findings, errors
 
 
 def plan_writes(
@@ -225,7 +390,12 @@ def plan_writes(
     lanes, modifies, findings = lane_changes(plan, rendered, observed or ())
     counts = None if observed is None else rule_counts(observed)
     blocked, quota_findings, errors = over_quota(lanes, counts, quota, rendered)
-    room_first = needs_room_first(lanes, counts, quota, blocked)
+    room_first, full, room_findings, room_errors = make_room(
+        lanes, observed or (), counts, quota, blocked, rendered
+    )
+    blocked |= full
+    quota_findings += room_findings
+    errors += room_errors
     groups = [g for g in rendered.group_ids if g not in blocked]
     both = (Direction.INGRESS, Direction.EGRESS)
     empty = LaneChanges()
@@ -241,8 +411,9 @@ def plan_writes(
         if adoptions.get(group)
     ]
     writes += [
-        Write(WriteKind.REVOKE, group, way, items=tuple(lanes[(group, way)].revokes))
+        Write(WriteKind.REVOKE, group, way, items=tuple(room_first[(group, way)]))
         for group, way in sorted(room_first)
+        if group in groups and room_first[(group, way)]
     ]
     for group in groups:
         for way in both:
@@ -253,8 +424,9 @@ def plan_writes(
             writes.append(Write(WriteKind.MODIFY, group, changes=tuple(modifies[group])))
     for group in groups:
         for way in both:
-            revokes = lanes.get((group, way), empty).revokes
-            if revokes and (group, way) not in room_first:
+            made_room = room_first.get((group, way), [])
+            revokes = [i for i in lanes.get((group, way), empty).revokes if i not in made_room]
+            if revokes:
                 writes.append(Write(WriteKind.REVOKE, group, way, items=tuple(revokes)))
     return WritePlan(
         writes=tuple(writes),

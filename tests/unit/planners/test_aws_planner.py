@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from server_hardening.drift import DesiredItem, ObservedItem, Plan
 from server_hardening.model import RuleQuota
-from server_hardening.planners.aws import WriteKind, plan_writes
+from server_hardening.planners.aws import WriteKind, plan_writes, still_granted_without
 from server_hardening.renderers.aws import AtomicRule, RenderedSecurityGroups
 from server_hardening.rules import Direction, Role
 
@@ -92,7 +92,7 @@ def test_a_lane_over_the_quota_is_not_written_at_all(extra: int) -> None:
     assert "over the quota of 5" in out.errors[0]
 
 
-def test_a_full_lane_that_fits_at_the_end_revokes_first() -> None:
+def test_a_full_lane_revokes_first_only_rules_whose_access_no_state_shares() -> None:
     group = GROUPS[0]
     old = [
         _owned(AtomicRule(group, Direction.INGRESS, "tcp", p, p, "cidr4", "10.0.0.0/16"), p)
@@ -107,3 +107,59 @@ def test_a_full_lane_that_fits_at_the_end_revokes_first() -> None:
     writes = plan_writes(plan, RENDERED, old, RuleQuota(inbound=5, outbound=5)).writes
 
     assert [w.kind for w in writes] == [WriteKind.REVOKE, WriteKind.AUTHORIZE]
+
+
+def _in(cidr: str, first: int = 64535, last: int = 65535, proto: str = "tcp") -> AtomicRule:
+    return AtomicRule(GROUPS[0], Direction.INGRESS, proto, first, last, "cidr4", cidr)
+
+
+def test_a_narrowed_replacement_in_a_full_lane_is_refused_not_revoked_first() -> None:
+    """The /24 -> /25 replacement: what the /24 grants that the /25 grants too would be closed
+    between the revoke and the authorise. Nothing else can make room: the group is not written,
+    and the finding names the group, direction, quota and the rule that would have to go."""
+    old = [_owned(_in("198.51.100.0/24"), 1), _owned(_in("203.0.113.0/24", 443, 443), 2)]
+    plan: Plan[AtomicRule] = Plan(
+        "aws", create=(_desired(_in("198.51.100.0/25")),), delete=(old[0],)
+    )
+
+    planned = plan_writes(plan, RENDERED, old, RuleQuota(inbound=2, outbound=2))
+
+    assert planned.writes == ()
+    assert planned.blocked == {GROUPS[0]}
+    [finding] = planned.findings
+    assert finding.code == "QuotaExceeded"
+    assert f"{GROUPS[0]} (kubernetesNodes) ingress is full (2 of its quota of 2" in finding.message
+    assert "198.51.100.0/24" in finding.message
+    assert "no room to add 1 rules" in planned.errors[0]
+
+
+def test_a_full_lane_makes_room_with_a_rule_no_state_needs_and_adds_before_the_rest() -> None:
+    narrowed = _owned(_in("198.51.100.0/24"), 1)
+    world_ssh = _owned(_in("0.0.0.0/0", 22, 22), 2)  # no desired rule grants any of it
+    old = [narrowed, world_ssh]
+    plan: Plan[AtomicRule] = Plan(
+        "aws", create=(_desired(_in("198.51.100.0/25")),), delete=(narrowed, world_ssh)
+    )
+
+    writes = plan_writes(plan, RENDERED, old, RuleQuota(inbound=2, outbound=2)).writes
+
+    assert [(w.kind, [i.native_id for i in w.items]) for w in writes] == [
+        (WriteKind.REVOKE, [world_ssh.native_id]),
+        (WriteKind.AUTHORIZE, []),
+        (WriteKind.REVOKE, [narrowed.native_id]),
+    ]
+
+
+def test_a_rule_the_others_cover_can_go_first() -> None:
+    needed = [_in("198.51.100.0/25")]
+    assert still_granted_without(_in("198.51.100.0/26"), needed, [_in("198.51.100.0/24")])
+    assert not still_granted_without(_in("198.51.100.0/24"), needed, [_in("198.51.100.0/26")])
+    # Ports, protocols and peers are all part of what is granted.
+    assert still_granted_without(_in("198.51.100.0/24", 22, 22), needed, [])
+    assert still_granted_without(_in("198.51.100.0/24", 1, 100, "udp"), needed, [])
+    everything = AtomicRule(GROUPS[0], Direction.INGRESS, "-1", None, None, "cidr4", "0.0.0.0/0")
+    assert not still_granted_without(everything, needed, [])
+    assert still_granted_without(everything, needed, [_in("198.51.100.0/25")])
+    group_peer = AtomicRule(GROUPS[0], Direction.INGRESS, "tcp", 1, 9, "group", "sg-0000000b")
+    assert still_granted_without(_in("10.0.0.0/8"), [group_peer], [])
+    assert not still_granted_without(group_peer, [group_peer], [])
