@@ -9,12 +9,13 @@ is not written at all."""
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from adapters.aws.double import MotoDouble
@@ -34,7 +35,7 @@ WRITES = (
 )
 PORTS = [(22, 22), (443, 443), (64535, 65535), (64000, 65535), (8000, 8100)]
 CIDRS = ["198.51.100.0/24", "203.0.113.0/24", "10.1.0.0/16", "192.0.2.0/24", "0.0.0.0/0"]
-FIGURES = {"cases": 0, "snapshots": 0, "refused lanes": 0}
+FIGURES = {"cases": 0, "cases that wrote": 0, "snapshots": 0, "full lanes refused": 0}
 
 Access = tuple[int, tuple[int, int], str]  # (port range, cidr) as generated: (ports, cidr)
 
@@ -61,7 +62,7 @@ def _widen(cidr: str) -> str:
 
 @st.composite
 def cases(draw: st.DrawFn) -> Case:
-    quota = draw(st.integers(2, 4))
+    quota = draw(st.integers(2, 6))
     rules = st.tuples(st.sampled_from(PORTS), st.sampled_from(CIDRS))
     old = draw(st.lists(rules, min_size=1, max_size=quota, unique=True))
     hand = draw(
@@ -82,6 +83,9 @@ def cases(draw: st.DrawFn) -> Case:
             new.append((draw(st.sampled_from(PORTS)), cidr))
     new += draw(st.lists(rules, max_size=2))
     unique = tuple(dict.fromkeys(n for n in new if n not in hand))
+    # A pass with something to do, whose end state fits (a group over its quota at the end is
+    # not written at all, which the adapter tests assert elsewhere).
+    assume(set(unique) != set(old) and len(unique) + len(hand) <= quota)
     return Case(
         direction=draw(st.sampled_from([Direction.INGRESS, Direction.EGRESS])),
         quota=quota,
@@ -180,7 +184,7 @@ def check(moto_double: MotoDouble, case: Case) -> None:
     findings = report.applied.findings if report.applied else []
     refused = [f for f in findings if f.code == "QuotaExceeded"]
     if refused:
-        FIGURES["refused lanes"] += 1
+        FIGURES["full lanes refused"] += any("is full" in f.message for f in refused)
         assert snapshots == [] or all(m == before for m in snapshots)
         assert {r.key() for r in after} == {r.key() for r in before}
         assert group in refused[0].message
@@ -188,6 +192,7 @@ def check(moto_double: MotoDouble, case: Case) -> None:
         assert _access(after, probes) == desired
     FIGURES["cases"] += 1
     FIGURES["snapshots"] += len(snapshots)
+    FIGURES["cases that wrote"] += bool(snapshots)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -206,7 +211,8 @@ ISSUE_CASE = Case(  # the issue's replacement: 198.51.100.0/24 -> /25 on 64535-6
 
 @pytest.mark.slow
 @settings(
-    max_examples=60,
+    # 60 in every run (about 1.5 s each); QUOTA_LANE_EXAMPLES=300 for a longer search.
+    max_examples=int(os.environ.get("QUOTA_LANE_EXAMPLES", "60")),
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
