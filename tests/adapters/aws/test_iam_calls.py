@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from iam.aws_requests import (
 from server_hardening.ownership import OWNER_TAG, owner_key
 from server_hardening.rules import Role
 from server_hardening.targets.aws import AwsTarget
+from server_hardening.targets.aws.errors import POLICY_STATEMENTS
 
 REPO = Path(__file__).resolve().parents[3]
 POLICY = REPO / "deploy/aws/iam-policy.json"
@@ -283,9 +285,19 @@ def test_every_call_of_the_path_is_allowed_by_the_shipped_policy(
     run = runs[path]
     assert run.calls, "the path made no call"
     assert_allowed(run.policy, run.calls)
-    # Writes are evaluated with their resources and conditions, not just their action.
-    requests = [r for c in run.calls for r in requests_for(c, REGION)]
-    assert len(requests) >= len(run.calls)
+
+
+def test_a_refused_call_names_a_statement_the_policy_has(runs: dict[str, Run]) -> None:
+    """The error of a refused call names the statement that grants it: every call made has
+    one, and the names are the policy's."""
+    sids = set(_sids())
+    made = {c.operation for run in runs.values() for c in run.calls}
+    assert made <= set(POLICY_STATEMENTS)
+    for named in POLICY_STATEMENTS.values():
+        assert any(named.startswith(sid) for sid in sids), named
+        assert all(
+            sid in sids for sid in re.findall(r"\b[A-Z][A-Za-z]+Only\b|\bRead[A-Za-z]+", named)
+        )
 
 
 def _sids() -> list[str]:
