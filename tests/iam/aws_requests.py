@@ -52,10 +52,16 @@ class RecordedCall:
 TagLookup = Callable[[Sequence[str]], Mapping[str, Mapping[str, str]]]
 
 
-def record_calls(client: Any, service: str, tags_of: TagLookup | None = None) -> list[RecordedCall]:
+def record_calls(
+    client: Any,
+    service: str,
+    tags_of: TagLookup | None = None,
+    into: list[RecordedCall] | None = None,
+) -> list[RecordedCall]:
     """Record every call ``client`` makes from now on (operation, parameters and the current
-    tags of the rules it names, read with ``tags_of`` through another client)."""
-    seen: list[RecordedCall] = []
+    tags of the rules it names, read with ``tags_of`` through another client), in ``into`` if
+    given (several clients, one list)."""
+    seen: list[RecordedCall] = [] if into is None else into
 
     def hook(params: dict[str, Any], model: Any, **_: Any) -> None:
         ids = named_ids(str(model.name), params)
@@ -185,11 +191,12 @@ def enforce_policy(
     *,
     region: str,
     account: str = ACCOUNT,
+    into: list[RecordedCall] | None = None,
 ) -> list[RecordedCall]:
     """Make ``client`` answer ``UnauthorizedOperation`` (as EC2 does, HTTP 403) to every call
     ``policy`` does not allow, before it is sent: moto itself ignores resources and conditions.
     Returns the calls, refused ones included, as :func:`record_calls` does."""
-    seen = record_calls(client, service, tags_of)
+    seen = record_calls(client, service, tags_of, into)
 
     def refuse(model: Any, **_: Any) -> None:
         call = seen[-1]

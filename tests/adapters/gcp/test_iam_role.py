@@ -68,7 +68,7 @@ def create_waiting_on_operations(_: FakeCompute, recorder: Recorder) -> None:
     with FakeCompute(pending_operations=True) as pending:
         target = make_target(gcp_spec(pending), recorder)
         _, result = reconcile(target)
-        assert result.created == len(target.desired()) and not result.errors
+        assert result.created == len(target.policy.desired()) and not result.errors
         _LOGS.append([r.operation for r in pending.log])
 
 
@@ -84,7 +84,7 @@ def update_delete_remove(fake: FakeCompute, recorder: Recorder) -> None:
     target = make_target(
         gcp_spec(fake, network="default"), recorder, unmanaged=UnmanagedRules.REMOVE
     )
-    bodies = {d.key: dict(d.payload) for d in target.desired()}
+    bodies = {d.key: dict(d.payload) for d in target.policy.desired()}
     wrong = f"{PREFIX}nomad-in-allow-rerun"
     fake.seed(PROJECT, {**bodies[wrong], "sourceRanges": ["0.0.0.0/0", "198.51.100.0/24"]})
     fake.seed(
@@ -105,16 +105,16 @@ def release_delete(fake: FakeCompute, recorder: Recorder) -> None:
     target = make_target(gcp_spec(fake), recorder)
     reconcile(target)
     result = target.release(target.observe(), delete=True)
-    assert result.deleted == len(target.desired()) and not result.errors
+    assert result.deleted == len(target.policy.desired()) and not result.errors
 
 
 def release_orphan_then_take_back(fake: FakeCompute, recorder: Recorder) -> None:
     target = make_target(gcp_spec(fake), recorder)
     reconcile(target)
     result = target.release(target.observe(), delete=False)
-    assert result.updated == len(target.desired()) and not result.errors
+    assert result.updated == len(target.policy.desired()) and not result.errors
     _, again = reconcile(make_target(gcp_spec(fake), recorder))
-    assert again.adopted == len(target.desired()) and not again.errors
+    assert again.adopted == len(target.policy.desired()) and not again.errors
 
 
 _LOGS: list[list[str]] = []

@@ -88,6 +88,11 @@ QUOTA_CODES = frozenset({"RulesPerSecurityGroupLimitExceeded"})
 POLICY_STATEMENTS = {
     "DescribeSecurityGroups": "ReadSecurityGroupsAndTheMachinesBehindThem",
     "DescribeSecurityGroupRules": "ReadSecurityGroupsAndTheMachinesBehindThem",
+    "DescribeNetworkInterfaces": "ReadSecurityGroupsAndTheMachinesBehindThem",
+    "DescribeInstances": "ReadSecurityGroupsAndTheMachinesBehindThem",
+    "DescribeSubnets": "ReadSecurityGroupsAndTheMachinesBehindThem",
+    "DescribeNetworkAcls": "ReadSecurityGroupsAndTheMachinesBehindThem",
+    "DescribeAutoScalingGroups": "ReadSecurityGroupsAndTheMachinesBehindThem",
     "AuthorizeSecurityGroupIngress": "ChangeRulesOfTheManagedGroupsOnly (and, for the tags it "
     "writes, MarkRulesAsThisResourcesOnly)",
     "AuthorizeSecurityGroupEgress": "ChangeRulesOfTheManagedGroupsOnly (and, for the tags it "
@@ -257,8 +262,9 @@ def translate(  # noqa: PLR0911 - one answer per error family
                 if statement
                 else "; deploy/aws/iam-policy.json does not grant it"
             )
+            service = "autoscaling" if operation == "DescribeAutoScalingGroups" else "ec2"
             return PermissionRefusedError(
-                f"ec2:{operation} on {iam_resource(resource)}: refused ({code}){allows} "
+                f"{service}:{operation} on {iam_resource(resource)}: refused ({code}){allows} "
                 f"({message})",
                 operation=operation,
                 resource=resource,
