@@ -33,6 +33,7 @@ class Ports(enum.StrEnum):
     """Ports that come from the spec rather than the guide."""
 
     NODE_PORTS = "nodePortRange"
+    SSH_RERUN = "the Nomad clients' SSH-rerun range (topology.nomadClients.runtime)"
 
 
 class Component(enum.StrEnum):
@@ -155,7 +156,7 @@ _K8S = [
 _NOMAD_IN = [
     *_row("NOMAD-IN-1", NOMAD, IN, P.KUBERNETES_NODES, _tcp(4647),
           "the Nomad server talks to the client", requires=(Requires.IN_CLUSTER_NOMAD,)),
-    *_row("NOMAD-IN-2", NOMAD, IN, P.SSH_RERUN, _tcp(64535, 65535), "rerun job with SSH",
+    *_row("NOMAD-IN-2", NOMAD, IN, P.SSH_RERUN, Ports.SSH_RERUN, "rerun job with SSH",
           requires=(Requires.SSH_RERUN,)),
 ]  # fmt: skip
 _NOMAD_OUT_VM_DOCKER = _row(
@@ -303,6 +304,37 @@ CHOICES: tuple[Choice, ...] = (
         "35.191.0.0/16) must reach the NodePort range, with K8S-IN-1's purpose, and, with "
         "external Nomad servers, the servers' 4646-4648 behind their load balancer (as "
         "server-terraform's nomad-server-gcp firewall opens them).",
+    ),
+    Choice(
+        "CHOICE-NOMAD-HEALTH-CHECKS",
+        "Health checks are flows: the Nomad agents' HTTP port 4646 answers their health checks "
+        "(/v1/agent/health). On GCP, Google's health-check ranges reach the Nomad clients' 4646 "
+        "(server-terraform's client managed instance group autoheals on it) and the external "
+        "Nomad servers' 4646-4648 (their pass-through load balancer). On AWS the external "
+        "servers' internal NLB checks HTTPS :4646 from its own addresses, which carry the "
+        "servers' security group (or live in topology.nomadServers.cidrs): the servers admit "
+        "themselves on 4646. Written as rules, so unmanagedRules: Remove never cuts them.",
+    ),
+    Choice(
+        "CHOICE-NOMAD-PODMAN",
+        "NOMAD-IN-2's SSH-rerun range follows the Nomad clients' runtime: 64535-65535 with "
+        "docker, 32768-65535 with podman (server-terraform's use_podman opens that range; "
+        "podman's rootless port mapping hands out ports from 32768).",
+    ),
+    Choice(
+        "CHOICE-K8S-PODS",
+        "Pods whose addresses are not in the node subnets (VPC-native GKE's alias IPs) are a "
+        "peer of their own: every guide row whose peer is the Kubernetes nodes also admits "
+        "topology.kubernetesPods. On GCP with restrictEgress it is required: the egress floor "
+        "would otherwise block pod traffic between nodes; the operator refuses the spec "
+        "rather than guess the range.",
+    ),
+    Choice(
+        "CHOICE-NP-MONITORING",
+        "Opt-in (spec.kubernetes.monitoring): a metrics scraper in another namespace "
+        "(CircleCI's monitoring reference: a Prometheus Operator scraping telegraf's "
+        "prometheus-client port 9273) reaches the listed pod ports; with nomadClients, the "
+        "cluster reaches the Nomad clients' metrics on 4646. Absent: nothing extra is opened.",
     ),
     Choice(
         "CHOICE-GCP-INGRESS-FLOOR",

@@ -128,10 +128,18 @@ def test_gcp_gets_pass_through_rules_and_the_health_checks() -> None:
     intent = compile_intent(make_spec())
     gcp = intent.cloud_rules("gcp")
     assert not [r for r in gcp if r.subject is Role.LOAD_BALANCERS]
-    (health,) = [r for r in gcp if r.peer.kind is PeerKind.HEALTH_CHECKS]
-    assert health.peer.cidrs == ("35.191.0.0/16", "130.211.0.0/22")
-    assert health.ports == PortRange(30000, 32767)
-    assert health.rows == {"K8S-IN-1", "CHOICE-GCP-HEALTH-CHECKS"}
+    health = {r.subject: r for r in gcp if r.peer.kind is PeerKind.HEALTH_CHECKS}
+    assert set(health) == {Role.KUBERNETES_NODES, Role.NOMAD_CLIENTS}
+    nodes, clients = health[Role.KUBERNETES_NODES], health[Role.NOMAD_CLIENTS]
+    assert nodes.peer.cidrs == ("35.191.0.0/16", "130.211.0.0/22")
+    assert nodes.ports == PortRange(30000, 32767)
+    assert nodes.rows == {"K8S-IN-1", "CHOICE-GCP-HEALTH-CHECKS"}
+    # server-terraform's client instance group autoheals on :4646 (CHOICE-NOMAD-HEALTH-CHECKS)
+    assert (clients.direction, clients.protocol, clients.ports) == (
+        Direction.INGRESS, Protocol.TCP, PortRange(4646, 4646),
+    )  # fmt: skip
+    assert clients.rows == {"CHOICE-NOMAD-HEALTH-CHECKS"}
+    assert not [r for r in intent.rules if r.peer.kind is PeerKind.HEALTH_CHECKS]  # not on AWS
 
 
 def test_world_open_ssh_rerun_is_a_warning_not_an_error() -> None:
