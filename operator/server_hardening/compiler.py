@@ -92,11 +92,13 @@ class _Resolver:
         *,
         transparent: bool,
         peers: Mapping[PeerKind, Peer] | None = None,
+        nlb_by_address: bool = False,
     ) -> None:
         """``peers``: another resolver's for the same spec (they do not depend on
         ``transparent``), so the second resolver of a compile does not sort them again."""
         self.spec = spec
         self.transparent = transparent
+        self.nlb_by_address = nlb_by_address
         topo = spec.topology
         external = tuple(topo.external.cidrs)
         rerun = tuple(spec.access.ssh_rerun.sources) or external
@@ -149,11 +151,22 @@ class _Resolver:
             return PortRange(node_ports.from_, node_ports.to)
         return ports
 
+    def row_peer(self, row: GuideRow) -> Peer:
+        """The row's peer; through the Nomad servers' NLB on AWS, by address
+        (CHOICE-AWS-NOMAD-NLB)."""
+        peer = self.peer(row.peer)
+        if row.through_nlb and self.nlb_by_address:
+            return Peer(PeerKind.CIDRS, peer.cidrs)
+        return peer
+
     def choices(self, row: GuideRow) -> frozenset[str]:
         """The CHOICE rows that shaped how ``row`` was resolved, for its provenance."""
+        out = set()
         if row.ports is Ports.SSH_RERUN and self.podman:
-            return frozenset({"CHOICE-NOMAD-PODMAN"})
-        return frozenset()
+            out.add("CHOICE-NOMAD-PODMAN")
+        if row.through_nlb and self.nlb_by_address:
+            out.add("CHOICE-AWS-NOMAD-NLB")
+        return frozenset(out)
 
     @property
     def podman(self) -> bool:
@@ -190,7 +203,7 @@ def _rules_from_rows(rows: Sequence[GuideRow], resolver: _Resolver) -> list[Rule
     for row in rows:
         if not resolver.applies(row):
             continue
-        peer = resolver.peer(row.peer)
+        peer = resolver.row_peer(row)
         peers = [(peer, frozenset({row.id}) | resolver.choices(row))]
         if row.peer is PeerKind.KUBERNETES_NODES and pods.cidrs:
             # Pods that send from addresses of their own are the nodes' traffic too.
@@ -420,7 +433,7 @@ def _nomad_metrics(resolver: _Resolver) -> list[Rule]:
 def compile_intent(spec: ServerHardeningSpec) -> CompiledIntent:
     profile = match_version(spec.server_version).profile
     transparent = spec.topology.load_balancers.transparent
-    resolver = _Resolver(spec, transparent=transparent)
+    resolver = _Resolver(spec, transparent=transparent, nlb_by_address=True)
     rules = merge_rules(_rules_from_rows(profile.rows, resolver))
 
     gcp_resolver = _Resolver(spec, transparent=True, peers=resolver.peers)
@@ -446,11 +459,12 @@ def compile_intent(spec: ServerHardeningSpec) -> CompiledIntent:
             _allow(Role.NOMAD_SERVERS, Direction.INGRESS, health_checks, NOMAD_PORTS,
                    "CHOICE-NOMAD-HEALTH-CHECKS")
         )  # fmt: skip
-        # On AWS the internal NLB checks HTTPS :4646 from its own addresses, in the servers'
-        # security group (server-terraform nomad-server-aws nlb.tf): the servers admit
-        # themselves on 4646 even if V48-SRV-PEER-1 goes.
+        # On AWS the internal NLB checks HTTPS :4646 from its own addresses in the servers'
+        # subnet (server-terraform nomad-server-aws nlb.tf; 4.8's NLB has no security group,
+        # so a group reference would not match): the servers admit that subnet on 4646.
+        servers = resolver.peer(PeerKind.NOMAD_SERVERS)
         aws_rows.append(
-            _allow(Role.NOMAD_SERVERS, Direction.INGRESS, resolver.peer(PeerKind.NOMAD_SERVERS),
+            _allow(Role.NOMAD_SERVERS, Direction.INGRESS, Peer(PeerKind.CIDRS, servers.cidrs),
                    NOMAD_HTTP, "CHOICE-NOMAD-HEALTH-CHECKS")
         )  # fmt: skip
     monitoring = spec.kubernetes.monitoring

@@ -72,6 +72,10 @@ class GuideRow:
     action: Action = Action.ALLOW
     requires: tuple[Requires, ...] = ()
     component: Component | None = None
+    # The traffic passes the external Nomad servers' internal NLB, which keeps the sender's
+    # address but not its security group: on AWS the peer is written by address
+    # (CHOICE-AWS-NOMAD-NLB).
+    through_nlb: bool = False
 
 
 def _tcp(port: int, last: int | None = None) -> PortRange:
@@ -90,10 +94,23 @@ def _row(
     action: Action = Action.ALLOW,
     requires: tuple[Requires, ...] = (),
     component: Component | None = None,
+    through_nlb: bool = False,
 ) -> list[GuideRow]:
     subject_list = subjects if isinstance(subjects, tuple) else (subjects,)
     return [
-        GuideRow(row_id, s, direction, peer, protocols, ports, purpose, action, requires, component)
+        GuideRow(
+            row_id,
+            s,
+            direction,
+            peer,
+            protocols,
+            ports,
+            purpose,
+            action,
+            requires,
+            component,
+            through_nlb,
+        )
         for s in subject_list
     ]
 
@@ -230,14 +247,15 @@ _NOMAD_SERVERS = [
     *_row("NOMAD-IN-1", NOMAD, IN, P.NOMAD_SERVERS, _tcp(4647),
           "the Nomad server talks to the client", requires=_EXTERNAL_NOMAD),
     *_row("NOMAD-OUT-3", NOMAD, OUT, P.NOMAD_SERVERS, _tcp(4647), "the Nomad load balancer",
-          requires=_EXTERNAL_NOMAD),
+          requires=_EXTERNAL_NOMAD, through_nlb=True),
     *_row("V48-K8S-OUT-1", K8S, OUT, P.NOMAD_SERVERS, _NOMAD_SERVERS_PORTS,
           "the server's services drive Nomad (its NLB listens on 4646-4648)",
-          requires=_EXTERNAL_NOMAD),
+          requires=_EXTERNAL_NOMAD, through_nlb=True),
     *_row("V48-SRV-IN-1", SERVERS, IN, P.KUBERNETES_NODES, _NOMAD_SERVERS_PORTS,
-          "the server's services drive Nomad", requires=_EXTERNAL_NOMAD),
+          "the server's services drive Nomad", requires=_EXTERNAL_NOMAD, through_nlb=True),
     *_row("V48-SRV-IN-2", SERVERS, IN, P.NOMAD_CLIENTS, _tcp(4647),
-          "Nomad clients reach the servers (RPC, through the NLB)", requires=_EXTERNAL_NOMAD),
+          "Nomad clients reach the servers (RPC, through the NLB)", requires=_EXTERNAL_NOMAD,
+          through_nlb=True),
     *_row("V48-SRV-OUT-1", SERVERS, OUT, P.NOMAD_CLIENTS, _tcp(4647),
           "the servers reach their clients (K8S-OUT-2, moved)", requires=_EXTERNAL_NOMAD),
     *[row for direction in (IN, OUT)
@@ -311,9 +329,17 @@ CHOICES: tuple[Choice, ...] = (
         "(/v1/agent/health). On GCP, Google's health-check ranges reach the Nomad clients' 4646 "
         "(server-terraform's client managed instance group autoheals on it) and the external "
         "Nomad servers' 4646-4648 (their pass-through load balancer). On AWS the external "
-        "servers' internal NLB checks HTTPS :4646 from its own addresses, which carry the "
-        "servers' security group (or live in topology.nomadServers.cidrs): the servers admit "
-        "themselves on 4646. Written as rules, so unmanagedRules: Remove never cuts them.",
+        "servers' internal NLB checks HTTPS :4646 from its own addresses in the servers' "
+        "subnet (topology.nomadServers.cidrs): the servers admit that subnet on 4646, by "
+        "address. Written as rules, so unmanagedRules: Remove never cuts them.",
+    ),
+    Choice(
+        "CHOICE-AWS-NOMAD-NLB",
+        "On AWS, the rows whose traffic passes the external Nomad servers' internal NLB "
+        "(the clients' 4647, the cluster's 4646-4648, both directions) name their peer by "
+        "address, not by security group: the NLB keeps the sender's address but not its "
+        "group, and server-terraform 4.8's NLB has no security group at all, so a group "
+        "reference would match nothing once the VPC-wide rule is removed.",
     ),
     Choice(
         "CHOICE-NOMAD-PODMAN",

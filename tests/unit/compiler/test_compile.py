@@ -234,15 +234,20 @@ def test_external_nomad_servers_move_the_rows_that_concern_them() -> None:
     assert [(r.subject, r.peer, r.ports) for r in nomad_in_1] == [
         (Role.NOMAD_CLIENTS, servers, PortRange(4647, 4647))
     ]
-    assert [(r.subject, r.peer.kind) for r in rules_with(intent.rules, "NOMAD-OUT-3")] == [
-        (Role.NOMAD_CLIENTS, PeerKind.NOMAD_SERVERS)
-    ]
+    # Through the servers' NLB, AWS rules name the servers by address (CHOICE-AWS-NOMAD-NLB);
+    # GCP keeps the role (its tags).
+    by_address = Peer(PeerKind.CIDRS, servers.cidrs)
+    for rules, peer in ((intent.rules, by_address), (intent.cloud_rules("gcp"), servers)):
+        assert [(r.subject, r.peer) for r in rules_with(rules, "NOMAD-OUT-3")] == [
+            (Role.NOMAD_CLIENTS, peer)
+        ]
+        (drive,) = rules_with(rules, "V48-K8S-OUT-1")
+        assert (drive.subject, drive.direction, drive.peer, drive.ports) == (
+            Role.KUBERNETES_NODES, Direction.EGRESS, peer, PortRange(4646, 4648),
+        )  # fmt: skip
+    assert {"CHOICE-AWS-NOMAD-NLB"} <= rules_with(intent.rules, "NOMAD-OUT-3")[0].rows
     for gone in ("K8S-OUT-2", "LB-IN-4"):
         assert not rules_with(intent.rules, gone), gone
-    (drive,) = rules_with(intent.rules, "V48-K8S-OUT-1")
-    assert (drive.subject, drive.direction, drive.peer, drive.ports) == (
-        Role.KUBERNETES_NODES, Direction.EGRESS, servers, PortRange(4646, 4648),
-    )  # fmt: skip
     assert {c.component.value for c in intent.cluster} == {"frontend"}  # no in-cluster Nomad
 
 
@@ -253,7 +258,7 @@ def test_in_cluster_nomad_servers_write_no_server_rows() -> None:
 
 
 def test_with_external_servers_every_role_to_role_allow_has_its_pair() -> None:
-    rules = compile_intent(make_spec(**EXTERNAL_SERVERS)).rules
+    rules = compile_intent(make_spec(**EXTERNAL_SERVERS)).cloud_rules("gcp")
     allows = [r for r in rules if r.action is Action.ALLOW and r.peer.role is not None]
     assert any(r.subject is Role.NOMAD_SERVERS for r in allows)
     for rule in allows:
