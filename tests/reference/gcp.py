@@ -185,9 +185,7 @@ def build_gke(
     endpoints = {
         "node": Endpoint("node", "10.10.0.10", (NODE_TAG,)),
         "pod": Endpoint("pod", "10.8.1.5", (NODE_TAG,), alias=True),
-        "pod-on-another-node": Endpoint(
-            "pod-on-another-node", "10.8.2.5", (NODE_TAG,), alias=True
-        ),
+        "pod-on-another-node": Endpoint("pod-on-another-node", "10.8.2.5", (NODE_TAG,), alias=True),
         "nomad-client": Endpoint("nomad-client", "10.20.0.10", tuple(client_tags)),
         "vm": Endpoint("vm", "10.30.0.10", (VM_TAG,)),
         "control-plane": Endpoint("control-plane", "172.16.0.2", on_network=False),
