@@ -68,11 +68,16 @@ class CompiledIntent:
     cluster: tuple[ComponentAccess, ...]
     findings: tuple[Finding, ...]
     _gcp_rules: tuple[Rule, ...] = ()
+    _aws_rules: tuple[Rule, ...] | None = None
 
     def cloud_rules(self, target: CloudTarget) -> tuple[Rule, ...]:
         """The rules a cloud target renders. GCP load balancers are always pass-through, so
-        GCP gets rules compiled as transparent plus the health-check ranges."""
-        return self._gcp_rules if target == "gcp" else self.rules
+        GCP gets rules compiled as transparent plus the health-check ranges; AWS gets ``rules``
+        plus what only the instances need (the servers' NLB health check, the Nomad clients'
+        metrics), which the namespace's egress policy must not open to every pod."""
+        if target == "gcp":
+            return self._gcp_rules
+        return self.rules if self._aws_rules is None else self._aws_rules
 
     def component_default(self, component: Component) -> ComponentDefault | None:
         return self.profile.components.get(component)
@@ -474,7 +479,8 @@ def compile_intent(spec: ServerHardeningSpec) -> CompiledIntent:
     return CompiledIntent(
         spec=spec,
         profile=profile,
-        rules=merge_rules((*rules, *aws_rows)) if aws_rows else rules,
+        rules=rules,
+        _aws_rules=merge_rules((*rules, *aws_rows)) if aws_rows else None,
         cluster=_cluster_access(profile, spec, resolver),
         findings=tuple(_version_findings(spec) + _findings(spec, profile)),
         _gcp_rules=merge_rules(gcp_rows),
