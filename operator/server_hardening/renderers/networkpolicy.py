@@ -195,7 +195,8 @@ def _egress_policy(namespace: str, owner: ResourceRef, intent: CompiledIntent) -
                 port["endPort"] = rule.ports.last
             entry["ports"] = [port]
         egress.append(entry)
-        rows.extend(sorted(rule.rows))
+        # How a security group names the peer is no concern of a NetworkPolicy's provenance.
+        rows.extend(sorted(r for r in rule.rows if not r.startswith("CHOICE-AWS-")))
     return _policy(
         NAME_PREFIX + "allow-egress",
         namespace,
