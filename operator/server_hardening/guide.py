@@ -319,9 +319,8 @@ CHOICES: tuple[Choice, ...] = (
     Choice(
         "CHOICE-GCP-HEALTH-CHECKS",
         "GCP load balancers are pass-through: Google's health-check ranges (130.211.0.0/22, "
-        "35.191.0.0/16) must reach the NodePort range, with K8S-IN-1's purpose, and, with "
-        "external Nomad servers, the servers' 4646-4648 behind their load balancer (as "
-        "server-terraform's nomad-server-gcp firewall opens them).",
+        "35.191.0.0/16) must reach the NodePort range, with K8S-IN-1's purpose (the Nomad "
+        "agents' checks are CHOICE-NOMAD-HEALTH-CHECKS).",
     ),
     Choice(
         "CHOICE-NOMAD-HEALTH-CHECKS",
