@@ -45,8 +45,8 @@ def _case(name: str, changes: dict[str, Any], *paths: str, **kw: Any) -> BadSpec
     return BadSpec(name, spec_dict(**changes), frozenset(paths), **kw)
 
 
-def _removed(name: str, path: str, field_path: str) -> BadSpec:
-    spec = spec_dict()
+def _removed(name: str, path: str, field_path: str, **changes: Any) -> BadSpec:
+    spec = spec_dict(**changes)
     node: Any = spec
     *parents, last = path.split(".")
     for part in parents:
@@ -185,6 +185,21 @@ CORPUS: tuple[BadSpec, ...] = (
           "spec.gcp.project"),
     _case("a bad network tag", {"gcp": {"project": "my-project", "network": "n", "targetTags":
           {"nomadClients": "Nomad_Clients"}}}, "spec.gcp.targetTags.nomadClients"),
+    _removed("GCP restricting egress without the pod range", "topology.kubernetesPods",
+             "spec.topology.kubernetesPods", gcp={"project": "my-project", "network": "n",
+             "targetTags": {}}),
+    # Reference installations: podman, pods, monitoring.
+    _case("an unknown Nomad runtime", {"topology.nomadClients": {"cidrs": ["10.1.0.0/16"],
+          "runtime": "crio"}}, "spec.topology.nomadClients.runtime"),
+    _case("a pod range that is no CIDR", {"topology.kubernetesPods": {"cidrs": ["pods"]}},
+          "spec.topology.kubernetesPods.cidrs[0]"),
+    _case("monitoring from every namespace", {"kubernetes.monitoring": {"namespaceSelector":
+          {}}}, "spec.kubernetes.monitoring.namespaceSelector"),
+    _case("monitoring without ports", {"kubernetes.monitoring": {"namespaceSelector":
+          {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}, "ports": []}},
+          "spec.kubernetes.monitoring.ports"),
+    _case("an unknown load-balancer target type", {"topology.loadBalancers": {"targetType":
+          "Pod"}}, "spec.topology.loadBalancers.targetType"),
     # Access: the admin-SSH rules are another branch's work (exposure by meaning).
     _case("admin SSH from the world", {"access.adminSSH": {"enabled": True, "sources":
           ["0.0.0.0/0"]}}, "spec.access.adminSSH.sources[0]",

@@ -13,6 +13,7 @@ from server_hardening.model import ResourceRef, ServerHardeningSpec, parse_resou
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 OWNER = ResourceRef(namespace="circleci-server", name="circleci", uid="0000-test-uid")
 
+GKE_POD_RANGE = "10.4.0.0/14"  # GKE's default cluster range, clear of BASE_SPEC's subnets
 BASE_SPEC: dict[str, Any] = {
     "serverVersion": "3",
     "topology": {
@@ -32,6 +33,10 @@ def spec_dict(**changes: Any) -> dict[str, Any]:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
+    gcp = spec.get("gcp")
+    if isinstance(gcp, dict) and gcp.get("restrictEgress", True):
+        # VPC-native GKE: a restricting GCP spec names the pods' range (CHOICE-K8S-PODS).
+        spec["topology"].setdefault("kubernetesPods", {"cidrs": [GKE_POD_RANGE]})
     return spec
 
 

@@ -62,6 +62,22 @@ def _rule_row(target: str, where: str, rule: Rule) -> list[str]:
     ]
 
 
+def _labels(selector: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items()) or "*"
+
+
+def _np_peer(peer: dict[str, Any]) -> str:
+    if "ipBlock" in peer:
+        return str(peer["ipBlock"]["cidr"])
+    namespaces = peer.get("namespaceSelector")
+    if namespaces is None:
+        return "namespace"
+    if namespaces.get("matchLabels") == {"kubernetes.io/metadata.name": "kube-system"}:
+        return "kube-system"
+    pods = peer.get("podSelector")
+    return f"namespaces {_labels(namespaces)}" + (f" pods {_labels(pods)}" if pods else "")
+
+
 def _np_rows(policies: list[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for policy in policies:
@@ -82,11 +98,7 @@ def _np_rows(policies: list[dict[str, Any]]) -> list[list[str]]:
             ("egress", "egress", "to"),
         ):
             for rule in spec.get(key) or []:
-                peers = ",".join(
-                    p["ipBlock"]["cidr"] if "ipBlock" in p else
-                    ("namespace" if "podSelector" in p else "kube-system")
-                    for p in rule.get(peers_key) or []
-                ) or "any"  # fmt: skip
+                peers = ",".join(_np_peer(p) for p in rule.get(peers_key) or []) or "any"
                 ports = (
                     ",".join(
                         f"{p['port']}" + (f"-{p['endPort']}" if p.get("endPort") else "")

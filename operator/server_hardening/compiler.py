@@ -24,7 +24,12 @@ from server_hardening.guide import (
     Requires,
     match_version,
 )
-from server_hardening.model import WORLD, ServerHardeningSpec
+from server_hardening.model import (
+    WORLD,
+    LoadBalancerTargets,
+    NomadRuntime,
+    ServerHardeningSpec,
+)
 from server_hardening.rules import (
     Action,
     Direction,
@@ -63,11 +68,16 @@ class CompiledIntent:
     cluster: tuple[ComponentAccess, ...]
     findings: tuple[Finding, ...]
     _gcp_rules: tuple[Rule, ...] = ()
+    _aws_rules: tuple[Rule, ...] | None = None
 
     def cloud_rules(self, target: CloudTarget) -> tuple[Rule, ...]:
         """The rules a cloud target renders. GCP load balancers are always pass-through, so
-        GCP gets rules compiled as transparent plus the health-check ranges."""
-        return self._gcp_rules if target == "gcp" else self.rules
+        GCP gets rules compiled as transparent plus the health-check ranges; AWS gets ``rules``
+        plus what only the instances need (the servers' NLB health check, the Nomad clients'
+        metrics), which the namespace's egress policy must not open to every pod."""
+        if target == "gcp":
+            return self._gcp_rules
+        return self.rules if self._aws_rules is None else self._aws_rules
 
     def component_default(self, component: Component) -> ComponentDefault | None:
         return self.profile.components.get(component)
@@ -87,17 +97,22 @@ class _Resolver:
         *,
         transparent: bool,
         peers: Mapping[PeerKind, Peer] | None = None,
+        nlb_by_address: bool = False,
     ) -> None:
         """``peers``: another resolver's for the same spec (they do not depend on
         ``transparent``), so the second resolver of a compile does not sort them again."""
         self.spec = spec
         self.transparent = transparent
+        self.nlb_by_address = nlb_by_address
         topo = spec.topology
         external = tuple(topo.external.cidrs)
         rerun = tuple(spec.access.ssh_rerun.sources) or external
         lb_cidrs = tuple(topo.load_balancers.cidrs) or tuple(topo.kubernetes_nodes.cidrs)
         self.addresses: dict[PeerKind, tuple[str, ...]] = {
             PeerKind.KUBERNETES_NODES: tuple(topo.kubernetes_nodes.cidrs),
+            PeerKind.KUBERNETES_PODS: (
+                tuple(topo.kubernetes_pods.cidrs) if topo.kubernetes_pods else ()
+            ),
             PeerKind.NOMAD_CLIENTS: tuple(topo.nomad_clients.cidrs),
             PeerKind.EXTERNAL_VMS: tuple(topo.external_vms.cidrs),
             PeerKind.LOAD_BALANCERS: lb_cidrs,
@@ -134,10 +149,33 @@ class _Resolver:
         return self.peers[kind]
 
     def ports(self, ports: PortRange | Ports | None) -> PortRange | None:
+        if ports is Ports.SSH_RERUN:
+            return ssh_rerun_ports(self.spec)
         if isinstance(ports, Ports):
             node_ports = self.spec.topology.load_balancers.node_port_range
             return PortRange(node_ports.from_, node_ports.to)
         return ports
+
+    def row_peer(self, row: GuideRow) -> Peer:
+        """The row's peer; through the Nomad servers' NLB on AWS, by address
+        (CHOICE-AWS-NOMAD-NLB)."""
+        peer = self.peer(row.peer)
+        if row.through_nlb and self.nlb_by_address:
+            return Peer(PeerKind.CIDRS, peer.cidrs)
+        return peer
+
+    def choices(self, row: GuideRow) -> frozenset[str]:
+        """The CHOICE rows that shaped how ``row`` was resolved, for its provenance."""
+        out = set()
+        if row.ports is Ports.SSH_RERUN and self.podman:
+            out.add("CHOICE-NOMAD-PODMAN")
+        if row.through_nlb and self.nlb_by_address:
+            out.add("CHOICE-AWS-NOMAD-NLB")
+        return frozenset(out)
+
+    @property
+    def podman(self) -> bool:
+        return self.spec.topology.nomad_clients.runtime is NomadRuntime.PODMAN
 
     def applies(self, row: GuideRow) -> bool:
         if not all(self._met[r] for r in row.requires):
@@ -153,27 +191,44 @@ class _Resolver:
         return row.subject
 
 
+DOCKER_SSH_RERUN = PortRange(64535, 65535)
+PODMAN_SSH_RERUN = PortRange(32768, 65535)  # server-terraform use_podman
+
+
+def ssh_rerun_ports(spec: ServerHardeningSpec) -> PortRange:
+    """NOMAD-IN-2's range for the Nomad clients' runtime (CHOICE-NOMAD-PODMAN)."""
+    if spec.topology.nomad_clients.runtime is NomadRuntime.PODMAN:
+        return PODMAN_SSH_RERUN
+    return DOCKER_SSH_RERUN
+
+
 def _rules_from_rows(rows: Sequence[GuideRow], resolver: _Resolver) -> list[Rule]:
     rules: list[Rule] = []
+    pods = resolver.peers[PeerKind.KUBERNETES_PODS]
     for row in rows:
         if not resolver.applies(row):
             continue
-        peer = resolver.peer(row.peer)
-        if not peer.cidrs:
-            continue
+        peer = resolver.row_peer(row)
+        peers = [(peer, frozenset({row.id}) | resolver.choices(row))]
+        if row.peer is PeerKind.KUBERNETES_NODES and pods.cidrs:
+            # Pods that send from addresses of their own are the nodes' traffic too.
+            peers.append((pods, frozenset({row.id, "CHOICE-K8S-PODS"})))
         ports = resolver.ports(row.ports)
-        for protocol in row.protocols:
-            rules.append(
-                Rule(
-                    subject=resolver.subject(row),
-                    direction=row.direction,
-                    action=row.action,
-                    peer=peer,
-                    protocol=protocol,
-                    ports=None if protocol is Protocol.ALL else ports,
-                    rows=frozenset({row.id}),
+        for each_peer, row_ids in peers:
+            if not each_peer.cidrs:
+                continue
+            for protocol in row.protocols:
+                rules.append(
+                    Rule(
+                        subject=resolver.subject(row),
+                        direction=row.direction,
+                        action=row.action,
+                        peer=each_peer,
+                        protocol=protocol,
+                        ports=None if protocol is Protocol.ALL else ports,
+                        rows=row_ids,
+                    )
                 )
-            )
     return rules
 
 
@@ -261,7 +316,7 @@ def _findings(spec: ServerHardeningSpec, profile: Profile) -> list[Finding]:
     rerun = spec.access.ssh_rerun
     rerun_sources = rerun.sources or spec.topology.external.cidrs
     if rerun.enabled and any(parse(c).prefixlen == 0 for c in rerun_sources):
-        for row, ports in (("NOMAD-IN-2", "64535-65535"), ("VM-IN-5", "54782")):
+        for row, ports in (("NOMAD-IN-2", str(ssh_rerun_ports(spec))), ("VM-IN-5", "54782")):
             if row == "VM-IN-5" and not spec.topology.external_vms.enabled:
                 continue
             findings.append(
@@ -308,6 +363,7 @@ def _findings(spec: ServerHardeningSpec, profile: Profile) -> list[Finding]:
                 row="ALL-IN-1",
             )
         )
+    findings.extend(_load_balancer_findings(spec))
     if set(spec.topology.external.cidrs) - set(WORLD):
         findings.append(
             Finding.of(
@@ -316,6 +372,29 @@ def _findings(spec: ServerHardeningSpec, profile: Profile) -> list[Finding]:
             )
         )
     return findings
+
+
+def _load_balancer_findings(spec: ServerHardeningSpec) -> list[Finding]:
+    """Combinations of loadBalancers.transparent, cidrs and targetType that cannot be right
+    (docs/aws.md, "Network load balancers")."""
+    lbs = spec.topology.load_balancers
+    out: list[str] = []
+    if lbs.transparent and lbs.cidrs:
+        out.append(
+            "loadBalancers.cidrs is ignored with transparent: true (a transparent load balancer "
+            "is no layer of its own, so nothing admits its addresses): drop one of them"
+        )
+    if lbs.target_type is LoadBalancerTargets.INSTANCE and lbs.transparent:
+        out.append(
+            "an NLB with instance targets reaches the NodePorts, and kube-proxy hands the "
+            "traffic on from node addresses: with transparent: true the LB-IN rows open 80/443 "
+            "on the nodes, which carry nothing, and the component policies admit no node "
+            "address (CHOICE-NP-SNAT), which cuts the Nomad clients' 4647 through the proxy; set "
+            "transparent: false"
+        )
+    return [
+        Finding.of(FindingCode.LOAD_BALANCER_MISMATCH, message, row="K8S-IN-1") for message in out
+    ]
 
 
 def _version_findings(spec: ServerHardeningSpec) -> list[Finding]:
@@ -330,44 +409,78 @@ def _version_findings(spec: ServerHardeningSpec) -> list[Finding]:
     return [Finding.of(code, version.note)]
 
 
+NOMAD_HTTP = PortRange.single(4646)  # the Nomad agents' HTTP API: health and metrics
+NOMAD_PORTS = PortRange(4646, 4648)
+
+
+def _allow(
+    subject: Role, direction: Direction, peer: Peer, ports: PortRange | None, *rows: str
+) -> Rule:
+    return Rule(subject, direction, Action.ALLOW, peer, Protocol.TCP, ports, frozenset(rows))
+
+
+def _nomad_metrics(resolver: _Resolver) -> list[Rule]:
+    """CHOICE-NP-MONITORING's cloud half: the cluster (nodes and pods) scrapes the Nomad
+    clients' 4646 (their telemetry's prometheus_metrics)."""
+    out = []
+    for kind in (PeerKind.KUBERNETES_NODES, PeerKind.KUBERNETES_PODS):
+        peer = resolver.peers[kind]
+        if peer.cidrs:
+            out.append(_allow(Role.NOMAD_CLIENTS, Direction.INGRESS, peer, NOMAD_HTTP,
+                              "CHOICE-NP-MONITORING"))  # fmt: skip
+    out.append(
+        _allow(Role.KUBERNETES_NODES, Direction.EGRESS, resolver.peers[PeerKind.NOMAD_CLIENTS],
+               NOMAD_HTTP, "CHOICE-NP-MONITORING")
+    )  # fmt: skip
+    return out
+
+
 def compile_intent(spec: ServerHardeningSpec) -> CompiledIntent:
     profile = match_version(spec.server_version).profile
     transparent = spec.topology.load_balancers.transparent
-    resolver = _Resolver(spec, transparent=transparent)
+    resolver = _Resolver(spec, transparent=transparent, nlb_by_address=True)
     rules = merge_rules(_rules_from_rows(profile.rows, resolver))
 
     gcp_resolver = _Resolver(spec, transparent=True, peers=resolver.peers)
     gcp_rows = _rules_from_rows(profile.rows, gcp_resolver)
     node_ports = resolver.ports(Ports.NODE_PORTS)
+    health_checks = gcp_resolver.peer(PeerKind.HEALTH_CHECKS)
     gcp_rows.append(
-        Rule(
-            subject=Role.KUBERNETES_NODES,
-            direction=Direction.INGRESS,
-            action=Action.ALLOW,
-            peer=gcp_resolver.peer(PeerKind.HEALTH_CHECKS),
-            protocol=Protocol.TCP,
-            ports=node_ports,
-            rows=frozenset({"K8S-IN-1", "CHOICE-GCP-HEALTH-CHECKS"}),
-        )
-    )
+        _allow(Role.KUBERNETES_NODES, Direction.INGRESS, health_checks, node_ports,
+               "K8S-IN-1", "CHOICE-GCP-HEALTH-CHECKS")
+    )  # fmt: skip
+    # The Nomad clients' managed instance group autoheals on 4646 (server-terraform
+    # nomad-gcp): without this the ingress floor would fail every check and recycle healthy
+    # clients (CHOICE-NOMAD-HEALTH-CHECKS).
+    gcp_rows.append(
+        _allow(Role.NOMAD_CLIENTS, Direction.INGRESS, health_checks, NOMAD_HTTP,
+               "CHOICE-NOMAD-HEALTH-CHECKS")
+    )  # fmt: skip
+    aws_rows: list[Rule] = []
     if spec.topology.nomad_servers is not None:
-        # The servers' load balancer is pass-through too: without this, the ingress floor
+        # The servers' load balancer is pass-through on GCP: without this, the ingress floor
         # (CHOICE-GCP-INGRESS-FLOOR) would fail its health checks and take the servers out.
         gcp_rows.append(
-            Rule(
-                subject=Role.NOMAD_SERVERS,
-                direction=Direction.INGRESS,
-                action=Action.ALLOW,
-                peer=gcp_resolver.peer(PeerKind.HEALTH_CHECKS),
-                protocol=Protocol.TCP,
-                ports=PortRange(4646, 4648),
-                rows=frozenset({"V48-SRV-IN-2", "CHOICE-GCP-HEALTH-CHECKS"}),
-            )
-        )
+            _allow(Role.NOMAD_SERVERS, Direction.INGRESS, health_checks, NOMAD_PORTS,
+                   "CHOICE-NOMAD-HEALTH-CHECKS")
+        )  # fmt: skip
+        # On AWS the internal NLB checks HTTPS :4646 from its own addresses in the servers'
+        # subnet (server-terraform nomad-server-aws nlb.tf; 4.8's NLB has no security group,
+        # so a group reference would not match): the servers admit that subnet on 4646.
+        servers = resolver.peer(PeerKind.NOMAD_SERVERS)
+        aws_rows.append(
+            _allow(Role.NOMAD_SERVERS, Direction.INGRESS, Peer(PeerKind.CIDRS, servers.cidrs),
+                   NOMAD_HTTP, "CHOICE-NOMAD-HEALTH-CHECKS")
+        )  # fmt: skip
+    monitoring = spec.kubernetes.monitoring
+    if monitoring is not None and monitoring.nomad_clients:
+        for target_resolver, out in ((resolver, aws_rows), (gcp_resolver, gcp_rows)):
+            out.extend(_nomad_metrics(target_resolver))
     return CompiledIntent(
         spec=spec,
         profile=profile,
         rules=rules,
+        _aws_rules=merge_rules((*rules, *aws_rows)) if aws_rows else None,
         cluster=_cluster_access(profile, spec, resolver),
         findings=tuple(_version_findings(spec) + _findings(spec, profile)),
         _gcp_rules=merge_rules(gcp_rows),

@@ -33,6 +33,7 @@ class Ports(enum.StrEnum):
     """Ports that come from the spec rather than the guide."""
 
     NODE_PORTS = "nodePortRange"
+    SSH_RERUN = "the Nomad clients' SSH-rerun range (topology.nomadClients.runtime)"
 
 
 class Component(enum.StrEnum):
@@ -71,6 +72,10 @@ class GuideRow:
     action: Action = Action.ALLOW
     requires: tuple[Requires, ...] = ()
     component: Component | None = None
+    # The traffic passes the external Nomad servers' internal NLB, which keeps the sender's
+    # address but not its security group: on AWS the peer is written by address
+    # (CHOICE-AWS-NOMAD-NLB).
+    through_nlb: bool = False
 
 
 def _tcp(port: int, last: int | None = None) -> PortRange:
@@ -89,10 +94,23 @@ def _row(
     action: Action = Action.ALLOW,
     requires: tuple[Requires, ...] = (),
     component: Component | None = None,
+    through_nlb: bool = False,
 ) -> list[GuideRow]:
     subject_list = subjects if isinstance(subjects, tuple) else (subjects,)
     return [
-        GuideRow(row_id, s, direction, peer, protocols, ports, purpose, action, requires, component)
+        GuideRow(
+            row_id,
+            s,
+            direction,
+            peer,
+            protocols,
+            ports,
+            purpose,
+            action,
+            requires,
+            component,
+            through_nlb,
+        )
         for s in subject_list
     ]
 
@@ -155,7 +173,7 @@ _K8S = [
 _NOMAD_IN = [
     *_row("NOMAD-IN-1", NOMAD, IN, P.KUBERNETES_NODES, _tcp(4647),
           "the Nomad server talks to the client", requires=(Requires.IN_CLUSTER_NOMAD,)),
-    *_row("NOMAD-IN-2", NOMAD, IN, P.SSH_RERUN, _tcp(64535, 65535), "rerun job with SSH",
+    *_row("NOMAD-IN-2", NOMAD, IN, P.SSH_RERUN, Ports.SSH_RERUN, "rerun job with SSH",
           requires=(Requires.SSH_RERUN,)),
 ]  # fmt: skip
 _NOMAD_OUT_VM_DOCKER = _row(
@@ -229,14 +247,15 @@ _NOMAD_SERVERS = [
     *_row("NOMAD-IN-1", NOMAD, IN, P.NOMAD_SERVERS, _tcp(4647),
           "the Nomad server talks to the client", requires=_EXTERNAL_NOMAD),
     *_row("NOMAD-OUT-3", NOMAD, OUT, P.NOMAD_SERVERS, _tcp(4647), "the Nomad load balancer",
-          requires=_EXTERNAL_NOMAD),
+          requires=_EXTERNAL_NOMAD, through_nlb=True),
     *_row("V48-K8S-OUT-1", K8S, OUT, P.NOMAD_SERVERS, _NOMAD_SERVERS_PORTS,
           "the server's services drive Nomad (its NLB listens on 4646-4648)",
-          requires=_EXTERNAL_NOMAD),
+          requires=_EXTERNAL_NOMAD, through_nlb=True),
     *_row("V48-SRV-IN-1", SERVERS, IN, P.KUBERNETES_NODES, _NOMAD_SERVERS_PORTS,
-          "the server's services drive Nomad", requires=_EXTERNAL_NOMAD),
+          "the server's services drive Nomad", requires=_EXTERNAL_NOMAD, through_nlb=True),
     *_row("V48-SRV-IN-2", SERVERS, IN, P.NOMAD_CLIENTS, _tcp(4647),
-          "Nomad clients reach the servers (RPC, through the NLB)", requires=_EXTERNAL_NOMAD),
+          "Nomad clients reach the servers (RPC, through the NLB)", requires=_EXTERNAL_NOMAD,
+          through_nlb=True),
     *_row("V48-SRV-OUT-1", SERVERS, OUT, P.NOMAD_CLIENTS, _tcp(4647),
           "the servers reach their clients (K8S-OUT-2, moved)", requires=_EXTERNAL_NOMAD),
     *[row for direction in (IN, OUT)
@@ -300,9 +319,47 @@ CHOICES: tuple[Choice, ...] = (
     Choice(
         "CHOICE-GCP-HEALTH-CHECKS",
         "GCP load balancers are pass-through: Google's health-check ranges (130.211.0.0/22, "
-        "35.191.0.0/16) must reach the NodePort range, with K8S-IN-1's purpose, and, with "
-        "external Nomad servers, the servers' 4646-4648 behind their load balancer (as "
-        "server-terraform's nomad-server-gcp firewall opens them).",
+        "35.191.0.0/16) must reach the NodePort range, with K8S-IN-1's purpose (the Nomad "
+        "agents' checks are CHOICE-NOMAD-HEALTH-CHECKS).",
+    ),
+    Choice(
+        "CHOICE-NOMAD-HEALTH-CHECKS",
+        "Health checks are flows: the Nomad agents' HTTP port 4646 answers their health checks "
+        "(/v1/agent/health). On GCP, Google's health-check ranges reach the Nomad clients' 4646 "
+        "(server-terraform's client managed instance group autoheals on it) and the external "
+        "Nomad servers' 4646-4648 (their pass-through load balancer). On AWS the external "
+        "servers' internal NLB checks HTTPS :4646 from its own addresses in the servers' "
+        "subnet (topology.nomadServers.cidrs): the servers admit that subnet on 4646, by "
+        "address. Written as rules, so unmanagedRules: Remove never cuts them.",
+    ),
+    Choice(
+        "CHOICE-AWS-NOMAD-NLB",
+        "On AWS, the rows whose traffic passes the external Nomad servers' internal NLB "
+        "(the clients' 4647, the cluster's 4646-4648, both directions) name their peer by "
+        "address, not by security group: the NLB keeps the sender's address but not its "
+        "group, and server-terraform 4.8's NLB has no security group at all, so a group "
+        "reference would match nothing once the VPC-wide rule is removed.",
+    ),
+    Choice(
+        "CHOICE-NOMAD-PODMAN",
+        "NOMAD-IN-2's SSH-rerun range follows the Nomad clients' runtime: 64535-65535 with "
+        "docker, 32768-65535 with podman (server-terraform's use_podman opens that range; "
+        "podman's rootless port mapping hands out ports from 32768).",
+    ),
+    Choice(
+        "CHOICE-K8S-PODS",
+        "Pods whose addresses are not in the node subnets (VPC-native GKE's alias IPs) are a "
+        "peer of their own: every guide row whose peer is the Kubernetes nodes also admits "
+        "topology.kubernetesPods. On GCP with restrictEgress it is required: the egress floor "
+        "would otherwise block pod traffic between nodes; the operator refuses the spec "
+        "rather than guess the range.",
+    ),
+    Choice(
+        "CHOICE-NP-MONITORING",
+        "Opt-in (spec.kubernetes.monitoring): a metrics scraper in another namespace "
+        "(CircleCI's monitoring reference: a Prometheus Operator scraping telegraf's "
+        "prometheus-client port 9273) reaches the listed pod ports; with nomadClients, the "
+        "cluster reaches the Nomad clients' metrics on 4646. Absent: nothing extra is opened.",
     ),
     Choice(
         "CHOICE-GCP-INGRESS-FLOOR",

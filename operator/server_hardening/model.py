@@ -159,6 +159,35 @@ class RoleTopology(_Spec):
     )
 
 
+class NomadRuntime(enum.StrEnum):
+    DOCKER = "docker"
+    PODMAN = "podman"
+
+
+class NomadClientsTopology(RoleTopology):
+    """The Nomad clients: their subnets and the container runtime that runs the jobs."""
+
+    runtime: NomadRuntime = Field(
+        NomadRuntime.DOCKER,
+        description="The runtime the Nomad clients run jobs with: docker, or podman "
+        "(server-terraform's use_podman; CircleCI 4.10's docker_provisioner.use_podman). It "
+        "picks the SSH-rerun range of NOMAD-IN-2: 64535-65535 with docker, 32768-65535 with "
+        "podman (CHOICE-NOMAD-PODMAN).",
+    )
+
+
+class KubernetesPodsTopology(_Spec):
+    """The pods' own addresses, when they are not in the node subnets."""
+
+    cidrs: list[Cidr] = Field(
+        min_length=1,
+        max_length=MAX_CIDRS,
+        description="The cluster's pod ranges (on VPC-native GKE the cluster's clusterIpv4Cidr, "
+        "the pods' alias IPs; on EKS only with custom networking or a secondary CIDR). Every "
+        "guide row whose peer is the Kubernetes nodes also admits them (CHOICE-K8S-PODS).",
+    )
+
+
 class ExternalVMsTopology(_Spec):
     """The subnets the external VMs (machine and remote-Docker jobs) run in."""
 
@@ -180,6 +209,11 @@ class ExternalVMsTopology(_Spec):
     )
 
 
+class LoadBalancerTargets(enum.StrEnum):
+    INSTANCE = "Instance"
+    IP = "IP"
+
+
 class LoadBalancersTopology(_Spec):
     """The load balancers in front of the cluster (LB-IN, LB-OUT, K8S-IN-1)."""
 
@@ -197,6 +231,13 @@ class LoadBalancersTopology(_Spec):
     node_port_range: PortRangeSpec = Field(
         default_factory=lambda: PortRangeSpec.model_validate({"from": 30000, "to": 32767}),
         description="The cluster's NodePort range (LB-OUT-1, K8S-IN-1).",
+    )
+    target_type: LoadBalancerTargets | None = Field(
+        None,
+        description="How the load balancer reaches the pods, when known: Instance (NodePorts "
+        "on the nodes, as the Kubernetes cloud provider's NLB does) or IP (the pods' own "
+        "addresses, as the AWS Load Balancer Controller's ip targets do). Only used to warn "
+        "where transparent and cidrs cannot be right for it (docs/aws.md).",
     )
 
 
@@ -226,7 +267,15 @@ class NomadServersTopology(_Spec):
 
 class Topology(_Spec):
     kubernetes_nodes: RoleTopology = Field(description="Required: the cluster's node subnets.")
-    nomad_clients: RoleTopology = Field(description="Required: the Nomad clients' subnets.")
+    nomad_clients: NomadClientsTopology = Field(
+        description="Required: the Nomad clients' subnets (and their runtime)."
+    )
+    kubernetes_pods: KubernetesPodsTopology | None = Field(
+        None,
+        description="The pods' ranges, when pods do not send from the node subnets (VPC-native "
+        "GKE: required with spec.gcp.restrictEgress, whose egress floor would otherwise block "
+        "pod traffic between nodes).",
+    )
     nomad_servers: NomadServersTopology | None = Field(
         None,
         description="Set only when the Nomad servers run outside the cluster (4.8+): their "
@@ -576,10 +625,45 @@ class ApiServer(_Spec):
     )
 
 
+class Monitoring(_Spec):
+    """A metrics scraper outside the namespace (CircleCI's monitoring reference: a Prometheus
+    Operator in its own namespace scraping telegraf's prometheus-client port, 9273), admitted
+    by the NetworkPolicies (CHOICE-NP-MONITORING). Absent: nothing extra is opened."""
+
+    namespace_selector: LabelSelector = Field(
+        description="The scraper's namespaces, e.g. {matchLabels: "
+        "{kubernetes.io/metadata.name: monitoring}}."
+    )
+    pod_selector: LabelSelector | None = Field(
+        None,
+        description="The scraper's pods in those namespaces, e.g. {matchLabels: "
+        "{app.kubernetes.io/name: prometheus}}; unset: every pod there.",
+    )
+    ports: list[PortEntry] = Field(
+        default_factory=lambda: list[int | str]([9273]),
+        min_length=1,
+        max_length=MAX_PORTS,
+        description="The pod ports scraped in the server's namespace (numbers or container "
+        "port names): telegraf's prometheus-client listener is 9273; add 4646 for the "
+        "in-cluster Nomad server's metrics, 8100 for Kong's status listener.",
+    )
+    nomad_clients: StrictBool = Field(
+        False,
+        description="Also let the cluster scrape the Nomad clients' metrics on their HTTP port "
+        "4646 (telemetry prometheus_metrics): a cloud rule from the Kubernetes nodes (and "
+        "pods) to the Nomad clients.",
+    )
+
+
 class KubernetesSpec(_Spec):
     network_policies: NetworkPolicies = Field(default_factory=NetworkPolicies)
     components: Components = Field(default_factory=Components)
     api_server: ApiServer = Field(default_factory=ApiServer)
+    monitoring: Monitoring | None = Field(
+        None,
+        description="Opt-in: admit a metrics scraper from another namespace "
+        "(CHOICE-NP-MONITORING). Absent: nothing extra is opened.",
+    )
 
 
 SG_PATTERN = r"^sg-[0-9a-f]{8,17}$"
@@ -744,6 +828,14 @@ class DeclaredExceptionSpec(_Spec):
     )
 
 
+# Why a GCP spec that restricts egress must name the pod ranges (CHOICE-K8S-PODS): one message
+# for the model and the CRD's CEL rule.
+GCP_PODS_REQUIRED = (
+    "required with spec.gcp.restrictEgress: on VPC-native GKE pods send from alias IPs outside "
+    "the node subnets, and the egress floor would block pod traffic between nodes; set it to "
+    "the cluster's pod range (gcloud container clusters describe CLUSTER "
+    "--format='value(clusterIpv4Cidr)'), or set spec.gcp.restrictEgress: false"
+)
 # serverVersion values from which Nomad servers may run outside the cluster (4.8+, "4", "4.x"):
 # one regular expression for the model and the CRD's CEL rule.
 _EXTERNAL_NOMAD_VERSIONS = r"^4(\.(x|([89]|[1-9][0-9]+)(\.[0-9]+)?))?$"
@@ -759,7 +851,13 @@ class ServerHardeningSpec(_Spec):
                 f"self.serverVersion.matches(r'{_EXTERNAL_NOMAD_VERSIONS}')",
                 "Nomad servers outside the cluster need serverVersion 4.8 or later",
                 ".topology.nomadServers",
-            )
+            ),
+            (
+                "!has(self.gcp) || (has(self.gcp.restrictEgress) && !self.gcp.restrictEgress) "
+                "|| has(self.topology.kubernetesPods)",
+                GCP_PODS_REQUIRED,
+                ".topology.kubernetesPods",
+            ),
         )
     )
 
@@ -875,14 +973,22 @@ def _overlaps(spec: ServerHardeningSpec) -> list[FieldError]:
         roles.append(("externalVMs", spec.topology.external_vms.cidrs))
     if spec.topology.nomad_servers is not None:
         roles.append(("nomadServers", spec.topology.nomad_servers.cidrs))
+    if spec.topology.kubernetes_pods is not None:
+        roles.append(("kubernetesPods", spec.topology.kubernetes_pods.cidrs))
     roles.append(("loadBalancers", spec.topology.load_balancers.cidrs))
     # Each CIDR parsed once, not once per pair it is compared in.
     networks = {role: [ipaddress.ip_network(c) for c in cidrs] for role, cidrs in roles}
     errors: list[FieldError] = []
     for i, (role_a, cidrs_a) in enumerate(roles):
         for role_b, cidrs_b in roles[i + 1 :]:
-            if role_b == "loadBalancers" and role_a in {"kubernetesNodes", "nomadServers"}:
-                continue  # a load balancer may live in the node (or server) subnets
+            if role_b == "loadBalancers" and role_a in {
+                "kubernetesNodes",
+                "nomadServers",
+                "kubernetesPods",
+            }:
+                continue  # a load balancer may live in the node (or server, or pod) subnets
+            if {role_a, role_b} == {"kubernetesNodes", "kubernetesPods"}:
+                continue  # EKS's VPC CNI gives pods addresses in the node subnets
             for ia, (a, na) in enumerate(zip(cidrs_a, networks[role_a], strict=True)):
                 for ib, (b, nb) in enumerate(zip(cidrs_b, networks[role_b], strict=True)):
                     if na.version == nb.version and na.overlaps(nb):
@@ -987,6 +1093,8 @@ def semantic_errors(spec: ServerHardeningSpec) -> list[FieldError]:
     for i, cidr in enumerate(spec.topology.external.cidrs):
         if ipaddress.ip_network(cidr).prefixlen == 0 and cidr not in WORLD:
             errors.append(FieldError(f"spec.topology.external.cidrs[{i}]", "invalid"))
+    if spec.gcp is not None and spec.gcp.restrict_egress and spec.topology.kubernetes_pods is None:
+        errors.append(FieldError("spec.topology.kubernetesPods", GCP_PODS_REQUIRED))
     return errors
 
 

@@ -26,6 +26,7 @@ class PeerKind(enum.StrEnum):
     """Where traffic comes from or goes to: one of the roles, or a named set of addresses."""
 
     KUBERNETES_NODES = "kubernetesNodes"
+    KUBERNETES_PODS = "kubernetesPods"  # pods with addresses of their own (alias IPs)
     NOMAD_CLIENTS = "nomadClients"
     EXTERNAL_VMS = "externalVMs"
     LOAD_BALANCERS = "loadBalancers"
@@ -172,6 +173,7 @@ class FindingCode(enum.StrEnum):
     INVALID_SPEC = "InvalidSpec"
     SERVER_VERSION_UNPINNED = "ServerVersionUnpinned"
     SERVER_VERSION_NEWER_THAN_CATALOGUE = "ServerVersionNewerThanCatalogue"
+    LOAD_BALANCER_MISMATCH = "LoadBalancerMismatch"
     # What resolving the cluster's Services found.
     SERVICE_NOT_FOUND = "ServiceNotFound"
     SERVICE_PORT_MISSING = "ServicePortMissing"

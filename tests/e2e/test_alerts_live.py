@@ -413,8 +413,9 @@ def test_gcp_world_open_ssh_fires(
     gcp = {"project": "circleci-e2e", "network": "alerts", "endpoint": fake.url,
            "targetTags": {"kubernetesNodes": "alerts-k8s", "nomadClients": "alerts-nomad",
                           "externalVMs": "alerts-vm"}}  # fmt: skip
-    create(admin_api, resource(ns, serverVersion="3", gcp=gcp,
-                               kubernetes={"networkPolicies": {"enabled": False}}))  # fmt: skip
+    topology = {**TOPOLOGY, "kubernetesPods": {"cidrs": ["10.4.0.0/14"]}}  # GKE's pods
+    create(admin_api, harness_resource(ns, NAME, topology=topology, serverVersion="3", gcp=gcp,
+                                       kubernetes={"networkPolicies": {"enabled": False}}))  # fmt: skip
     wait_for("gcp converged", phase(admin_api, ns, "Enforced", "Drifted"), timeout=90)
     fake.seed("circleci-e2e", {
         "name": "someone-opens-ssh", "network": "global/networks/alerts", "priority": 100,

@@ -38,6 +38,7 @@ pytestmark = pytest.mark.e2e
 
 NAMESPACES = [f"svh-cloud-{uuid.uuid4().hex[:6]}-{i}" for i in range(3)]
 NAME = "circleci"
+GKE_PODS = {"cidrs": ["10.4.0.0/14"]}  # VPC-native GKE: required with gcp.restrictEgress
 TOPOLOGY = {
     "kubernetesNodes": {"cidrs": ["10.0.0.0/20"]},
     "nomadClients": {"cidrs": ["10.0.16.0/20"]},
@@ -228,7 +229,7 @@ def test_gcp_target_end_to_end(
             "externalVMs": "circleci-vm",
         },
     }
-    create(admin_api, ns, {"gcp": gcp})
+    create(admin_api, ns, {"gcp": gcp, "topology": {**TOPOLOGY, "kubernetesPods": GKE_PODS}})
     wait_for("the gcp target to converge", lambda: settled(admin_api, ns), timeout=90)
     status = target_status(admin_api, ns, NAME, "gcp")
     assert status["lastError"] == "" and status["managedRules"] > 10

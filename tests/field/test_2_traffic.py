@@ -16,7 +16,14 @@ from kubernetes import client
 from field import site
 from field.conftest import FieldCluster
 from field.node import OUTSIDE, wait_until
-from field.workloads import Source, connect_all, create_pods, create_services
+from field.workloads import (
+    PodSpec,
+    Source,
+    connect_all,
+    create_pods,
+    create_services,
+    ensure_namespace,
+)
 
 GROUP, VERSION, PLURAL = "hardening.circleci.com", "v1alpha1", "serverhardenings"
 
@@ -199,3 +206,58 @@ def test_a_deleted_policy_is_repaired_on_the_real_node(installation: Site) -> No
         "the frontend to answer again", lambda: installation.connects("world", traefik, 8443), 60
     )
     assert not installation.connects("world", installation.pod_ips[site.V3]["postgresql"], 5432)
+
+
+MONITORING_NS = "monitoring"
+TELEGRAF = PodSpec(
+    "telegraf",
+    {"app.kubernetes.io/instance": "circleci-server", "app.kubernetes.io/name": "telegraf"},
+    (9273, 8125),
+)
+PROMETHEUS = PodSpec("prometheus", {"app.kubernetes.io/name": "prometheus"}, (9090,))
+GRAFANA = PodSpec("grafana", {"app": "grafana"}, (3000,))
+MONITORING = {  # CircleCI's monitoring reference, as spec.kubernetes.monitoring admits it
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": MONITORING_NS}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    "ports": [9273],
+}
+
+
+def test_the_monitoring_reference_scrapes_telegraf_through_the_policies(
+    installation: Site,
+) -> None:
+    """CHOICE-NP-MONITORING on real packets: a Prometheus in its own namespace scrapes telegraf's
+    9273 in the hardened v4 namespace once spec.kubernetes.monitoring names it; Grafana beside it
+    and every other port stay closed; without the field the scrape is cut (opt-in)."""
+    cluster = installation.cluster
+    ensure_namespace(cluster.api, MONITORING_NS)
+    telegraf = create_pods(cluster.api, site.V4, [TELEGRAF])["telegraf"]
+    create_pods(cluster.api, MONITORING_NS, [PROMETHEUS, GRAFANA])
+    prometheus = Source("prometheus", pod=(MONITORING_NS, "prometheus"))
+    grafana = Source("grafana", pod=(MONITORING_NS, "grafana"))
+
+    def scrape(source: Source, port: int = 9273) -> bool:
+        return connect_all(cluster.node, source, [(telegraf, port)])[(telegraf, port)]
+
+    try:
+        # Hardened without the field: the default deny already cuts the scrape.
+        wait_until("the default deny to cover telegraf", lambda: not scrape(prometheus), 60)
+        custom(cluster).patch_namespaced_custom_object(
+            GROUP, VERSION, site.V4, PLURAL, "circleci",
+            {"spec": {"kubernetes": {"monitoring": MONITORING}}},
+        )  # fmt: skip
+        wait_until("Prometheus to scrape telegraf", lambda: scrape(prometheus), 90)
+        assert phase(cluster, site.V4) == "Enforced"
+        assert not scrape(grafana)  # not the scraper's pods
+        assert not scrape(prometheus, 8125)  # not a listed port
+        assert not installation.connects("world", telegraf, 9273)
+    finally:
+        custom(cluster).patch_namespaced_custom_object(
+            GROUP, VERSION, site.V4, PLURAL, "circleci",
+            {"spec": {"kubernetes": {"monitoring": None}}},
+        )  # fmt: skip
+        wait_until("the scrape to be cut again", lambda: not scrape(prometheus), 90)
+        core = client.CoreV1Api(cluster.api)
+        core.delete_namespaced_pod("telegraf", site.V4, grace_period_seconds=0)
+        for pod in (PROMETHEUS, GRAFANA):
+            core.delete_namespaced_pod(pod.name, MONITORING_NS, grace_period_seconds=0)

@@ -10,6 +10,8 @@ Semantics (VPC firewall rules overview):
 - Nothing applies: the implied rules decide, ingress denied (65535), egress allowed (65535).
 - A source tag matches traffic from the primary internal IP of an instance carrying the tag, on
   the same network; a source range matches the source address; with both, either may match.
+  Traffic from an alias IP (a VPC-native GKE pod: ``Endpoint.alias``) matches no source tag,
+  though the instance's target tags still apply to it in both directions.
   ``destinationRanges`` (egress) match the destination address; absent, every address.
 - Traffic from outside the network (the internet, Google's health checkers) meets ingress only.
 """
@@ -28,6 +30,7 @@ class Endpoint:
     ip: str
     tags: tuple[str, ...] = ()
     on_network: bool = True
+    alias: bool = False  # sends from an alias IP range of the instance that carries ``tags``
 
 
 def _in(ip: str, ranges: Iterable[str]) -> bool:
@@ -98,7 +101,11 @@ def ingress_allowed(
         if not _applies(rule, dst):
             continue
         by_range = _in(src.ip, rule.get("sourceRanges") or [])
-        by_tag = src.on_network and any(t in src.tags for t in rule.get("sourceTags") or [])
+        by_tag = (
+            src.on_network
+            and not src.alias
+            and any(t in src.tags for t in rule.get("sourceTags") or [])
+        )
         if not (by_range or by_tag):
             continue
         if _protocol_matches(rule.get("allowed") or rule.get("denied") or [], protocol, port):

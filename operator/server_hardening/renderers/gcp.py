@@ -22,9 +22,10 @@ What is written, per role that has a network tag in ``spec.gcp.targetTags`` (doc
 - Peers. Ingress from a Nomad client or external VM tag uses ``sourceTags`` (tighter than the
   subnets: only instances carrying the tag). Source tags match only traffic from an instance's
   *primary internal IP* in the same network, so the Kubernetes nodes as a source use their tag
-  *and* their CIDRs (GKE pods send from alias IPs, which tags do not match: list the pod range in
-  ``topology.kubernetesNodes.cidrs``). Denies use tags and CIDRs together (a deny may only be
-  broader). Egress has no destination tags in GCP, so egress uses ``destinationRanges``.
+  *and* their CIDRs (GKE pods send from alias IPs, which tags do not match: the pod ranges,
+  ``topology.kubernetesPods``, are a peer of their own, as ranges: CHOICE-K8S-PODS). Denies use
+  tags and CIDRs together (a deny may only be broader). Egress has no destination tags in GCP,
+  so egress uses ``destinationRanges``.
 - Merging. Rules with the same target, direction, action, priority and resolved peer (tags and
   ranges) become one firewall with several ``allowed`` entries; IPv4 and IPv6 ranges are split
   (one rule cannot mix them).
@@ -84,6 +85,7 @@ ROLE_ABBREVIATION = {
 }
 PEER_ABBREVIATION = {
     PeerKind.KUBERNETES_NODES: "k8s",
+    PeerKind.KUBERNETES_PODS: "pods",
     PeerKind.NOMAD_CLIENTS: "nomad",
     PeerKind.EXTERNAL_VMS: "vm",
     PeerKind.LOAD_BALANCERS: "lb",

@@ -8,6 +8,8 @@ What is written (every policy is labelled as managed and annotated with its guid
 - ``svh-allow-<service>``: one per set of component pods, admitting the LB-IN rows' peers on the
   pods' own ports (CHOICE-NP-PORTS), and the node (and load-balancer) CIDRs when the load
   balancer is not transparent, because a NodePort hop SNATs to a node address (CHOICE-NP-SNAT).
+- ``svh-allow-monitoring`` with ``spec.kubernetes.monitoring``: the scraper's namespaces (and
+  pods) reach the listed pod ports of every pod of the namespace: CHOICE-NP-MONITORING.
 - ``svh-allow-egress`` with ``restrictEgress``: cluster DNS, the API server, and the Kubernetes
   nodes' outbound rows of the guide.
 
@@ -22,10 +24,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from server_hardening.compiler import CompiledIntent, ComponentAccess
-from server_hardening.components import PodSelector, ResolvedComponent
+from server_hardening.components import PodPort, PodSelector, ResolvedComponent
 from server_hardening.drift import DesiredItem, fingerprint
 from server_hardening.guide import Component
-from server_hardening.model import ResourceRef
+from server_hardening.model import Monitoring, ResourceRef
 from server_hardening.ownership import (
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
@@ -127,6 +129,38 @@ def _component_policies(
     return policies
 
 
+MONITORING_POLICY = NAME_PREFIX + "allow-monitoring"
+
+
+def _monitoring_policy(
+    namespace: str, owner: ResourceRef, monitoring: Monitoring
+) -> dict[str, Any]:
+    """CHOICE-NP-MONITORING: one peer that needs both the namespace and (if given) the pod
+    selector, on the listed pod ports of any pod here (a named port matches only pods that
+    declare it, such as telegraf's prometheus-client)."""
+    scraper: dict[str, Any] = {
+        "namespaceSelector": PodSelector.of_spec(monitoring.namespace_selector).as_manifest()
+    }
+    if monitoring.pod_selector is not None:
+        scraper["podSelector"] = PodSelector.of_spec(monitoring.pod_selector).as_manifest()
+    return _policy(
+        MONITORING_POLICY,
+        namespace,
+        owner,
+        ["CHOICE-NP-MONITORING"],
+        {
+            "podSelector": {},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [scraper],
+                    "ports": [PodPort(port).as_manifest() for port in monitoring.ports],
+                }
+            ],
+        },
+    )
+
+
 def _egress_policy(namespace: str, owner: ResourceRef, intent: CompiledIntent) -> dict[str, Any]:
     rows = ["CHOICE-NP-DNS"]
     egress: list[dict[str, Any]] = [
@@ -161,7 +195,8 @@ def _egress_policy(namespace: str, owner: ResourceRef, intent: CompiledIntent) -
                 port["endPort"] = rule.ports.last
             entry["ports"] = [port]
         egress.append(entry)
-        rows.extend(sorted(rule.rows))
+        # How a security group names the peer is no concern of a NetworkPolicy's provenance.
+        rows.extend(sorted(r for r in rule.rows if not r.startswith("CHOICE-AWS-")))
     return _policy(
         NAME_PREFIX + "allow-egress",
         namespace,
@@ -206,6 +241,8 @@ def render_network_policies(
         ),
         *_component_policies(namespace, owner, intent.cluster, resolved),
     ]
+    if intent.spec.kubernetes.monitoring is not None:
+        policies.append(_monitoring_policy(namespace, owner, intent.spec.kubernetes.monitoring))
     if restrict_egress:
         policies.append(_egress_policy(namespace, owner, intent))
     return policies

@@ -41,7 +41,9 @@ def test_converges_from_an_empty_network_then_a_reconcile_only_lists(
     desired = len(target.policy.desired())
     plan, result = reconcile(target)
 
-    assert len(plan.create) == desired == 27
+    # 27 for the guide's rows, 4 for the pods' range (CHOICE-K8S-PODS), 1 for the Nomad
+    # clients' health checks (CHOICE-NOMAD-HEALTH-CHECKS)
+    assert len(plan.create) == desired == 32
     assert result.errors == [] and result.created == desired
     assert fake.calls() == [*OBSERVE, "projects.get"] + ["firewalls.insert"] * desired
     assert set(fake.rules(PROJECT)) == {d.key for d in target.policy.desired()}

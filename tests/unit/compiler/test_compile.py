@@ -128,10 +128,18 @@ def test_gcp_gets_pass_through_rules_and_the_health_checks() -> None:
     intent = compile_intent(make_spec())
     gcp = intent.cloud_rules("gcp")
     assert not [r for r in gcp if r.subject is Role.LOAD_BALANCERS]
-    (health,) = [r for r in gcp if r.peer.kind is PeerKind.HEALTH_CHECKS]
-    assert health.peer.cidrs == ("35.191.0.0/16", "130.211.0.0/22")
-    assert health.ports == PortRange(30000, 32767)
-    assert health.rows == {"K8S-IN-1", "CHOICE-GCP-HEALTH-CHECKS"}
+    health = {r.subject: r for r in gcp if r.peer.kind is PeerKind.HEALTH_CHECKS}
+    assert set(health) == {Role.KUBERNETES_NODES, Role.NOMAD_CLIENTS}
+    nodes, clients = health[Role.KUBERNETES_NODES], health[Role.NOMAD_CLIENTS]
+    assert nodes.peer.cidrs == ("35.191.0.0/16", "130.211.0.0/22")
+    assert nodes.ports == PortRange(30000, 32767)
+    assert nodes.rows == {"K8S-IN-1", "CHOICE-GCP-HEALTH-CHECKS"}
+    # server-terraform's client instance group autoheals on :4646 (CHOICE-NOMAD-HEALTH-CHECKS)
+    assert (clients.direction, clients.protocol, clients.ports) == (
+        Direction.INGRESS, Protocol.TCP, PortRange(4646, 4646),
+    )  # fmt: skip
+    assert clients.rows == {"CHOICE-NOMAD-HEALTH-CHECKS"}
+    assert not [r for r in intent.rules if r.peer.kind is PeerKind.HEALTH_CHECKS]  # not on AWS
 
 
 def test_world_open_ssh_rerun_is_a_warning_not_an_error() -> None:
@@ -226,15 +234,20 @@ def test_external_nomad_servers_move_the_rows_that_concern_them() -> None:
     assert [(r.subject, r.peer, r.ports) for r in nomad_in_1] == [
         (Role.NOMAD_CLIENTS, servers, PortRange(4647, 4647))
     ]
-    assert [(r.subject, r.peer.kind) for r in rules_with(intent.rules, "NOMAD-OUT-3")] == [
-        (Role.NOMAD_CLIENTS, PeerKind.NOMAD_SERVERS)
-    ]
+    # Through the servers' NLB, AWS rules name the servers by address (CHOICE-AWS-NOMAD-NLB);
+    # GCP keeps the role (its tags).
+    by_address = Peer(PeerKind.CIDRS, servers.cidrs)
+    for rules, peer in ((intent.rules, by_address), (intent.cloud_rules("gcp"), servers)):
+        assert [(r.subject, r.peer) for r in rules_with(rules, "NOMAD-OUT-3")] == [
+            (Role.NOMAD_CLIENTS, peer)
+        ]
+        (drive,) = rules_with(rules, "V48-K8S-OUT-1")
+        assert (drive.subject, drive.direction, drive.peer, drive.ports) == (
+            Role.KUBERNETES_NODES, Direction.EGRESS, peer, PortRange(4646, 4648),
+        )  # fmt: skip
+    assert {"CHOICE-AWS-NOMAD-NLB"} <= rules_with(intent.rules, "NOMAD-OUT-3")[0].rows
     for gone in ("K8S-OUT-2", "LB-IN-4"):
         assert not rules_with(intent.rules, gone), gone
-    (drive,) = rules_with(intent.rules, "V48-K8S-OUT-1")
-    assert (drive.subject, drive.direction, drive.peer, drive.ports) == (
-        Role.KUBERNETES_NODES, Direction.EGRESS, servers, PortRange(4646, 4648),
-    )  # fmt: skip
     assert {c.component.value for c in intent.cluster} == {"frontend"}  # no in-cluster Nomad
 
 
@@ -245,7 +258,7 @@ def test_in_cluster_nomad_servers_write_no_server_rows() -> None:
 
 
 def test_with_external_servers_every_role_to_role_allow_has_its_pair() -> None:
-    rules = compile_intent(make_spec(**EXTERNAL_SERVERS)).rules
+    rules = compile_intent(make_spec(**EXTERNAL_SERVERS)).cloud_rules("gcp")
     allows = [r for r in rules if r.action is Action.ALLOW and r.peer.role is not None]
     assert any(r.subject is Role.NOMAD_SERVERS for r in allows)
     for rule in allows:

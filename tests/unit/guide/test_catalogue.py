@@ -71,6 +71,8 @@ def catalogue_lines(profile: Profile) -> set[Line]:
         protocols = "+".join("all" if p is Protocol.ALL else p.value.upper() for p in r.protocols)
         if r.ports is Ports.NODE_PORTS:
             ports = "NodePort range"
+        elif r.ports is Ports.SSH_RERUN:
+            ports = "64535-65535 (podman: 32768-65535)"  # CHOICE-NOMAD-PODMAN
         else:
             ports = "all" if r.ports is None else str(r.ports)
         when = "; ".join(q.value for q in r.requires) or "-"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from builders import OWNER, make_spec
+from builders import GKE_POD_RANGE, OWNER, make_spec
 from server_hardening import metrics
 from server_hardening.compiler import compile_intent
 from server_hardening.model import parse_spec
@@ -31,6 +31,7 @@ def _spec() -> Any:
         "region": "us-east-1",
         "securityGroups": {"kubernetesNodes": NODES, "nomadClients": NOMAD, "externalVMs": VMS},
     }
+    body["topology"]["kubernetesPods"] = {"cidrs": [GKE_POD_RANGE]}
     body["gcp"] = {
         "project": "proj-12345",
         "network": "circleci",

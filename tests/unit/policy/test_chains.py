@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from builders import OWNER, make_spec
+from builders import GKE_POD_RANGE, OWNER, make_spec
 from server_hardening.compiler import compile_intent
 from server_hardening.model import parse_spec
 from server_hardening.policy import aws as aws_policy
@@ -127,6 +127,7 @@ def _gcp_rendered() -> Any:
     from server_hardening.renderers.gcp import render_firewalls
 
     body: dict[str, Any] = make_spec().model_dump(by_alias=True, exclude_none=True)
+    body["topology"]["kubernetesPods"] = {"cidrs": [GKE_POD_RANGE]}
     body["gcp"] = {
         "project": "proj-12345",
         "network": "circleci",
@@ -233,6 +234,7 @@ def test_gcp_coverage_is_the_union_of_a_rendered_rules_ranges(
 
     rendered = _gcp_rendered()
     [nomad_rpc] = [f for f in rendered.firewalls if f.get("targetTags") == ["nomad-client"]
+                   and "10.0.0.0/16" in f.get("sourceRanges", [])  # the nodes, not their pods
                    and {"IPProtocol": "tcp", "ports": ["4647"]} in f.get("allowed", [])]  # fmt: skip
     widened = {**nomad_rpc, "sourceRanges": ["10.0.0.0/24", "10.0.1.0/24"]}
     rendered = replace(rendered, firewalls=[widened if f is nomad_rpc else f

@@ -75,6 +75,14 @@ CASES: dict[str, dict[str, Any]] = {
     },
     "v3 no external VMs": {"topology.externalVMs": {"enabled": False}},
     "v3 transparent load balancers": {"topology.loadBalancers": {"transparent": True}},
+    "v4.10 podman": {
+        "serverVersion": "4.10",
+        "topology.nomadClients": {"cidrs": ["10.1.0.0/16"], "runtime": "podman"},
+    },
+    "v4.10 pods with addresses of their own": {
+        "serverVersion": "4.10",
+        "topology.kubernetesPods": {"cidrs": ["10.100.0.0/16"]},
+    },
 }
 
 
@@ -169,3 +177,36 @@ def test_a_role_without_a_group_is_unfiltered_on_its_side_only() -> None:
     assert verdict(groups, eps["nomad"], lb, "tcp", 5432) is False
     # Both ends unfiltered: not this product's to decide.
     assert verdict(groups, eps["outsider"], lb, "tcp", 22) is None
+
+
+SERVERS_NLB = [
+    # (source, destination, port, allowed, why): the external servers' internal NLB keeps the
+    # sender's address, not its security group (CHOICE-AWS-NOMAD-NLB); server-terraform 4.8's
+    # NLB has no group and checks :4646 from its own address (CHOICE-NOMAD-HEALTH-CHECKS).
+    ("nomad via the NLB", "nsrv", 4647, True, "V48-SRV-IN-2 by address"),
+    ("k8s via the NLB", "nsrv", 4646, True, "V48-SRV-IN-1 by address"),
+    ("nlb", "nsrv", 4646, True, "CHOICE-NOMAD-HEALTH-CHECKS"),
+    ("nlb", "nsrv", 4647, False, "the health check is 4646 only"),
+    ("nomad", "nlb", 4647, True, "NOMAD-OUT-3 by address"),
+    ("k8s", "nlb", 4648, True, "V48-K8S-OUT-1 by address"),
+    ("nomad", "nlb", 4646, False, "clients need RPC only"),
+    ("outsider via the NLB", "nsrv", 4647, False, "only the clients' addresses"),
+]
+
+
+@pytest.mark.parametrize(("src", "dst", "port", "expected", "why"), SERVERS_NLB)
+def test_flows_through_the_nomad_servers_nlb(
+    src: str, dst: str, port: int, expected: bool, why: str
+) -> None:
+    spec = spec_with_aws(
+        serverVersion="4.8", **{"topology.nomadServers": {"cidrs": ["10.3.0.0/24"]}}
+    )
+    groups = rendered(spec).groups
+    eps = hosts(spec)
+    forwarded = {  # the forwarded leg leaves the NLB with the sender's address, no group
+        f"{name} via the NLB": Host(f"{name} via the NLB", eps[name].ip)
+        for name in ("nomad", "k8s", "outsider")
+    }
+    eps = {**eps, **forwarded, "nlb": Host("nlb", "10.3.0.200")}  # 4.8: an NLB without a group
+    got = verdict(groups, eps[src], eps[dst], "tcp", port)
+    assert got is expected, f"{why}: {explain(groups, eps[src], eps[dst], 'tcp', port)}"

@@ -72,6 +72,17 @@ CASES = {
         "serverVersion": "4.8",
         "topology.nomadServers": {"cidrs": ["10.3.0.0/24"]},
     },
+    "v4.10 podman": {
+        "serverVersion": "4.10",
+        "topology.nomadClients": {"cidrs": ["10.1.0.0/16"], "runtime": "podman"},
+    },
+    "v4.10 monitoring the Nomad clients": {
+        "serverVersion": "4.10",
+        "kubernetes.monitoring": {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+            "nomadClients": True,
+        },
+    },
 }
 
 
@@ -156,3 +167,46 @@ def test_external_nomad_servers_on_gcp_pass_health_checks_and_refuse_the_rest() 
     assert not allowed(rules, eps["nomad"], eps["nsrv"], "tcp", 4646)  # clients need RPC only
     assert not allowed(rules, eps["outsider"], eps["nsrv"], "tcp", 4647)
     assert not allowed(rules, eps["k8s"], eps["nomad"], "tcp", 4647)  # K8S-OUT-2 moved
+
+
+def test_the_installation_rows_hold_pods_health_checks_podman_and_monitoring() -> None:
+    """CHOICE-K8S-PODS (alias IPs, through the egress floor), CHOICE-NOMAD-HEALTH-CHECKS,
+    CHOICE-NOMAD-PODMAN and CHOICE-NP-MONITORING's Nomad half, evaluated as GCP does."""
+    spec = spec_with_gcp(
+        serverVersion="4.10",
+        **{
+            "topology.nomadClients": {"cidrs": ["10.1.0.0/16"], "runtime": "podman"},
+            "topology.nomadServers": {"cidrs": ["10.3.0.0/24"]},
+            "kubernetes.monitoring": {
+                "namespaceSelector": {"matchLabels": {"team": "obs"}},
+                "nomadClients": True,
+            },
+        },
+    )
+    rules = world(spec)
+    eps = {k: endpoint(v) for k, v in guide.endpoints(spec).items()}
+    pod = Endpoint("pod", "10.4.1.5", tags=("k8s-node",), alias=True)
+    other_pod = Endpoint("pod-2", "10.4.2.5", tags=("k8s-node",), alias=True)
+    # Pods on different nodes, and the pods' guide peers, through both floors.
+    assert allowed(rules, pod, other_pod, "tcp", 8080)
+    assert allowed(rules, pod, eps["nsrv"], "tcp", 4646)
+    assert allowed(rules, pod, eps["nomad"], "tcp", 4646)  # scraping the clients' metrics
+    assert not allowed(rules, pod, eps["nomad"], "tcp", 4647)  # external servers: not the pods'
+    # Google's health checks reach the clients' 4646 and nothing else of theirs.
+    assert allowed(rules, HEALTH_CHECKER, eps["nomad"], "tcp", 4646)
+    assert not allowed(rules, HEALTH_CHECKER, eps["nomad"], "tcp", 4647)
+    # podman: the whole 32768-65535 from the rerun sources, still not client to client.
+    for port in (32768, 40000, 65535):
+        assert allowed(rules, eps["outsider"], eps["nomad"], "tcp", port)
+        assert not allowed(rules, eps["nomad2"], eps["nomad"], "tcp", port)
+    assert not allowed(rules, eps["outsider"], eps["nomad"], "tcp", 32767)
+
+
+def test_without_a_pod_range_the_egress_floor_would_cut_pods_between_nodes() -> None:
+    """Why the pod range is required with restrictEgress (the spec is refused without it): the
+    same rules minus the pods' would block pod-to-pod traffic between nodes."""
+    spec = spec_with_gcp()
+    rules = [r for r in world(spec) if "-pods" not in str(r.get("name", ""))]
+    pod = Endpoint("pod", "10.4.1.5", tags=("k8s-node",), alias=True)
+    other_pod = Endpoint("pod-2", "10.4.2.5", tags=("k8s-node",), alias=True)
+    assert not allowed(rules, pod, other_pod, "tcp", 8080)

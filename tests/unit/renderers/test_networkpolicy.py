@@ -255,3 +255,59 @@ def test_with_external_nomad_servers_the_pods_reach_them_and_no_policy_admits_46
         for row in p["metadata"]["annotations"]["hardening.circleci.com/guide-rows"].split(",")
     }
     assert "V48-K8S-OUT-1" in rows and "LB-IN-4" not in rows
+
+
+MONITORING = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    "ports": [9273, "status"],
+}
+
+
+@pytest.mark.parametrize("restrict_egress", [False, True])
+def test_the_monitoring_reference_reaches_the_listed_ports_and_nothing_else(
+    restrict_egress: bool,
+) -> None:
+    """CHOICE-NP-MONITORING as a truth table: the scraper (namespace and pod selector together)
+    on the listed pod ports of any pod in the namespace; nobody else, no other port."""
+    spec = make_spec(
+        **{
+            "kubernetes.monitoring": MONITORING,
+            "kubernetes.networkPolicies": {"restrictEgress": restrict_egress},
+        }
+    )
+    policies = render(spec)
+    monitoring = by_name(policies)["svh-allow-monitoring"]
+    assert (
+        monitoring["metadata"]["annotations"]["hardening.circleci.com/guide-rows"]
+        == "CHOICE-NP-MONITORING"
+    )
+    assert monitoring["spec"]["ingress"] == [
+        {
+            "from": [{
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+            }],
+            "ports": [{"protocol": "TCP", "port": 9273}, {"protocol": "TCP", "port": "status"}],
+        }
+    ]  # fmt: skip
+    ns = OWNER.namespace
+    telegraf = Pod(ns, {"app.kubernetes.io/name": "telegraf"}, "10.0.5.1")
+    kong = Pod(ns, {"app": "kong"}, "10.0.5.2", {"status": 8100})
+    prometheus = Pod("monitoring", {"app.kubernetes.io/name": "prometheus"}, "10.0.9.1")
+    grafana = Pod("monitoring", {"app": "grafana"}, "10.0.9.2")
+    stranger = Pod("team-x", {"app.kubernetes.io/name": "prometheus"}, "10.0.9.3")
+    table = [
+        (prometheus, telegraf, 9273, True),
+        (prometheus, kong, 8100, True),  # the named port, on the pod that declares it
+        (prometheus, telegraf, 8100, False),  # telegraf declares no "status" port
+        (prometheus, telegraf, 8125, False),
+        (grafana, telegraf, 9273, False),  # not the scraper's pods
+        (stranger, telegraf, 9273, False),  # the scraper's labels in another namespace
+        (Outside("198.51.100.7"), telegraf, 9273, False),
+    ]
+    for src, dst, port, expected in table:
+        assert allows(policies, src, dst, port) is expected, (src, dst, port)
+    without = render(make_spec())
+    assert "svh-allow-monitoring" not in by_name(without)
+    assert not allows(without, prometheus, telegraf, 9273)
