@@ -344,8 +344,35 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-host", default="0.0.0.0", help="address to serve metrics on")  # noqa: S104
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     run.add_argument("--verbose", action="store_true")
-    run.add_argument("--peering", default=None, help="kopf peering name for HA (else standalone)")
-    run.add_argument("--priority", type=int, default=0, help="peering priority")
+    election = run.add_argument_group(
+        "leader election (HA)",
+        "with --leader-elect, replicas hold a coordination.k8s.io/v1 Lease to act: one writes, "
+        "the others stand by (client-go's semantics and default timings)",
+    )
+    election.add_argument(
+        "--leader-elect", action="store_true", help="act only while holding the Lease"
+    )
+    election.add_argument("--lease-name", default="server-hardening", help="the Lease's name")
+    election.add_argument(
+        "--lease-namespace",
+        default=None,
+        help="the Lease's namespace (default: $POD_NAMESPACE, else the first --namespace)",
+    )
+    election.add_argument(
+        "--lease-duration",
+        type=float,
+        default=15.0,
+        help="seconds a standby waits after the Lease last changed before taking it over",
+    )
+    election.add_argument(
+        "--renew-deadline",
+        type=float,
+        default=10.0,
+        help="seconds the leader keeps trying to renew before it stops (< --lease-duration)",
+    )
+    election.add_argument(
+        "--retry-period", type=float, default=2.0, help="seconds between renewals and tries"
+    )
     run.add_argument("--kubeconfig", default=None, help="else in-cluster or ~/.kube/config")
     run.add_argument(
         "--release-timeout",

@@ -56,6 +56,10 @@ Series
     its last check: nothing to compare, its check timestamps move on).
 ``server_hardening_watch_alive`` gauge
     1 while the operator's watch streams are alive (the liveness probe reads the same state).
+``server_hardening_leader`` gauge
+    1 while this replica acts (it holds the leader Lease, or runs without leader election);
+    0 while it stands by. Summed over the replicas it is 1 (0: no leader; 2 is never seen, as
+    a replica that loses the Lease exits).
 """
 
 from __future__ import annotations
@@ -120,6 +124,11 @@ DRIFT_CHECKS = Counter(
 WATCH_ALIVE = Gauge(
     "server_hardening_watch_alive",
     "1 while the operator's watch streams are alive.",
+    registry=_STANDARD,
+)
+LEADER = Gauge(
+    "server_hardening_leader",
+    "1 while this replica acts (holds the leader Lease, or runs without leader election).",
     registry=_STANDARD,
 )
 

@@ -281,7 +281,7 @@ def test_builder_steps_install_a_working_hardening_into_a_fresh_venv(
     run_help = proc.stdout
     for option in ("--namespace", "--all-namespaces", "--metrics-port", "--log-format"):
         assert option in run_help
-    for option in ("--peering", "--priority"):
+    for option in ("--leader-elect", "--lease-name", "--lease-duration", "--renew-deadline"):
         assert option in run_help
     pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python")]
     listed = subprocess.run(

@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import urllib3
 
+from server_hardening.targets import gate
 from server_hardening.targets.kubeconfig import (
     Credentials,
     CredentialSource,
@@ -36,6 +37,9 @@ READ_TIMEOUT = 30.0
 
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
+
+#: Requests that change nothing (the write gate lets them through).
+READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 # The API groups the operator calls, for namespaced() and the watches.
 CORE = "/api/v1"
@@ -70,6 +74,10 @@ class KubeApi:
 
     Errors: :class:`ApiError` for an error status; urllib3's ``HTTPError`` (and ``OSError``)
     for a connection that failed. Nothing is retried here: the adapters' retry policy decides.
+    Every request that is not a read first asks the process's write gate
+    (:mod:`server_hardening.targets.gate`; :class:`~.gate.NotLeading` when it is closed),
+    unless the client is built with ``gated=False`` (the leader election's own).
+    ``user_agent`` names the caller to the API server (its audit log records it).
     """
 
     def __init__(
@@ -78,7 +86,11 @@ class KubeApi:
         *,
         pool_size: int = 10,
         read_timeout: float = READ_TIMEOUT,
+        gated: bool = True,
+        user_agent: str = USER_AGENT,
     ) -> None:
+        self.gated = gated
+        self.user_agent = user_agent
         self.source = (
             credentials
             if isinstance(credentials, CredentialSource)
@@ -98,10 +110,17 @@ class KubeApi:
             server_hostname=creds.tls_server_name,
         )
 
-    def fork(self) -> KubeApi:
+    def fork(self, *, gated: bool | None = None) -> KubeApi:
         """The same credentials, connections of its own (for a probe that must never wait
-        behind the reconciles, nor hand them a half-read connection)."""
-        return KubeApi(self.source, pool_size=1, read_timeout=self.read_timeout)
+        behind the reconciles, nor hand them a half-read connection). The same write gate
+        unless ``gated`` says otherwise."""
+        return KubeApi(
+            self.source,
+            pool_size=1,
+            read_timeout=self.read_timeout,
+            gated=self.gated if gated is None else gated,
+            user_agent=self.user_agent,
+        )
 
     def close(self) -> None:
         """Close the pooled connections (a later call opens new ones)."""
@@ -117,6 +136,8 @@ class KubeApi:
         timeout: float | None = None,
     ) -> Any:
         """One call; the decoded JSON answer (a text answer comes back as ``str``)."""
+        if self.gated and method not in READS:
+            gate.WRITES.check(f"{method} {path}")
         headers = self._headers()
         data = None
         if body is not None:
@@ -141,7 +162,7 @@ class KubeApi:
 
     def _headers(self) -> dict[str, str]:
         """Every call's headers; the token as it is now (re-read, or renewed, when due)."""
-        headers = {"Accept": JSON, "User-Agent": USER_AGENT}
+        headers = {"Accept": JSON, "User-Agent": self.user_agent}
         token = self.source.current().token
         if token:
             headers["Authorization"] = f"Bearer {token}"

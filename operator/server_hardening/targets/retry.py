@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from server_hardening.targets import gate
 from server_hardening.targets.base import ApiCallRecorder, TransientTargetError, ignore_call
 
 T = TypeVar("T")
@@ -71,9 +72,12 @@ class Retrier:
             self._slept = 0.0
 
     def call(self, operation: str, resource: str, fn: Callable[[], T], classify: Classifier) -> T:
+        """Run ``fn`` until it succeeds, is not to be retried, or the policy gives up. Every
+        attempt first asks the write gate (a replica that does not lead calls nothing)."""
         attempt = 0
         while True:
             attempt += 1
+            gate.WRITES.check(f"{operation} on {resource}")
             try:
                 out = fn()
             except Exception as exc:

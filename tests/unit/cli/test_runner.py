@@ -1,4 +1,5 @@
-"""``hardening run``'s process contract: its kopf identity, and its exit codes."""
+"""``hardening run``'s process contract: its kopf identity, its exit codes, and what its health
+endpoints say of a standby."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def run_with_kopf(monkeypatch: pytest.MonkeyPatch, operator: object) -> int:
 
     # A client that is never called (kopf is replaced): nothing listens there.
     api = KubeApi(Credentials(server="https://127.0.0.1:9"))
-    monkeypatch.setattr(runner, "kube_api", lambda kubeconfig: api)
+    monkeypatch.setattr(runner, "kube_api", lambda kubeconfig, identity="": api)
     args = build_parser().parse_args(
         ["run", "--metrics-host", "127.0.0.1", "--metrics-port", "0", "-n", "x"]
     )
@@ -161,3 +162,93 @@ def test_a_namespace_pattern_is_refused_naming_it(capsys: pytest.CaptureFixture[
     )
     assert runner.run_operator(args) == runner.EXIT_FATAL
     assert "--namespace 'team-*': a name, not a pattern" in capsys.readouterr().err
+
+
+# -- leader election: kopf is standalone, timings are checked, a standby is ready -------------
+
+
+def test_kopf_runs_standalone_whatever_the_election(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One mechanism decides who acts (the Lease): kopf's peering is never used."""
+    seen: dict[str, object] = {}
+
+    async def recording(**kwargs: object) -> None:
+        seen.update(kwargs)
+
+    run_with_kopf(monkeypatch, recording)
+    assert seen["standalone"] is True
+    assert "peering_name" not in seen
+
+
+def test_lease_timings_that_cannot_keep_one_leader_exit_non_zero_naming_them(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server_hardening.cli import build_parser
+    from server_hardening.targets.kubeapi import KubeApi
+    from server_hardening.targets.kubeconfig import Credentials
+
+    api = KubeApi(Credentials(server="https://127.0.0.1:9"))  # never called
+    monkeypatch.setattr(runner, "kube_api", lambda kubeconfig, identity="": api)
+    args = build_parser().parse_args(
+        ["run", "-n", "x", "--leader-elect", "--lease-duration", "10", "--renew-deadline", "10"]
+    )
+    assert runner.run_operator(args) == runner.EXIT_FATAL
+    err = capsys.readouterr().err
+    assert "renew deadline 10s must be shorter than the lease duration 10s" in err
+
+
+class StandbyElection:
+    """What Health reads of an election: its thread, last contact, error and holder."""
+
+    def __init__(self, *, contact_age: float, thread_alive: bool = True) -> None:
+        import time
+
+        self.last_contact = time.monotonic() - contact_age
+        self.error = "read Lease x/y: the API server is down"
+        self.holder = "server-hardening-7d4b9c-aaaaa"
+        self.release = threading.Event()
+        self.thread = threading.Thread(target=self.release.wait, daemon=True)
+        self.thread.start()
+        if not thread_alive:
+            self.release.set()
+            self.thread.join()
+
+
+def test_a_standby_is_alive_and_ready_and_says_who_leads() -> None:
+    election = StandbyElection(contact_age=1.0)
+    health = runner.Health(None, watch_down_seconds=60, election=election)  # type: ignore[arg-type]
+    try:
+        why = "standby: the leader is server-hardening-7d4b9c-aaaaa"
+        assert health.alive() == (True, why)
+        assert health.ready() == (True, why)
+    finally:
+        election.release.set()
+
+
+def test_a_standby_cut_off_from_the_api_server_is_not_alive() -> None:
+    election = StandbyElection(contact_age=90.0)
+    health = runner.Health(None, watch_down_seconds=60, election=election)  # type: ignore[arg-type]
+    try:
+        ok, why = health.alive()
+        assert not ok
+        assert "has not answered a Lease call for 90s" in why
+        assert "the API server is down" in why
+        assert health.ready()[0] is False
+    finally:
+        election.release.set()
+
+
+def test_a_standby_whose_election_stopped_is_not_alive() -> None:
+    election = StandbyElection(contact_age=0.0, thread_alive=False)
+    health = runner.Health(None, watch_down_seconds=60, election=election)  # type: ignore[arg-type]
+    assert health.alive() == (False, "the leader election has stopped")
+
+
+def test_the_leader_is_judged_as_a_single_operator_is() -> None:
+    """Once kopf runs (this replica leads), health is kopf's, not the election's."""
+    election = StandbyElection(contact_age=0.0)
+    health = runner.Health(None, watch_down_seconds=60, election=election)  # type: ignore[arg-type]
+    health.kopf_thread = finished_thread()
+    try:
+        assert health.alive() == (False, "the kopf operator has stopped")
+    finally:
+        election.release.set()
