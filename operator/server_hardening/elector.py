@@ -63,9 +63,12 @@ class LeaderElection:
         self.wall = wall
         self.jitter = jitter
         self.stopping = threading.Event()
+        self.standing_down = False
         self.thread: threading.Thread | None = None
-        #: When the API server last answered a Lease call (this clock), and the last error.
+        #: When the API server last answered a Lease call (this clock; until the first answer,
+        #: when the election was made), whether it ever has, and the last error.
         self.last_contact = clock()
+        self.answered = False
         self.error = ""
         self.reported_holder = ""
 
@@ -117,6 +120,7 @@ class LeaderElection:
                 self._failed(str(exc))
                 return
             self.last_contact = self.clock()
+            self.answered = True
             step = self.elector.decide(self.clock(), seen, self.wall())
             self._report_holder()
         if step.kind is Kind.WAIT or step.record is None:
@@ -145,7 +149,8 @@ class LeaderElection:
         self.elector.written(sent, answered, step.record, version)
         if not self.elector.leading:
             return
-        self.writes.open_until(self.elector.act_until())
+        if not self.standing_down:
+            self.writes.open_until(self.elector.act_until())
         self._report_holder()
         if not was_leading:
             log.info(
@@ -170,6 +175,13 @@ class LeaderElection:
         if holder != self.reported_holder:
             self.reported_holder = holder
             log.info("leader election: the leader is %s", holder or "(none)")
+
+    def stand_down(self) -> None:
+        """A graceful stop began: write nothing more (the gate closes and renewals no longer
+        open it), while the Lease is still renewed until kopf has stopped and it is released:
+        nobody acts in between, and nobody may take over before the release."""
+        self.standing_down = True
+        self.writes.close()
 
     def stop(self, timeout: float) -> None:
         """Stop trying (a graceful stop); the thread ends after its current call."""

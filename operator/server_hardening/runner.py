@@ -41,6 +41,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -197,6 +198,8 @@ class Health:
     def ready(self) -> tuple[bool, str]:
         ok, why = self.alive()
         rt = self.state
+        if ok and self.standing_by() and self.election and not self.election.answered:
+            return False, "standby: the Lease has not been read yet"
         if not ok or self.standing_by():
             return ok, why
         if rt is None or not rt.ready:
@@ -300,8 +303,19 @@ def leader_election(
     )
     client = LeaseClient(api.fork(gated=False), namespace, args.lease_name)
     return LeaderElection(
-        client, Elector(identity, timings), on_started=lambda: None, on_lost=_leadership_lost
+        client,
+        Elector(candidate_identity(identity), timings),
+        on_started=lambda: None,
+        on_lost=_leadership_lost,
     )
+
+
+def candidate_identity(identity: str) -> str:
+    """The Lease holder's name: this replica's identity and a suffix of its own, as
+    kube-controller-manager and controller-runtime name theirs. A container restarted in the
+    same pod (same pod name) is then a new candidate that waits like any other, instead of
+    renewing the Lease its killed predecessor held as if it were its own."""
+    return f"{identity}_{uuid.uuid4().hex[:10]}"
 
 
 def _leadership_lost(why: str) -> None:
@@ -436,6 +450,8 @@ def _supervise(stop: threading.Event, kopf_run: _KopfRun, election: LeaderElecti
     while not stop.is_set() and (kopf_run.health.kopf_thread is None or kopf_run.thread.is_alive()):
         stop.wait(1.0)
     launched = kopf_run.launched()
+    if election is not None:
+        election.stand_down()  # a standby takes over once released: nothing more from here
     if launched:
         kopf_run.thread.join(timeout=STOP_GRACE_SECONDS)
     return launched

@@ -319,3 +319,98 @@ def wait_for_event(
 def network_policies(api: Any, namespace: str) -> dict[str, Any]:
     items = client.NetworkingV1Api(api).list_namespaced_network_policy(namespace).items
     return {p.metadata.name: p for p in items}
+
+
+# -- leader election: several operator processes on one Lease ----------------------------------
+
+
+def ha_rbac(namespace: str, lease: str) -> tuple[list[dict[str, Any]], str]:
+    """The chart's RBAC with ha.enabled for one watched namespace, and its ServiceAccount."""
+    sys.path.insert(0, str(REPO / "tests" / "packaging"))
+    from hardening_chart import rbac_objects, render_chart, service_account
+
+    rendered = render_chart(
+        {"watchNamespaces": [namespace], "replicaCount": 2,
+         "ha": {"enabled": True, "leaseName": lease}},
+        namespace=RELEASE_NAMESPACE,
+    )  # fmt: skip
+    _, name = service_account(rendered)
+    return rbac_objects(rendered), name
+
+
+def bound_to(objects: list[dict[str, Any]], accounts: Iterable[str]) -> list[dict[str, Any]]:
+    """The same RBAC with every binding granted to each of ``accounts``."""
+    out = copy.deepcopy(objects)
+    for obj in out:
+        if obj["kind"] in {"RoleBinding", "ClusterRoleBinding"}:
+            obj["subjects"] = [
+                {"kind": "ServiceAccount", "name": account, "namespace": RELEASE_NAMESPACE}
+                for account in accounts
+            ]
+    return out
+
+
+class LeaderReplicas:
+    """Operator processes with ``--leader-elect`` on one Lease (``leader-<namespace>`` in the
+    release namespace), watching ``namespace``, each replica as a ServiceAccount of its own
+    (so the audit log tells them apart by user) with the chart's HA RBAC. A replica's Lease
+    identity is its name (``POD_NAME``) and a suffix: :meth:`leader` strips the suffix."""
+
+    def __init__(
+        self, control_plane: Any, api: Any, namespace: str, names: Sequence[str], **env: str
+    ) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.lease = f"leader-{namespace}"
+        self.env = env
+        install_crd(api)
+        ensure_namespace(api, RELEASE_NAMESPACE)
+        ensure_namespace(api, namespace)
+        rbac, account = ha_rbac(namespace, self.lease)
+        accounts = {name: f"{account}-{name}" for name in names}
+        apply_objects(api, bound_to(rbac, accounts.values()))
+        self.kubeconfigs: dict[str, Path] = {
+            name: control_plane.service_account_kubeconfig(RELEASE_NAMESPACE, account)
+            for name, account in accounts.items()
+        }
+        #: ``{username: replica}`` for reading the audit log.
+        self.users = {
+            f"system:serviceaccount:{RELEASE_NAMESPACE}:{account}": name
+            for name, account in accounts.items()
+        }
+        self.processes: dict[str, OperatorProcess] = {}
+
+    def process(self, name: str, kubeconfig_of: str | None = None) -> OperatorProcess:
+        """A replica's process, not started (``kubeconfig_of``: another replica's account)."""
+        process = OperatorProcess(
+            self.kubeconfigs[kubeconfig_of or name],
+            [self.namespace],
+            env={"POD_NAME": name, **self.env},
+            extra_args=["--leader-elect", "--lease-namespace", RELEASE_NAMESPACE,
+                        "--lease-name", self.lease],
+        )  # fmt: skip
+        self.processes[name] = process
+        return process
+
+    def start(self, name: str, kubeconfig_of: str | None = None) -> OperatorProcess:
+        """Start a replica; returns once its /readyz answers 200 (a standby is ready)."""
+        return self.process(name, kubeconfig_of).start()
+
+    def holder(self) -> str:
+        try:
+            lease = client.CoordinationV1Api(self.api).read_namespaced_lease(
+                self.lease, RELEASE_NAMESPACE
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return ""
+            raise
+        return str(lease.spec.holder_identity or "")
+
+    def leader(self) -> str:
+        """The replica holding the Lease ("" for none)."""
+        return self.holder().split("_")[0]
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            process.kill()

@@ -195,8 +195,6 @@ API_PATHS: dict[str, tuple[str, str, bool]] = {
         False,
     ),
     "ServerHardening": ("/apis/hardening.circleci.com/v1alpha1", "serverhardenings", True),
-    "KopfPeering": ("/apis/kopf.dev/v1", "kopfpeerings", True),
-    "ClusterKopfPeering": ("/apis/kopf.dev/v1", "clusterkopfpeerings", False),
     "ServiceMonitor": ("/apis/monitoring.coreos.com/v1", "servicemonitors", True),
     "PrometheusRule": ("/apis/monitoring.coreos.com/v1", "prometheusrules", True),
 }
@@ -342,6 +340,12 @@ VALUES_SCHEMA = CHART / "values.schema.json"
 DURATION = {"type": "string", "pattern": "^[0-9]+(ms|s|m|h|d|w|y)$"}
 DNS_LABEL = {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}
 PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+# A Lease's name: a DNS subdomain, or empty for the default (the full name).
+DNS_SUBDOMAIN_OR_EMPTY = {
+    "type": "string",
+    "pattern": r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)?$",
+    "maxLength": 253,
+}
 SEVERITY = {"type": "string", "minLength": 1}
 
 # Constraints beyond the type of the default, by dotted key.
@@ -349,11 +353,13 @@ SCHEMA_OVERRIDES: dict[str, dict[str, Any]] = {
     "watchNamespaces": {"type": "array", "items": DNS_LABEL, "uniqueItems": True},
     "replicaCount": {"type": "integer", "minimum": 1},
     "operator.logFormat": {"type": "string", "enum": ["text", "json"]},
-    "operator.priority": {"type": "integer"},
     "operator.extraArgs": {"type": "array", "items": {"type": "string"}},
     "image.pullPolicy": {"type": "string", "enum": ["Always", "IfNotPresent", "Never"]},
     "image.digest": {"type": "string", "pattern": "^(sha256:[0-9a-f]{64})?$"},
-    "ha.peeringName": DNS_LABEL,
+    "ha.leaseName": DNS_SUBDOMAIN_OR_EMPTY,
+    "ha.leaseDurationSeconds": {"type": "integer", "minimum": 1},
+    "ha.renewDeadlineSeconds": {"type": "integer", "minimum": 1},
+    "ha.retryPeriodSeconds": {"type": "integer", "minimum": 1},
     "podDisruptionBudget.minAvailable": {"type": ["integer", "string"]},
     "metrics.port": PORT,
     "metrics.service.port": PORT,

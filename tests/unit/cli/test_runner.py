@@ -203,6 +203,7 @@ class StandbyElection:
         import time
 
         self.last_contact = time.monotonic() - contact_age
+        self.answered = True
         self.error = "read Lease x/y: the API server is down"
         self.holder = "server-hardening-7d4b9c-aaaaa"
         self.release = threading.Event()
@@ -220,6 +221,16 @@ def test_a_standby_is_alive_and_ready_and_says_who_leads() -> None:
         why = "standby: the leader is server-hardening-7d4b9c-aaaaa"
         assert health.alive() == (True, why)
         assert health.ready() == (True, why)
+    finally:
+        election.release.set()
+
+
+def test_a_standby_is_not_ready_before_it_has_read_the_lease() -> None:
+    election = StandbyElection(contact_age=0.0)
+    election.answered = False
+    health = runner.Health(None, watch_down_seconds=60, election=election)  # type: ignore[arg-type]
+    try:
+        assert health.ready() == (False, "standby: the Lease has not been read yet")
     finally:
         election.release.set()
 

@@ -218,6 +218,27 @@ def test_release_hands_over_at_the_standbys_next_try() -> None:
     assert lease.record.holder == "b"
 
 
+def test_a_leader_standing_down_writes_nothing_more_but_keeps_the_lease_until_released() -> None:
+    clock = Clock()
+    lease = MemoryLease(clock)
+    a, b = Candidate("a", lease, clock), Candidate("b", lease, clock)
+    a.tick()
+    b.tick()
+    a.election.stand_down()
+    assert not a.gate.is_open()
+    clock.now += 2.0
+    a.tick()  # renewed, so nobody may take over yet, but the gate stays shut
+    assert lease.record is not None and lease.record.holder.startswith("a")
+    assert not a.gate.is_open()
+    clock.now += 14.0
+    b.tick()
+    assert b.started == 0  # a's renewal 14 s ago still holds for b
+    assert a.election.release()
+    clock.now += 2.0
+    b.tick()
+    assert b.started == 1
+
+
 def test_an_unreachable_api_server_is_reported_and_the_last_contact_kept() -> None:
     clock = Clock()
     lease = MemoryLease(clock)
