@@ -10,8 +10,10 @@ Brings up the node (root; scripts/fieldprep first), then measures:
 - repair of a deleted managed NetworkPolicy: delete -> the object is back, and -> the real
   dataplane lets the flow through again (a TCP connect from the internet stand-in);
 - operator pod stop: delete -> the pod object is gone, with the container's exit code;
-- HA takeover (2 replicas): delete the leader -> a policy deleted right after its peering
-  record is withdrawn is repaired by the standby.
+- HA failover (2 replicas, leader election on a Lease): ten leader changes, alternately the
+  leader's pod deleted (it releases the Lease) and its container SIGKILLed through containerd
+  (nothing released: the standby waits out the lease); each time a policy deleted at that
+  moment, until the new holder holds the Lease and until the policy is back (p50 = median).
 
 Nothing here is asserted: the tests assert behaviour, this prints what it measured.
 """
@@ -42,7 +44,12 @@ from field.conftest import (  # noqa: E402
     RESTRICTED,
     FieldCluster,
 )
-from field.lifecycle import delete_and_watch, peers  # noqa: E402
+from field.lifecycle import (  # noqa: E402
+    change_leader,
+    delete_and_watch,
+    lease_holder,
+    pod_of,
+)
 from field.node import OUTSIDE, preflight, running_node, wait_until  # noqa: E402
 from field.workloads import (  # noqa: E402
     Source,
@@ -162,27 +169,34 @@ def pod_stops(cluster: FieldCluster, runs: int) -> dict[str, Any]:
     return {"pod_stop_seconds": spread(stops), "pod_stop_exit_codes": codes}
 
 
-def takeovers(cluster: FieldCluster, runs: int) -> dict[str, Any]:
-    net = client.NetworkingV1Api(cluster.api)
+def takeovers(cluster: FieldCluster, changes: int) -> dict[str, Any]:
+    """Two replicas with leader election; ``changes`` leader changes, alternately a deleted
+    leader pod and a SIGKILLed leader container, each with the policy deleted at that moment
+    (after a pod delete: once the old leader has released the Lease)."""
     cluster.helm("upgrade", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE,
                  "--values", str(cluster.values(ha=True)))  # fmt: skip
-    seconds = []
-    for _ in range(runs):
-        pods = {p.metadata.name for p in cluster.wait_rollout(2)}
+    pods = {p.metadata.name for p in cluster.wait_rollout(2)}
+    wait_until("a leader among the HA pods",
+               lambda: pod_of(lease_holder(cluster)) in pods or None, 60)  # fmt: skip
+    net = client.NetworkingV1Api(cluster.api)
 
-        def both(pods: set[str] = pods) -> dict[str, Any] | None:
-            found = peers(cluster, site.V3)
-            return found if pods <= set(found) else None
+    def uid() -> str | None:
+        return next((p.metadata.uid for p in net.list_namespaced_network_policy(site.V3).items
+                     if p.metadata.name == POLICY), None)  # fmt: skip
 
-        records = wait_until("peers", both, 120)
-        leader = max(pods, key=lambda name: int(records[name]["priority"]))
-        old = net.read_namespaced_network_policy(POLICY, site.V3).metadata.uid
-        t0 = time.monotonic()
-        delete_and_watch(cluster, leader)
-        net.delete_namespaced_network_policy(POLICY, site.V3)
-        wait_until("standby repair", lambda old=old: recreated(net, old), 120)
-        seconds.append(time.monotonic() - t0)
-    return {"ha_leader_delete_to_repair_seconds": spread(seconds)}
+    done = []
+    for turn in range(changes):
+        how = "pod delete" if turn % 2 == 0 else "SIGKILL"
+        done.append(change_leader(cluster, how, site.V3, POLICY, uid))
+        cluster.wait_rollout(2)
+    figures: dict[str, Any] = {}
+    for how in ("pod delete", "SIGKILL"):
+        key = how.replace(" ", "_")
+        figures[f"ha_{key}_to_new_leader_seconds"] = spread(
+            [c.lease_seconds for c in done if c.how == how])  # fmt: skip
+        figures[f"ha_{key}_to_repair_seconds"] = spread(
+            [c.repair_seconds for c in done if c.how == how])  # fmt: skip
+    return figures
 
 
 def report(figures: dict[str, Any]) -> None:
@@ -205,6 +219,8 @@ def report(figures: dict[str, Any]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="repetitions of the timed steps")
+    parser.add_argument("--leader-changes", type=int, default=10,
+                        help="HA: leader changes (alternately pod delete and SIGKILL)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     problem = preflight()
@@ -222,7 +238,7 @@ def main() -> int:
             figures |= hardened
             figures |= repair(cluster, pod_ips, args.runs)
             figures |= pod_stops(cluster, args.runs)
-            figures |= takeovers(cluster, args.runs)
+            figures |= takeovers(cluster, args.leader_changes)
             cluster.helm("uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE, "--wait")
         finally:
             listener.stop()

@@ -23,6 +23,10 @@ Sections (each prints its rows as it finishes; the whole table again at the end)
   that take 1 s and 10 s: the parallel write path against the sequential one (one write and
   its wait at a time, as the adapter did before).
 - **plan**: ``hardening plan`` on each example (wall time of the command, median of 5).
+- **failover**: two ``hardening run --leader-elect`` processes on a fresh control plane
+  (client-go's default timings); ``--failovers`` times: SIGKILL the leader, delete a managed
+  NetworkPolicy at that moment, and time until the standby holds the Lease and until the
+  policy is back; a replacement process then joins as the next standby. p50 and max.
 
 Figures, not assertions: nothing here fails on a slow machine. ``BENCH_OPERATOR_SRC`` (a
 directory holding ``server_hardening``) runs another version of the operator under the same
@@ -545,6 +549,62 @@ def _verify(groups: int = 100, per_group: int = 50, instances: int = 500) -> Non
         double.stop()
 
 
+def _failover(changes: int) -> None:
+    from kubernetes import client
+
+    from e2e.harness import GROUP, PLURAL, VERSION, LeaderReplicas, custom, resource, wait_for
+    from server_hardening_dev.controlplane import ControlPlane, ensure_binaries
+
+    ns = "bench-failover"
+    names = [f"r{i}" for i in range(changes + 2)]
+    with ControlPlane(ensure_binaries(progress=sys.stderr)) as cp:
+        api = cp.api_client()
+        net = client.NetworkingV1Api(api)
+        replicas = LeaderReplicas(cp, api, ns, names)
+        custom(api).create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, resource(ns))
+
+        def uid(name: str) -> str | None:
+            items = net.list_namespaced_network_policy(ns).items
+            return next((p.metadata.uid for p in items if p.metadata.name == name), None)
+
+        try:
+            running = [replicas.start(names[0])]
+            running.append(replicas.start(names[1]))
+            policy = wait_for(
+                "the policies",
+                lambda: sorted(
+                    p.metadata.name for p in net.list_namespaced_network_policy(ns).items
+                ),
+                120,
+            )[0]
+            held, repaired = [], []
+            for turn in range(changes):
+                leader = replicas.leader()
+                old = uid(policy)
+                victim = next(p for p in running if p.env.get("POD_NAME") == leader)
+                t0 = time.monotonic()
+                victim.kill()
+                net.delete_namespaced_network_policy(policy, ns)
+                wait_for(
+                    "a new leader",
+                    lambda leader=leader: replicas.leader() not in ("", leader),
+                    60,
+                    0.05,
+                )
+                held.append(time.monotonic() - t0)
+                wait_for("the repair", lambda old=old: uid(policy) not in (None, old), 60, 0.05)
+                repaired.append(time.monotonic() - t0)
+                running.remove(victim)
+                running.append(replicas.start(names[turn + 2]))
+        finally:
+            replicas.stop_all()
+            api.close()
+    for what, values in (("SIGKILL -> the standby holds the Lease", held),
+                         ("SIGKILL -> the deleted policy repaired", repaired)):  # fmt: skip
+        row("failover", f"{what} ({changes} leader changes): p50 / max",
+            f"{statistics.median(values):.1f} s / {max(values):.1f} s")  # fmt: skip
+
+
 def _plan() -> None:
     for example in sorted((ROOT / "examples").glob("*.yaml"), key=lambda p: -p.stat().st_size):
         walls = []
@@ -567,6 +627,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
     "aws": lambda a: _aws(),
     "kubernetes": lambda a: _kubernetes(a.sizes, a.idle_seconds, a.repairs),
     "verify": lambda a: _verify(),
+    "failover": lambda a: _failover(a.failovers),
 }
 
 
@@ -575,6 +636,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 100, 1000])
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--repairs", type=int, default=20)
+    parser.add_argument("--failovers", type=int, default=10)
     parser.add_argument("--gcp-latencies", type=float, nargs="+", default=[1.0, 10.0])
     parser.add_argument(
         "--sequential-up-to",

@@ -53,14 +53,18 @@ class Write:
 
 
 def tenures_and_writes(
-    events: Iterable[Mapping[str, Any]], lease: tuple[str, str], identify: Identify
+    events: Iterable[Mapping[str, Any]],
+    lease: tuple[str, str],
+    identify: Identify,
+    *,
+    holder: str = "",
 ) -> tuple[list[tuple[str, str]], list[Write]]:
     """The Lease's holders in order (completion time, replica) and every other write of a
-    replica with the holder at its moment."""
+    replica with the holder at its moment. ``holder``: the replica holding the Lease when the
+    events begin (for a log read from a mark)."""
     lease_namespace, lease_name = lease
     holders: list[tuple[str, str]] = []
     writes: list[Write] = []
-    holder = ""
     for event in sorted(events, key=lambda e: str(e.get("stageTimestamp", ""))):
         if event.get("verb") not in WRITE_VERBS or event.get("stage") != "ResponseComplete":
             continue

@@ -46,9 +46,7 @@ from server_hardening_dev.controlplane import TestBinaries
 # Kinds whose schema is a CRD, not a Kubernetes built-in: kubernetes_validate has no schema
 # for them, so they are skipped in the offline schema check only (the API server checks them
 # against their CRDs in test_chart_apiserver.py).
-CRD_TYPED_KINDS = frozenset(
-    {"ServiceMonitor", "PrometheusRule", "ServerHardening", "KopfPeering", "ClusterKopfPeering"}
-)
+CRD_TYPED_KINDS = frozenset({"ServiceMonitor", "PrometheusRule", "ServerHardening"})
 FORBIDDEN_VERBS = frozenset({"*", "escalate", "bind", "impersonate"})
 
 
@@ -141,7 +139,7 @@ def test_generated_copies_are_in_sync(test_binaries: TestBinaries) -> None:
 def test_cluster_wide_by_default() -> None:
     rendered = render_chart(None)
     args = one(rendered, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args == ["--all-namespaces", "--metrics-port=8080", "--log-format=json", "--priority=0"]
+    assert args == ["--all-namespaces", "--metrics-port=8080", "--log-format=json"]
     assert one(rendered, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
     assert not by_kind(rendered, "PodDisruptionBudget")
 
@@ -158,31 +156,70 @@ def test_namespaced_watches_exactly_its_namespaces() -> None:
 
 
 @pytest.mark.parametrize("name", ["ha", "namespaced-ha"])
-def test_ha_peers_with_a_random_priority_per_pod(name: str) -> None:
+def test_ha_elects_one_leader_on_a_lease_in_the_release_namespace(name: str) -> None:
     values = VARIANTS[name]
     assert values is not None
-    rendered = render_chart(values)
+    rendered = render_chart(values, namespace="ops")
     deployment = one(rendered, "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"] == ["/bin/sh", "-c"]
-    (script,) = container["args"]
-    peering = values["ha"].get("peeringName", "server-hardening")
-    assert script.startswith("exec hardening run ")
-    assert f"'--peering={peering}'" in script
-    assert '--priority="$(od -An -N2 -tu2 /dev/urandom' in script
+    assert "command" not in container  # the image's entrypoint, as without HA
+    ha = values["ha"]
+    lease = ha.get("leaseName") or "server-hardening"
+    args = container["args"]
+    assert "--leader-elect" in args
+    assert f"--lease-name={lease}" in args
+    assert "--lease-namespace=ops" in args
+    assert f"--lease-duration={ha.get('leaseDurationSeconds', 15)}" in args
+    assert f"--renew-deadline={ha.get('renewDeadlineSeconds', 10)}" in args
+    assert f"--retry-period={ha.get('retryPeriodSeconds', 2)}" in args
+    assert not [a for a in args if a.startswith(("--peering", "--priority"))]
     assert deployment["spec"]["replicas"] == values["replicaCount"]
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     pdb = one(rendered, "PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 1
-    if name == "ha":
-        assert [o["metadata"]["name"] for o in by_kind(rendered, "ClusterKopfPeering")] == [peering]
-        assert not by_kind(rendered, "KopfPeering")
-    else:
-        peerings = by_kind(rendered, "KopfPeering")
-        assert sorted(o["metadata"]["namespace"] for o in peerings) == sorted(
-            values["watchNamespaces"]
-        )
-        assert not by_kind(rendered, "ClusterKopfPeering")
+    election = [
+        r for r in by_kind(rendered, "Role") if r["metadata"]["name"].endswith("-leader-election")
+    ]
+    assert [r["metadata"]["namespace"] for r in election] == ["ops"]
+    assert election[0]["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "resourceNames": [lease], "verbs": ["get", "update"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    ]  # fmt: skip
+    (binding,) = [
+        b
+        for b in by_kind(rendered, "RoleBinding")
+        if b["roleRef"]["name"] == election[0]["metadata"]["name"]
+    ]
+    assert binding["metadata"]["namespace"] == "ops"
+    assert not [o for o in rendered if "kopf.dev" in str(o.get("apiVersion", ""))]
+
+
+def test_without_ha_there_is_no_lease_nor_its_rbac() -> None:
+    rendered = render_chart({})
+    args = pod_spec(rendered)["containers"][0]["args"]
+    assert not [a for a in args if a.startswith(("--leader-elect", "--lease"))]
+    rules = [rule for role in by_kind(rendered, "Role") + by_kind(rendered, "ClusterRole")
+             for rule in role["rules"]]  # fmt: skip
+    assert not [r for r in rules if "coordination.k8s.io" in r["apiGroups"]]
+    assert one(rendered, "Deployment")["spec"]["strategy"]["type"] == "Recreate"
+
+
+@pytest.mark.parametrize(
+    ("ha", "message"),
+    [
+        (
+            {"leaseDurationSeconds": 10, "renewDeadlineSeconds": 10},
+            "must be below ha.leaseDurationSeconds",
+        ),
+        ({"renewDeadlineSeconds": 2, "retryPeriodSeconds": 2}, "above 1.2 x ha.retryPeriodSeconds"),
+    ],
+)
+def test_lease_timings_that_cannot_keep_one_leader_are_refused(
+    ha: dict[str, int], message: str
+) -> None:
+    with pytest.raises(ChartError, match=re.escape(message)):
+        render_chart({"replicaCount": 2, "ha": {"enabled": True, **ha}})
 
 
 def test_more_than_one_replica_without_ha_is_refused() -> None:
@@ -386,14 +423,13 @@ def test_namespaced_rbac_is_a_role_per_namespace_and_only_crd_watch_cluster_wide
             "verbs": ["list", "watch"],
         }
     ]
-    roles = by_kind(rendered, "Role")
+    election = "server-hardening-leader-election"  # the Lease's Role, in the release namespace
+    roles = [r for r in by_kind(rendered, "Role") if r["metadata"]["name"] != election]
     assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(values["watchNamespaces"])
-    bindings = by_kind(rendered, "RoleBinding")
+    bindings = [b for b in by_kind(rendered, "RoleBinding") if b["metadata"]["name"] != election]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(values["watchNamespaces"])
-    for role in roles:
-        peering = [r for r in role["rules"] if r["apiGroups"] == ["kopf.dev"]]
-        assert {tuple(r["verbs"]) for r in peering} == {("get", "patch"), ("list", "watch")}
-        assert any(r.get("resourceNames") == ["hardening"] for r in peering)
+    for role in roles:  # the watched namespaces grant nothing about Leases
+        assert not [r for r in role["rules"] if "coordination.k8s.io" in r["apiGroups"]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -512,7 +548,6 @@ def test_helm_package_builds_an_archive_with_crds_and_files(tmp_path: Path) -> N
         "server-hardening/Chart.yaml",
         "server-hardening/values.schema.json",
         "server-hardening/crds/serverhardening.yaml",
-        "server-hardening/crds/kopf-peerings.yaml",
         "server-hardening/files/server-hardening.json",
         "server-hardening/templates/deployment.yaml",
         "server-hardening/README.md",

@@ -315,28 +315,35 @@ def test_cluster_wide_service_account_cannot_do_anything_else(
     sa_api, _ = service_account_api["default"]
     checks = [
         *_never_checks(WATCHED),
-        # no HA: no peering access at all
-        ("get", "kopf.dev", "clusterkopfpeerings", "", "", "server-hardening"),
-        ("list", "kopf.dev", "kopfpeerings", "", WATCHED, ""),
+        # no HA: no Lease access at all
+        ("get", "coordination.k8s.io", "leases", "", "sar-default", "sar-default-server-hardening"),
+        ("create", "coordination.k8s.io", "leases", "", "sar-default", ""),
     ]
     assert not _failures(sa_api, checks, expected=False)
 
 
-def test_ha_service_account_can_use_its_cluster_peering_only(
+def test_ha_service_account_can_use_its_lease_only(
     service_account_api: dict[str, tuple[Any, list[dict[str, Any]]]],
 ) -> None:
+    """get and update its own Lease, create one (a name cannot be granted before it exists),
+    in the release namespace only; never another Lease, never delete or watch."""
     sa_api, _ = service_account_api["ha"]
-    peering = "kopf.dev", "clusterkopfpeerings"
+    lease = "coordination.k8s.io", "leases", ""
+    own = "sar-ha-server-hardening"  # the default: the release's full name
     allowed: list[Check] = [
-        ("get", *peering, "", "", "server-hardening"),
-        ("patch", *peering, "", "", "server-hardening"),
-        ("list", *peering, "", "", ""),
-        ("watch", *peering, "", "", ""),
+        ("get", *lease, "sar-ha", own),
+        ("update", *lease, "sar-ha", own),
+        ("create", *lease, "sar-ha", ""),
     ]
     denied: list[Check] = [
-        ("patch", *peering, "", "", "someone-elses"),
-        ("delete", *peering, "", "", "server-hardening"),
-        ("create", *peering, "", "", ""),
+        ("get", *lease, "sar-ha", "someone-elses"),
+        ("update", *lease, "sar-ha", "kube-controller-manager"),
+        ("delete", *lease, "sar-ha", own),
+        ("patch", *lease, "sar-ha", own),
+        ("list", *lease, "sar-ha", ""),
+        ("watch", *lease, "sar-ha", ""),
+        ("update", *lease, "kube-system", own),
+        ("create", *lease, WATCHED, ""),
         *_never_checks(WATCHED),
     ]
     assert not _failures(sa_api, allowed + _operator_checks(WATCHED), expected=True)
@@ -352,12 +359,10 @@ def test_namespaced_service_account_is_confined_to_its_namespaces(
     allowed: list[Check] = []
     for ns in watched:
         allowed += _operator_checks(ns)
-        allowed += [
-            ("get", "kopf.dev", "kopfpeerings", "", ns, "hardening"),
-            ("patch", "kopf.dev", "kopfpeerings", "", ns, "hardening"),
-            ("list", "kopf.dev", "kopfpeerings", "", ns, ""),
-            ("watch", "kopf.dev", "kopfpeerings", "", ns, ""),
-        ]
+    allowed += [
+        ("get", "coordination.k8s.io", "leases", "", "sar-namespaced-ha", "hardening"),
+        ("update", "coordination.k8s.io", "leases", "", "sar-namespaced-ha", "hardening"),
+    ]
     assert not _failures(sa_api, allowed, expected=True)
     denied = _never_checks(WATCHED) + [
         (check[0], *check[1:4], "default", check[5])
@@ -368,7 +373,7 @@ def test_namespaced_service_account_is_confined_to_its_namespaces(
         ("list", "hardening.circleci.com", "serverhardenings", "", "", ""),
         ("list", "networking.k8s.io", "networkpolicies", "", "", ""),
         ("list", "", "namespaces", "", "", ""),
-        ("patch", "kopf.dev", "kopfpeerings", "", WATCHED, "another-peering"),
-        ("get", "kopf.dev", "clusterkopfpeerings", "", "", "hardening"),
+        ("update", "coordination.k8s.io", "leases", "", "sar-namespaced-ha", "another-lease"),
+        ("update", "coordination.k8s.io", "leases", "", watched[0], "hardening"),
     ]
     assert not _failures(sa_api, denied, expected=False)

@@ -108,19 +108,19 @@ ClusterRole when cluster-wide). Never Secrets, never wildcards.
 {{- end }}
 
 {{/*
-The kopf peering verbs (kopf lists/watches the peering objects and patches its keep-alive into
-their status).
-*/}}
-{{- define "server-hardening.peeringVerbs" -}}
-["get", "list", "watch", "patch"]
-{{- end }}
-
-{{/*
 Fail early on value combinations that cannot work.
 */}}
 {{- define "server-hardening.validate" -}}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.ha.enabled) }}
 {{- fail "replicaCount > 1 needs ha.enabled=true: standalone operators would fight over the same resources" }}
+{{- end }}
+{{- with .Values.ha }}
+{{- if not (lt (int .renewDeadlineSeconds) (int .leaseDurationSeconds)) }}
+{{- fail "ha.renewDeadlineSeconds must be below ha.leaseDurationSeconds: a leader that cannot renew must stop before a standby may take over" }}
+{{- end }}
+{{- if not (lt (mulf (float64 .retryPeriodSeconds) 1.2) (float64 .renewDeadlineSeconds)) }}
+{{- fail "ha.renewDeadlineSeconds must be above 1.2 x ha.retryPeriodSeconds (client-go's rule)" }}
+{{- end }}
 {{- end }}
 {{- if not (has .Values.operator.logFormat (list "text" "json")) }}
 {{- fail "operator.logFormat must be text or json" }}
@@ -144,4 +144,9 @@ Fail early on value combinations that cannot work.
 {{- fail "cloudCredentials.awsAccessKeyIdKey and awsSecretAccessKeyKey go together" }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/* The leader election's Lease (ha.enabled). */}}
+{{- define "server-hardening.leaseName" -}}
+{{- .Values.ha.leaseName | default (include "server-hardening.fullname" .) }}
 {{- end }}
