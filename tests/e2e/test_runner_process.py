@@ -1,7 +1,8 @@
 """``hardening run`` as a process the way a pod runs it: a uid without a passwd entry, stopped by
 SIGTERM. Against the real kube-apiserver; each test failed before its fix (issue 12): a KeyError
-from getpwuid (and exit code 0), SIGTERM killing the process without withdrawing its peering
-record. The exit code of a fatal error is tested in tests/unit/cli/test_runner.py."""
+from getpwuid (and exit code 0), SIGTERM killing the process without giving up its part in the
+HA election (then kopf's peering record, now the leader Lease). The exit code of a fatal error
+is tested in tests/unit/cli/test_runner.py."""
 
 from __future__ import annotations
 
@@ -14,22 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from kubernetes import client, utils
-from kubernetes.client.rest import ApiException
+from kubernetes import client
 
 from e2e.harness import (
-    REPO,
+    RELEASE_NAMESPACE,
+    LeaderReplicas,
     OperatorProcess,
-    apply_objects,
     operator_identity,
     wait_for,
 )
 
 pytestmark = [pytest.mark.e2e]
 
-PEERING_CRDS = REPO / "helm" / "server-hardening" / "crds" / "kopf-peerings.yaml"
-PEERING = "server-hardening"
 #: What a pod's environment has (the chart's downward API), and no user name at all.
 POD_ENV = {"POD_NAME": "server-hardening-7d4b9c-x2k8q"}
 USER_VARIABLES = ("USER", "LOGNAME", "LNAME", "USERNAME")
@@ -38,50 +35,6 @@ USER_VARIABLES = ("USER", "LOGNAME", "LNAME", "USERNAME")
 def pod_like_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in USER_VARIABLES}
     return {**env, **POD_ENV, "HOME": "/nonexistent", **extra}
-
-
-def install_peering(api: Any, namespace: str) -> None:
-    for doc in yaml.safe_load_all(PEERING_CRDS.read_text()):
-        try:
-            utils.create_from_dict(api, doc)
-        except utils.FailToCreateError as exc:
-            if not all(e.status == 409 for e in exc.api_exceptions):
-                raise
-    body = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
-            "metadata": {"name": PEERING, "namespace": namespace}}  # fmt: skip
-    wait_for("the KopfPeering CRD to serve", lambda: _create_peering(api, namespace, body))
-
-
-def _create_peering(api: Any, namespace: str, body: dict[str, Any]) -> bool:
-    try:
-        client.CustomObjectsApi(api).create_namespaced_custom_object(
-            "kopf.dev", "v1", namespace, "kopfpeerings", body
-        )
-    except ApiException as exc:
-        if exc.status == 404:
-            return False  # the CRD is not served yet
-        if exc.status != 409:
-            raise
-    return True
-
-
-def peers(api: Any, namespace: str) -> dict[str, Any]:
-    body = client.CustomObjectsApi(api).get_namespaced_custom_object(
-        "kopf.dev", "v1", namespace, "kopfpeerings", PEERING
-    )
-    return dict(body.get("status") or {})
-
-
-def ha_rbac(namespace: str) -> list[dict[str, Any]]:
-    """The chart's RBAC with ``ha.enabled`` (it adds the kopfpeerings rules)."""
-    sys.path.insert(0, str(REPO / "tests" / "packaging"))
-    from hardening_chart import rbac_objects, render_chart
-
-    rendered = render_chart(
-        {"watchNamespaces": [namespace], "ha": {"enabled": True, "peeringName": PEERING}},
-        namespace="server-hardening",
-    )
-    return rbac_objects(rendered)
 
 
 def without_passwd_entry(directory: Path) -> list[str]:
@@ -116,31 +69,30 @@ def test_runs_without_a_passwd_entry_for_its_uid(
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_signal_withdraws_the_peering_record_and_exits_zero(
+def test_a_stop_signal_releases_the_lease_and_exits_zero(
     control_plane: Any, admin_api: Any, namespace: str, stop_signal: signal.Signals
 ) -> None:
-    kubeconfig, _ = operator_identity(control_plane, admin_api, [namespace])
-    install_peering(admin_api, namespace)
-    apply_objects(admin_api, ha_rbac(namespace))
-    operator = OperatorProcess(
-        kubeconfig, [namespace], env=pod_like_env(),
-        extra_args=["--peering", PEERING, "--priority", "7"],
-    ).start()  # fmt: skip
+    pod = POD_ENV["POD_NAME"]  # the chart's downward-API pod name
+    replicas = LeaderReplicas(control_plane, admin_api, namespace, [pod])
+    operator = replicas.process(pod)
+    operator.env.update(pod_like_env())
+    operator.start()
     try:
-        identity, record = wait_for(
-            "the operator's peering record",
-            lambda: next(iter(peers(admin_api, namespace).items()), None),
-        )
-        assert record["priority"] == 7
+        holder = wait_for("the operator to hold the Lease", replicas.holder)
+        assert holder.startswith(f"{pod}_")
         assert operator.proc is not None
         operator.proc.send_signal(stop_signal)
         code = operator.proc.wait(timeout=25)
         assert code == 0, operator.log_tail()
-        assert identity not in peers(admin_api, namespace), "the peering record stayed"
+        lease = client.CoordinationV1Api(admin_api).read_namespaced_lease(
+            replicas.lease, RELEASE_NAMESPACE
+        )
+        # client-go's release: no holder, a one-second lease, so a standby takes it at once.
+        assert (lease.spec.holder_identity or "", lease.spec.lease_duration_seconds) == ("", 1)
         log = operator.log_tail(200)
         assert f"{stop_signal.name} received: stopping" in log
+        assert "leader election: released" in log
         # kopf did not have to wait out (5 s) and cancel a task it does not own.
         assert "Hung tasks stopping is skipped: no tasks given." in log
-        assert identity == POD_ENV["POD_NAME"]  # the chart's downward-API pod name
     finally:
         operator.kill()
