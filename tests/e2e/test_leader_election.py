@@ -137,3 +137,35 @@ def test_one_replica_writes_and_a_standby_takes_over_a_crash_and_a_release(
         if w.what.startswith(f"create networkpolicies {namespace}/{policy} ")
     ]
     assert repairs == ["a", "b", "c"]
+
+
+def test_the_lease_client_reads_back_what_it_wrote_and_refuses_a_stale_write(
+    control_plane: Any, namespace: str
+) -> None:
+    """The adapter against the real API server: a record round-trips unchanged (its MicroTimes
+    as the API server stores them), a second create and an update from an old resourceVersion
+    are conflicts (the optimistic concurrency the election relies on), a release reads back as
+    no holder."""
+    from server_hardening.election import LeaseRecord, Observed
+    from server_hardening.elector import wall_now
+    from server_hardening.targets.kubeapi import KubeApi
+    from server_hardening.targets.kubeconfig import load_credentials
+    from server_hardening.targets.lease import LeaseClient, LeaseConflict
+
+    api = KubeApi(load_credentials(str(control_plane.admin_kubeconfig)), gated=False)
+    lease = LeaseClient(api, namespace, "probe")
+    assert lease.get(timeout=10) == Observed(None)
+    now = wall_now()
+    record = LeaseRecord("a_1", 15, now, now, 0)
+    first = lease.create(record, timeout=10)
+    with pytest.raises(LeaseConflict):
+        lease.create(record, timeout=10)
+    assert lease.get(timeout=10) == Observed(record, first)
+    renewed = LeaseRecord("a_1", 15, now, wall_now(), 0)
+    second = lease.update(renewed, first, timeout=10)
+    with pytest.raises(LeaseConflict):
+        lease.update(LeaseRecord("b_2", 15, now, now, 1), first, timeout=10)  # a stale read
+    assert lease.get(timeout=10) == Observed(renewed, second)
+    released = LeaseRecord("", 1, wall_now(), wall_now(), 0)
+    third = lease.update(released, second, timeout=10)
+    assert lease.get(timeout=10) == Observed(released, third)
