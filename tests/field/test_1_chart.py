@@ -47,7 +47,7 @@ def test_the_chart_pod_is_ready_as_deployed(release: FieldCluster) -> None:
     service = release.core.read_namespaced_service("kubernetes", "default")
     assert service.spec.cluster_ip == KUBERNETES_SERVICE_IP
     log = container_log(pod)
-    assert f"kopf identity {pod.metadata.name}" in log
+    assert f"identity {pod.metadata.name}" in log  # kopf's, and the Lease candidate's prefix
     assert "getpwuid" not in log
     policy = client.NetworkingV1Api(release.api).read_namespaced_network_policy(
         RELEASE, RELEASE_NAMESPACE
