@@ -770,6 +770,10 @@ def _parse_time(value: Any) -> dt.datetime | None:
 def event_sources(state: OperatorState, **options: Any) -> EventSources:
     """The operator's event sources (made on first use): their readers request checks through
     :func:`request_reconcile`, the one coalescing runner every trigger goes through."""
+    if state.loop is None:
+        # Made from a handler, in the event loop the readers hand their work to.
+        with contextlib.suppress(RuntimeError):
+            state.loop = asyncio.get_running_loop()
     if state.event_sources is None:
         state.event_sources = EventSources(
             request=lambda _provider, keys: _from_reader(state, _event_checks, keys),
@@ -782,11 +786,8 @@ def event_sources(state: OperatorState, **options: Any) -> EventSources:
 def _from_reader(state: OperatorState, call: Callable[..., None], *args: Any) -> None:
     """Reader threads hand their work to the event loop (asyncio objects belong to it)."""
     if state.loop is None:
-        try:
-            state.loop = asyncio.get_running_loop()
-        except RuntimeError:
-            log.warning("cloud events arrived before the scheduler started: left to the timer")
-            return
+        log.warning("cloud events arrived before the event loop was known: left to the timer")
+        return
     state.loop.call_soon_threadsafe(call, state, *args)
 
 

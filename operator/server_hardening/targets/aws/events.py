@@ -76,13 +76,13 @@ class SqsQueue:
             ),
         )
 
-    def receive(self, wait_seconds: int) -> list[QueueMessage]:
+    def receive(self, wait_seconds: float) -> list[QueueMessage]:
         """Up to :data:`BATCH` messages, waiting up to ``wait_seconds`` for the first."""
         answer = self._call(
             "ReceiveMessage",
             QueueUrl=self.queue_url,
             MaxNumberOfMessages=BATCH,
-            WaitTimeSeconds=max(0, min(wait_seconds, LONG_POLL_SECONDS)),
+            WaitTimeSeconds=max(0, min(round(wait_seconds), LONG_POLL_SECONDS)),
         )
         return [
             QueueMessage(handle=str(m["ReceiptHandle"]), body=str(m.get("Body") or ""))
