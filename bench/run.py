@@ -23,6 +23,10 @@ Sections (each prints its rows as it finishes; the whole table again at the end)
   that take 1 s and 10 s: the parallel write path against the sequential one (one write and
   its wait at a time, as the adapter did before).
 - **plan**: ``hardening plan`` on each example (wall time of the command, median of 5).
+- **events-aws**, **events-gcp** (``bench/events.py``): the time from a cloud event's delivery
+  to the repair (moto's EventBridge and SQS; the Pub/Sub emulator and the Compute fake), p50/p99
+  over ``--event-changes``, beside the timer alone's, and the API calls a minute of an idle
+  operator with events on and off.
 
 Figures, not assertions: nothing here fails on a slow machine. ``BENCH_OPERATOR_SRC`` (a
 directory holding ``server_hardening``) runs another version of the operator under the same
@@ -561,8 +565,17 @@ def _plan() -> None:
             f"{statistics.median(walls):.2f} s (median of 5, process start included)")  # fmt: skip
 
 
+def _events(provider: str, args: argparse.Namespace) -> None:
+    import events
+
+    run = events.aws if provider == "aws" else events.gcp
+    run(row, args.event_changes, args.timer_interval, args.events_idle_seconds)
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
     "plan": lambda a: _plan(),
+    "events-aws": lambda a: _events("aws", a),
+    "events-gcp": lambda a: _events("gcp", a),
     "gcp": lambda a: _gcp(a.gcp_latencies, a.sequential_up_to),
     "aws": lambda a: _aws(),
     "kubernetes": lambda a: _kubernetes(a.sizes, a.idle_seconds, a.repairs),
@@ -582,6 +595,11 @@ def main() -> None:
         default=10.0,
         help="run the sequential GCP converge only for operation latencies up to this",
     )
+    parser.add_argument("--event-changes", type=int, default=20, help="changes per provider")
+    parser.add_argument(
+        "--timer-interval", type=float, default=10.0, help="the timer-alone runs' interval (s)"
+    )
+    parser.add_argument("--events-idle-seconds", type=float, default=60.0)
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -37,6 +37,9 @@ log = logging.getLogger("server_hardening")
 
 POLL_WAIT_SECONDS = 20.0  # one long poll; an idle source costs 3 reads a minute
 DRAIN_MAX = 100  # messages read before the checks they ask for are requested
+# An empty answer sooner than this is followed by a pause until it has passed: a server that
+# answers an empty pull at once (allowed for Pub/Sub's synchronous pull) is not polled in a loop.
+MIN_EMPTY_POLL_SECONDS = 5.0
 BACKOFF_FIRST = 5.0
 BACKOFF_MAX = 60.0
 CONDITION = "EventsReceived"
@@ -265,6 +268,7 @@ class _Reader:
             try:
                 if adapter is None:
                     adapter = self.hub.opener(self.source, self.hub.regions.get(self.source, ""))
+                polled = time.monotonic()
                 batch = list(adapter.receive(self.hub.poll_wait))
                 while batch and len(batch) < DRAIN_MAX and not self.stop.is_set():
                     more = adapter.receive(0)
@@ -289,6 +293,11 @@ class _Reader:
             backoff = BACKOFF_FIRST
             self.hub._set_health(self.source, True)
             if not batch:
+                early = min(self.hub.poll_wait, MIN_EMPTY_POLL_SECONDS) - (
+                    time.monotonic() - polled
+                )
+                if early > 0:
+                    self.stop.wait(early)
                 continue
             self.hub._handle(self.source, [m.body for m in batch])
             try:

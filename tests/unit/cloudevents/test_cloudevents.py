@@ -5,6 +5,7 @@ providers' documentation (tests/fixtures/cloudevents/SOURCES.md)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from builders import spec_dict
 from server_hardening.cloudevents import (
+    SECURITY_GROUP_CALLS,
     AwsInterest,
     GcpInterest,
     aws_concerned,
@@ -256,3 +258,41 @@ def test_a_bad_subscription_is_refused_naming_the_field(subscription: str) -> No
     with pytest.raises(SpecError) as refused:
         parse_spec(spec_dict(gcp=gcp))
     assert [e.path for e in refused.value.errors] == ["spec.gcp.events.subscription"]
+
+
+# -- the shipped plumbing says the same -------------------------------------------------------
+
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
+
+
+def test_the_shipped_eventbridge_rules_route_exactly_the_calls_the_operator_reads() -> None:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    text = (DEPLOY / "aws" / "events" / "cloudformation.yaml").read_text()
+    template = yaml.load(text, Loader=Loader)  # noqa: S506 - CloudFormation's tags read as None
+    routed: set[str] = set()
+    for resource in template["Resources"].values():
+        if resource["Type"] == "AWS::Events::Rule":
+            pattern = resource["Properties"]["EventPattern"]
+            assert pattern["detail-type"] == ["AWS API Call via CloudTrail"]
+            routed |= set(pattern["detail"]["eventName"])
+    assert routed == set(SECURITY_GROUP_CALLS)
+
+
+def test_the_operator_policy_allows_only_reading_and_deleting_one_queue() -> None:
+    policy = json.loads((DEPLOY / "aws" / "events" / "operator-policy.json").read_text())
+    (statement,) = policy["Statement"]
+    assert sorted(statement["Action"]) == ["sqs:DeleteMessage", "sqs:ReceiveMessage"]
+    assert statement["Resource"].startswith("arn:aws:sqs:") and "*" not in statement["Resource"]
+
+
+def test_the_shipped_log_sink_keeps_the_admin_activity_firewall_entries() -> None:
+    terraform = (DEPLOY / "gcp" / "events" / "main.tf").read_text()
+    assert "cloudaudit.googleapis.com%2Factivity" in terraform
+    for methods in ("compute.firewalls.", "compute.networkFirewallPolicies."):
+        assert f'protoPayload.methodName:\\"{methods}\\"' in terraform
+    assert re.search(r'role\s+= "roles/pubsub.subscriber"', terraform)
