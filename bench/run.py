@@ -599,7 +599,9 @@ def main() -> None:
     parser.add_argument(
         "--timer-interval", type=float, default=10.0, help="the timer-alone runs' interval (s)"
     )
-    parser.add_argument("--events-idle-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--events-idle-seconds", type=float, default=120.0, help="two 60 s timer intervals"
+    )
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)

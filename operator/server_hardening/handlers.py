@@ -68,10 +68,25 @@ async def _reconcile(memo: Any, namespace: str, name: str) -> None:
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
 
 
+class _ProgressStorage(kopf.AnnotationsProgressStorage):
+    """kopf's progress records, under the resource's API group as before; kopf takes every
+    annotation under that prefix for one of its own and leaves it out of what it compares, which
+    would hide the recheck annotation (a user's request, not progress) from its handler."""
+
+    def clear(self, *, essence: Any) -> Any:
+        requested = ((essence or {}).get("metadata") or {}).get("annotations") or {}
+        value = requested.get(RECHECK_ANNOTATION)
+        cleared = super().clear(essence=essence)
+        if value is not None:
+            metadata = cleared.setdefault("metadata", {})
+            metadata.setdefault("annotations", {})[RECHECK_ANNOTATION] = value
+        return cleared
+
+
 @kopf.on.startup(id="configure")
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.progress_storage = _ProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
@@ -196,7 +211,11 @@ async def on_change(
 
 
 @kopf.on.field(
-    GROUP, VERSION, PLURAL, id="recheck", field=("metadata", "annotations", RECHECK_ANNOTATION)
+    GROUP,
+    VERSION,
+    PLURAL,
+    id="on-recheck",
+    field=("metadata", "annotations", RECHECK_ANNOTATION),
 )
 async def on_recheck(
     namespace: str | None, name: str, new: Any, memo: kopf.Memo, **kwargs: Any
