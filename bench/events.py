@@ -364,3 +364,51 @@ def gcp(  # noqa: PLR0915 - one scenario, told in order
             os.environ["PUBSUB_EMULATOR_HOST"] = previous
         fake.stop()
         emulator.stop()
+
+
+# -- exceptions on time ------------------------------------------------------------------------
+
+
+def expiry(row: Row, runs: int) -> None:
+    """How late after its ``expires`` instant an exception is reported expired: the scheduler
+    checks at the instant (a 10-minute interval would report it up to 10 minutes late). A
+    Kubernetes-like target in memory holding one policy the exception excuses."""
+    import datetime as dt
+
+    from builders import make_spec
+    from unit.service.test_expiry_and_recheck import WithAnUnmanagedPolicy, codes, make_state
+
+    lateness: list[float] = []
+    for _ in range(runs):
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=RNG.uniform(2.0, 4.0))
+        spec = make_spec().model_dump(by_alias=True, mode="json")
+        spec["driftCheckInterval"] = "10m"
+        spec["exceptions"] = [
+            {
+                "target": "kubernetes",
+                "name": "extra",
+                "reason": "bench",
+                "expires": expires.isoformat(),
+            }
+        ]
+        state = make_state(WithAnUnmanagedPolicy({}), spec)
+
+        async def scenario(
+            state: OperatorState = state, spec: dict[str, Any] = spec, instant: float = 0.0
+        ) -> float:
+            async def body() -> float:
+                service.register(state, "circleci-server", "circleci", "u-1", spec, 1)
+                await service.request_reconcile(state, "circleci-server", "circleci")
+                while "ExceptionExpired" not in codes(state):
+                    await asyncio.sleep(0.005)
+                return time.time() - instant
+
+            result: float = await _run_with_scheduler(state, body)
+            return result
+
+        lateness.append(asyncio.run(scenario(instant=expires.timestamp())))
+    row(
+        "expiry",
+        "exception expires at T -> ExceptionExpired in status (timer 10m)",
+        f"T + {_pct(lateness, 0.5):.2f} s p50, T + {max(lateness):.2f} s max ({runs} runs)",
+    )

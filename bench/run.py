@@ -27,6 +27,8 @@ Sections (each prints its rows as it finishes; the whole table again at the end)
   to the repair (moto's EventBridge and SQS; the Pub/Sub emulator and the Compute fake), p50/p99
   over ``--event-changes``, beside the timer alone's, and the API calls a minute of an idle
   operator with events on and off.
+- **expiry**: how long after its ``expires`` instant an exception is reported expired, with a
+  10-minute timer (the scheduler checks at the instant), over 10 runs.
 
 Figures, not assertions: nothing here fails on a slow machine. ``BENCH_OPERATOR_SRC`` (a
 directory holding ``server_hardening``) runs another version of the operator under the same
@@ -572,10 +574,17 @@ def _events(provider: str, args: argparse.Namespace) -> None:
     run(row, args.event_changes, args.timer_interval, args.events_idle_seconds)
 
 
+def _expiry() -> None:
+    import events
+
+    events.expiry(row, 10)
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
     "plan": lambda a: _plan(),
     "events-aws": lambda a: _events("aws", a),
     "events-gcp": lambda a: _events("gcp", a),
+    "expiry": lambda a: _expiry(),
     "gcp": lambda a: _gcp(a.gcp_latencies, a.sequential_up_to),
     "aws": lambda a: _aws(),
     "kubernetes": lambda a: _kubernetes(a.sizes, a.idle_seconds, a.repairs),
