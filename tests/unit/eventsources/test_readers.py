@@ -179,3 +179,20 @@ def test_the_reader_stops_when_the_last_resource_leaves_and_its_series_go() -> N
 def up_series() -> list[float]:
     samples = metrics.EVENT_SOURCE_UP.collect()[0].samples
     return [s.value for s in samples if s.labels.get("source") == QUEUE]
+
+
+def test_a_stop_returns_at_once_and_what_the_last_poll_brings_is_left_for_the_next_reader() -> None:
+    source, recorder = ScriptedSource(), Recorder()
+    hub, _ = make_hub(source, recorder)
+    hub.poll_wait = 5.0  # a long poll in flight when the stop comes
+    subscribe(hub, "a")
+    reader = hub.readers[("aws", QUEUE)]
+    deadline = time.monotonic() + 30
+    while source.receives == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    hub.stop()  # returns without waiting for the poll
+    assert reader.stop.is_set() and reader.thread.is_alive()
+    source.script.put([record(GROUPS["a"])])  # the in-flight poll receives it after the stop
+    reader.thread.join(timeout=30)
+    assert not reader.thread.is_alive()
+    assert recorder.requests == [] and source.deleted == []
