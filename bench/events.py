@@ -98,9 +98,10 @@ async def _idle(
     checks = metrics.DRIFT_CHECKS.labels(how="full")
     if from_a_check:
         seen = checks._value.get()
-        while checks._value.get() == seen:
+        while checks._value.get() == seen:  # counted as the check starts
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # the check's own calls are in
+        while any(lock.locked() for lock in state.locks.values()):  # and it has ended
+            await asyncio.sleep(0.05)
         seconds += 1.0
     else:
         # Let the first poll and anything the converge scheduled settle first.
