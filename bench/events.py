@@ -92,22 +92,31 @@ async def _converge(state: OperatorState, ns: str, name: str) -> None:
 async def _idle(
     state: OperatorState, target: str, seconds: float, *, from_a_check: bool = False
 ) -> str:
-    """API calls a minute over ``seconds``. ``from_a_check``: the window starts just after a
-    timed check and lasts a whole number of intervals plus a second, so it holds exactly that
-    many checks (a window starting anywhere holds one more or one fewer)."""
+    """API calls a minute over ``seconds``; ``from_a_check``: over two timer intervals from the
+    end of a timed check instead (a fixed window starting anywhere holds one check more or
+    fewer)."""
     checks = metrics.DRIFT_CHECKS.labels(how="full")
-    if from_a_check:
+
+    async def a_check_ends() -> None:
         seen = checks._value.get()
         while checks._value.get() == seen:  # counted as the check starts
             await asyncio.sleep(0.05)
         while any(lock.locked() for lock in state.locks.values()):  # and it has ended
             await asyncio.sleep(0.05)
-        seconds += 1.0
+
+    if from_a_check:
+        # From the end of one timed check to the end of the second after it: two whole
+        # intervals and exactly two checks, however late a loaded machine runs them.
+        await a_check_ends()
+        before, started = _calls(target), time.monotonic()
+        await a_check_ends()
+        await a_check_ends()
+        seconds = time.monotonic() - started
     else:
         # Let the first poll and anything the converge scheduled settle first.
         await asyncio.sleep(2.0)
-    before = _calls(target)
-    await asyncio.sleep(seconds)
+        before = _calls(target)
+        await asyncio.sleep(seconds)
     after = _calls(target)
     per_minute = {
         op: (after.get(op, 0.0) - before.get(op, 0.0)) * 60.0 / seconds
