@@ -27,6 +27,12 @@ Sections (each prints its rows as it finishes; the whole table again at the end)
   (client-go's default timings); ``--failovers`` times: SIGKILL the leader, delete a managed
   NetworkPolicy at that moment, and time until the standby holds the Lease and until the
   policy is back; a replacement process then joins as the next standby. p50 and max.
+- **events-aws**, **events-gcp** (``bench/events.py``): the time from a cloud event's delivery
+  to the repair (moto's EventBridge and SQS; the Pub/Sub emulator and the Compute fake), p50/p99
+  over ``--event-changes``, beside the timer alone's, and the API calls a minute of an idle
+  operator with events on and off.
+- **expiry**: how long after its ``expires`` instant an exception is reported expired, with a
+  10-minute timer (the scheduler checks at the instant), over 10 runs.
 
 Figures, not assertions: nothing here fails on a slow machine. ``BENCH_OPERATOR_SRC`` (a
 directory holding ``server_hardening``) runs another version of the operator under the same
@@ -634,8 +640,24 @@ def _plan() -> None:
             f"{statistics.median(walls):.2f} s (median of 5, process start included)")  # fmt: skip
 
 
+def _events(provider: str, args: argparse.Namespace) -> None:
+    import events
+
+    run = events.aws if provider == "aws" else events.gcp
+    run(row, args.event_changes, args.timer_interval, args.events_idle_seconds)
+
+
+def _expiry() -> None:
+    import events
+
+    events.expiry(row, 10)
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
     "plan": lambda a: _plan(),
+    "events-aws": lambda a: _events("aws", a),
+    "events-gcp": lambda a: _events("gcp", a),
+    "expiry": lambda a: _expiry(),
     "gcp": lambda a: _gcp(a.gcp_latencies, a.sequential_up_to),
     "aws": lambda a: _aws(),
     "kubernetes": lambda a: _kubernetes(a.sizes, a.idle_seconds, a.repairs),
@@ -656,6 +678,13 @@ def main() -> None:
         type=float,
         default=10.0,
         help="run the sequential GCP converge only for operation latencies up to this",
+    )
+    parser.add_argument("--event-changes", type=int, default=20, help="changes per provider")
+    parser.add_argument(
+        "--timer-interval", type=float, default=10.0, help="the timer-alone runs' interval (s)"
+    )
+    parser.add_argument(
+        "--events-idle-seconds", type=float, default=120.0, help="two 60 s timer intervals"
     )
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     args = parser.parse_args()

@@ -284,6 +284,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_operator(args)
 
 
+def cmd_recheck(args: argparse.Namespace) -> int:
+    """Ask the running operator to check every target of a resource in full now: a new value
+    of its recheck annotation (the time), which the operator answers with a Rechecked Event."""
+    import datetime as dt
+
+    from server_hardening.runner import kube_api
+    from server_hardening.service import RECHECK_ANNOTATION
+    from server_hardening.targets.base import TargetError
+    from server_hardening.targets.kubeconfig import KubeConfigError
+    from server_hardening.targets.kubernetes import ResourceClient
+
+    try:
+        api = kube_api(args.kubeconfig)
+    except KubeConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    namespace = args.namespace or api.source.current().credentials.namespace or "default"
+    value = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        ResourceClient(api).set_annotation(namespace, args.name, RECHECK_ANNOTATION, value)
+    except TargetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"serverhardening {namespace}/{args.name}: recheck requested ({RECHECK_ANNOTATION}="
+        f"{value}); the operator posts a Rechecked event when done"
+    )
+    return 0
+
+
 def _register_plugins(sub: Any) -> None:
     """Subcommands from installed plugins (``server_hardening.cli`` entry points): on a source
     checkout the developer package adds ``dev`` and ``demo``; the product wheel has none."""
@@ -382,6 +412,16 @@ def build_parser() -> argparse.ArgumentParser:
         "before giving up with a ReleaseAbandoned event (the finalizer is removed)",
     )
     run.set_defaults(func=cmd_run)
+
+    recheck = sub.add_parser(
+        "recheck", help="ask the operator to check every target of a resource in full now"
+    )
+    recheck.add_argument("name", help="the ServerHardening's name")
+    recheck.add_argument(
+        "-n", "--namespace", default=None, help="else the kubeconfig context's, else default"
+    )
+    recheck.add_argument("--kubeconfig", default=None, help="else in-cluster or ~/.kube/config")
+    recheck.set_defaults(func=cmd_recheck)
 
     _register_plugins(sub)
     return parser

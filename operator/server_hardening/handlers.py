@@ -10,6 +10,12 @@ Triggers, all funnelled into one coalescing runner per resource
   (:mod:`server_hardening.targets.watches`, started here at startup), not kopf's: a listing
   reaches the operator whole, so what was deleted while a watch was down is seen, and a
   reconcile at start waits for the first listings (:func:`.watching.watches_listed`);
+- the cloud event sources (:mod:`.eventsources`): an SQS queue fed with CloudTrail's
+  security-group calls, a Pub/Sub subscription fed with firewall audit logs; a reader per
+  source, started when a spec names it (``service.register``), requests a check of the resources
+  each event concerns;
+- the annotation ``hardening.circleci.com/recheck`` set to a new value (``hardening recheck``):
+  every target checked in full at once, and an Event saying so (:func:`.service.recheck`);
 - the drift-check scheduler (:func:`.service.run_drift_checks`), one task started at startup,
   that re-observes every resource's targets each ``driftCheckInterval`` at the resource's own
   phase (the backstop, and the only way to see drift in the clouds, which have no watch). It
@@ -43,6 +49,7 @@ from server_hardening.service import OperatorState
 from server_hardening.targets.base import TargetError
 
 FINALIZER = "hardening.circleci.com/finalizer"
+RECHECK_ANNOTATION = service.RECHECK_ANNOTATION
 RETRY_DELAY = 10.0
 
 
@@ -61,10 +68,25 @@ async def _reconcile(memo: Any, namespace: str, name: str) -> None:
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
 
 
+class _ProgressStorage(kopf.AnnotationsProgressStorage):
+    """kopf's progress records, under the resource's API group as before; kopf takes every
+    annotation under that prefix for one of its own and leaves it out of what it compares, which
+    would hide the recheck annotation (a user's request, not progress) from its handler."""
+
+    def clear(self, *, essence: Any) -> Any:
+        requested = ((essence or {}).get("metadata") or {}).get("annotations") or {}
+        value = requested.get(RECHECK_ANNOTATION)
+        cleared = super().clear(essence=essence)
+        if value is not None:
+            metadata = cleared.setdefault("metadata", {})
+            metadata.setdefault("annotations", {})[RECHECK_ANNOTATION] = value
+        return cleared
+
+
 @kopf.on.startup(id="configure")
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.progress_storage = _ProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
@@ -98,6 +120,8 @@ async def stop_background(memo: kopf.Memo, **_: Any) -> None:
     for task in state.background:
         task.cancel()
     watching.stop_watches(state)
+    if state.event_sources is not None:
+        state.event_sources.stop()
 
 
 async def _heartbeat(state: OperatorState) -> None:
@@ -184,6 +208,28 @@ async def on_change(
         dict(kwargs.get("status") or {}),
     )
     await _reconcile(memo, namespace, name)
+
+
+@kopf.on.field(
+    GROUP,
+    VERSION,
+    PLURAL,
+    id="on-recheck",
+    field=("metadata", "annotations", RECHECK_ANNOTATION),
+)
+async def on_recheck(
+    namespace: str | None, name: str, new: Any, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    """A new value of the recheck annotation: check every target in full now, and say so."""
+    if namespace is None or not new:
+        return
+    _attach(memo, kwargs)
+    state = state_of(memo)
+    await watching.watches_listed(state)
+    try:
+        await service.recheck(state, namespace, name, str(new))
+    except TargetError as exc:
+        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="release", backoff=5)

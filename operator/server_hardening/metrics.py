@@ -60,6 +60,15 @@ Series
     1 while this replica acts (it holds the leader Lease, or runs without leader election);
     0 while it stands by. Summed over the replicas it is 1 (0: no leader; 2 is never seen, as
     a replica that loses the Lease exits).
+``server_hardening_event_source_up{provider, source}`` gauge
+    Per cloud event source in use (provider: aws | gcp; source: the SQS queue URL or the
+    Pub/Sub subscription, as many as the specs name): 1 while it can be read, 0 while reading
+    it fails (the resources on it fall back to the timer's 60 s default and say why in their
+    ``EventsReceived`` condition). Removed when no resource names the source any more.
+``server_hardening_events_received_total{provider, source}`` counter
+    Messages read from the source (each is a hint: it triggers checks, it is never trusted).
+``server_hardening_event_checks_total{provider}`` counter
+    Checks of a resource that events requested (a burst of events for one resource is one).
 """
 
 from __future__ import annotations
@@ -119,6 +128,24 @@ DRIFT_CHECKS = Counter(
     "server_hardening_drift_checks",
     "Timed drift checks, by how they were done (full, or skipped as unchanged).",
     ["how"],
+    registry=_STANDARD,
+)
+EVENT_SOURCE_UP = Gauge(
+    "server_hardening_event_source_up",
+    "1 while the cloud event source (SQS queue, Pub/Sub subscription) can be read, else 0.",
+    ["provider", "source"],
+    registry=_STANDARD,
+)
+EVENTS_RECEIVED = Counter(
+    "server_hardening_events_received",
+    "Messages read from a cloud event source.",
+    ["provider", "source"],
+    registry=_STANDARD,
+)
+EVENT_CHECKS = Counter(
+    "server_hardening_event_checks",
+    "Checks of a resource requested by cloud events.",
+    ["provider"],
     registry=_STANDARD,
 )
 WATCH_ALIVE = Gauge(

@@ -667,6 +667,11 @@ class KubernetesSpec(_Spec):
 
 
 SG_PATTERN = r"^sg-[0-9a-f]{8,17}$"
+# The timer's default with a cloud event source: events trigger the checks, the timer is the
+# backstop against a lost event (SQS and Pub/Sub deliver at least once, but a rule or sink can
+# be changed, a queue purged). Ten minutes keeps a lost event's drift short-lived and costs a
+# tenth of the 60 s default's reads.
+EVENTS_DRIFT_CHECK_SECONDS = 600
 
 
 class AwsSecurityGroups(_Spec):
@@ -724,9 +729,33 @@ class AwsMachineSelectors(_Spec):
     nomad_servers: AwsMachineSelector | None = None
 
 
+# An SQS queue URL: the endpoint, the account and the queue's name (standard or FIFO).
+SQS_QUEUE_URL_PATTERN = r"^https?://[^/\s]+/[0-9]{12}/[A-Za-z0-9_-]{1,80}(\.fifo)?$"
+
+
+class AwsEvents(_Spec):
+    """Security-group changes heard as they happen: CloudTrail's records of the security-group
+    calls, routed by an EventBridge rule to an SQS queue the operator reads (deploy/aws/events/).
+    Each event makes the resources that manage the groups it names check at once; events are
+    hints (each one triggers an ordinary check) and the timer stays as the backstop."""
+
+    queue_url: str = Field(
+        pattern=SQS_QUEUE_URL_PATTERN,
+        max_length=512,
+        description="The SQS queue's URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME); its "
+        "scheme and host are the endpoint the operator reads it from. Resources naming the same "
+        "queue share one reader.",
+    )
+
+
 class AwsSpec(_Spec):
     region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
     security_groups: AwsSecurityGroups
+    events: AwsEvents | None = Field(
+        None,
+        description="Check at once when CloudTrail reports a change to a managed group (an SQS "
+        "queue fed by EventBridge); with it the default driftCheckInterval is 10m.",
+    )
     endpoint_url: str | None = Field(
         None,
         pattern=r"^https?://",
@@ -773,10 +802,44 @@ class FirewallLogging(_Spec):
     )
 
 
+# projects/PROJECT/subscriptions/ID, as Pub/Sub names them: the ID starts with a letter, is 3-255
+# characters of letters, digits and -._~%+, and does not start with "goog" (checked apart: the
+# schema's regular expressions have no look-ahead).
+PUBSUB_SUBSCRIPTION_PATTERN = (
+    r"^projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/subscriptions/[A-Za-z][-A-Za-z0-9._~%+]{2,254}$"
+)
+
+
+def _not_reserved_subscription(path: str) -> str:
+    if path.split("/subscriptions/", 1)[-1].startswith("goog"):
+        raise ValueError("a subscription ID may not start with 'goog' (reserved by Google)")
+    return path
+
+
+class GcpEvents(_Spec):
+    """Firewall changes heard as they happen: Admin Activity audit logs of compute.firewalls.*
+    and of firewall policies, routed by a log sink to a Pub/Sub topic whose subscription the
+    operator pulls (deploy/gcp/events/). Each entry makes the resources of the project and
+    network it names check at once; entries are hints and the timer stays as the backstop."""
+
+    subscription: Annotated[str, AfterValidator(_not_reserved_subscription)] = Field(
+        pattern=PUBSUB_SUBSCRIPTION_PATTERN,
+        max_length=300,
+        description="The Pub/Sub subscription, projects/PROJECT/subscriptions/ID. Resources "
+        "naming the same subscription share one reader.",
+    )
+
+
 class GcpSpec(_Spec):
     project: str = Field(pattern=r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
     network: str = Field(pattern=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
     target_tags: GcpTargetTags
+    events: GcpEvents | None = Field(
+        None,
+        description="Check at once when an audit log reports a firewall change in the project "
+        "(a Pub/Sub subscription fed by a log sink); with it the default driftCheckInterval is "
+        "10m.",
+    )
     endpoint: str | None = Field(
         None, pattern=r"^https?://", description="Compute API endpoint override (tests)."
     )
@@ -885,7 +948,9 @@ class ServerHardeningSpec(_Spec):
         pattern=DURATION_PATTERN,
         max_length=32,
         description="How often the clouds are checked for drift: a Go/Kubernetes duration of "
-        'whole seconds ("90s", "1m30s", "2h"), at least 1s.',
+        'whole seconds ("90s", "1m30s", "2h"), at least 1s. Unset, it is 60s, or 10m when '
+        "aws.events or gcp.events is set (events trigger the checks; the timer is the "
+        "backstop), and 60s again while the event source cannot be read.",
         json_schema_extra=_cel(("duration(self) >= duration('1s')", "must be at least 1s")),
     )
     adoption: Adoption = Field(
@@ -896,7 +961,23 @@ class ServerHardeningSpec(_Spec):
     exceptions: list[DeclaredExceptionSpec] = Field(default_factory=list, max_length=200)
 
     @property
+    def events_configured(self) -> bool:
+        """Whether a cloud event source (aws.events, gcp.events) triggers this resource's checks."""
+        return bool(
+            (self.aws is not None and self.aws.events is not None)
+            or (self.gcp is not None and self.gcp.events is not None)
+        )
+
+    @property
     def drift_check_seconds(self) -> int:
+        """The timer's interval: the spec's, else 60 s, or 10 min with an event source."""
+        if "drift_check_interval" in self.model_fields_set or not self.events_configured:
+            return duration_seconds(self.drift_check_interval)
+        return EVENTS_DRIFT_CHECK_SECONDS
+
+    @property
+    def fallback_check_seconds(self) -> int:
+        """The timer's interval while the event source cannot be read: the spec's, else 60 s."""
         return duration_seconds(self.drift_check_interval)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import dataclasses
 import datetime as dt
 import heapq
 import logging
@@ -37,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 from server_hardening import metrics
 from server_hardening.compiler import compile_intent
+from server_hardening.eventsources import CONDITION as EVENTS_CONDITION
+from server_hardening.eventsources import EventSources
 from server_hardening.model import (
     GROUP,
     VERSION,
@@ -84,8 +87,18 @@ IDLE_WAKE = 30.0  # the scheduler's longest sleep when nothing is due
 # resources a minute apart, one wake a second instead of about 17), each at most this late.
 CHECK_TICK = 1.0
 READY_GRACE = 30.0  # seconds after start: ready without a handler call, if no resource exists
+# A check for an exception's expiry runs this long after the instant (the pipeline judges with
+# its own clock: a check a hair early would still see the exception in force).
+EXPIRY_SLACK = 0.1
+# The scheduler sleeps this much past the due time: the event loop's timers may wake a hair
+# early, and a check found not yet due would wait for the next tick, a second late.
+WAKE_SLACK = 0.05
 # Status fields that change at every check; a status that differs only in these is not written.
 CHECK_TIMES = ("lastDriftCheckTime", "lastReconcileTime")
+
+# Set to any new value (``hardening recheck``), it makes the operator check every target in
+# full at once and post an Event saying so.
+RECHECK_ANNOTATION = f"{GROUP}/recheck"
 
 Key = tuple[str, str]
 Examination = tuple[tuple[Finding, ...], tuple[RowResult, ...]]
@@ -103,8 +116,13 @@ class Registration:
     clouds: bool
     generation: int
     # When the spec's declared exceptions expire (Unix time, sorted): an expiry changes the
-    # verdict on what the namespace holds though nothing in it changed.
+    # verdict on what the namespace holds though nothing in it changed, so each is checked at
+    # its instant.
     expiries: tuple[float, ...] = ()
+    # With a cloud event source: the interval while it can be read (``interval`` then) and
+    # the one while it cannot (the timer takes over).
+    events_interval: float = 0.0
+    fallback_interval: float = 0.0
 
     @property
     def full_check_every(self) -> int:
@@ -175,6 +193,9 @@ class OperatorState:
     credentials: CredentialSource | None = None
     clusterwide: bool = False
     release_timeout: float = RELEASE_TIMEOUT
+    # The cloud event sources (SQS queues, Pub/Sub subscriptions), made when a spec names one.
+    event_sources: EventSources | None = None
+    event_tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def reconciling(self) -> bool:
@@ -222,6 +243,7 @@ def reconcile_resource(state: OperatorState, namespace: str, name: str) -> Repor
     metrics.RECONCILES.labels(result=result_label(report)).inc()
     count_detections_and_writes(report)
     status = report.status(previous)
+    _add_events_condition(state, key, status, previous, generation, report.checked_at)
     changed = not same_status(previous, status)
     if changed:
         state.resources.patch_status(namespace, name, status)
@@ -270,6 +292,39 @@ def carry_examination(
         if kept is not None and target.observed and target.rows is None:
             target.findings += list(kept[0])
             target.rows = kept[1]
+
+
+def _add_events_condition(
+    state: OperatorState,
+    key: Key,
+    status: dict[str, Any],
+    previous: Mapping[str, Any],
+    generation: int,
+    checked_at: dt.datetime,
+) -> None:
+    """``EventsReceived``: whether the resource's cloud event source can be read (False with the
+    error while it cannot: its checks then run on the timer alone)."""
+    found = state.event_sources.condition(key) if state.event_sources is not None else None
+    if found is None:
+        return
+    ok, reason, message = found
+    truth = "True" if ok else "False"
+    before: Mapping[str, Any] = next(
+        (c for c in previous.get("conditions") or [] if c.get("type") == EVENTS_CONDITION), {}
+    )
+    now = checked_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    status.setdefault("conditions", []).append(
+        {
+            "type": EVENTS_CONDITION,
+            "status": truth,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": before.get("lastTransitionTime", now)
+            if before.get("status") == truth
+            else now,
+            "observedGeneration": generation,
+        }
+    )
 
 
 def _enforce_the_last_valid(
@@ -412,6 +467,28 @@ async def request_reconcile(
                 return
 
 
+async def recheck(state: OperatorState, namespace: str, name: str, value: str) -> None:
+    """A check of every target in full, on request (the recheck annotation), and a ``Rechecked``
+    Event with what it found. Goes through :func:`request_reconcile` like every other trigger;
+    when a check is running, the one queued behind it is this one, and the Event waits for it."""
+    key = (namespace, name)
+    state.inputs_seen.pop(key, None)  # nothing is skipped as unchanged
+    await request_reconcile(state, namespace, name)
+    lock = state.locks.get(key)
+    if lock is not None:
+        async with lock:  # the lock is fair: held once the queued check has run too
+            pass
+    body = await asyncio.to_thread(state.resources.get, namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    status = body.get("status") or {}
+    message = (
+        f"checked every target in full on request ({RECHECK_ANNOTATION}={value}): "
+        f"phase {status.get('phase', 'unknown')}, drift {status.get('driftTotal', 0)}"
+    )
+    await asyncio.to_thread(state.resources.post_event, body, "Normal", "Rechecked", message)
+
+
 def _inputs(state: OperatorState, key: Key) -> Hashable | None:
     """What a Kubernetes-only check depends on: the spec's generation, the changes its
     namespace's watches saw and how many of its declared exceptions have expired by now. None
@@ -448,23 +525,36 @@ def register(
             unregister(state, namespace, name)
             return
         parsed = last
-    interval = float(parsed.drift_check_seconds)
-    # The phase spreads the checks of many resources evenly over the interval, and stays the
-    # same across restarts (it comes from the uid).
-    phase = (_uid_hash(uid, namespace, name) % 10_000) / 10_000 * interval
+    events_interval = float(parsed.drift_check_seconds)
+    fallback_interval = float(parsed.fallback_check_seconds)
+    if parsed.events_configured:
+        ref = ResourceRef(namespace=namespace, name=name, uid=uid)
+        event_sources(state).subscribe(key, ref, parsed)
+    elif state.event_sources is not None:
+        state.event_sources.unsubscribe(key)
+    unreadable = state.event_sources is not None and state.event_sources.unreadable(key)
+    interval = fallback_interval if unreadable else events_interval
     state.registered[key] = Registration(
         interval=interval,
-        phase=phase,
+        phase=_phase(uid, namespace, name, interval),
         clouds=parsed.aws is not None or parsed.gcp is not None,
         generation=generation,
         expiries=tuple(
             sorted(e.expires.timestamp() for e in parsed.exceptions if e.expires is not None)
         ),
+        events_interval=events_interval,
+        fallback_interval=fallback_interval,
     )
     state.inputs_seen.pop(key, None)
     state.timed_checks.setdefault(key, cycle_start(uid, namespace, name, interval))
     if key not in state.next_check:
         schedule_next(state, key)
+
+
+def _phase(uid: str, namespace: str, name: str, interval: float) -> float:
+    """The phase spreads the checks of many resources evenly over the interval, and stays the
+    same across restarts (it comes from the uid)."""
+    return (_uid_hash(uid, namespace, name) % 10_000) / 10_000 * interval
 
 
 def cycle_start(uid: str, namespace: str, name: str, interval: float) -> int:
@@ -481,6 +571,8 @@ def _uid_hash(uid: str, namespace: str, name: str) -> int:
 
 def unregister(state: OperatorState, namespace: str, name: str) -> None:
     key = (namespace, name)
+    if state.event_sources is not None:
+        state.event_sources.unsubscribe(key)
     for table in (
         state.registered,
         state.next_check,
@@ -505,7 +597,7 @@ def schedule_next(state: OperatorState, key: Key, *, soon: bool = False) -> None
     if registration is None:
         return
     now = state.clock()
-    due = now + IN_PROGRESS_RECHECK if soon else next_slot(now, registration)
+    due = now + IN_PROGRESS_RECHECK if soon else next_due(now, registration)
     _set_due(state, key, due)
     if due < state.wake_at and state.wakeup is not None and state.loop is not None:
         # Called from reconcile threads too: asyncio.Event is set from its own loop only.
@@ -534,13 +626,24 @@ def due_checks(state: OperatorState, now: float) -> tuple[list[Key], float]:
                 state.next_check.pop(key, None)
                 continue
             taken.append(key)
-            later = next_slot(now, registration)
+            later = next_due(now, registration)
             state.next_check[key] = later
             heapq.heappush(heap, (later, key))
         upcoming = min(heap[0][0] if heap else now + IDLE_WAKE, now + IDLE_WAKE)
         upcoming = max(upcoming, now + CHECK_TICK)
         state.wake_at = upcoming
     return taken, upcoming
+
+
+def next_due(now: float, registration: Registration) -> float:
+    """The next check: the resource's next slot, or sooner the instant its next declared
+    exception expires (checked then, not at the next tick)."""
+    slot = next_slot(now, registration)
+    # Expiries whose check is due by now are past: the check running now sees them.
+    index = bisect.bisect_right(registration.expiries, now - EXPIRY_SLACK)
+    if index < len(registration.expiries):
+        return min(slot, registration.expiries[index] + EXPIRY_SLACK)
+    return slot
 
 
 def next_slot(now: float, registration: Registration) -> float:
@@ -566,7 +669,7 @@ async def run_drift_checks(state: OperatorState) -> None:
             task.add_done_callback(running.discard)
         state.wakeup.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(state.wakeup.wait(), timeout=upcoming - now)
+            await asyncio.wait_for(state.wakeup.wait(), timeout=upcoming - now + WAKE_SLACK)
 
 
 async def _timed_check(state: OperatorState, key: Key) -> None:
@@ -659,3 +762,64 @@ def _parse_time(value: Any) -> dt.datetime | None:
     if not value:
         return None
     return dt.datetime.strptime(str(value), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+
+
+# -- cloud events ------------------------------------------------------------------------------
+
+
+def event_sources(state: OperatorState, **options: Any) -> EventSources:
+    """The operator's event sources (made on first use): their readers request checks through
+    :func:`request_reconcile`, the one coalescing runner every trigger goes through."""
+    if state.loop is None:
+        # Made from a handler, in the event loop the readers hand their work to.
+        with contextlib.suppress(RuntimeError):
+            state.loop = asyncio.get_running_loop()
+    if state.event_sources is None:
+        state.event_sources = EventSources(
+            request=lambda _provider, keys: _from_reader(state, _event_checks, keys),
+            health_changed=lambda keys, up: _from_reader(state, _source_health, keys, up),
+            **options,
+        )
+    return state.event_sources
+
+
+def _from_reader(state: OperatorState, call: Callable[..., None], *args: Any) -> None:
+    """Reader threads hand their work to the event loop (asyncio objects belong to it)."""
+    if state.loop is None:
+        log.warning("cloud events arrived before the event loop was known: left to the timer")
+        return
+    state.loop.call_soon_threadsafe(call, state, *args)
+
+
+def _event_checks(state: OperatorState, keys: set[Key]) -> None:
+    for key in keys:
+        if key not in state.registered:
+            continue
+        task = asyncio.get_running_loop().create_task(_event_check(state, key))
+        state.event_tasks.add(task)
+        task.add_done_callback(state.event_tasks.discard)
+
+
+async def _event_check(state: OperatorState, key: Key) -> None:
+    try:
+        await request_reconcile(state, *key)
+    except TargetError as exc:
+        log.warning("event-triggered check of %s/%s failed: %s", *key, exc)
+
+
+def _source_health(state: OperatorState, keys: set[Key], up: bool) -> None:
+    """A source became unreadable (its resources fall back to the timer's interval) or readable
+    again (back to the events' interval); each resource is checked now, which writes its
+    ``EventsReceived`` condition and, on recovery, catches what was missed meanwhile."""
+    for key in keys:
+        registration = state.registered.get(key)
+        if registration is None or not registration.events_interval:
+            continue
+        interval = registration.events_interval if up else registration.fallback_interval
+        if interval != registration.interval:
+            phase = registration.phase / registration.interval * interval
+            state.registered[key] = dataclasses.replace(
+                registration, interval=interval, phase=phase
+            )
+            state.timed_checks[key] = 0
+    _event_checks(state, keys)

@@ -30,8 +30,12 @@ ALERT_NAMES = (
     "ServerHardeningSpecInvalid",
     "ServerHardeningComponentServiceMissing",
     "ServerHardeningGuideRowViolated",
+    "ServerHardeningEventSourceDown",
     "ServerHardeningOperatorDown",
 )
+# Alerts about the operator or a source resources share, not about one resource: the
+# resources on an event source say so in their EventsReceived condition.
+NOT_PER_RESOURCE = {"ServerHardeningOperatorDown", "ServerHardeningEventSourceDown"}
 
 
 def promtool(binaries: TestBinaries, *args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -138,7 +142,7 @@ def test_every_alert_has_severity_summary_description_and_runbook() -> None:
         assert rule["labels"]["severity"] in {"warning", "critical"}
         annotations = rule["annotations"]
         assert set(annotations) == {"summary", "description", "runbook_url"}
-        if rule["alert"] != "ServerHardeningOperatorDown":
+        if rule["alert"] not in NOT_PER_RESOURCE:
             for text in (annotations["summary"], annotations["description"]):
                 assert "{{ $labels.namespace }}/{{ $labels.name }}" in text, rule["alert"]
                 # A spec has no target; nor has a Service (it lives in the cluster).
@@ -180,7 +184,7 @@ def test_per_resource_alerts_keep_the_resource_namespace_and_name() -> None:
     """Grouping by (namespace, name) only means the resource's namespace if the scrape keeps
     the operator's labels: the ServiceMonitor honours them."""
     for rule in plain_rules():
-        if rule["alert"] in {"ServerHardeningOperatorDown", "ServerHardeningReconcileErrors"}:
+        if rule["alert"] in NOT_PER_RESOURCE | {"ServerHardeningReconcileErrors"}:
             continue
         assert re.search(r"by \(namespace, name\b", rule["expr"]), rule["alert"]
     monitor = one(render_chart({"metrics": {"serviceMonitor": {"enabled": True}}}),

@@ -415,6 +415,22 @@ class ResourceClient:
 
         return publish_report(self.api, report, owner)
 
+    def set_annotation(self, namespace: str, name: str, key: str, value: str) -> None:
+        """Set one annotation of a ServerHardening (``hardening recheck``); a missing resource
+        or a refused patch raises a :class:`TargetError` saying which."""
+        try:
+            self.api.merge_patch(
+                self._resource(namespace, name), {"metadata": {"annotations": {key: value}}}
+            )
+        except CLIENT_ERRORS as exc:
+            if isinstance(exc, ApiError) and exc.status == 404:
+                raise PermanentTargetError(
+                    f"serverhardening {namespace}/{name} not found",
+                    operation="patch_serverhardening",
+                    resource=f"{namespace}/{name}",
+                ) from exc
+            raise translate(exc, "patch_serverhardening", f"{namespace}/{name}") from exc
+
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         # A merge patch replaces lists wholesale, and `null` clears what the new status omits.
         try:
