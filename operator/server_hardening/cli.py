@@ -1,6 +1,6 @@
 """``hardening``: the same pipeline the operator runs, from a terminal.
 
-    hardening plan -f hardening.yaml [-o table|yaml|json]   what would be written (offline)
+    hardening plan -f hardening.yaml [-o table|wide|yaml|json]  what would be written (offline)
     hardening plan --live -f hardening.yaml [-o json]       what the next pass would do (read-only)
     hardening apply -f hardening.yaml                       one Enforce pass, without the operator
     hardening crd                                           the CustomResourceDefinition
@@ -19,13 +19,12 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import yaml
 
 from server_hardening import __version__
 from server_hardening.model import ResourceRef, ServerHardeningSpec, SpecError, parse_resource
-from server_hardening.rules import Action, Rule
 
 EXIT_INVALID = 2
 
@@ -40,80 +39,6 @@ def _load_resource(path: str) -> dict[str, Any]:
     if len(resources) != 1:
         raise ValueError(f"{path}: expected exactly one ServerHardening, found {len(resources)}")
     return resources[0]
-
-
-def _table(rows: list[list[str]], out: TextIO) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-        out.write("\n")
-
-
-def _rule_row(target: str, where: str, rule: Rule) -> list[str]:
-    return [
-        target,
-        where,
-        rule.direction.value,
-        rule.action.value,
-        rule.peer.label() + " (" + ",".join(rule.peer.cidrs) + ")",
-        rule.protocol.value,
-        str(rule.ports) if rule.ports else "all",
-        ",".join(sorted(rule.rows)),
-    ]
-
-
-def _labels(selector: dict[str, Any]) -> str:
-    return ",".join(f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items()) or "*"
-
-
-def _np_peer(peer: dict[str, Any]) -> str:
-    if "ipBlock" in peer:
-        return str(peer["ipBlock"]["cidr"])
-    namespaces = peer.get("namespaceSelector")
-    if namespaces is None:
-        return "namespace"
-    if namespaces.get("matchLabels") == {"kubernetes.io/metadata.name": "kube-system"}:
-        return "kube-system"
-    pods = peer.get("podSelector")
-    return f"namespaces {_labels(namespaces)}" + (f" pods {_labels(pods)}" if pods else "")
-
-
-def _np_rows(policies: list[dict[str, Any]]) -> list[list[str]]:
-    rows = []
-    for policy in policies:
-        name = policy["metadata"]["name"]
-        spec = policy["spec"]
-        guide = policy["metadata"]["annotations"]["hardening.circleci.com/guide-rows"]
-        selector = spec["podSelector"]
-        terms = [f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items()]
-        for e in selector.get("matchExpressions") or []:
-            values = ",".join(e.get("values") or [])
-            terms.append(f"{e['key']} {e['operator']}" + (f" ({values})" if values else ""))
-        where = name + (" " + ",".join(terms) if terms else "")
-        if not spec.get("ingress") and not spec.get("egress"):
-            rows.append(["kubernetes", where, "/".join(spec["policyTypes"]).lower(), "deny",
-                         "everything not allowed", "-", "-", guide])  # fmt: skip
-        for direction, key, peers_key in (
-            ("ingress", "ingress", "from"),
-            ("egress", "egress", "to"),
-        ):
-            for rule in spec.get(key) or []:
-                peers = ",".join(_np_peer(p) for p in rule.get(peers_key) or []) or "any"
-                ports = (
-                    ",".join(
-                        f"{p['port']}" + (f"-{p['endPort']}" if p.get("endPort") else "")
-                        for p in rule.get("ports") or []
-                    )
-                    or "all"
-                )
-                protos = ",".join(
-                    sorted({p.get("protocol", "TCP") for p in rule.get("ports") or []})
-                )
-                protocol = protos.lower() or "all"
-                rows.append(
-                    ["kubernetes", where, direction, "allow", peers, protocol, ports, guide]
-                )
-    return rows
 
 
 def _parse(path: str) -> tuple[ResourceRef, ServerHardeningSpec] | None:
@@ -148,39 +73,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
         manifests = list(doc.network_policies or [])
         sys.stdout.write(yaml.safe_dump_all(manifests, sort_keys=False) if manifests else "")
         return 0
-    _print_table(doc, ref)
+    _print_table(doc, ref, wide=args.output == "wide")
     return 0
 
 
-def _print_table(doc: Any, ref: ResourceRef) -> None:
-    from server_hardening.renderers.aws import groups_by_role
+def _print_table(doc: Any, ref: ResourceRef, *, wide: bool) -> None:
+    from server_hardening.plantable import plan_lines
     from server_hardening.renderers.gcp import role_tags
 
-    out = sys.stdout
-    out.write(f"ServerHardening {ref} - guide profile {doc.profile}\n\n")
-    header = ["TARGET", "WHERE", "DIRECTION", "ACTION", "PEER", "PROTO", "PORTS", "GUIDE ROWS"]
-    rows: list[list[str]] = [header]
-    if doc.network_policies is not None:
-        rows.extend(_np_rows(doc.network_policies))
-    spec = doc.intent.spec
-    if spec.aws is not None:
-        groups = groups_by_role(spec.aws)
-        for rule in doc.intent.cloud_rules("aws"):
-            group = groups.get(rule.subject)
-            if group and rule.action is Action.ALLOW:
-                rows.append(_rule_row("aws", f"{group} ({rule.subject.value})", rule))
-    if spec.gcp is not None:
-        tags = role_tags(spec.gcp)
-        for rule in doc.intent.cloud_rules("gcp"):
-            tag = tags.get(rule.subject)
-            if tag:
-                rows.append(_rule_row("gcp", f"tag:{tag}", rule))
-    _table(rows, out)
-    if doc.findings:
-        out.write("\nFINDINGS\n")
-        for finding in doc.findings:
-            row = f" [{finding.row}]" if finding.row else ""
-            out.write(f"  {finding.severity.value:<8} {finding.code}{row}: {finding.message}\n")
+    gcp = doc.intent.spec.gcp
+    tag_roles = {tag: role.value for role, tag in role_tags(gcp).items()} if gcp else {}
+    title = f"ServerHardening {ref} - guide profile {doc.profile}"
+    lines = plan_lines(title, doc.as_json(), doc.network_policy_rows, tag_roles, wide=wide)
+    sys.stdout.write("".join(line + "\n" for line in lines))
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -211,20 +116,10 @@ def _live(
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        rows = [["TARGET", "ACTION", "ID", "RULE", "ROW", "REASON"]]
-        for target in doc["targets"]:
-            if target["error"] or target["conflictWith"]:
-                problem = target["error"] or f"managed by {target['conflictWith']}"
-                rows.append([target["name"], "-", "-", "-", "-", problem])
-            for a in target["actions"]:
-                rows.append([target["name"], a["action"], a["id"], a["rule"], a["row"] or "-",
-                             a["reason"]])  # fmt: skip
-        _table(rows, sys.stdout)
-        if doc["findings"]:
-            sys.stdout.write("\nFINDINGS\n")
-            for f in doc["findings"]:
-                row = f" [{f['row']}]" if f.get("row") else ""
-                sys.stdout.write(f"  {f['severity']:<8} {f['code']}{row}: {f['message']}\n")
+        from server_hardening.plantable import live_lines
+
+        lines = live_lines(doc, wide=args.output == "wide")
+        sys.stdout.write("".join(line + "\n" for line in lines))
     failed = any(t["error"] or t["conflictWith"] for t in doc["targets"])
     return 1 if failed else 0
 
@@ -333,7 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="show what would be written (offline, or --live)")
     plan.add_argument("-f", "--file", required=True, help="a ServerHardening YAML file, or -")
-    plan.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    plan.add_argument(
+        "-o",
+        "--output",
+        choices=["table", "wide", "yaml", "json"],
+        default="table",
+        help="table: fits 120 columns, long cells wrap; wide: unwrapped, with every column "
+        "(a GCP firewall's name)",
+    )
     plan.add_argument(
         "--live",
         action="store_true",
@@ -347,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     apply = sub.add_parser("apply", help="run one Enforce pass now, without the operator")
     apply.add_argument("-f", "--file", required=True, help="a ServerHardening YAML file, or -")
-    apply.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    apply.add_argument("-o", "--output", choices=["table", "wide", "json"], default="table")
     apply.add_argument("--kubeconfig", default=None, help="else in-cluster or ~/.kube/config")
     apply.set_defaults(func=cmd_apply)
 

@@ -11,7 +11,7 @@ CI pipelines and first onboarding.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +31,21 @@ class Action:
     rule: str
     reason: str
     row: str = ""
+    priority: int | None = None  # a GCP firewall's: the lowest number is evaluated first
 
-    def as_json(self) -> dict[str, str]:
-        return {"action": self.action, "id": self.id, "rule": self.rule, "reason": self.reason,
-                "row": self.row}  # fmt: skip
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"action": self.action, "id": self.id, "rule": self.rule,
+                               "reason": self.reason, "row": self.row}  # fmt: skip
+        if self.priority is not None:
+            out["priority"] = self.priority
+        return out
+
+
+def _priority(payload: Any) -> int | None:
+    """The priority of a firewall payload (GCP); other targets' items have none."""
+    if isinstance(payload, Mapping) and isinstance(payload.get("priority"), int):
+        return int(payload["priority"])
+    return None
 
 
 def _reason_for(native_id: str, findings: Iterable[Finding]) -> str:
@@ -49,7 +60,10 @@ def actions(plan: Plan[Any], findings: Iterable[Finding], removing: bool) -> lis
     def row(rows: tuple[str, ...]) -> str:
         return rows[0] if rows else ""
 
-    out = [Action("create", d.key, d.key, "desired and absent", row(d.rows)) for d in plan.create]
+    out = [
+        Action("create", d.key, d.key, "desired and absent", row(d.rows), _priority(d.payload))
+        for d in plan.create
+    ]
     changes = (
         ("adopt", plan.adopt, "exactly the desired rule, without this resource's marks: only the "
          "marks are added"),
@@ -58,26 +72,51 @@ def actions(plan: Plan[Any], findings: Iterable[Finding], removing: bool) -> lis
     for verb, updates, why in changes:
         out += [
             Action(verb, u.observed.native_id or u.desired.key, u.desired.key, why,
-                   row(u.desired.rows))
+                   row(u.desired.rows), _priority(u.desired.payload))
             for u in updates
         ]  # fmt: skip
     out += [
-        Action("delete", o.native_id or o.key, o.key, "managed and no longer desired")
+        Action(
+            "delete",
+            o.native_id or o.key,
+            o.key,
+            "managed and no longer desired",
+            priority=_priority(o.payload),
+        )
         for o in plan.delete
     ]
     for item in plan.unmanaged:
         reason = _reason_for(item.native_id, seen) or "not managed and widens access"
         verb = "delete" if removing else "leave"
         tail = " (unmanagedRules: Remove)" if removing else " (reported; unmanagedRules: Report)"
-        out.append(Action(verb, item.native_id or item.key, item.key, reason + tail))
+        out.append(
+            Action(
+                verb,
+                item.native_id or item.key,
+                item.key,
+                reason + tail,
+                priority=_priority(item.payload),
+            )
+        )
     out += [
         Action(
-            "leave", left.observed.native_id or left.observed.key, left.observed.key, left.reason
+            "leave",
+            left.observed.native_id or left.observed.key,
+            left.observed.key,
+            left.reason,
+            priority=_priority(left.observed.payload),
         )
         for left in plan.leave
     ]
     out += [
-        Action("keep", o.native_id or o.key, o.key, "managed and as desired") for o in plan.keep
+        Action(
+            "keep",
+            o.native_id or o.key,
+            o.key,
+            "managed and as desired",
+            priority=_priority(o.payload),
+        )
+        for o in plan.keep
     ]
     return out
 

@@ -31,7 +31,9 @@ def owner_key(ref: ResourceRef) -> str:
 
 
 def owner_annotation(ref: ResourceRef) -> str:
-    return f"{ref.namespace}/{ref.name}/{ref.uid}"
+    """``namespace/name/uid``; ``namespace/name`` when the UID is not known (an offline plan:
+    the API server assigns it), never a trailing empty UID."""
+    return f"{ref.namespace}/{ref.name}/{ref.uid}" if ref.uid else owner_key(ref)
 
 
 def owner_from_annotation(value: str) -> str:

@@ -16,7 +16,7 @@ from server_hardening.guide import Component
 from server_hardening.model import ResourceRef, ServerHardeningSpec
 from server_hardening.renderers.aws import render_security_groups
 from server_hardening.renderers.gcp import render_firewalls
-from server_hardening.renderers.networkpolicy import render_network_policies
+from server_hardening.renderers.networkpolicy import EntryRows, render_network_policies_with_rows
 from server_hardening.rules import Finding, most_important_first
 
 
@@ -28,6 +28,8 @@ class PlanDocument:
     security_groups: list[dict[str, Any]] | None = None
     firewalls: list[dict[str, Any]] | None = None
     findings: list[Finding] = field(default_factory=list)
+    network_policy_rows: EntryRows = field(default_factory=dict)
+    """The guide rows of each NetworkPolicy rule (the table cites them per line)."""
 
     def as_json(self) -> dict[str, Any]:
         """The shape tools consume (see README: ``hardening plan -o json``)."""
@@ -68,7 +70,9 @@ def build_plan(
         if resolved is None:
             resolved, notes = offline_components(intent)
             findings.extend(notes)
-        doc.network_policies = render_network_policies(intent, ref.namespace, ref, resolved)
+        doc.network_policies, doc.network_policy_rows = render_network_policies_with_rows(
+            intent, ref.namespace, ref, resolved
+        )
     if spec.aws is not None:
         rendered_aws = render_security_groups(intent.cloud_rules("aws"), spec.aws, ref)
         doc.security_groups = [dict(g) for g in rendered_aws.groups]

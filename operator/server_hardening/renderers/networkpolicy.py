@@ -45,6 +45,11 @@ Manifest = Mapping[str, Any]
 NAME_PREFIX = "svh-"
 KUBE_SYSTEM = {"kubernetes.io/metadata.name": "kube-system"}
 
+EntryRows = dict[tuple[str, str, int], tuple[str, ...]]
+"""The guide rows of each rule of each policy: ``(policy name, "ingress"|"egress", index)`` ->
+rows. The policy's annotation holds the union; this says which rows one port/peer line serves
+(``hardening plan`` prints it). Not written to the cluster: it is the renderer's provenance."""
+
 
 def _metadata(name: str, namespace: str, owner: ResourceRef, rows: Sequence[str]) -> dict[str, Any]:
     return {
@@ -92,6 +97,7 @@ def _component_policies(
     owner: ResourceRef,
     cluster: Sequence[ComponentAccess],
     resolved: Mapping[Component, ResolvedComponent],
+    entry_rows: EntryRows,
 ) -> list[dict[str, Any]]:
     """One policy per set of pods; components that share pods (v4's proxy) share a policy."""
     groups: dict[PodSelector, list[tuple[ComponentAccess, ResolvedComponent]]] = {}
@@ -103,9 +109,12 @@ def _component_policies(
     for selector, members in groups.items():
         first = members[0][1]
         name = policy_name_for(first.service or first.component.value)
-        ingress = []
+        ingress: list[dict[str, Any]] = []
         rows: list[str] = ["CHOICE-NP-PORTS"]
         for access, component in members:
+            entry_rows[(name, "ingress", len(ingress))] = _sorted_rows(
+                ["CHOICE-NP-PORTS", *access.rows]
+            )
             ingress.append(
                 {
                     "from": _ip_blocks(access.peers),
@@ -161,8 +170,16 @@ def _monitoring_policy(
     )
 
 
-def _egress_policy(namespace: str, owner: ResourceRef, intent: CompiledIntent) -> dict[str, Any]:
+def _sorted_rows(rows: Sequence[str]) -> tuple[str, ...]:
+    return tuple(sorted(dict.fromkeys(rows)))
+
+
+def _egress_policy(
+    namespace: str, owner: ResourceRef, intent: CompiledIntent, entry_rows: EntryRows
+) -> dict[str, Any]:
+    name = NAME_PREFIX + "allow-egress"
     rows = ["CHOICE-NP-DNS"]
+    entry_rows[(name, "egress", 0)] = ("CHOICE-NP-DNS",)
     egress: list[dict[str, Any]] = [
         {
             "to": [{"namespaceSelector": {"matchLabels": KUBE_SYSTEM}}],
@@ -172,6 +189,7 @@ def _egress_policy(namespace: str, owner: ResourceRef, intent: CompiledIntent) -
     api = intent.spec.kubernetes.api_server
     if api.cidrs:
         rows.append("CHOICE-NP-APISERVER")
+        entry_rows[(name, "egress", len(egress))] = ("CHOICE-NP-APISERVER",)
         egress.append(
             {
                 "to": [{"ipBlock": {"cidr": c}} for c in api.cidrs],
@@ -194,11 +212,12 @@ def _egress_policy(namespace: str, owner: ResourceRef, intent: CompiledIntent) -
             if rule.ports.last != rule.ports.first:
                 port["endPort"] = rule.ports.last
             entry["ports"] = [port]
+        entry_rows[(name, "egress", len(egress))] = _sorted_rows(list(rule.rows))
         egress.append(entry)
         # How a security group names the peer is no concern of a NetworkPolicy's provenance.
         rows.extend(sorted(r for r in rule.rows if not r.startswith("CHOICE-AWS-")))
     return _policy(
-        NAME_PREFIX + "allow-egress",
+        name,
         namespace,
         owner,
         rows,
@@ -213,8 +232,19 @@ def render_network_policies(
     resolved: Mapping[Component, ResolvedComponent],
 ) -> list[dict[str, Any]]:
     """The NetworkPolicies the namespace must hold, in a stable order."""
+    return render_network_policies_with_rows(intent, namespace, owner, resolved)[0]
+
+
+def render_network_policies_with_rows(
+    intent: CompiledIntent,
+    namespace: str,
+    owner: ResourceRef,
+    resolved: Mapping[Component, ResolvedComponent],
+) -> tuple[list[dict[str, Any]], EntryRows]:
+    """The NetworkPolicies and the guide rows of each of their rules (:data:`EntryRows`)."""
+    entry_rows: EntryRows = {}
     if not intent.spec.kubernetes.network_policies.enabled:
-        return []
+        return [], entry_rows
     restrict_egress = intent.spec.kubernetes.network_policies.restrict_egress
     types = ["Ingress", "Egress"] if restrict_egress else ["Ingress"]
     namespace_spec: dict[str, Any] = {
@@ -222,8 +252,10 @@ def render_network_policies(
         "policyTypes": types,
         "ingress": [{"from": [{"podSelector": {}}]}],
     }
+    entry_rows[(NAME_PREFIX + "allow-namespace", "ingress", 0)] = ("CHOICE-NP-NAMESPACE",)
     if restrict_egress:
         namespace_spec["egress"] = [{"to": [{"podSelector": {}}]}]
+        entry_rows[(NAME_PREFIX + "allow-namespace", "egress", 0)] = ("CHOICE-NP-NAMESPACE",)
     policies = [
         _policy(
             NAME_PREFIX + "default-deny",
@@ -239,13 +271,14 @@ def render_network_policies(
             ["CHOICE-NP-NAMESPACE"],
             namespace_spec,
         ),
-        *_component_policies(namespace, owner, intent.cluster, resolved),
+        *_component_policies(namespace, owner, intent.cluster, resolved, entry_rows),
     ]
     if intent.spec.kubernetes.monitoring is not None:
         policies.append(_monitoring_policy(namespace, owner, intent.spec.kubernetes.monitoring))
+        entry_rows[(MONITORING_POLICY, "ingress", 0)] = ("CHOICE-NP-MONITORING",)
     if restrict_egress:
-        policies.append(_egress_policy(namespace, owner, intent))
-    return policies
+        policies.append(_egress_policy(namespace, owner, intent, entry_rows))
+    return policies, entry_rows
 
 
 # ------------------------------------------------------------------------------------------

@@ -89,9 +89,11 @@ def test_plan_table_names_targets_and_guide_rows() -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "ServerHardening circleci-server/circleci - guide profile v4.3"
-    assert "GUIDE ROWS" in lines[2]
-    assert any(line.startswith("aws") and "NOMAD-IN-1" in line for line in lines)
-    assert any(line.startswith("kubernetes") and "svh-default-deny" in line for line in lines)
+    assert lines[2].startswith("KUBERNETES: NetworkPolicies")
+    assert "GUIDE ROWS" in lines[3]
+    aws = lines.index("AWS: security-group rules (security groups only allow)")
+    assert any("NOMAD-IN-1" in line for line in lines[aws:])
+    assert any(line.startswith("svh-default-deny") for line in lines[:aws])
     assert "FINDINGS" in result.stdout
 
 
