@@ -109,6 +109,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     state.background = [
         loop.create_task(_heartbeat(state)),
         loop.create_task(service.run_drift_checks(state)),
+        loop.create_task(watching.list_resources_at_start(state)),
     ]
 
 

@@ -29,6 +29,7 @@ import dataclasses
 import datetime as dt
 import heapq
 import logging
+import os
 import threading
 import time
 import zlib
@@ -86,7 +87,10 @@ IDLE_WAKE = 30.0  # the scheduler's longest sleep when nothing is due
 # The scheduler's shortest sleep: the checks that fall due within it run together (at 1,000
 # resources a minute apart, one wake a second instead of about 17), each at most this late.
 CHECK_TICK = 1.0
-READY_GRACE = 30.0  # seconds after start: ready without a handler call, if no resource exists
+# Seconds after start after which the operator is ready without a handler call when kopf's
+# index holds no resource: only the fallback for when the listing at start
+# (watching.list_resources_at_start) cannot be made; SERVER_HARDENING_READY_GRACE overrides it.
+READY_GRACE = float(os.environ.get("SERVER_HARDENING_READY_GRACE") or 30.0)
 # A check for an exception's expiry runs this long after the instant (the pipeline judges with
 # its own clock: a check a hair early would still see the exception in force).
 EXPIRY_SLACK = 0.1
@@ -200,8 +204,9 @@ class OperatorState:
     @property
     def reconciling(self) -> bool:
         """Caught up: every resource that existed when the watches started has been reconciled
-        once, or there is none: ``READY_GRACE`` seconds after start without a handler call and
-        without a ServerHardening in kopf's index (an empty watch scope)."""
+        once, or there is none: the listing at start found none (``awaiting`` is then empty),
+        or, when it could not list, ``READY_GRACE`` seconds after start without a handler call
+        and without a ServerHardening in kopf's index (an empty watch scope)."""
         if self.awaiting is None:
             waited = time.monotonic() - self.started > READY_GRACE
             return waited and self.resources_indexed() == 0

@@ -25,6 +25,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from server_hardening import metrics
+from server_hardening.model import GROUP, PLURAL, VERSION
 from server_hardening.service import (
     READY_GRACE,
     OperatorState,
@@ -32,11 +33,13 @@ from server_hardening.service import (
     schedule_next,
 )
 from server_hardening.targets.base import TargetError
+from server_hardening.targets.kubeapi import namespaced
 from server_hardening.targets.watches import NETWORKPOLICIES, SERVICES, Versions, Watch
 
 log = logging.getLogger("server_hardening")
 
 WATCH_LISTING_WAIT = 60.0  # seconds a reconcile at start waits for the watches' first listings
+FIRST_LISTING_RETRY = 2.0  # seconds between tries of the listing at start, when it fails
 
 
 def start_watches(state: OperatorState) -> None:
@@ -130,11 +133,61 @@ def index_complete(state: OperatorState) -> None:
 
 def note_empty_index(state: OperatorState) -> None:
     """No resource in kopf's index :data:`READY_GRACE` seconds after start: there is none, and
-    no handler call will say the index is complete. (The heartbeat calls this.)"""
+    no handler call will say the index is complete. (The heartbeat calls this: the fallback
+    when the listing at start, :func:`list_resources_at_start`, could not be made.)"""
     waited = time.monotonic() - state.started > READY_GRACE
     if state.awaiting is None and waited and state.resources_indexed() == 0:
         state.awaiting = set()
         index_complete(state)
+
+
+def resources_in_scope(state: OperatorState) -> bool | None:
+    """Whether the watched scope holds any ServerHardening now: one listing per namespace (or
+    one cluster-wide) of at most one item, with the operator's own client; None when a listing
+    failed or there is no client."""
+    if state.watch_api is None:
+        return None
+    api_path = f"/apis/{GROUP}/{VERSION}"
+    paths = (
+        [f"{api_path}/{PLURAL}"]
+        if state.clusterwide
+        else [namespaced(api_path, ns, PLURAL) for ns in state.namespaces]
+    )
+    api = state.watch_api.fork()
+    try:
+        for path in paths:
+            page = api.get(path + "?limit=1")
+            if page.get("items") or (page.get("metadata") or {}).get("continue"):
+                return True
+    except Exception as exc:  # an API or connection error: the caller tries again
+        log.info("listing the ServerHardenings at start failed (%s); trying again", exc)
+        return None
+    finally:
+        api.close()
+    return False
+
+
+def note_first_listing(state: OperatorState, any_resource: bool | None) -> bool:
+    """The first listing of the ServerHardenings at start: when it shows none, there is nothing
+    to catch up with, so the operator is ready now (no handler call will come to say kopf's
+    index is complete, and :data:`READY_GRACE` need not be waited out). When it shows some,
+    readiness waits, as before, for each of them to be reconciled once. True once settled."""
+    if any_resource is None:
+        return False
+    if not any_resource and state.awaiting is None and state.resources_indexed() == 0:
+        state.awaiting = set()
+        index_complete(state)
+    return True
+
+
+async def list_resources_at_start(state: OperatorState) -> None:
+    """List the ServerHardenings once (again every :data:`FIRST_LISTING_RETRY` seconds while
+    the listing fails, until kopf's first handler call has settled it): a fresh install with
+    none is ready within seconds instead of after :data:`READY_GRACE`."""
+    while state.awaiting is None:
+        if note_first_listing(state, await asyncio.to_thread(resources_in_scope, state)):
+            return
+        await asyncio.sleep(FIRST_LISTING_RETRY)
 
 
 def reconcile_soon(state: OperatorState, namespace: str, names: Collection[str]) -> None:
