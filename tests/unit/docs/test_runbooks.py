@@ -11,6 +11,7 @@ and the chart values from values.yaml."""
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import re
 import shlex
@@ -86,7 +87,7 @@ def event_reasons() -> frozenset[str]:
             if not isinstance(call, ast.Call):
                 continue
             args = call.args
-            for first, second in zip(args, args[1:], strict=False):
+            for first, second in itertools.pairwise(args):
                 if (
                     isinstance(first, ast.Constant)
                     and first.value in ("Warning", "Normal")
@@ -130,10 +131,11 @@ def crd_schema() -> dict[str, Any]:
 
 @cache
 def crd_names() -> frozenset[str]:
-    names = yaml.safe_load(CRD.read_text())["spec"]["names"]
+    crd = yaml.safe_load(CRD.read_text())["spec"]
+    names = crd["names"]
+    plural = names["plural"]
     return frozenset(
-        [names["plural"], names["singular"], *names.get("shortNames", [])]
-        + [f"{names['plural']}.{yaml.safe_load(CRD.read_text())['spec']['group']}"]
+        [plural, names["singular"], *names.get("shortNames", []), f"{plural}.{crd['group']}"]
     )
 
 
@@ -151,9 +153,9 @@ def _schema_has(path: list[str]) -> bool:
         props = node.get("properties")
         if props is None:
             # Free-form (additionalProperties, preserve-unknown-fields): anything below.
-            return bool(node.get("additionalProperties") or node.get(
-                "x-kubernetes-preserve-unknown-fields"
-            ))
+            return bool(
+                node.get("additionalProperties") or node.get("x-kubernetes-preserve-unknown-fields")
+            )
         if part not in props:
             return False
         node = props[part]
@@ -186,8 +188,8 @@ def command_lines() -> list[str]:
     lines = []
     for block in CODE_BLOCK.findall(text()):
         joined = block.replace("\\\n", " ")
-        for line in joined.splitlines():
-            line = re.sub(r"^\$ ", "", line.strip())
+        for raw in joined.splitlines():
+            line = re.sub(r"^\$ ", "", raw.strip())
             lines.append(re.split(r"\s+#\s", line)[0].strip())
     lines += code_spans()
     return [line for line in lines if re.match(r"^(hardening|kubectl|helm) ", line)]
@@ -237,7 +239,9 @@ def test_every_event_the_runbooks_name_is_posted_by_the_code() -> None:
 
 def test_every_condition_the_runbooks_name_is_written_in_the_status() -> None:
     named = set(re.findall(r"`(\w+)` condition", text()))
-    named |= set(re.findall(r"conditions? ((?:`\w+`(?:, | and | or )?)+)", text())[0].split("`")[1::2])
+    named |= set(
+        re.findall(r"conditions? ((?:`\w+`(?:, | and | or )?)+)", text())[0].split("`")[1::2]
+    )
     assert named, "no condition named"
     assert named <= condition_types(), sorted(named - condition_types())
 
@@ -256,7 +260,9 @@ def test_every_spec_field_and_chart_value_the_runbooks_name_exists() -> None:
         for token in re.findall(r"\b(?:spec|status)(?:\.[A-Za-z<>*]+(?:\[\d*\])?)+", span):
             parts = [re.sub(r"\[\d*\]$", "", p) for p in token.split(".")]
             if any(p.startswith("<") or p == "*" for p in parts):
-                parts = parts[: next(i for i, p in enumerate(parts) if p.startswith("<") or p == "*")]
+                parts = parts[
+                    : next(i for i, p in enumerate(parts) if p.startswith("<") or p == "*")
+                ]
             if parts[0] == "status" and "properties" not in crd_schema()["properties"].get(
                 "status", {}
             ):
