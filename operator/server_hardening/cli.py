@@ -159,7 +159,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     elif args.output == "markdown":
         sys.stdout.write(verify_markdown(document))
     else:
-        _table(verify_table(document), sys.stdout)
+        from server_hardening.plantable import render_lines
+
+        header, *rows = verify_table(document)
+        lines = render_lines(header, rows, [False] * len(header), None)
+        sys.stdout.write("".join(line + "\n" for line in lines))
         for target in document["targets"]:
             if target["error"]:
                 sys.stdout.write(f"\n{target['name']}: {target['error']}\n")
