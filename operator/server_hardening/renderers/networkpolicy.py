@@ -212,7 +212,9 @@ def _egress_policy(
             if rule.ports.last != rule.ports.first:
                 port["endPort"] = rule.ports.last
             entry["ports"] = [port]
-        entry_rows[(name, "egress", len(egress))] = _sorted_rows(list(rule.rows))
+        entry_rows[(name, "egress", len(egress))] = _sorted_rows(
+            [r for r in rule.rows if not r.startswith("CHOICE-AWS-")]
+        )
         egress.append(entry)
         # How a security group names the peer is no concern of a NetworkPolicy's provenance.
         rows.extend(sorted(r for r in rule.rows if not r.startswith("CHOICE-AWS-")))

@@ -119,7 +119,20 @@ def condition_types() -> frozenset[str]:
     from server_hardening.reconcile import Phase, Report
 
     report = Report(OWNER, 1, "Enforce", Phase.ENFORCED, "Enforced", "", dt.datetime.now(dt.UTC))
-    return frozenset(c["type"] for c in report.status()["conditions"])
+    always = {c["type"] for c in report.status()["conditions"]}
+    # Conditions a feature adds only when it is used name themselves in a CONDITION constant.
+    optional = {
+        node.value.value
+        for tree in _product_trees()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        and any(
+            isinstance(t, ast.Name) and re.search(r"(^|_)CONDITION$", t.id) for t in node.targets
+        )
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    }
+    return frozenset(always | optional)
 
 
 @cache
@@ -192,6 +205,8 @@ def command_lines() -> list[str]:
             line = re.sub(r"^\$ ", "", raw.strip())
             lines.append(re.split(r"\s+#\s", line)[0].strip())
     lines += code_spans()
+    # The command itself, not what its output is piped to (a jq program may span lines).
+    lines = [line.split(" | ", 1)[0].strip() for line in lines]
     return [line for line in lines if re.match(r"^(hardening|kubectl|helm) ", line)]
 
 
