@@ -349,7 +349,7 @@ def last_valid_spec(status: Mapping[str, Any] | None) -> ServerHardeningSpec | N
     """The spec recorded in status as the last one enforced, if there is one and it parses."""
     last = (status or {}).get("lastValidSpec") or {}
     try:
-        return parse_spec(last.get("spec")) if last else None
+        return parse_spec(last.get("spec"), recorded=True) if last else None
     except SpecError:
         return None
 
