@@ -57,27 +57,33 @@ class Selected:
 
 
 class _KubectlLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys and keeps timestamps as strings."""
+    """SafeLoader that keeps timestamps as strings (see below)."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.get(key)
-            except TypeError:  # an unhashable key: the base class says so
-                break
+
+def _duplicate_keys(node: yaml.Node, path: str) -> str | None:
+    """The first key written twice in one mapping under ``node``, as ``spec.mode: ...``."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[object, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            here = f"{path}.{key}" if path else str(key)
             line = key_node.start_mark.line + 1
-            if first is not None:
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"key {key!r} is written twice in one mapping (lines {first} and {line}); "
-                    "keep one (kubectl and the API server refuse duplicate keys)",
-                    key_node.start_mark,
+            if key is not None and key in seen:
+                return (
+                    f"{here}: written twice (lines {seen[key]} and {line}); keep one (kubectl "
+                    "and the API server refuse a duplicate key rather than pick one)"
                 )
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
+            if key is not None:
+                seen[key] = line
+            found = _duplicate_keys(value_node, here)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found = _duplicate_keys(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None
 
 
 # kubectl's YAML-to-JSON conversion turns timestamps into strings: no implicit timestamp type.
@@ -102,13 +108,23 @@ def decode(data: bytes, source: str) -> str:
 
 def documents(text: str, source: str) -> list[Found]:
     """Every object of the file: each document, and each item of a ``List``."""
+    docs: list[object] = []
+    loader = _KubectlLoader(text)
     try:
-        docs = list(yaml.load_all(text, Loader=_KubectlLoader))
+        while loader.check_node():
+            node = loader.get_node()
+            duplicate = _duplicate_keys(node, "") if node is not None else None
+            if duplicate:
+                where = f"document {len(docs) + 1}, " if docs else ""
+                raise ManifestError(f"{source}: {where}{duplicate}")
+            docs.append(loader.construct_document(node) if node is not None else None)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ManifestError(f"{source}: not valid YAML{where}: {problem}") from None
+    finally:
+        loader.dispose()
     out: list[Found] = []
     for index, doc in enumerate(docs, start=1):
         if doc is None:
@@ -158,7 +174,7 @@ def select(found: list[Found], source: str, name: str | None = None) -> Selected
     if name is not None:
         ours = [f for f in ours if f.name == name]
     if len(ours) == 1:
-        only = len(found) == 1
+        only = len(found) == 1 and "items" not in ours[0].where
         return Selected(ours[0].body, "" if only else ours[0].where, len(found))
     if len(ours) > 1:
         listed = ", ".join(f"{f.where}: {f.name or '(no name)'}" for f in ours)

@@ -170,7 +170,11 @@ def _list_expected(e: _Error) -> str:
 
 def _string_expected(e: _Error) -> str:
     quote = ""
-    if isinstance(e.value, int | float) and not isinstance(e.value, bool):
+    if isinstance(e.value, float):
+        quote = (
+            ': quote it as you wrote it, e.g. "4.8" (unquoted, YAML reads a number: 4.10 is 4.1)'
+        )
+    elif isinstance(e.value, int) and not isinstance(e.value, bool):
         quote = f': quote it ("{e.value}"); unquoted, YAML reads it as a number'
     return f"{shown(e.value)} is {what(e.value)}; expected a string{quote}"
 

@@ -97,15 +97,18 @@ def _normalise_cidr(value: str, info: ValidationInfo) -> str:
     try:
         network = ipaddress.ip_network(value.strip(), strict=False)
     except ValueError:
-        raise ValueError(f"{value!r} is not a valid CIDR") from None
+        raise ValueError(f"{messages.shown(value)} is not a valid CIDR") from None
     recorded = isinstance(info.context, Mapping) and info.context.get(RECORDED)
     if network.network_address != ipaddress.ip_interface(value.strip()).ip and not recorded:
         if network.prefixlen == 0:
-            raise ValueError(f"{value!r} is the whole internet ({network}) with host bits set")
+            raise ValueError(
+                f"{messages.shown(value)} is the whole internet ({network}) with host bits set"
+            )
         # Refused rather than cleared: 10.40.1.0/19 may mean 10.40.0.0/19 (32 times wider than
         # a /24) or a typo of 10.40.1.0/24, and a firewall must not guess which.
         raise ValueError(
-            f"{value!r} has host bits set: the /{network.prefixlen} network it lies in is "
+            f"{messages.shown(value)} has host bits set: the /{network.prefixlen} network it "
+            "lies in is "
             f"{network}; write that, or a longer prefix if you meant a smaller subnet"
         )
     return str(network)
@@ -361,7 +364,7 @@ class AdminSSH(_Spec):
         )
     )
 
-    enabled: bool = False
+    enabled: StrictBool = False
     sources: list[AdminSource] = Field(default_factory=list, max_length=MAX_CIDRS)
 
 
@@ -517,10 +520,10 @@ def port_entry_problem(value: object) -> str | None:
     """Why one ``ports`` entry is not a pod port, or None: an entry is a container port number
     or a container port name (an IANA service name, as Kubernetes validates it)."""
     if isinstance(value, Mapping):
+        port = value.get("port", value.get("containerPort", 8080))
         return (
-            "a port is a number or a container port name: write "
-            f"{value.get('port', 8080)!r} rather than an object (every guide row a component "
-            "serves is TCP)"
+            f"a port is a number or a container port name: write {port!r} rather than an object "
+            "(every guide row a component serves is TCP)"
         )
     if isinstance(value, bool) or not isinstance(value, int | str):
         return f"{value!r} is not a port number or a port name"
@@ -907,6 +910,20 @@ class ExceptionTarget(enum.StrEnum):
     GCP = "gcp"
 
 
+# RFC 3339 with a time zone, as the API server checks ``format: date-time`` and more strictly:
+# pydantic alone takes "2027-03-31" and zone-less times, which the CRD refuses (the pattern).
+RFC3339_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"  # noqa: E501
+
+
+def _rfc3339(value: object) -> object:
+    if isinstance(value, str) and not re.fullmatch(RFC3339_PATTERN, value):
+        raise ValueError(
+            f"{messages.shown(value)} is not a date-time: write it as RFC 3339, e.g. "
+            '"2027-03-31T00:00:00Z"'
+        )
+    return value
+
+
 class DeclaredExceptionSpec(_Spec):
     """A rule or policy this resource does not own that is there on purpose: not drift while
     it lasts, reported with its reason; past ``expires`` it is a finding again (and removable
@@ -921,8 +938,11 @@ class DeclaredExceptionSpec(_Spec):
         "or a firewall name; shell-style wildcards (*, ?) allowed.",
     )
     reason: str = Field(min_length=1, max_length=1024)
-    expires: dt.datetime | None = Field(
-        None, description="RFC 3339; from then on the exception excuses nothing."
+    expires: Annotated[dt.datetime | None, BeforeValidator(_rfc3339)] = Field(
+        None,
+        description="From then on the exception excuses nothing: an RFC 3339 date-time with a "
+        'time zone, e.g. "2027-03-31T00:00:00Z".',
+        json_schema_extra={"pattern": RFC3339_PATTERN},
     )
 
 

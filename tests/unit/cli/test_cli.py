@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import subprocess
 import sys
@@ -13,28 +11,11 @@ import pytest
 import yaml
 
 from builders import EXAMPLES, example_names
+from cli_run import run
 from server_hardening.cli import main
 from server_hardening.crd import crd_yaml
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """``hardening ARGS`` in this process (a subprocess per test cost 0.4 s each; one test
-    below runs the real entry point): stdin, stdout, stderr and the exit code as a user sees
-    them."""
-    out, err = io.StringIO(), io.StringIO()
-    saved_stdin = sys.stdin
-    sys.stdin = io.TextIOWrapper(io.BytesIO((stdin or "").encode()))
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main(list(args))
-            except SystemExit as exc:  # argparse's usage errors
-                code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.stdin = saved_stdin
-    return subprocess.CompletedProcess(["hardening", *args], code, out.getvalue(), err.getvalue())
 
 
 def test_the_installed_entry_point_runs_plan_as_a_user_does() -> None:
@@ -118,7 +99,7 @@ def test_a_bad_file_names_the_field_exits_2_and_prints_nothing_to_stdout(tmp_pat
     assert result.returncode == 2
     assert result.stdout == ""
     assert (
-        f"{bad}: spec.topology.nomadClients.cidrs[2]: '10.0.0.300/24' is not a valid CIDR"
+        f'{bad}: spec.topology.nomadClients.cidrs[2]: "10.0.0.300/24" is not a valid CIDR'
         in result.stderr
     )
 

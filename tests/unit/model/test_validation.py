@@ -27,7 +27,7 @@ def test_a_bad_cidr_is_named_by_its_index() -> None:
         **{"topology.nomadClients": {"cidrs": ["10.1.0.0/16", "10.9.0.0/16", "10.0.0.300/24"]}}
     )
     assert errors_of(spec) == [
-        "spec.topology.nomadClients.cidrs[2]: '10.0.0.300/24' is not a valid CIDR"
+        'spec.topology.nomadClients.cidrs[2]: "10.0.0.300/24" is not a valid CIDR'
     ]
 
 
@@ -156,10 +156,10 @@ def test_host_bits_are_refused_naming_the_network_they_lie_in() -> None:
         **{"topology.kubernetesNodes": {"cidrs": ["10.40.1.0/19", "2001:db8::1/32", "::/0"]}}
     )
     assert errors_of(spec) == [
-        "spec.topology.kubernetesNodes.cidrs[0]: '10.40.1.0/19' has host bits set: the /19 "
+        'spec.topology.kubernetesNodes.cidrs[0]: "10.40.1.0/19" has host bits set: the /19 '
         "network it lies in is 10.40.0.0/19; write that, or a longer prefix if you meant a "
         "smaller subnet",
-        "spec.topology.kubernetesNodes.cidrs[1]: '2001:db8::1/32' has host bits set: the /32 "
+        'spec.topology.kubernetesNodes.cidrs[1]: "2001:db8::1/32" has host bits set: the /32 '
         "network it lies in is 2001:db8::/32; write that, or a longer prefix if you meant a "
         "smaller subnet",
     ]
