@@ -164,3 +164,35 @@ def test_the_resource_reference_is_generated_from_the_model() -> None:
         doc.write_text(reference_markdown())
     assert doc.read_text() == reference_markdown(), "docs/resource.md is stale: UPDATE_DOCS=1"
     assert "| `spec.topology.nomadClients.cidrs` (required) | []string |" in doc.read_text()
+
+
+def test_a_file_of_two_resources_is_planned_one_at_a_time_by_name(tmp_path: Path) -> None:
+    one = (EXAMPLES / "kubernetes-only.yaml").read_text()
+    two = one.replace("name: circleci\n", "name: circleci-staging\n", 1)
+    assert two != one
+    both = tmp_path / "both.yaml"
+    both.write_text(one + "\n---\n" + two)
+    refused = run("plan", "-f", str(both), "-o", "json")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert (
+        f"{both}: 2 ServerHardening resources (document 1: circleci, document 2: "
+        "circleci-staging): plan one at a time with --name NAME" in refused.stderr
+    )
+    picked = run("plan", "-f", str(both), "-o", "json", "--name", "circleci-staging")
+    assert picked.returncode == 0, picked.stderr
+    assert (
+        picked.stderr == f"{both} (document 2): ServerHardening circleci-server/circleci-staging\n"
+    )
+    missing = run("plan", "-f", str(both), "--name", "prod")
+    assert missing.returncode == 2
+    assert "no ServerHardening named 'prod' (the file has circleci, circleci-staging)" in (
+        missing.stderr
+    )
+
+
+def test_a_list_on_stdin_names_the_item_it_planned() -> None:
+    item = yaml.safe_load((EXAMPLES / "kubernetes-only.yaml").read_text())
+    listed = yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [item]})
+    result = run("plan", "-f", "-", "-o", "json", stdin=listed)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("<stdin> (document 1, items[0]): ServerHardening ")
