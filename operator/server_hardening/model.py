@@ -271,14 +271,19 @@ class LoadBalancersTopology(_Spec):
 class AddressSet(_Spec):
     """A named set of addresses."""
 
-    cidrs: list[Cidr] = Field(min_length=1, max_length=MAX_CIDRS)
+    cidrs: list[Cidr] = Field(
+        min_length=1, max_length=MAX_CIDRS, description="The set's addresses (CIDRs)."
+    )
 
 
 class ExternalTopology(_Spec):
     """What "external" means (narrow it when all egress goes through a proxy)."""
 
     cidrs: list[Cidr] = Field(
-        default_factory=lambda: ["0.0.0.0/0"], min_length=1, max_length=MAX_CIDRS
+        default_factory=lambda: ["0.0.0.0/0"],
+        min_length=1,
+        max_length=MAX_CIDRS,
+        description="The addresses outside the installation (default: the whole internet).",
     )
 
 
@@ -293,6 +298,8 @@ class NomadServersTopology(_Spec):
 
 
 class Topology(_Spec):
+    """Where each kind of compute lives (its subnets), and what is outside."""
+
     kubernetes_nodes: RoleTopology = Field(description="Required: the cluster's node subnets.")
     nomad_clients: NomadClientsTopology = Field(
         description="Required: the Nomad clients' subnets (and their runtime)."
@@ -364,14 +371,19 @@ class AdminSSH(_Spec):
         )
     )
 
-    enabled: StrictBool = False
-    sources: list[AdminSource] = Field(default_factory=list, max_length=MAX_CIDRS)
+    enabled: StrictBool = Field(False, description="Allow admin SSH to the instances.")
+    sources: list[AdminSource] = Field(
+        default_factory=list,
+        max_length=MAX_CIDRS,
+        description="Who may SSH in (a bastion, a VPN): required when enabled; never the "
+        "whole internet.",
+    )
 
 
 class SSHRerun(_Spec):
     """NOMAD-IN-2 / VM-IN-5: "rerun job with SSH"."""
 
-    enabled: StrictBool = True
+    enabled: StrictBool = Field(True, description='Allow "rerun job with SSH".')
     sources: list[Cidr] = Field(
         default_factory=list,
         max_length=MAX_CIDRS,
@@ -380,12 +392,18 @@ class SSHRerun(_Spec):
 
 
 class Access(_Spec):
+    """SSH access: for administrators (ALL-IN-1) and into jobs (rerun with SSH)."""
+
     admin_ssh: AdminSSH = Field(default_factory=AdminSSH, alias="adminSSH")
     ssh_rerun: SSHRerun = Field(default_factory=SSHRerun, alias="sshRerun")
 
 
 class NetworkPolicies(_Spec):
-    enabled: StrictBool = True
+    """The NetworkPolicies written in the installation's namespace."""
+
+    enabled: StrictBool = Field(
+        True, description="Write the guide's NetworkPolicies (false: only the clouds' rules)."
+    )
     restrict_egress: StrictBool = Field(
         False,
         description="Also deny egress from the namespace except DNS, the API server, the "
@@ -459,7 +477,7 @@ class LabelSelectorRequirement(_Spec):
     )
 
     key: str = Field(max_length=317, description="The label key the requirement applies to.")
-    operator: SelectorOperator
+    operator: SelectorOperator = Field(description="In, NotIn, Exists or DoesNotExist.")
     values: list[LabelValue] = Field(
         default_factory=list,
         max_length=MAX_LABELS,
@@ -503,10 +521,13 @@ class LabelSelector(_Spec):
     match_labels: Annotated[dict[str, LabelValue], AfterValidator(_check_label_keys)] = Field(
         default_factory=dict,
         max_length=MAX_LABELS,
+        description="Labels the pods carry, all of them (key: value).",
         json_schema_extra=_cel((f"self.all(k, {_CEL_LABEL_KEY})", "has an invalid label key")),
     )
     match_expressions: list[LabelSelectorRequirement] = Field(
-        default_factory=list, max_length=MAX_LABELS
+        default_factory=list,
+        max_length=MAX_LABELS,
+        description="Requirements on the pods' labels, all of them.",
     )
 
     @model_validator(mode="after")
@@ -602,7 +623,13 @@ class Component(_Spec):
         )
     )
 
-    service: str | None = Field(None, pattern=DNS_LABEL_PATTERN, max_length=63)
+    service: str | None = Field(
+        None,
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+        description="The component's Service in the namespace: its selector finds the pods and "
+        "its targetPorts the ports.",
+    )
     pod_selector: LabelSelector | None = Field(
         None, description="The component's pods (a Kubernetes LabelSelector)."
     )
@@ -650,9 +677,13 @@ class Components(_Spec):
 class ApiServer(_Spec):
     """Where the Kubernetes API server is, for the egress allow-list."""
 
-    cidrs: list[Cidr] = Field(default_factory=list, max_length=MAX_CIDRS)
+    cidrs: list[Cidr] = Field(
+        default_factory=list,
+        max_length=MAX_CIDRS,
+        description="The API server's addresses; empty: read from the cluster.",
+    )
     ports: list[Annotated[StrictInt, Field(ge=1, le=65535)]] = Field(
-        default_factory=lambda: [443, 6443], max_length=16
+        default_factory=lambda: [443, 6443], max_length=16, description="The API server's ports."
     )
 
 
@@ -687,6 +718,8 @@ class Monitoring(_Spec):
 
 
 class KubernetesSpec(_Spec):
+    """The Kubernetes target: NetworkPolicies in the installation's namespace."""
+
     network_policies: NetworkPolicies = Field(default_factory=NetworkPolicies)
     components: Components = Field(default_factory=Components)
     api_server: ApiServer = Field(default_factory=ApiServer)
@@ -711,10 +744,25 @@ LOGGING_METADATA_PATTERN = r"^(EXCLUDE_ALL_METADATA|INCLUDE_ALL_METADATA)$"
 
 
 class AwsSecurityGroups(_Spec):
-    kubernetes_nodes: str | None = Field(None, pattern=SG_PATTERN)
-    nomad_clients: str | None = Field(None, pattern=SG_PATTERN)
-    external_vms: str | None = Field(None, pattern=SG_PATTERN, alias="externalVMs")
-    load_balancers: str | None = Field(None, pattern=SG_PATTERN)
+    """The security group of each role (sg-...); a role without one gets no rules."""
+
+    kubernetes_nodes: str | None = Field(
+        None, pattern=SG_PATTERN, description="The Kubernetes nodes' security group."
+    )
+    nomad_clients: str | None = Field(
+        None, pattern=SG_PATTERN, description="The Nomad clients' security group."
+    )
+    external_vms: str | None = Field(
+        None,
+        pattern=SG_PATTERN,
+        alias="externalVMs",
+        description="The external VMs' security group (machine and remote-Docker jobs).",
+    )
+    load_balancers: str | None = Field(
+        None,
+        pattern=SG_PATTERN,
+        description="The load balancers' security group (not with transparent load balancers).",
+    )
     nomad_servers: str | None = Field(
         None, pattern=SG_PATTERN, description="With topology.nomadServers: their security group."
     )
@@ -731,8 +779,8 @@ def configured_by_role(section: BaseModel) -> dict[Role, str]:
 class RuleQuota(_Spec):
     """Rules per security group and direction (AWS default 60; raise it if your account has)."""
 
-    inbound: StrictInt = Field(60, ge=1, le=1000)
-    outbound: StrictInt = Field(60, ge=1, le=1000)
+    inbound: StrictInt = Field(60, ge=1, le=1000, description="Inbound rules per group.")
+    outbound: StrictInt = Field(60, ge=1, le=1000, description="Outbound rules per group.")
 
 
 ASG_NAME_PATTERN = r"^[^:]{1,255}$"
@@ -785,10 +833,14 @@ class AwsEvents(_Spec):
 
 
 class AwsSpec(_Spec):
+    """The AWS target: rules in the roles' EC2 security groups."""
+
     region: str = Field(
         pattern=AWS_REGION_PATTERN, description="The AWS region of the security groups."
     )
-    security_groups: AwsSecurityGroups
+    security_groups: AwsSecurityGroups = Field(
+        description="The security group of each role (sg-...)."
+    )
     events: AwsEvents | None = Field(
         None,
         description="Check at once when CloudTrail reports a change to a managed group (an SQS "
@@ -812,9 +864,20 @@ NETWORK_TAG_PATTERN = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
 
 
 class GcpTargetTags(_Spec):
-    kubernetes_nodes: str | None = Field(None, pattern=NETWORK_TAG_PATTERN)
-    nomad_clients: str | None = Field(None, pattern=NETWORK_TAG_PATTERN)
-    external_vms: str | None = Field(None, pattern=NETWORK_TAG_PATTERN, alias="externalVMs")
+    """The network tag of each role's instances; a role without one gets no rules."""
+
+    kubernetes_nodes: str | None = Field(
+        None, pattern=NETWORK_TAG_PATTERN, description="The Kubernetes nodes' network tag."
+    )
+    nomad_clients: str | None = Field(
+        None, pattern=NETWORK_TAG_PATTERN, description="The Nomad clients' network tag."
+    )
+    external_vms: str | None = Field(
+        None,
+        pattern=NETWORK_TAG_PATTERN,
+        alias="externalVMs",
+        description="The external VMs' network tag.",
+    )
     nomad_servers: str | None = Field(
         None,
         pattern=NETWORK_TAG_PATTERN,
@@ -832,7 +895,7 @@ class FirewallLogging(_Spec):
     """``Keep`` leaves logging as it is on each rule (a repair never switches it off);
     ``Enabled``/``Disabled`` manage it."""
 
-    mode: LoggingMode = Field(LoggingMode.KEEP)
+    mode: LoggingMode = Field(LoggingMode.KEEP, description="Keep, Enabled or Disabled.")
     metadata: str = Field(
         "EXCLUDE_ALL_METADATA",
         pattern=LOGGING_METADATA_PATTERN,
@@ -869,9 +932,11 @@ class GcpEvents(_Spec):
 
 
 class GcpSpec(_Spec):
+    """The GCP target: VPC firewall rules for the roles' network tags."""
+
     project: str = Field(pattern=GCP_PROJECT_PATTERN, description="The GCP project ID.")
     network: str = Field(pattern=NETWORK_TAG_PATTERN, description="The VPC network's name.")
-    target_tags: GcpTargetTags
+    target_tags: GcpTargetTags = Field(description="The network tag of each role.")
     events: GcpEvents | None = Field(
         None,
         description="Check at once when an audit log reports a firewall change in the project "
@@ -930,14 +995,16 @@ class DeclaredExceptionSpec(_Spec):
     with ``unmanagedRules: Remove``). Also the break-glass path: open something for a time,
     with a reason on record."""
 
-    target: ExceptionTarget
+    target: ExceptionTarget = Field(description="kubernetes, aws or gcp.")
     name: str = Field(
         min_length=1,
         max_length=255,
         description="What it matches: a NetworkPolicy name, a security-group rule ID (sgr-...) "
         "or a firewall name; shell-style wildcards (*, ?) allowed.",
     )
-    reason: str = Field(min_length=1, max_length=1024)
+    reason: str = Field(
+        min_length=1, max_length=1024, description="Why it is there: reported with it."
+    )
     expires: Annotated[dt.datetime | None, BeforeValidator(_rfc3339)] = Field(
         None,
         description="From then on the exception excuses nothing: an RFC 3339 date-time with a "
@@ -1013,7 +1080,11 @@ class ServerHardeningSpec(_Spec):
         description="Adopt: an unmarked rule or policy that is exactly a desired one is adopted "
         "(only the ownership marks are added; access never changes). Never: leave it unmanaged.",
     )
-    exceptions: list[DeclaredExceptionSpec] = Field(default_factory=list, max_length=200)
+    exceptions: list[DeclaredExceptionSpec] = Field(
+        default_factory=list,
+        max_length=200,
+        description="Rules and policies this resource does not own that are there on purpose.",
+    )
 
     @property
     def events_configured(self) -> bool:

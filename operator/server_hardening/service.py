@@ -50,7 +50,6 @@ from server_hardening.model import (
     parse_spec,
 )
 from server_hardening.reconcile import (
-    Phase,
     Report,
     TargetFactory,
     invalid_report,
@@ -58,6 +57,7 @@ from server_hardening.reconcile import (
     refuse_keeping_the_last,
 )
 from server_hardening.rules import Finding
+from server_hardening.status import Phase
 from server_hardening.targets.base import ResourceStore, TargetError, TransientTargetError
 from server_hardening.targets.watches import NamespaceVersions, Watch
 from server_hardening.verification import RowResult
