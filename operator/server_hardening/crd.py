@@ -228,8 +228,16 @@ def reference_markdown() -> str:
         "",
         f"`{GROUP}/{VERSION}`, kind `{KIND}`, namespaced (in the CircleCI Server namespace), "
         f"plural `{PLURAL}`, short name `{SHORT_NAMES[0]}`. What an older spec must change is "
-        "in [upgrading.md](upgrading.md). What is validated where (plan, the operator, the API "
-        "server, the chart): [the README](../README.md#what-is-validated-where).",
+        "in [upgrading.md](upgrading.md).",
+        "",
+        "Validated alike by `hardening plan`, the operator, the API server (through this schema "
+        "and its CEL rules, with the strict field validation kubectl uses) and the Helm chart "
+        "(`serverHardening.spec` against the same schema): unknown fields in any spelling, "
+        "types, enums, patterns, ranges and CIDRs with host bits set (refused: write the network "
+        "address). Cross-field rules are CEL rules, which the chart cannot check (the API server "
+        "does at install). Overlapping role subnets are refused by `plan` and the operator only "
+        "(phase `Invalid`). `metadata.name` is a DNS subdomain. The table in "
+        "[the README](../README.md#what-is-validated-where) says which check runs where.",
         "",
         "## Spec",
         "",
