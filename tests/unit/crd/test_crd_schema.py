@@ -37,7 +37,8 @@ def test_every_property_of_the_crd_is_described() -> None:
     assert len([p for p in found if p.startswith(".status.")]) >= 30
     assert len([p for p in found if p.startswith(".spec.")]) >= 100
     undescribed = [path for path, schema in found.items() if not schema.get("description")]
-    assert undescribed == []
+    # metadata is ObjectMeta: the API server describes it and refuses a CRD that does.
+    assert undescribed == [".metadata"]
 
 
 def test_only_the_recorded_spec_in_status_is_open() -> None:
