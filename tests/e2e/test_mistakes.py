@@ -24,6 +24,8 @@ from kubernetes.client.rest import ApiException
 
 from e2e.harness import ensure_namespace, install_crd
 from mistakes_corpus import CORPUS, Mistake
+from server_hardening import manifest
+from server_hardening.model import parse_resource, parse_spec
 
 DEFAULT_NAMESPACE = "mistakes"
 SERVER_HARDENINGS = (
@@ -35,6 +37,7 @@ SERVER_HARDENINGS = (
 class Verdict:
     refused: bool
     messages: list[str]
+    stored: list[dict[str, Any]]  # the ServerHardenings as the API server would store them
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +72,12 @@ def _resource_path(api: Any, api_version: str, kind: str, namespace: str) -> str
     return None
 
 
-def _send(api: Any, path: str, body: Any, content_type: str) -> str | None:
-    """A dry-run create with strict field validation; the refusal's message, or None. An object
-    that exists already is no refusal: ``kubectl apply`` would patch it."""
+def _send(api: Any, path: str, body: Any, content_type: str) -> str | dict[str, Any]:
+    """A dry-run create with strict field validation: the refusal's message, or the object as
+    it would be stored. An object that exists already is no refusal (``kubectl apply`` would
+    patch it)."""
     try:
-        api.call_api(
+        response = api.call_api(
             path,
             "POST",
             query_params=[("dryRun", "All"), ("fieldValidation", "Strict")],
@@ -85,14 +89,16 @@ def _send(api: Any, path: str, body: Any, content_type: str) -> str | None:
         assert exc.status in {400, 404, 409, 415, 422}, (exc.status, exc.body)
         status = json.loads(exc.body)
         if status.get("reason") == "AlreadyExists":
-            return None
+            return {}
         return str(status.get("message", exc.body))
-    return None
+    stored: dict[str, Any] = json.loads(response[0].data)
+    return stored
 
 
 def kubectl_dry_run(api: Any, data: bytes) -> Verdict:
     """``kubectl apply --dry-run=server -f`` of a file's bytes, as the module docstring says."""
     messages: list[str] = []
+    stored: list[dict[str, Any]] = []
     for chunk in _documents(data):
         try:
             head = yaml.load(chunk, Loader=yaml.BaseLoader)  # noqa: S506 (BaseLoader: strings only)
@@ -100,7 +106,9 @@ def kubectl_dry_run(api: Any, data: bytes) -> Verdict:
             head = None
         if not isinstance(head, dict):
             # Not an object kubectl can read: what the API server's decoder says of it.
-            messages.append(_send(api, SERVER_HARDENINGS, chunk, "application/yaml") or "")
+            sent = _send(api, SERVER_HARDENINGS, chunk, "application/yaml")
+            if isinstance(sent, str):
+                messages.append(sent)
             continue
         objects: list[tuple[dict[str, Any], Any, str]]
         if str(head.get("kind", "")).endswith("List") and isinstance(head.get("items"), list):
@@ -120,10 +128,12 @@ def kubectl_dry_run(api: Any, data: bytes) -> Verdict:
                     f"no matches for kind {obj.get('kind')!r} in version {obj.get('apiVersion')!r}"
                 )
                 continue
-            refused = _send(api, path, body, content_type)
-            if refused is not None:
-                messages.append(refused)
-    return Verdict(refused=bool(messages), messages=messages)
+            sent = _send(api, path, body, content_type)
+            if isinstance(sent, str):
+                messages.append(sent)
+            elif sent.get("kind") == "ServerHardening":
+                stored.append(sent)
+    return Verdict(refused=bool(messages), messages=messages, stored=stored)
 
 
 JUDGED = [m for m in CORPUS if m.api != "skip"]
@@ -141,6 +151,13 @@ def test_the_api_server_gives_the_verdict_plan_gives(api: Any, mistake: Mistake)
         named = {parts[-1], parts[-1].removeprefix("api")} | set(parts[-2:-1])
         text = " ".join(verdict.messages).lower()
         assert any(part in text for part in named), verdict.messages
+    if not verdict.refused and not mistake.refused:
+        # Accepted by both, and read alike: plan plans the spec the API server would store.
+        (stored,) = verdict.stored
+        source = str(mistake.path)
+        found = manifest.documents(manifest.decode(mistake.path.read_bytes(), source), source)
+        _, planned = parse_resource(manifest.select(found, source).body)
+        assert parse_spec(stored["spec"]) == planned
 
 
 def test_the_divergences_are_few_and_each_says_why() -> None:
