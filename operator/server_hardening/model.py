@@ -1168,7 +1168,19 @@ def errors_from_validation(exc: ValidationError, root: str = "spec") -> list[Fie
         if str(error) not in seen:
             seen.add(str(error))
             out.append(error)
-    return out
+    return _without_missing_meant(out)
+
+
+def _without_missing_meant(errors: list[FieldError]) -> list[FieldError]:
+    """``server_version: did you mean serverVersion?`` says it all: serverVersion is not also
+    "missing" (the API server, too, names only the unknown field)."""
+    meant = set()
+    for error in errors:
+        match = re.search(r"did you mean (\S+)\?$", error.reason)
+        if match and error.reason.startswith("unknown field"):
+            parent = error.path.rpartition(".")[0]
+            meant.add(f"{parent}.{match[1]}" if parent else match[1])
+    return [e for e in errors if not (e.path in meant and e.reason == "required field is missing")]
 
 
 def _overlaps(spec: ServerHardeningSpec) -> list[FieldError]:
@@ -1470,7 +1482,7 @@ def parse_resource(body: Mapping[str, Any]) -> tuple[ResourceRef, ServerHardenin
     except SpecError as exc:
         errors.extend(exc.errors)
     if errors:
-        raise SpecError(errors)
+        raise SpecError(_without_missing_meant(errors))
     assert isinstance(metadata, Mapping)
     ref = ResourceRef(
         namespace=str(metadata.get("namespace") or "default"),

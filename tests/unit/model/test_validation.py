@@ -383,3 +383,12 @@ def test_nodes_and_load_balancers_may_share_a_group() -> None:
     shared = "sg-0123456789abcdef0"
     spec = parse_spec(spec_dict(aws=_aws({"kubernetesNodes": shared, "loadBalancers": shared})))
     assert spec.aws is not None
+
+
+@pytest.mark.parametrize("spelling", ["server_version", "ServerVersion", "server-version"])
+def test_a_field_in_another_spelling_is_one_error_with_the_spelling_meant(spelling: str) -> None:
+    spec = spec_dict()
+    spec[spelling] = spec.pop("serverVersion")
+    assert errors_of(spec) == [
+        f'spec.{spelling}: unknown field "{spelling}": did you mean serverVersion?'
+    ]
