@@ -63,7 +63,7 @@ OTHER_PODS = [PodSpec("stranger", {"app": "stranger"}, (8080,))]
 
 TOPOLOGY = {
     # The node itself, its veth to the control plane, and "another node" outside.
-    "kubernetesNodes": {"cidrs": [f"{NODE_ADDR}/30", "10.213.100.8/29"]},
+    "kubernetesNodes": {"cidrs": ["10.213.255.0/30", "10.213.100.8/29"]},  # NODE_ADDR's /30
     "nomadClients": {"cidrs": ["10.213.100.16/29"]},
     "externalVMs": {"cidrs": ["10.213.100.24/29"]},
 }
