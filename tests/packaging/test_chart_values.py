@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from typing import Any
 
 import pytest
@@ -21,6 +22,8 @@ from hardening_chart import (
 )
 
 from builders import EXAMPLES
+from mistakes_corpus import CORPUS, Mistake
+from server_hardening import manifest
 
 
 def with_spec(**changes: Any) -> dict[str, Any]:
@@ -158,3 +161,48 @@ def test_extra_labels_that_prometheus_would_refuse_or_that_clash_are_refused(
 ) -> None:
     with pytest.raises(ChartError, match="/alerts/labels"):
         render_chart({"prometheusRule": {"enabled": True}, "alerts": {"labels": labels}})
+
+
+# Corpus mistakes only CEL rules or the operator catch: JSON schema cannot say them, so `helm
+# template` renders them and the API server refuses them at install (the overlap: the operator).
+CHART_CANNOT_SEE = {
+    "038-host-bits-ipv4", "039-host-bits-ipv6", "040-host-bits-external-vms",
+    "041-host-bits-ssh-source", "042-host-bits-dns", "057-node-port-range-reversed",
+    "072-external-vms-without-cidrs", "096-admin-ssh-world", "097-admin-ssh-without-sources",
+    "098-nomad-servers-on-4-4", "100-overlapping-roles", "111-component-service-and-selector",
+}  # fmt: skip
+SPEC_MISTAKES = [
+    m
+    for m in CORPUS
+    if m.refused and m.field.startswith("spec") and m.reaches_the_api_server
+    and "written twice" not in m.reason
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("mistake", SPEC_MISTAKES, ids=lambda m: m.name)
+def test_the_corpus_spec_mistakes_fail_to_render_naming_the_field(mistake: Mistake) -> None:
+    source = str(mistake.path)
+    found = manifest.documents(manifest.decode(mistake.path.read_bytes(), source), source)
+    values = with_spec()
+    values["serverHardening"]["spec"] = manifest.select(found, source).body.get("spec")
+    if mistake.name in CHART_CANNOT_SEE:
+        render_chart(values)  # renders; the API server or the operator refuses it
+        return
+    with pytest.raises(ChartError) as refused:
+        render_chart(values)
+    # helm names the field as a JSON pointer, or its parent with the field's name quoted; the
+    # chart's own check names a missing spec by its values key.
+    parts = [p for p in re.split(r"[.\[\]]+", mistake.field) if p]
+    pointer = "/serverHardening/" + "/".join(parts)
+    parent = "/serverHardening/" + "/".join(parts[:-1])
+    message = str(refused.value)
+    assert (
+        f"'{pointer}'" in message
+        or (f"'{parent}'" in message and parts[-1] in message)
+        or f"serverHardening.{mistake.field}" in message
+    ), message
+
+
+def test_the_chart_sees_most_of_the_corpus() -> None:
+    assert len(SPEC_MISTAKES) - len(CHART_CANNOT_SEE) >= 50
+    assert {m.name for m in SPEC_MISTAKES} >= CHART_CANNOT_SEE
