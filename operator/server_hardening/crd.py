@@ -55,7 +55,10 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     for key, value in node.items():
         if key in _DROP:
             continue
-        if key == "additionalProperties" and value is False:
+        if key == "additionalProperties" and isinstance(value, bool):
+            # False: unknown fields are refused by strict field validation instead. True (an
+            # open dict): left to x-kubernetes-preserve-unknown-fields, since the API server
+            # prunes below an additionalProperties that has no schema.
             continue
         if key == "default" and (isinstance(value, dict | list) or value is None):
             continue
