@@ -236,9 +236,10 @@ def reference_markdown() -> str:
         "(`serverHardening.spec` against the same schema): unknown fields in any spelling, "
         "types, enums, patterns, ranges and CIDRs with host bits set (refused: write the network "
         "address). Cross-field rules are CEL rules, which the chart cannot check (the API server "
-        "does at install). Overlapping role subnets are refused by `plan` and the operator only "
-        "(phase `Invalid`). `metadata.name` is a DNS subdomain. The table in "
-        "[the README](../README.md#what-is-validated-where) says which check runs where.",
+        "does at install). Overlapping role subnets, and one security group or tag for two "
+        "isolated roles, are refused by `plan` and the operator only (phase `Invalid`). "
+        "`metadata.name` is a DNS subdomain. The table in [the README]"
+        "(../README.md#what-is-validated-where) says which check runs where.",
         "",
         "## Spec",
         "",

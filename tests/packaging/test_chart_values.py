@@ -170,6 +170,7 @@ CHART_CANNOT_SEE = {
     "041-host-bits-ssh-source", "042-host-bits-dns", "057-node-port-range-reversed",
     "072-external-vms-without-cidrs", "096-admin-ssh-world", "097-admin-ssh-without-sources",
     "098-nomad-servers-on-4-4", "100-overlapping-roles", "111-component-service-and-selector",
+    "128-gke-without-pod-range", "129-one-group-for-two-roles",
 }  # fmt: skip
 SPEC_MISTAKES = [
     m
