@@ -29,36 +29,48 @@ from server_hardening.model import ResourceRef, ServerHardeningSpec, SpecError, 
 EXIT_INVALID = 2
 
 
-def _load_resource(path: str) -> dict[str, Any]:
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+def _load_resource(path: str, name: str | None = None) -> tuple[Any, str]:
+    """The ServerHardening in ``path`` (or stdin) and where in the file it is ("" when the
+    file holds only it); :class:`ManifestError` names the file and what is wrong."""
+    from server_hardening import manifest
+
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        raise SpecError([]) from exc
-    resources = [d for d in docs if isinstance(d, dict) and d.get("kind") == "ServerHardening"]
-    if len(resources) != 1:
-        raise ValueError(f"{path}: expected exactly one ServerHardening, found {len(resources)}")
-    return resources[0]
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        raise manifest.ManifestError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    source = "<stdin>" if path == "-" else path
+    found = manifest.documents(manifest.decode(data, source), source)
+    selected = manifest.select(found, source, name)
+    return selected.body, selected.where
 
 
-def _parse(path: str) -> tuple[ResourceRef, ServerHardeningSpec] | None:
-    """The resource in ``path``, or None after printing every field-naming error."""
+def _parse(path: str, name: str | None = None) -> tuple[ResourceRef, ServerHardeningSpec] | None:
+    """The resource in ``path``, or None after printing every error, each naming the file, the
+    field, the value and the reason (``hardening.yaml: spec.mode: "audit" is not one of ...``)."""
+    from server_hardening.manifest import ManifestError
+
     try:
-        return parse_resource(_load_resource(path))
+        body, where = _load_resource(path, name)
+    except ManifestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    source = "<stdin>" if path == "-" else path
+    label = f"{source} ({where})" if where else source
+    try:
+        parsed = parse_resource(body)
     except SpecError as exc:
         for error in exc.errors:
-            print(f"{path}: {error}", file=sys.stderr)
-        if not exc.errors:
-            print(f"{path}: not valid YAML: {exc.__cause__}", file=sys.stderr)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-    return None
+            print(f"{label}: {error}", file=sys.stderr)
+        return None
+    if where:
+        print(f"{label}: ServerHardening {parsed[0]}", file=sys.stderr)
+    return parsed
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from server_hardening.plan import build_plan
 
-    parsed = _parse(args.file)
+    parsed = _parse(args.file, args.name)
     if parsed is None:
         return EXIT_INVALID
     ref, spec = parsed
@@ -89,7 +101,7 @@ def _print_table(doc: Any, ref: ResourceRef, *, wide: bool) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    parsed = _parse(args.file)
+    parsed = _parse(args.file, args.name)
     if parsed is None:
         return EXIT_INVALID
     ref, spec = parsed
@@ -141,7 +153,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         verify_table,
     )
 
-    parsed = _parse(args.file)
+    parsed = _parse(args.file, args.name)
     if parsed is None:
         return EXIT_INVALID
     ref, spec = parsed
@@ -241,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(a GCP firewall's name)",
     )
     plan.add_argument(
+        "--name", default=None, help="the ServerHardening to plan when the file holds several"
+    )
+    plan.add_argument(
         "--live",
         action="store_true",
         help="observe the configured cluster and clouds (read-only) and show what the next "
@@ -254,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     apply = sub.add_parser("apply", help="run one Enforce pass now, without the operator")
     apply.add_argument("-f", "--file", required=True, help="a ServerHardening YAML file, or -")
     apply.add_argument("-o", "--output", choices=["table", "wide", "json"], default="table")
+    apply.add_argument(
+        "--name", default=None, help="the ServerHardening to apply when the file holds several"
+    )
     apply.add_argument("--kubeconfig", default=None, help="else in-cluster or ~/.kube/config")
     apply.set_defaults(func=cmd_apply)
 
@@ -264,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("-f", "--file", required=True, help="a ServerHardening YAML file, or -")
     verify.add_argument("-o", "--output", choices=["table", "json", "markdown"], default="table")
+    verify.add_argument(
+        "--name", default=None, help="the ServerHardening to verify when the file holds several"
+    )
     verify.add_argument("--kubeconfig", default=None, help="else in-cluster or ~/.kube/config")
     verify.set_defaults(func=cmd_verify)
 

@@ -24,6 +24,7 @@ from server_hardening.model import (
     VERSION,
     ServerHardeningSpec,
 )
+from server_hardening.status import ServerHardeningStatus
 
 _DROP = {"title", "$defs"}
 
@@ -54,7 +55,10 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     for key, value in node.items():
         if key in _DROP:
             continue
-        if key == "additionalProperties" and value is False:
+        if key == "additionalProperties" and isinstance(value, bool):
+            # False: unknown fields are refused by strict field validation instead. True (an
+            # open dict): left to x-kubernetes-preserve-unknown-fields, since the API server
+            # prunes below an additionalProperties that has no schema.
             continue
         if key == "default" and (isinstance(value, dict | list) or value is None):
             continue
@@ -71,11 +75,52 @@ def spec_schema() -> dict[str, Any]:
     return schema
 
 
-STATUS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "description": "What the operator did and found; see docs/resource.md.",
-    "x-kubernetes-preserve-unknown-fields": True,
-}
+def status_schema() -> dict[str, Any]:
+    """The status's schema, from :mod:`server_hardening.status` (open only where it says).
+
+    Without ``required`` and defaults: the operator writes status as a merge patch, and the API
+    server must neither refuse a partial one nor invent values the operator did not write."""
+    raw = ServerHardeningStatus.model_json_schema(by_alias=True, mode="serialization")
+    schema: dict[str, Any] = _without(
+        _structural(raw, raw.get("$defs", {})), {"required", "default"}
+    )
+    return schema
+
+
+def _without(node: Any, keys: set[str]) -> Any:
+    """``node`` without the schema keywords ``keys`` (a property of that name stays)."""
+    if isinstance(node, list):
+        return [_without(n, keys) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "properties":
+            out[key] = {name: _without(child, keys) for name, child in value.items()}
+        elif key not in keys:
+            out[key] = _without(value, keys)
+    return out
+
+
+# The columns of ``kubectl get``; priority 1 ones show with ``-o wide``.
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase",
+     "description": "What the last pass came to."},
+    {"name": "Mode", "type": "string", "jsonPath": ".spec.mode",
+     "description": "Enforce or Audit."},
+    {"name": "Drift", "type": "integer", "jsonPath": ".status.driftTotal",
+     "description": "Rules that differ from the desired state."},
+    {"name": "Version", "type": "string", "jsonPath": ".spec.serverVersion",
+     "description": "The CircleCI Server version the guide profile is chosen by."},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Findings", "type": "integer", "jsonPath": ".status.findingsTotal", "priority": 1,
+     "description": "All findings of the last pass."},
+    {"name": "Last Check", "type": "date", "jsonPath": ".status.lastDriftCheckTime",
+     "priority": 1, "description": "When the targets were last observed."},
+    {"name": "Message", "type": "string", "priority": 1,
+     "jsonPath": '.status.conditions[?(@.type=="Ready")].message',
+     "description": "Why the resource is or is not Ready."},
+]  # fmt: skip
 
 
 def crd() -> dict[str, Any]:
@@ -103,13 +148,7 @@ def crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                        {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
-                        {"name": "Drift", "type": "integer", "jsonPath": ".status.driftTotal"},
-                        {"name": "Version", "type": "string", "jsonPath": ".spec.serverVersion"},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    ],
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
@@ -117,11 +156,16 @@ def crd() -> dict[str, Any]:
                             "CircleCI's hardening guide prescribes.",
                             "required": ["spec"],
                             "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
+                                "apiVersion": {
+                                    "type": "string",
+                                    "description": f"{GROUP}/{VERSION}.",
+                                },
+                                "kind": {"type": "string", "description": f"{KIND}."},
+                                # The API server describes metadata itself (ObjectMeta) and
+                                # refuses a CRD that says anything but its type here.
                                 "metadata": {"type": "object"},
                                 "spec": spec_schema(),
-                                "status": STATUS_SCHEMA,
+                                "status": status_schema(),
                             },
                         }
                     },
@@ -184,13 +228,36 @@ def reference_markdown() -> str:
         "<!-- Generated from server_hardening.model by tests/unit/cli (UPDATE_DOCS=1). -->",
         "",
         f"`{GROUP}/{VERSION}`, kind `{KIND}`, namespaced (in the CircleCI Server namespace), "
-        f"plural `{PLURAL}`, short name `{SHORT_NAMES[0]}`. The status is described in "
-        "[the README](../README.md#status); what an older spec must change, in "
-        "[upgrading.md](upgrading.md).",
+        f"plural `{PLURAL}`, short name `{SHORT_NAMES[0]}`. What an older spec must change is "
+        "in [upgrading.md](upgrading.md).",
+        "",
+        "Validated alike by `hardening plan`, the operator, the API server (through this schema "
+        "and its CEL rules, with the strict field validation kubectl uses) and the Helm chart "
+        "(`serverHardening.spec` against the same schema): unknown fields in any spelling, "
+        "types, enums, patterns, ranges and CIDRs with host bits set (refused: write the network "
+        "address). Cross-field rules are CEL rules, which the chart cannot check (the API server "
+        "does at install). Overlapping role subnets, and one security group or tag for two "
+        "isolated roles, are refused by `plan` and the operator only (phase `Invalid`). "
+        "`metadata.name` is a DNS subdomain. The table in [the README]"
+        "(../README.md#what-is-validated-where) says which check runs where.",
+        "",
+        "## Spec",
         "",
         "| field | type | default | meaning and constraints |",
         "|---|---|---|---|",
     ]
     for field, kind, default, text in _rows(spec_schema(), "spec", True):
+        lines.append(f"| {field} | {kind} | {default} | {text} |")
+    lines += [
+        "",
+        "## Status",
+        "",
+        "Written by the operator after every pass (`kubectl get svh -o wide` shows the findings, "
+        "the last check and the Ready message).",
+        "",
+        "| field | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for field, kind, default, text in _rows(status_schema(), "status", False):
         lines.append(f"| {field} | {kind} | {default} | {text} |")
     return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ import datetime as dt
 import enum
 import ipaddress
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -38,7 +39,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from server_hardening import addresses
+from server_hardening import addresses, messages
 from server_hardening.rules import Role
 
 GROUP = "hardening.circleci.com"
@@ -87,11 +88,30 @@ def _cel(*rules: tuple[str, str] | tuple[str, str, str]) -> dict[str, Any]:
     return {"x-kubernetes-validations": out}
 
 
-def _normalise_cidr(value: str) -> str:
+# Parsing a spec recorded before host bits were refused (status.lastValidSpec): its CIDRs are
+# read as they were enforced then, host bits cleared, so an upgrade never stops enforcement.
+RECORDED = "recorded"
+
+
+def _normalise_cidr(value: str, info: ValidationInfo) -> str:
     try:
-        return str(ipaddress.ip_network(value.strip(), strict=False))
+        network = ipaddress.ip_network(value.strip(), strict=False)
     except ValueError:
-        raise ValueError(f"{value!r} is not a valid CIDR") from None
+        raise ValueError(f"{messages.shown(value)} is not a valid CIDR") from None
+    recorded = isinstance(info.context, Mapping) and info.context.get(RECORDED)
+    if network.network_address != ipaddress.ip_interface(value.strip()).ip and not recorded:
+        if network.prefixlen == 0:
+            raise ValueError(
+                f"{messages.shown(value)} is the whole internet ({network}) with host bits set"
+            )
+        # Refused rather than cleared: 10.40.1.0/19 may mean 10.40.0.0/19 (32 times wider than
+        # a /24) or a typo of 10.40.1.0/24, and a firewall must not guess which.
+        raise ValueError(
+            f"{messages.shown(value)} has host bits set: the /{network.prefixlen} network it "
+            "lies in is "
+            f"{network}; write that, or a longer prefix if you meant a smaller subnet"
+        )
+    return str(network)
 
 
 Cidr = Annotated[
@@ -99,8 +119,15 @@ Cidr = Annotated[
     Field(
         pattern=CIDR_PATTERN,
         max_length=43,
-        description="An IPv4 or IPv6 CIDR; host bits are cleared (10.0.0.1/24 -> 10.0.0.0/24).",
-        json_schema_extra=_cel(("isCIDR(self)", "is not a valid CIDR")),
+        description="An IPv4 or IPv6 CIDR in network form (10.0.0.0/24; 10.0.0.1/24, with host "
+        "bits set, is refused).",
+        json_schema_extra=_cel(
+            ("isCIDR(self)", "is not a valid CIDR"),
+            (
+                "!isCIDR(self) || cidr(self) == cidr(self).masked()",
+                "has host bits set: write the network address (10.0.0.0/24, not 10.0.0.1/24)",
+            ),
+        ),
     ),
     AfterValidator(_normalise_cidr),
 ]
@@ -244,14 +271,19 @@ class LoadBalancersTopology(_Spec):
 class AddressSet(_Spec):
     """A named set of addresses."""
 
-    cidrs: list[Cidr] = Field(min_length=1, max_length=MAX_CIDRS)
+    cidrs: list[Cidr] = Field(
+        min_length=1, max_length=MAX_CIDRS, description="The set's addresses (CIDRs)."
+    )
 
 
 class ExternalTopology(_Spec):
     """What "external" means (narrow it when all egress goes through a proxy)."""
 
     cidrs: list[Cidr] = Field(
-        default_factory=lambda: ["0.0.0.0/0"], min_length=1, max_length=MAX_CIDRS
+        default_factory=lambda: ["0.0.0.0/0"],
+        min_length=1,
+        max_length=MAX_CIDRS,
+        description="The addresses outside the installation (default: the whole internet).",
     )
 
 
@@ -266,6 +298,8 @@ class NomadServersTopology(_Spec):
 
 
 class Topology(_Spec):
+    """Where each kind of compute lives (its subnets), and what is outside."""
+
     kubernetes_nodes: RoleTopology = Field(description="Required: the cluster's node subnets.")
     nomad_clients: NomadClientsTopology = Field(
         description="Required: the Nomad clients' subnets (and their runtime)."
@@ -302,6 +336,10 @@ AdminSource = Annotated[
         json_schema_extra=_cel(
             ("isCIDR(self)", "is not a valid CIDR"),
             (
+                "!isCIDR(self) || cidr(self) == cidr(self).masked()",
+                "has host bits set: write the network address (10.0.0.0/24, not 10.0.0.1/24)",
+            ),
+            (
                 "!isCIDR(self) || cidr(self).prefixLength() != 0",
                 "admin SSH from the whole internet is refused: scope the sources",
             ),
@@ -333,14 +371,19 @@ class AdminSSH(_Spec):
         )
     )
 
-    enabled: bool = False
-    sources: list[AdminSource] = Field(default_factory=list, max_length=MAX_CIDRS)
+    enabled: StrictBool = Field(False, description="Allow admin SSH to the instances.")
+    sources: list[AdminSource] = Field(
+        default_factory=list,
+        max_length=MAX_CIDRS,
+        description="Who may SSH in (a bastion, a VPN): required when enabled; never the "
+        "whole internet.",
+    )
 
 
 class SSHRerun(_Spec):
     """NOMAD-IN-2 / VM-IN-5: "rerun job with SSH"."""
 
-    enabled: StrictBool = True
+    enabled: StrictBool = Field(True, description='Allow "rerun job with SSH".')
     sources: list[Cidr] = Field(
         default_factory=list,
         max_length=MAX_CIDRS,
@@ -349,12 +392,18 @@ class SSHRerun(_Spec):
 
 
 class Access(_Spec):
+    """SSH access: for administrators (ALL-IN-1) and into jobs (rerun with SSH)."""
+
     admin_ssh: AdminSSH = Field(default_factory=AdminSSH, alias="adminSSH")
     ssh_rerun: SSHRerun = Field(default_factory=SSHRerun, alias="sshRerun")
 
 
 class NetworkPolicies(_Spec):
-    enabled: StrictBool = True
+    """The NetworkPolicies written in the installation's namespace."""
+
+    enabled: StrictBool = Field(
+        True, description="Write the guide's NetworkPolicies (false: only the clouds' rules)."
+    )
     restrict_egress: StrictBool = Field(
         False,
         description="Also deny egress from the namespace except DNS, the API server, the "
@@ -428,7 +477,7 @@ class LabelSelectorRequirement(_Spec):
     )
 
     key: str = Field(max_length=317, description="The label key the requirement applies to.")
-    operator: SelectorOperator
+    operator: SelectorOperator = Field(description="In, NotIn, Exists or DoesNotExist.")
     values: list[LabelValue] = Field(
         default_factory=list,
         max_length=MAX_LABELS,
@@ -472,10 +521,13 @@ class LabelSelector(_Spec):
     match_labels: Annotated[dict[str, LabelValue], AfterValidator(_check_label_keys)] = Field(
         default_factory=dict,
         max_length=MAX_LABELS,
+        description="Labels the pods carry, all of them (key: value).",
         json_schema_extra=_cel((f"self.all(k, {_CEL_LABEL_KEY})", "has an invalid label key")),
     )
     match_expressions: list[LabelSelectorRequirement] = Field(
-        default_factory=list, max_length=MAX_LABELS
+        default_factory=list,
+        max_length=MAX_LABELS,
+        description="Requirements on the pods' labels, all of them.",
     )
 
     @model_validator(mode="after")
@@ -489,10 +541,10 @@ def port_entry_problem(value: object) -> str | None:
     """Why one ``ports`` entry is not a pod port, or None: an entry is a container port number
     or a container port name (an IANA service name, as Kubernetes validates it)."""
     if isinstance(value, Mapping):
+        port = value.get("port", value.get("containerPort", 8080))
         return (
-            "a port is a number or a container port name: write "
-            f"{value.get('port', 8080)!r} rather than an object (every guide row a component "
-            "serves is TCP)"
+            f"a port is a number or a container port name: write {port!r} rather than an object "
+            "(every guide row a component serves is TCP)"
         )
     if isinstance(value, bool) or not isinstance(value, int | str):
         return f"{value!r} is not a port number or a port name"
@@ -571,7 +623,13 @@ class Component(_Spec):
         )
     )
 
-    service: str | None = Field(None, pattern=DNS_LABEL_PATTERN, max_length=63)
+    service: str | None = Field(
+        None,
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+        description="The component's Service in the namespace: its selector finds the pods and "
+        "its targetPorts the ports.",
+    )
     pod_selector: LabelSelector | None = Field(
         None, description="The component's pods (a Kubernetes LabelSelector)."
     )
@@ -619,9 +677,13 @@ class Components(_Spec):
 class ApiServer(_Spec):
     """Where the Kubernetes API server is, for the egress allow-list."""
 
-    cidrs: list[Cidr] = Field(default_factory=list, max_length=MAX_CIDRS)
+    cidrs: list[Cidr] = Field(
+        default_factory=list,
+        max_length=MAX_CIDRS,
+        description="The API server's addresses; empty: read from the cluster.",
+    )
     ports: list[Annotated[StrictInt, Field(ge=1, le=65535)]] = Field(
-        default_factory=lambda: [443, 6443], max_length=16
+        default_factory=lambda: [443, 6443], max_length=16, description="The API server's ports."
     )
 
 
@@ -656,6 +718,8 @@ class Monitoring(_Spec):
 
 
 class KubernetesSpec(_Spec):
+    """The Kubernetes target: NetworkPolicies in the installation's namespace."""
+
     network_policies: NetworkPolicies = Field(default_factory=NetworkPolicies)
     components: Components = Field(default_factory=Components)
     api_server: ApiServer = Field(default_factory=ApiServer)
@@ -672,13 +736,33 @@ SG_PATTERN = r"^sg-[0-9a-f]{8,17}$"
 # be changed, a queue purged). Ten minutes keeps a lost event's drift short-lived and costs a
 # tenth of the 60 s default's reads.
 EVENTS_DRIFT_CHECK_SECONDS = 600
+AWS_REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"
+ENDPOINT_PATTERN = r"^https?://"
+GCP_PROJECT_PATTERN = r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$"
+INSTALLATION_ID_PATTERN = r"^([a-z0-9]{1,8})?$"
+LOGGING_METADATA_PATTERN = r"^(EXCLUDE_ALL_METADATA|INCLUDE_ALL_METADATA)$"
 
 
 class AwsSecurityGroups(_Spec):
-    kubernetes_nodes: str | None = Field(None, pattern=SG_PATTERN)
-    nomad_clients: str | None = Field(None, pattern=SG_PATTERN)
-    external_vms: str | None = Field(None, pattern=SG_PATTERN, alias="externalVMs")
-    load_balancers: str | None = Field(None, pattern=SG_PATTERN)
+    """The security group of each role (sg-...); a role without one gets no rules."""
+
+    kubernetes_nodes: str | None = Field(
+        None, pattern=SG_PATTERN, description="The Kubernetes nodes' security group."
+    )
+    nomad_clients: str | None = Field(
+        None, pattern=SG_PATTERN, description="The Nomad clients' security group."
+    )
+    external_vms: str | None = Field(
+        None,
+        pattern=SG_PATTERN,
+        alias="externalVMs",
+        description="The external VMs' security group (machine and remote-Docker jobs).",
+    )
+    load_balancers: str | None = Field(
+        None,
+        pattern=SG_PATTERN,
+        description="The load balancers' security group (not with transparent load balancers).",
+    )
     nomad_servers: str | None = Field(
         None, pattern=SG_PATTERN, description="With topology.nomadServers: their security group."
     )
@@ -695,8 +779,8 @@ def configured_by_role(section: BaseModel) -> dict[Role, str]:
 class RuleQuota(_Spec):
     """Rules per security group and direction (AWS default 60; raise it if your account has)."""
 
-    inbound: StrictInt = Field(60, ge=1, le=1000)
-    outbound: StrictInt = Field(60, ge=1, le=1000)
+    inbound: StrictInt = Field(60, ge=1, le=1000, description="Inbound rules per group.")
+    outbound: StrictInt = Field(60, ge=1, le=1000, description="Outbound rules per group.")
 
 
 ASG_NAME_PATTERN = r"^[^:]{1,255}$"
@@ -749,8 +833,14 @@ class AwsEvents(_Spec):
 
 
 class AwsSpec(_Spec):
-    region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
-    security_groups: AwsSecurityGroups
+    """The AWS target: rules in the roles' EC2 security groups."""
+
+    region: str = Field(
+        pattern=AWS_REGION_PATTERN, description="The AWS region of the security groups."
+    )
+    security_groups: AwsSecurityGroups = Field(
+        description="The security group of each role (sg-...)."
+    )
     events: AwsEvents | None = Field(
         None,
         description="Check at once when CloudTrail reports a change to a managed group (an SQS "
@@ -758,7 +848,7 @@ class AwsSpec(_Spec):
     )
     endpoint_url: str | None = Field(
         None,
-        pattern=r"^https?://",
+        pattern=ENDPOINT_PATTERN,
         description="EC2 endpoint override (VPC endpoints, tests); else AWS_ENDPOINT_URL_EC2 or "
         "the regional endpoint.",
     )
@@ -774,9 +864,20 @@ NETWORK_TAG_PATTERN = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
 
 
 class GcpTargetTags(_Spec):
-    kubernetes_nodes: str | None = Field(None, pattern=NETWORK_TAG_PATTERN)
-    nomad_clients: str | None = Field(None, pattern=NETWORK_TAG_PATTERN)
-    external_vms: str | None = Field(None, pattern=NETWORK_TAG_PATTERN, alias="externalVMs")
+    """The network tag of each role's instances; a role without one gets no rules."""
+
+    kubernetes_nodes: str | None = Field(
+        None, pattern=NETWORK_TAG_PATTERN, description="The Kubernetes nodes' network tag."
+    )
+    nomad_clients: str | None = Field(
+        None, pattern=NETWORK_TAG_PATTERN, description="The Nomad clients' network tag."
+    )
+    external_vms: str | None = Field(
+        None,
+        pattern=NETWORK_TAG_PATTERN,
+        alias="externalVMs",
+        description="The external VMs' network tag.",
+    )
     nomad_servers: str | None = Field(
         None,
         pattern=NETWORK_TAG_PATTERN,
@@ -794,10 +895,10 @@ class FirewallLogging(_Spec):
     """``Keep`` leaves logging as it is on each rule (a repair never switches it off);
     ``Enabled``/``Disabled`` manage it."""
 
-    mode: LoggingMode = Field(LoggingMode.KEEP)
+    mode: LoggingMode = Field(LoggingMode.KEEP, description="Keep, Enabled or Disabled.")
     metadata: str = Field(
         "EXCLUDE_ALL_METADATA",
-        pattern=r"^(EXCLUDE_ALL_METADATA|INCLUDE_ALL_METADATA)$",
+        pattern=LOGGING_METADATA_PATTERN,
         description="With Enabled: what each log entry carries.",
     )
 
@@ -831,9 +932,11 @@ class GcpEvents(_Spec):
 
 
 class GcpSpec(_Spec):
-    project: str = Field(pattern=r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
-    network: str = Field(pattern=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
-    target_tags: GcpTargetTags
+    """The GCP target: VPC firewall rules for the roles' network tags."""
+
+    project: str = Field(pattern=GCP_PROJECT_PATTERN, description="The GCP project ID.")
+    network: str = Field(pattern=NETWORK_TAG_PATTERN, description="The VPC network's name.")
+    target_tags: GcpTargetTags = Field(description="The network tag of each role.")
     events: GcpEvents | None = Field(
         None,
         description="Check at once when an audit log reports a firewall change in the project "
@@ -841,7 +944,7 @@ class GcpSpec(_Spec):
         "10m.",
     )
     endpoint: str | None = Field(
-        None, pattern=r"^https?://", description="Compute API endpoint override (tests)."
+        None, pattern=ENDPOINT_PATTERN, description="Compute API endpoint override (tests)."
     )
     restrict_egress: StrictBool = Field(
         True,
@@ -850,7 +953,7 @@ class GcpSpec(_Spec):
     )
     installation_id: str = Field(
         "",
-        pattern=r"^([a-z0-9]{1,8})?$",
+        pattern=INSTALLATION_ID_PATTERN,
         description="Tells installations apart in one project: part of every firewall name and "
         "of the ownership mark. Set a different one per cluster when several clusters' "
         "resources share a namespace/name and a project.",
@@ -872,22 +975,41 @@ class ExceptionTarget(enum.StrEnum):
     GCP = "gcp"
 
 
+# RFC 3339 with a time zone, as the API server checks ``format: date-time`` and more strictly:
+# pydantic alone takes "2027-03-31" and zone-less times, which the CRD refuses (the pattern).
+RFC3339_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"  # noqa: E501
+
+
+def _rfc3339(value: object) -> object:
+    if isinstance(value, str) and not re.fullmatch(RFC3339_PATTERN, value):
+        raise ValueError(
+            f"{messages.shown(value)} is not a date-time: write it as RFC 3339, e.g. "
+            '"2027-03-31T00:00:00Z"'
+        )
+    return value
+
+
 class DeclaredExceptionSpec(_Spec):
     """A rule or policy this resource does not own that is there on purpose: not drift while
     it lasts, reported with its reason; past ``expires`` it is a finding again (and removable
     with ``unmanagedRules: Remove``). Also the break-glass path: open something for a time,
     with a reason on record."""
 
-    target: ExceptionTarget
+    target: ExceptionTarget = Field(description="kubernetes, aws or gcp.")
     name: str = Field(
         min_length=1,
         max_length=255,
         description="What it matches: a NetworkPolicy name, a security-group rule ID (sgr-...) "
         "or a firewall name; shell-style wildcards (*, ?) allowed.",
     )
-    reason: str = Field(min_length=1, max_length=1024)
-    expires: dt.datetime | None = Field(
-        None, description="RFC 3339; from then on the exception excuses nothing."
+    reason: str = Field(
+        min_length=1, max_length=1024, description="Why it is there: reported with it."
+    )
+    expires: Annotated[dt.datetime | None, BeforeValidator(_rfc3339)] = Field(
+        None,
+        description="From then on the exception excuses nothing: an RFC 3339 date-time with a "
+        'time zone, e.g. "2027-03-31T00:00:00Z".',
+        json_schema_extra={"pattern": RFC3339_PATTERN},
     )
 
 
@@ -958,7 +1080,11 @@ class ServerHardeningSpec(_Spec):
         description="Adopt: an unmarked rule or policy that is exactly a desired one is adopted "
         "(only the ownership marks are added; access never changes). Never: leave it unmanaged.",
     )
-    exceptions: list[DeclaredExceptionSpec] = Field(default_factory=list, max_length=200)
+    exceptions: list[DeclaredExceptionSpec] = Field(
+        default_factory=list,
+        max_length=200,
+        description="Rules and policies this resource does not own that are there on purpose.",
+    )
 
     @property
     def events_configured(self) -> bool:
@@ -1004,33 +1130,34 @@ class SpecError(ValueError):
 
 def _path(loc: tuple[int | str, ...], root: str) -> str:
     out = root
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in {"function-after", "str", "int", "list", "dict"} or "[" in part:
-            # pydantic's union/validator branch markers are not fields.
-            continue
-        else:
-            out += f".{part}"
+    for part in messages.field_parts(loc):
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
     return out
 
 
+# What each pattern accepts, in words (an error says "is not <form>" rather than the regex).
+PATTERN_FORMS: dict[str, str] = {
+    CIDR_PATTERN: "a CIDR (10.0.0.0/16, 2001:db8::/32)",
+    SERVER_VERSION_PATTERN: 'a CircleCI Server version: "3", "3.x", "4", "4.x", "4.N" or "4.N.P" '
+    '(e.g. "4.8"; quoted)',
+    DURATION_PATTERN: "a duration in whole h, m and s (60s, 5m, 1h30m)",
+    SG_PATTERN: "a security group ID (sg- and 8 or 17 hex digits, e.g. sg-0123456789abcdef0)",
+    NETWORK_TAG_PATTERN: "a GCP name or network tag (lowercase letters, digits and '-', "
+    "starting with a letter, at most 63 characters)",
+    DNS_LABEL_PATTERN: "a DNS label (lowercase letters, digits and '-', at most 63 characters)",
+    LABEL_VALUE_PATTERN: "a label value (at most 63 letters, digits, '-', '_' or '.', starting "
+    "and ending with a letter or digit)",
+    AWS_REGION_PATTERN: "an AWS region (us-east-1)",
+    GCP_PROJECT_PATTERN: "a GCP project ID (6-30 lowercase letters, digits and '-', starting "
+    "with a letter)",
+    ENDPOINT_PATTERN: "an http:// or https:// URL",
+    INSTALLATION_ID_PATTERN: "at most 8 lowercase letters and digits",
+    LOGGING_METADATA_PATTERN: "EXCLUDE_ALL_METADATA or INCLUDE_ALL_METADATA",
+}
+
+
 def _reason(err: Mapping[str, Any]) -> str:
-    kind = err["type"]
-    value = err.get("input")
-    if kind == "extra_forbidden":
-        return "unknown field"
-    if kind == "missing":
-        return "required field is missing"
-    if kind == "string_pattern_mismatch":
-        pattern = err.get("ctx", {}).get("pattern", "")
-        if pattern == CIDR_PATTERN:
-            return f"{value!r} is not a valid CIDR"
-        return f"{value!r} does not match {pattern}"
-    if kind == "enum":
-        return f"{value!r} is not one of {err.get('ctx', {}).get('expected', '')}"
-    message = str(err["msg"])
-    return message.removeprefix("Value error, ")
+    return messages.reason(err, ServerHardeningSpec, PATTERN_FORMS)
 
 
 def errors_from_validation(exc: ValidationError, root: str = "spec") -> list[FieldError]:
@@ -1041,7 +1168,19 @@ def errors_from_validation(exc: ValidationError, root: str = "spec") -> list[Fie
         if str(error) not in seen:
             seen.add(str(error))
             out.append(error)
-    return out
+    return _without_missing_meant(out)
+
+
+def _without_missing_meant(errors: list[FieldError]) -> list[FieldError]:
+    """``server_version: did you mean serverVersion?`` says it all: serverVersion is not also
+    "missing" (the API server, too, names only the unknown field)."""
+    meant = set()
+    for error in errors:
+        match = re.search(r"did you mean (\S+)\?$", error.reason)
+        if match and error.reason.startswith("unknown field"):
+            parent = error.path.rpartition(".")[0]
+            meant.add(f"{parent}.{match[1]}" if parent else match[1])
+    return [e for e in errors if not (e.path in meant and e.reason == "required field is missing")]
 
 
 def _overlaps(spec: ServerHardeningSpec) -> list[FieldError]:
@@ -1179,12 +1318,22 @@ def semantic_errors(spec: ServerHardeningSpec) -> list[FieldError]:
     return errors
 
 
-def parse_spec(spec: Mapping[str, Any] | None) -> ServerHardeningSpec:
-    """Parse and validate a resource's ``spec`` once; raise :class:`SpecError` naming fields."""
+def parse_spec(spec: object, *, recorded: bool = False) -> ServerHardeningSpec:
+    """Parse and validate a resource's ``spec`` once; raise :class:`SpecError` naming fields.
+
+    Keys are read by their wire names only (``serverVersion``; ``server_version`` is an unknown
+    field, as the API server says). ``recorded``: a spec the operator enforced before, read as
+    it was read then (see :data:`RECORDED`)."""
     if spec is None:
         raise SpecError([FieldError("spec", "required field is missing")])
+    if not isinstance(spec, Mapping):
+        raise SpecError(
+            [FieldError("spec", f"{messages.shown(spec)} is not an object (key: value pairs)")]
+        )
     try:
-        parsed = ServerHardeningSpec.model_validate(dict(spec))
+        parsed = ServerHardeningSpec.model_validate(
+            dict(spec), by_alias=True, by_name=False, context={RECORDED: recorded}
+        )
     except ValidationError as exc:
         raise SpecError(errors_from_validation(exc)) from None
     errors = semantic_errors(parsed)
@@ -1205,20 +1354,136 @@ class ResourceRef:
         return f"{self.namespace}/{self.name}"
 
 
+# A resource as the API server decodes it: these top-level fields and ObjectMeta's, nothing else
+# (strict field validation refuses the rest; ``status`` is ignored on create).
+RESOURCE_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
+OBJECT_META_FIELDS = (
+    "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
+    "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels",
+    "annotations", "ownerReferences", "finalizers", "managedFields",
+)  # fmt: skip
+# apimachinery's IsDNS1123Subdomain: what the API server requires of a custom resource's name.
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+MAX_ANNOTATIONS_BYTES = 256 * 1024
+
+
+def suggested_name(name: str) -> str:
+    """A DNS-subdomain spelling of ``name`` (``Circle CI Ü`` -> ``circle-ci-u``)."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9.]+", "-", ascii_name.lower()).strip("-.")[:253].strip("-.")
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` is no name the API server takes for a ServerHardening, or None."""
+    if not isinstance(name, str):
+        return f"{messages.shown(name)} is {messages.what(name)}; expected a string"
+    if len(name) <= 253 and re.fullmatch(DNS_SUBDOMAIN_PATTERN, name):
+        return None
+    guess = suggested_name(name)
+    hint = f": did you mean {guess}?" if guess and guess != name and len(guess) <= 253 else ""
+    return (
+        f"{messages.shown(name)} is not a valid name: lowercase letters, digits, '-' and '.', "
+        f"starting and ending with a letter or digit, at most 253 characters{hint}"
+    )
+
+
+def _metadata_errors(metadata: object) -> list[FieldError]:
+    if not isinstance(metadata, Mapping):
+        return [
+            FieldError(
+                "metadata", f"{messages.shown(metadata)} is not an object; write name: under it"
+            )
+        ]
+    errors = [
+        FieldError(f"metadata.{key}", messages.unknown_field(str(key), list(OBJECT_META_FIELDS)))
+        for key in metadata
+        if key not in OBJECT_META_FIELDS
+    ]
+    name = metadata.get("name")
+    if name is None or name == "":
+        errors.append(FieldError("metadata.name", "required field is missing"))
+    else:
+        problem = name_problem(name)
+        if problem:
+            errors.append(FieldError("metadata.name", problem))
+    namespace = metadata.get("namespace")
+    if namespace is not None and (
+        not isinstance(namespace, str)
+        or len(namespace) > 63
+        or not re.fullmatch(DNS_LABEL_PATTERN, namespace)
+    ):
+        errors.append(
+            FieldError(
+                "metadata.namespace",
+                f"{messages.shown(namespace)} is not {PATTERN_FORMS[DNS_LABEL_PATTERN]}",
+            )
+        )
+    for field in ("labels", "annotations"):
+        errors.extend(
+            _string_map_errors(f"metadata.{field}", metadata.get(field), field == "labels")
+        )
+    return errors
+
+
+def _string_map_errors(path: str, values: object, labels: bool) -> list[FieldError]:
+    if values is None:
+        return []
+    if not isinstance(values, Mapping):
+        return [FieldError(path, f"{messages.shown(values)} is not an object of key: value")]
+    errors: list[FieldError] = []
+    for key, value in values.items():
+        problem = label_key_problem(str(key))
+        if problem:
+            errors.append(FieldError(f"{path}.{key}", problem))
+        if not isinstance(value, str):
+            errors.append(
+                FieldError(
+                    f"{path}.{key}",
+                    f"{messages.shown(value)} is {messages.what(value)}; expected a string "
+                    f'(quote it: "{value}")',
+                )
+            )
+        elif labels and (len(value) > 63 or not re.fullmatch(LABEL_VALUE_PATTERN, value)):
+            errors.append(
+                FieldError(
+                    f"{path}.{key}",
+                    f"{messages.shown(value)} is not {PATTERN_FORMS[LABEL_VALUE_PATTERN]}",
+                )
+            )
+    if not labels:
+        size = sum(len(str(k)) + len(str(v)) for k, v in values.items())
+        if size > MAX_ANNOTATIONS_BYTES:
+            errors.append(FieldError(path, f"{size} bytes in all, more than 256 KiB"))
+    return errors
+
+
 def parse_resource(body: Mapping[str, Any]) -> tuple[ResourceRef, ServerHardeningSpec]:
-    """Parse a whole ``ServerHardening`` document (as from a file or the API)."""
+    """Parse a whole ``ServerHardening`` document (as from a file or the API): every error the
+    API server would name at admission, then the spec's."""
     errors: list[FieldError] = []
     if body.get("apiVersion") != API_VERSION:
-        errors.append(FieldError("apiVersion", f"must be {API_VERSION}"))
+        errors.append(
+            FieldError(
+                "apiVersion",
+                f"{messages.shown(body.get('apiVersion'))}: a ServerHardening is {API_VERSION}",
+            )
+        )
     if body.get("kind") != KIND:
-        errors.append(FieldError("kind", f"must be {KIND}"))
-    metadata = body.get("metadata") or {}
-    if not isinstance(metadata, Mapping) or not metadata.get("name"):
-        errors.append(FieldError("metadata.name", "required field is missing"))
-        metadata = {}
+        errors.append(FieldError("kind", f"{messages.shown(body.get('kind'))}: expected {KIND}"))
+    errors.extend(
+        FieldError(str(key), messages.unknown_field(str(key), list(RESOURCE_FIELDS)))
+        for key in body
+        if key not in RESOURCE_FIELDS
+    )
+    metadata = body.get("metadata")
+    errors.extend(_metadata_errors(metadata if metadata is not None else {}))
+    try:
+        spec = parse_spec(body.get("spec"))
+    except SpecError as exc:
+        errors.extend(exc.errors)
     if errors:
-        raise SpecError(errors)
-    spec = parse_spec(body.get("spec"))
+        raise SpecError(_without_missing_meant(errors))
+    assert isinstance(metadata, Mapping)
     ref = ResourceRef(
         namespace=str(metadata.get("namespace") or "default"),
         name=str(metadata["name"]),

@@ -47,8 +47,11 @@ def owner_label(ref: ResourceRef) -> str:
     raw = f"{ref.namespace}.{ref.name}"
     if len(raw) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9_.]*[a-z0-9])?", raw):
         return raw
+    # Too long, or a name the API server would not take (offline plans read any file): a
+    # readable prefix of label-safe characters and a digest of the whole, never an invalid value.
     digest = hashlib.sha256(raw.encode()).hexdigest()[:10]
-    return f"{raw[:52].rstrip('.-_')}-{digest}"
+    readable = re.sub(r"[^a-z0-9_.-]+", "-", raw.lower())[:52].strip(".-_")
+    return f"{readable}-{digest}" if readable else digest
 
 
 def installation_owner_key(ref: ResourceRef, installation: str = "") -> str:

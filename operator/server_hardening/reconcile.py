@@ -10,7 +10,6 @@ others.
 from __future__ import annotations
 
 import datetime as dt
-import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,6 +27,7 @@ from server_hardening.model import (
 )
 from server_hardening.policy.exceptions import matcher as exception_matcher
 from server_hardening.rules import Finding, FindingCode, most_important_first
+from server_hardening.status import Phase
 from server_hardening.targets.base import (
     AnyTarget,
     ApplyResult,
@@ -38,17 +38,6 @@ from server_hardening.targets.base import (
 from server_hardening.verification import RowResult, guide_checks, verify
 
 MAX_FINDINGS = 20
-
-
-class Phase(enum.StrEnum):
-    """``status.phase``: what the last reconcile of a resource came to."""
-
-    ENFORCED = "Enforced"
-    DRIFTED = "Drifted"
-    AUDITING = "Auditing"
-    INVALID = "Invalid"
-    ERROR = "Error"
-    CONFLICT = "Conflict"
 
 
 @dataclass(frozen=True)
@@ -216,6 +205,7 @@ class Report:
             "phase": self.phase.value,
             "conditions": conditions,
             "driftTotal": self.drift_total,
+            "findingsTotal": len(self.findings) + sum(len(t.findings) for t in self.targets),
             "targets": [t.status(now, previous_targets.get(t.name)) for t in self.targets],
             "findings": [f.as_dict() for f in most_important_first(self.findings)[:MAX_FINDINGS]],
             "lastDriftCheckTime": now

@@ -51,7 +51,6 @@ from server_hardening.model import (
     parse_spec,
 )
 from server_hardening.reconcile import (
-    Phase,
     Report,
     TargetFactory,
     invalid_report,
@@ -59,6 +58,7 @@ from server_hardening.reconcile import (
     refuse_keeping_the_last,
 )
 from server_hardening.rules import Finding
+from server_hardening.status import Phase
 from server_hardening.targets.base import ResourceStore, TargetError, TransientTargetError
 from server_hardening.targets.watches import NamespaceVersions, Watch
 from server_hardening.verification import RowResult
@@ -354,7 +354,7 @@ def last_valid_spec(status: Mapping[str, Any] | None) -> ServerHardeningSpec | N
     """The spec recorded in status as the last one enforced, if there is one and it parses."""
     last = (status or {}).get("lastValidSpec") or {}
     try:
-        return parse_spec(last.get("spec")) if last else None
+        return parse_spec(last.get("spec"), recorded=True) if last else None
     except SpecError:
         return None
 

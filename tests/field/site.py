@@ -21,6 +21,7 @@ The expected verdicts are written from the guide's rows and the choices the proj
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,9 +62,12 @@ V4_SERVICES = [
 ]  # fmt: skip
 OTHER_PODS = [PodSpec("stranger", {"app": "stranger"}, (8080,))]
 
+# The node's /30 as a network (host bits set are refused: 10.213.255.2/30 is 10.213.255.0/30).
+NODE_NETWORK = str(ipaddress.ip_interface(f"{NODE_ADDR}/30").network)
+
 TOPOLOGY = {
     # The node itself, its veth to the control plane, and "another node" outside.
-    "kubernetesNodes": {"cidrs": [f"{NODE_ADDR}/30", "10.213.100.8/29"]},
+    "kubernetesNodes": {"cidrs": [NODE_NETWORK, "10.213.100.8/29"]},
     "nomadClients": {"cidrs": ["10.213.100.16/29"]},
     "externalVMs": {"cidrs": ["10.213.100.24/29"]},
 }

@@ -35,6 +35,8 @@ from typing import Any
 import yaml
 from kubernetes.client.exceptions import ApiException
 
+from server_hardening.model import CIDR_PATTERN
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "server-hardening"
 RELEASE = "server-hardening"
@@ -347,6 +349,15 @@ DNS_SUBDOMAIN_OR_EMPTY = {
     "maxLength": 253,
 }
 SEVERITY = {"type": "string", "minLength": 1}
+# Extra alert labels: label names as Prometheus takes them, string values, never `severity`
+# (each alert sets it).
+# (patternProperties rather than propertyNames: helm's validator then names the label's path).
+ALERT_LABELS = {
+    "type": "object",
+    "properties": {"severity": {"not": {}}},
+    "patternProperties": {"^[a-zA-Z_][a-zA-Z0-9_]*$": {"type": "string"}},
+    "additionalProperties": False,
+}
 
 # Constraints beyond the type of the default, by dotted key.
 SCHEMA_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -386,7 +397,59 @@ SCHEMA_OVERRIDES: dict[str, dict[str, Any]] = {
     "networkPolicy.metadataServer.cidrs": {"type": "array", "items": {"type": "string"}},
     "serverHardening.name": DNS_LABEL,
     "serverHardening.namespace": {"anyOf": [{"const": ""}, DNS_LABEL]},
+    # A Prometheus (RE2) regular expression: JSON schema's "regex" format checks it compiles.
+    "alerts.jobRegex": {"type": "string", "minLength": 1, "format": "regex"},
+    "alerts.labels": ALERT_LABELS,
 }
+ALERT_NAMES = (
+    "driftPersists", "reconcileErrors", "driftCheckStale", "worldOpenSensitivePort",
+    "specInvalid", "componentServiceMissing", "guideRowViolated", "eventSourceDown",
+    "operatorDown",
+)  # fmt: skip
+SCHEMA_OVERRIDES |= {f"alerts.{name}.labels": ALERT_LABELS for name in ALERT_NAMES}
+SCHEMA_OVERRIDES |= {f"alerts.{name}.enabled": {"type": "boolean"} for name in ALERT_NAMES}
+
+# The CIDR pattern of the values schema: stricter than the CRD's (whose CEL rule isCIDR() does
+# the rest at admission), so `helm template` refuses 10.0.0.300/24 and 10.0.0.0/33 too.
+_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4_CIDR = rf"{_OCTET}(\.{_OCTET}){{3}}/(3[0-2]|[12]?[0-9])"
+_IPV6_CIDR = r"[0-9a-fA-F]{0,4}(:[0-9a-fA-F]{0,4}){2,7}/(12[0-8]|1[01][0-9]|[1-9]?[0-9])"
+VALUES_CIDR_PATTERN = f"^({_IPV4_CIDR}|{_IPV6_CIDR})$"
+
+
+def spec_values_schema() -> dict[str, Any]:
+    """serverHardening.spec's schema: the CRD's spec schema (its structural OpenAPI turned into
+    JSON schema: unknown fields refused as the API server's strict validation refuses them,
+    ``nullable`` as a null type, int-or-string as both), checked by ``helm template``. CEL
+    rules have no JSON-schema form: the API server still checks them at install."""
+    crd = yaml.safe_load(CRD_SOURCE.read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return _json_schema(spec)
+
+
+def _json_schema(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_json_schema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key.startswith("x-kubernetes-") or key == "nullable":
+            continue
+        if key == "properties":
+            out[key] = {name: _json_schema(child) for name, child in value.items()}
+        elif key == "pattern" and value == CIDR_PATTERN:
+            out[key] = VALUES_CIDR_PATTERN
+        else:
+            out[key] = _json_schema(value)
+    if node.get("x-kubernetes-int-or-string"):
+        out["type"] = ["integer", "string"]
+    if node.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    if "properties" in out and not node.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
 
 _JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
 
@@ -413,6 +476,13 @@ def values_schema() -> dict[str, Any]:
     data = yaml.safe_load((CHART / "values.yaml").read_text())
     whole = {d.key for d in documented_values() if isinstance(d.default, dict) and d.default}
     schema = _schema_for("", data, whole)
+    spec = spec_values_schema()
+    required = spec.pop("required", [])
+    resource = schema["properties"]["serverHardening"]
+    resource["properties"]["spec"] = spec
+    # The spec's structure is checked always; what it requires only when the resource is made.
+    resource["if"] = {"properties": {"enabled": {"const": True}}, "required": ["enabled"]}
+    resource["then"] = {"properties": {"spec": {"required": required}}}
     return {
         "$schema": "https://json-schema.org/draft-07/schema#",
         "title": "server-hardening chart values",

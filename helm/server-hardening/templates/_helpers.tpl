@@ -150,3 +150,12 @@ Fail early on value combinations that cannot work.
 {{- define "server-hardening.leaseName" -}}
 {{- .Values.ha.leaseName | default (include "server-hardening.fullname" .) }}
 {{- end }}
+
+{{/*
+An alert's extra labels: alerts.labels, then the alert's own labels over them (team routing).
+Called as (dict "alert" $a.driftPersists "common" $a.labels); renders nothing when both are empty.
+*/}}
+{{- define "server-hardening.alertLabels" -}}
+{{- $labels := merge (dict) (.alert.labels | default dict) (.common | default dict) }}
+{{- with $labels }}{{ toYaml . }}{{ end }}
+{{- end }}

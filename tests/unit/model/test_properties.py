@@ -26,17 +26,35 @@ def _outside_roles(cidr: str) -> bool:
     return not any(net.version == r.version and net.overlaps(r) for r in ROLES)
 
 
+def _network_form(cidr: str) -> bool:
+    return (
+        str(ipaddress.ip_network(cidr, strict=False).network_address)
+        == cidr.split("/", maxsplit=1)[0]
+    )
+
+
 @given(networks.filter(_outside_roles))
-def test_any_valid_cidr_is_accepted_and_normalised(cidr: str) -> None:
-    spec = parse_spec(spec_dict(**{"topology.vcs": {"cidrs": [cidr]}}))
-    assert spec.topology.vcs is not None
-    assert spec.topology.vcs.cidrs == [str(ipaddress.ip_network(cidr, strict=False))]
+def test_any_cidr_in_network_form_is_accepted_and_any_other_refused_naming_the_network(
+    cidr: str,
+) -> None:
+    network = str(ipaddress.ip_network(cidr, strict=False))
+    try:
+        spec = parse_spec(spec_dict(**{"topology.vcs": {"cidrs": [cidr]}}))
+    except SpecError as exc:
+        assert not _network_form(cidr)
+        (error,) = exc.errors
+        assert error.path == "spec.topology.vcs.cidrs[0]"
+        assert "host bits set" in error.reason and network in error.reason
+    else:
+        assert _network_form(cidr)
+        assert spec.topology.vcs is not None
+        assert spec.topology.vcs.cidrs == [network]
 
 
 @given(st.text(min_size=1, max_size=30))
 def test_anything_else_is_refused_naming_the_field(text: str) -> None:
     try:
-        ipaddress.ip_network(text.strip(), strict=False)
+        ipaddress.ip_network(text.strip(), strict=True)
         valid = "/" in text
     except ValueError:
         valid = False

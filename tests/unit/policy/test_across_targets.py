@@ -15,11 +15,12 @@ from server_hardening.model import parse_spec
 from server_hardening.policy import networkpolicy as np_policy
 from server_hardening.policy.aws import judge_rule
 from server_hardening.policy.gcp import judge_firewall
-from server_hardening.reconcile import Phase, Report, TargetReport
+from server_hardening.reconcile import Report, TargetReport
 from server_hardening.renderers.aws import AtomicRule, render_security_groups
 from server_hardening.renderers.gcp import render_firewalls
 from server_hardening.renderers.networkpolicy import render_network_policies
 from server_hardening.rules import Direction, Finding, FindingCode, Severity
+from server_hardening.status import Phase
 
 NODES, NOMAD, VMS = "sg-0000000a", "sg-0000000b", "sg-0000000c"
 SSH_FROM_THE_WORLD = ("0.0.0.0/1", "128.0.0.0/1")  # the whole internet, in two halves

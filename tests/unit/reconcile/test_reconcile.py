@@ -11,8 +11,9 @@ from builders import OWNER, make_spec
 from server_hardening.compiler import CompiledIntent
 from server_hardening.drift import Claimer, DesiredItem, ObservedItem, Plan, UnmanagedJudge
 from server_hardening.model import FieldError, ResourceRef, ServerHardeningSpec, UnmanagedRules
-from server_hardening.reconcile import Phase, reconcile, refuse_keeping_the_last
+from server_hardening.reconcile import reconcile, refuse_keeping_the_last
 from server_hardening.rules import Finding, FindingCode, Severity
+from server_hardening.status import Phase
 from server_hardening.targets.base import ApplyResult, Observation, PermanentTargetError, Target
 
 NOW = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
