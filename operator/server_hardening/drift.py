@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from server_hardening.ownership import Provenance
 from server_hardening.rules import Finding, FindingCode, most_important_first
 
 PayloadT = TypeVar("PayloadT")
@@ -49,7 +50,8 @@ class ObservedItem(Generic[PayloadT]):
     ``controller`` names another controller that owns it by its documented marks (the Kubernetes
     cloud provider, the AWS Load Balancer Controller, GKE, ...): never changed or removed, only
     judged for exposure. ``native_id`` is what the adapter needs to change or remove exactly this
-    item (a security-group rule ID, a firewall name, a NetworkPolicy name).
+    item (a security-group rule ID, a firewall name, a NetworkPolicy name). ``provenance`` is
+    what the marks say of its origin (:class:`~server_hardening.ownership.Provenance`).
     """
 
     key: str
@@ -59,6 +61,9 @@ class ObservedItem(Generic[PayloadT]):
     native_id: str = ""
     owner: str = ""
     controller: str = ""
+    # What the marks record of where it came from (created or adopted by the operator), also
+    # after an orphaning release dropped the owner: release and take-backs follow it.
+    provenance: Provenance = Provenance.UNKNOWN
 
 
 class DriftKind(enum.StrEnum):
@@ -228,6 +233,16 @@ def _place_unmarked(
         # user asked that it stay unmarked.
         acc.held.add(item.key)
         acc.leave.append(Left(item, "identical to a desired item; spec.adoption: Never"))
+        acc.notes.append(
+            Finding.of(
+                FindingCode.HELD_BY_OTHER,
+                f"{item.key} is held by the unmarked {item.native_id or item.key}, identical to "
+                "it, left unmarked as spec.adoption: Never asks (satisfied, not drift)",
+                row=candidate.rows[0] if candidate is not None and candidate.rows else "",
+                target=target,
+                objects=(item.native_id or item.key,),
+            )
+        )
         return
     if claimed is Claim.ADOPT and candidate is not None:
         acc.owned_by_key[item.key] = item
@@ -270,6 +285,34 @@ def _place_unmarked(
         acc.notes.append(finding)
 
 
+def _place_foreign(
+    item: ObservedItem[PayloadT],
+    wanted: DesiredItem[PayloadT] | None,
+    acc: _Placement[PayloadT],
+    target: str,
+) -> None:
+    """An item another controller owns is left alone. When it holds a desired key (on AWS the
+    key is the access itself, so it grants exactly what the guide asks), the desired item is
+    satisfied by it: held, not missing, and nothing of this resource's is written beside it
+    (AWS refuses the duplicate; the controller would win any fight over it)."""
+    if wanted is None or item.key in acc.owned_by_key:
+        acc.leave.append(Left(item, f"owned by {item.controller}"))
+        return
+    holder = f"{item.controller} {item.native_id or item.key}"
+    acc.held.add(item.key)
+    acc.leave.append(Left(item, f"held by {holder}"))
+    acc.notes.append(
+        Finding.of(
+            FindingCode.HELD_BY_OTHER,
+            f"{wanted.key} is held by {holder}: it grants exactly this access, so this resource "
+            "leaves it to its owner and writes none of its own (satisfied, not drift)",
+            row=wanted.rows[0] if wanted.rows else "",
+            target=target,
+            objects=(item.native_id or item.key,),
+        )
+    )
+
+
 def compute_plan(
     target: str,
     desired: Iterable[DesiredItem[PayloadT]],
@@ -304,11 +347,12 @@ def compute_plan(
     acc.notes.extend(findings)
     owned_by_key = acc.owned_by_key
     delete: list[ObservedItem[PayloadT]] = []
+    foreign: list[ObservedItem[PayloadT]] = []
     for item in sorted(observed, key=lambda o: (o.key, o.native_id)):
         if item.owner and not item.owned:
             continue
         if item.controller:
-            acc.leave.append(Left(item, f"owned by {item.controller}"))
+            foreign.append(item)
             exposed = judge_foreign(item) if judge_foreign is not None else None
             if exposed is not None:
                 acc.notes.append(exposed)
@@ -322,6 +366,8 @@ def compute_plan(
             # Not desired any more, or a duplicate of an owned item: ours to remove.
             delete.append(item)
 
+    for item in foreign:
+        _place_foreign(item, desired_by_key.get(item.key), acc, target)
     create = [
         d for k, d in sorted(desired_by_key.items()) if k not in owned_by_key and k not in acc.held
     ]

@@ -1063,7 +1063,12 @@ class ServerHardeningSpec(_Spec):
         UnmanagedRules.REPORT, description="Report or Remove rules this resource does not own."
     )
     deletion_policy: DeletionPolicy = Field(
-        DeletionPolicy.DELETE, description="Delete or Orphan managed rules when the resource goes."
+        DeletionPolicy.ORPHAN,
+        description="What deleting this resource does to the rules it manages. Orphan (the "
+        "default): every rule stays, its access unchanged, with this resource's ownership marks "
+        "removed. Delete: the rules the operator created are removed; adopted rules (there "
+        "before the operator) and rules marked before provenance was recorded stay, unmarked. "
+        "In Audit mode nothing is written either way.",
     )
     drift_check_interval: Annotated[str, AfterValidator(_at_least_a_second)] = Field(
         "60s",

@@ -10,6 +10,7 @@ others.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -33,11 +34,13 @@ from server_hardening.targets.base import (
     ApplyResult,
     ExaminesMachines,
     Observation,
+    PermanentTargetError,
     TargetError,
 )
 from server_hardening.verification import RowResult, guide_checks, verify
 
 MAX_FINDINGS = 20
+log = logging.getLogger("server_hardening")
 
 
 @dataclass(frozen=True)
@@ -403,6 +406,17 @@ def _examined(
         return None
 
 
+def as_target_error(exc: Exception) -> TargetError:
+    """Adapters translate their SDK's errors once; anything that escapes that translation (a
+    defect) is still kept to its target, as a permanent error naming its type, so the status,
+    the Event and the other targets' reports are written instead of the whole reconcile
+    raising (which would leave the status empty and the operator never caught up)."""
+    if isinstance(exc, TargetError):
+        return exc
+    log.error("untranslated error from a target", exc_info=exc)
+    return PermanentTargetError(f"{type(exc).__name__}: {exc}")
+
+
 def run_target(
     name: str,
     build: TargetBuilder,
@@ -442,9 +456,10 @@ def _run_rules(
     try:
         target = build()
         observation: Observation[Any] = target.observe()
-    except TargetError as exc:
-        report.last_error, report.error = str(exc), exc
-        events.append(Event("Warning", "TargetError", f"{name}: {exc}"))
+    except Exception as exc:
+        error = as_target_error(exc)
+        report.last_error, report.error = str(error), error
+        events.append(Event("Warning", "TargetError", f"{name}: {error}"))
         return None
     report.observed = True
     others = sorted({i.owner for i in observation.items if i.owner and not i.owned})
@@ -496,11 +511,12 @@ def _run_rules(
         return target
     try:
         result = target.apply(plan)
-    except TargetError as exc:
-        report.last_error, report.error = str(exc), exc
+    except Exception as exc:
+        failed = as_target_error(exc)
+        report.last_error, report.error = str(failed), failed
         # Adapters that stop mid-apply say what they did get done.
-        report.applied = getattr(exc, "result", None)
-        events.append(Event("Warning", "ApplyFailed", f"{name}: {exc}"))
+        report.applied = getattr(failed, "result", None)
+        events.append(Event("Warning", "ApplyFailed", f"{name}: {failed}"))
         return target
     report.applied = result
     report.findings.extend(result.findings)

@@ -188,7 +188,11 @@ class FindingCode(enum.StrEnum):
     UNMANAGED_RULE_SHADOWED = "UnmanagedRuleShadowed"
     # Ownership (the pipeline and the adapters).
     CONFLICT = "Conflict"
-    HELD_BY_OTHER_RULE = "HeldByOtherRule"
+    # A desired rule whose exact access a rule this resource does not own already grants:
+    # another controller's (by its documented marks), or an identical unmarked one left so by
+    # ``adoption: Never``, or one that appeared while a pass ran. Satisfied: not Missing, not
+    # drift, nothing written beside it.
+    HELD_BY_OTHER = "HeldByOther"
     FIREWALL_ADOPTED = "FirewallAdopted"
     ADOPTABLE = "Adoptable"
     INSTALLATION_CLASH = "InstallationClash"
@@ -223,6 +227,7 @@ _SEVERITY: dict[FindingCode, Severity] = {
     FindingCode.UNMANAGED_RULE_SHADOWED: Severity.INFO,
     FindingCode.FIREWALL_ADOPTED: Severity.INFO,
     FindingCode.ADOPTABLE: Severity.INFO,
+    FindingCode.HELD_BY_OTHER: Severity.INFO,
     FindingCode.DECLARED_EXCEPTION: Severity.INFO,
     FindingCode.INSTALLATION_CLASH: Severity.ERROR,
     FindingCode.INVALID_SPEC: Severity.ERROR,

@@ -45,6 +45,7 @@ from server_hardening.model import (
     GROUP,
     VERSION,
     DeletionPolicy,
+    Mode,
     ResourceRef,
     ServerHardeningSpec,
     SpecError,
@@ -53,13 +54,19 @@ from server_hardening.model import (
 from server_hardening.reconcile import (
     Report,
     TargetFactory,
+    as_target_error,
     invalid_report,
     reconcile,
     refuse_keeping_the_last,
 )
 from server_hardening.rules import Finding
 from server_hardening.status import Phase
-from server_hardening.targets.base import ResourceStore, TargetError, TransientTargetError
+from server_hardening.targets.base import (
+    ApplyResult,
+    ResourceStore,
+    TargetError,
+    TransientTargetError,
+)
 from server_hardening.targets.watches import NamespaceVersions, Watch
 from server_hardening.verification import RowResult
 
@@ -701,8 +708,9 @@ def release_resource(
     spec: Mapping[str, Any],
 ) -> ReleaseOutcome:
     """On deletion: forget the series, then per ``deletionPolicy`` delete or orphan what the
-    resource owns on every target. Transient failures are retried (by the caller) until
-    ``release_timeout`` has passed since the deletion; then it gives up, saying what it left."""
+    resource owns on every target (in Audit: nothing at all). Transient failures are retried
+    (by the caller) until ``release_timeout`` has passed since the deletion; then it gives up,
+    saying what it left."""
     state.released.add((namespace, name))
     metrics.SNAPSHOTS.forget(namespace, name)
     metrics.DETECTIONS.forget(namespace, name)
@@ -713,6 +721,12 @@ def release_resource(
         parsed = parse_spec(spec)
     except SpecError:
         return ReleaseOutcome()  # never applied anything, so nothing to release
+    if parsed.mode is Mode.AUDIT:
+        # Audit never writes, whatever deletionPolicy says: not even at deletion. Rules an
+        # earlier Enforce left marked keep their marks (a resource re-created under this name
+        # takes them back); the finalizer's removal is the only write, on the resource itself.
+        log.info("released %s/%s in Audit: nothing written to any target", namespace, name)
+        return ReleaseOutcome()
     delete = parsed.deletion_policy is DeletionPolicy.DELETE
     deleting_since = _parse_time(meta.get("deletionTimestamp"))
     waited = (dt.datetime.now(dt.UTC) - deleting_since).total_seconds() if deleting_since else 0.0
@@ -748,19 +762,28 @@ def _release_targets(
         except TransientTargetError as exc:
             failures.append(TransientTargetError(f"{target_name}: {exc}"))
             continue
-        except TargetError as exc:
-            failures.append(TargetError(f"{target_name}: {exc}"))
+        except Exception as exc:
+            failures.append(TargetError(f"{target_name}: {as_target_error(exc)}"))
             continue
         if result.errors or result.in_progress:
             left = result.errors + [f"{w} still running" for w in result.in_progress]
             failures.append(TransientTargetError(f"{target_name}: " + "; ".join(left)))
             continue
-        verb = "deleted" if delete else "orphaned"
-        count = result.deleted if delete else result.updated
         state.resources.post_event(
-            body, "Normal", "Released", f"{target_name}: {verb} {count} rules"
+            body, "Normal", "Released", released_message(target_name, result, delete=delete)
         )
     return failures
+
+
+def released_message(target: str, result: ApplyResult, *, delete: bool) -> str:
+    """What a release did on one target, for the ``Released`` Event."""
+    returned = f"returned {result.updated} rules unmarked, their access unchanged"
+    if not delete:
+        return f"{target}: {returned} (deletionPolicy: Orphan)"
+    return (
+        f"{target}: deleted {result.deleted} rules the operator created; {returned} (adopted, "
+        "or marked before provenance was recorded)"
+    )
 
 
 def _parse_time(value: Any) -> dt.datetime | None:

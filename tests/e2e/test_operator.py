@@ -523,7 +523,7 @@ def test_a_resource_whose_cloud_is_unreachable_can_still_be_deleted(
             "endpointUrl": "http://127.0.0.1:9",  # discard port: nothing answers
             "securityGroups": {"nomadClients": "sg-0a1b2c3d4e5f60002"},
         }
-        create(admin_api, resource(ns, aws=aws))
+        create(admin_api, resource(ns, aws=aws, deletionPolicy="Delete"))
         status = wait_for("Error", phase_is(admin_api, ns, "Error"), timeout=120)
         assert "aws" in status["conditions"][1]["message"]
         assert set(network_policies(admin_api, ns)) == EXPECTED  # the reachable target still works

@@ -55,9 +55,10 @@ def test_resources_release_per_deletion_policy_then_uninstall_is_clean(
 ) -> None:
     cluster = release
     assert managed(cluster, site.V3) and managed(cluster, site.V4)
-    custom(cluster).patch_namespaced_custom_object(
-        GROUP, VERSION, site.V4, PLURAL, "circleci", {"spec": {"deletionPolicy": "Orphan"}}
-    )
+    for ns, policy in ((site.V3, "Delete"), (site.V4, "Orphan")):  # Orphan is the default
+        custom(cluster).patch_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, "circleci", {"spec": {"deletionPolicy": policy}}
+        )
     for ns in (site.V3, site.V4):
         custom(cluster).delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "circleci")
     for ns in (site.V3, site.V4):

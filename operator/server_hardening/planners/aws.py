@@ -140,7 +140,7 @@ def lane_changes(
             whose = f"owned by {keeper.owner}" if keeper.owner else "unmanaged"
             findings.append(
                 Finding.of(
-                    FindingCode.HELD_BY_OTHER_RULE,
+                    FindingCode.HELD_BY_OTHER,
                     f"{desired.key} is held by {keeper.native_id} ({whose}); AWS allows "
                     "no duplicate, so this resource does not write its own",
                     row=desired.rows[0] if desired.rows else "",

@@ -23,6 +23,11 @@ import math
 from dataclasses import dataclass, replace
 
 from server_hardening.drift import DesiredItem, Plan, Update
+from server_hardening.ownership import (
+    Provenance,
+    claimed_provenance,
+    with_description_provenance,
+)
 from server_hardening.renderers.gcp import FirewallBody
 
 # The Compute API's default rate quota for global mutation methods is 1,500 requests a minute per
@@ -71,11 +76,22 @@ def keeping_logging(
     change: Update[FirewallBody], manages_logging: bool
 ) -> DesiredItem[FirewallBody]:
     """The body to PUT over an observed rule: the desired one, with the observed rule's own
-    ``logConfig`` unless the spec manages logging."""
-    kept = change.observed.payload.get("logConfig")
+    ``logConfig`` unless the spec manages logging, and the provenance the rule's marks keep
+    (a repair of our own rule keeps what they recorded; adopting or taking one back records
+    its earlier provenance when known, else "adopted")."""
+    observed = change.observed
+    provenance = observed.provenance if observed.owned else claimed_provenance(observed.provenance)
+    desired = recording(change.desired, provenance)
+    kept = observed.payload.get("logConfig")
     if manages_logging or not kept:
-        return change.desired
-    return replace(change.desired, payload={**change.desired.payload, "logConfig": kept})
+        return desired
+    return replace(desired, payload={**desired.payload, "logConfig": kept})
+
+
+def recording(item: DesiredItem[FirewallBody], provenance: Provenance) -> DesiredItem[FirewallBody]:
+    """``item`` whose description records ``provenance`` (the rendered one says "created")."""
+    description = with_description_provenance(str(item.payload.get("description", "")), provenance)
+    return replace(item, payload={**item.payload, "description": description})
 
 
 def plan_writes(plan: Plan[FirewallBody], *, manages_logging: bool = False) -> WritePlan:

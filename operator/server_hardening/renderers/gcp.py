@@ -52,7 +52,12 @@ from typing import Any
 
 from server_hardening.drift import DesiredItem, fingerprint
 from server_hardening.model import GcpSpec, LoggingMode, ResourceRef, configured_by_role
-from server_hardening.ownership import describe, gcp_name_prefix
+from server_hardening.ownership import (
+    Provenance,
+    describe,
+    gcp_name_prefix,
+    without_description_provenance,
+)
 from server_hardening.rules import (
     Action,
     Direction,
@@ -345,7 +350,16 @@ def _body(
         "direction": group.direction.value.upper(),
         "priority": group.priority,
         "targetTags": [tags[group.role]],
-        "description": describe(rows, owner, purpose, installation=installation, with_uid=True),
+        # What an insert writes: a rule the operator creates. Adopting or taking a rule back
+        # records its own provenance (planners/gcp.py); drift compares descriptions without it.
+        "description": describe(
+            rows,
+            owner,
+            purpose,
+            installation=installation,
+            with_uid=True,
+            provenance=Provenance.CREATED,
+        ),
         ("allowed" if group.action is Action.ALLOW else "denied"): _entries(group.protocols),
     }
     if log_config is not None:
@@ -477,7 +491,7 @@ def normalise_firewall(
         "direction": str(body.get("direction") or "INGRESS").upper(),
         "priority": int(body.get("priority", DEFAULT_PRIORITY)),
         action: _norm_entries(body.get(action) or []),
-        "description": body.get("description", "") or "",
+        "description": without_description_provenance(str(body.get("description", "") or "")),
         "disabled": bool(body.get("disabled", False)),
     }
     for key in ("sourceRanges", "destinationRanges"):

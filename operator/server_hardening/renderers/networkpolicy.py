@@ -19,6 +19,7 @@ NetworkPolicies add up, so an unmanaged policy that allows more undoes these:
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,7 +34,9 @@ from server_hardening.ownership import (
     MANAGED_BY_VALUE,
     OWNER_ANNOTATION,
     OWNER_LABEL,
+    PROVENANCE_ANNOTATION,
     ROWS_ANNOTATION,
+    Provenance,
     owner_annotation,
     owner_label,
 )
@@ -348,6 +351,17 @@ def policy_fingerprint(manifest: Mapping[str, Any]) -> str:
             "rows": annotations.get(ROWS_ANNOTATION),
         }
     )
+
+
+def with_provenance(manifest: Manifest, provenance: Provenance) -> dict[str, Any]:
+    """A copy of ``manifest`` whose marks record ``provenance`` (none for ``unknown``): what the
+    adapter writes when it creates (``created``), adopts or takes a policy back."""
+    body: dict[str, Any] = json.loads(json.dumps(manifest))
+    annotations = body.setdefault("metadata", {}).setdefault("annotations", {})
+    annotations.pop(PROVENANCE_ANNOTATION, None)
+    if provenance.recorded:
+        annotations[PROVENANCE_ANNOTATION] = provenance.recorded
+    return body
 
 
 def desired_items(policies: Sequence[Manifest]) -> list[DesiredItem[Manifest]]:

@@ -8,7 +8,6 @@ re-created by someone else in between is never overwritten or removed by mistake
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,9 +28,14 @@ from server_hardening.ownership import (
     MANAGED_BY_VALUE,
     OWNER_ANNOTATION,
     OWNER_LABEL,
+    PROVENANCE_ANNOTATION,
     ROWS_ANNOTATION,
+    Provenance,
+    ReleaseAction,
+    claimed_provenance,
     owner_from_annotation,
     owner_key,
+    release_action,
 )
 from server_hardening.policy import networkpolicy as np_policy
 from server_hardening.policy.loadbalancer import load_balancer_exposure
@@ -40,6 +44,7 @@ from server_hardening.renderers.networkpolicy import (
     policy_fingerprint,
     policy_name_for,
     render_network_policies,
+    with_provenance,
 )
 from server_hardening.rules import Finding, FindingCode
 from server_hardening.targets.base import (
@@ -270,6 +275,7 @@ class KubernetesTarget:
         for policy in listing.get("items") or []:
             meta = policy["metadata"]
             owned, owner = _ownership(policy, me)
+            annotations = meta.get("annotations") or {}
             items.append(
                 ObservedItem(
                     key=meta["name"],
@@ -278,6 +284,7 @@ class KubernetesTarget:
                     owned=owned,
                     native_id=meta["name"],
                     owner="" if owned else owner,
+                    provenance=Provenance.of(annotations.get(PROVENANCE_ANNOTATION)),
                 )
             )
         kept = self._keep_last_allows(items)
@@ -302,8 +309,9 @@ class KubernetesTarget:
             if self._replace(result, adoption):
                 result.adopted += 1
         for item in plan.create:
+            body = with_provenance(item.payload, Provenance.CREATED)
             if self._call_noting_errors(
-                result, "create_networkpolicy", item.key, create, self._policies(), item.payload
+                result, "create_networkpolicy", item.key, create, self._policies(), body
             ):
                 result.created += 1
         for change in plan.update:
@@ -325,8 +333,14 @@ class KubernetesTarget:
         """Write the desired policy over the observed one. Replace exactly the version we
         judged: a newer edit makes this a 409, and the next pass judges that one."""
         key = change.desired.key
-        body = json.loads(json.dumps(change.desired.payload))
-        body["metadata"]["resourceVersion"] = change.observed.payload["metadata"]["resourceVersion"]
+        observed = change.observed
+        # Repairing our own policy keeps what its marks recorded; adopting or taking one back
+        # records its earlier provenance when known, else "adopted".
+        provenance = (
+            observed.provenance if observed.owned else claimed_provenance(observed.provenance)
+        )
+        body = with_provenance(change.desired.payload, provenance)
+        body["metadata"]["resourceVersion"] = observed.payload["metadata"]["resourceVersion"]
         return self._call_noting_errors(
             result, "replace_networkpolicy", key, self.api.replace, self._policies(key), body
         )
@@ -363,20 +377,28 @@ class KubernetesTarget:
         return True
 
     def release(self, observed: Observation[Manifest], *, delete: bool) -> ApplyResult:
-        """Deletion of the resource: delete owned policies, or orphan them (drop the marks)."""
+        """Deletion of the resource, per :func:`~server_hardening.ownership.release_action`:
+        delete the policies the operator created (``Delete``), return every other one
+        unmarked (the ownership label and annotation dropped). A returned adopted policy loses
+        the provenance and guide-rows annotations too; a created one keeps them, so a resource
+        re-created under this name takes it back as its own creation."""
         self.call.retrier.new_pass()
         result = ApplyResult()
-        for item in observed.items:
-            if not item.owned:
-                continue
-            if delete:
+        owned = [item for item in observed.items if item.owned]
+        everyone = [item.provenance for item in owned]
+        for item in owned:
+            action = release_action(item.provenance, delete=delete, target_provenances=everyone)
+            if action is ReleaseAction.REMOVE:
                 if self._delete(result, item):
                     result.deleted += 1
                 continue
+            annotations: dict[str, None] = {OWNER_ANNOTATION: None}
+            if item.provenance is Provenance.ADOPTED:
+                annotations.update({PROVENANCE_ANNOTATION: None, ROWS_ANNOTATION: None})
             patch = {
                 "metadata": {
                     "labels": {OWNER_LABEL: None, MANAGED_BY_LABEL: None},
-                    "annotations": {OWNER_ANNOTATION: None},
+                    "annotations": annotations,
                 }
             }
             if self._call_noting_errors(

@@ -28,6 +28,7 @@ from server_hardening.ownership import (
     MANAGED_BY_LABEL,
     OWNER_TAG,
     OWNER_UID_TAG,
+    PROVENANCE_TAG,
     describe,
     owner_key,
 )
@@ -583,7 +584,7 @@ def test_a_rule_added_meanwhile_is_a_duplicate_not_an_error(bare_world: World) -
 
     assert result.created == 1
     assert result.errors == []
-    assert [f.code for f in result.findings] == ["HeldByOtherRule"]
+    assert [f.code for f in result.findings] == ["HeldByOther"]
     # One authorize (duplicate), one look, one authorize of the rest.
     assert world.double.counts() == {
         "AuthorizeSecurityGroupIngress": 2,
@@ -651,11 +652,15 @@ def test_release_orphan_keeps_every_rule_and_drops_the_ownership_tags(world: Wor
 
     result = target.release(observation, delete=False)
 
-    assert result.writes == 0
+    # Every rule returned (unmarked), none revoked.
+    assert (result.updated, result.deleted) == (GUIDE_RULES, 0)
     assert world.double.counts() == {"DeleteTags": 1}
     rules = world.rules()
     assert len(rules) == GUIDE_RULES + 4
     assert all(OWNER_TAG not in _tags(r) and OWNER_UID_TAG not in _tags(r) for r in rules)
+    # The operator's creations keep saying so: a resource adopting them later knows.
+    created = [r for r in rules if _tags(r).get(PROVENANCE_TAG) == "created"]
+    assert len(created) == GUIDE_RULES
     # A resource re-created under the same name does not silently take them back.
     again = target.observe()
     assert not any(item.owned for item in again.items)

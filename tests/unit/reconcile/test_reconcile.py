@@ -263,3 +263,18 @@ def test_writes_still_running_are_progress_not_a_repair_nor_an_error() -> None:
     status = report.status(previous)
     assert status["targets"][0]["inProgress"] == ["firewalls.insert b"]
     assert {c["type"]: c["status"] for c in status["conditions"]}["InSync"] == "False"
+
+
+def test_an_error_no_adapter_translated_is_still_that_targets_status() -> None:
+    """A defect that escapes an adapter's error translation does not raise out of the reconcile
+    (which left the status empty and the operator never caught up): the target reports it, an
+    Event names it, the others are enforced."""
+    broken = MemoryTarget("gcp", {"a": "1"}, fail_observe=KeyError("selfLink"))
+    fine = MemoryTarget("kubernetes", {"a": "1"})
+    report = run(make_spec(), broken, fine)
+    assert report.phase == Phase.ERROR and report.reason == "TargetError"
+    assert "gcp: KeyError: 'selfLink'" in report.message
+    assert ("Warning", "TargetError") in {(e.type, e.reason) for e in report.events}
+    assert fine.applied and report.targets[1].last_error == ""
+    ready = next(c for c in report.status()["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "TargetError")

@@ -35,7 +35,12 @@ from server_hardening.ownership import (
     MANAGED_BY_VALUE,
     OWNER_TAG,
     OWNER_UID_TAG,
+    PROVENANCE_TAG,
+    Provenance,
+    ReleaseAction,
+    claimed_provenance,
     owner_key,
+    release_action,
 )
 from server_hardening.planners.aws import Write, WriteKind, plan_writes
 from server_hardening.policy.aws import AwsPolicy
@@ -230,44 +235,34 @@ class AwsTarget:
             self._modify(write.group, list(write.changes), result)
 
     def release(self, observed: Observation[AtomicRule], *, delete: bool) -> ApplyResult:
-        """Delete: revoke the owned rules (one call per group and direction). Orphan: leave
-        every rule and drop this resource's ownership tags from the owned ones (one
-        ``DeleteTags`` call per 1,000 rules), so they become unmanaged rules with a
-        description that still says where they came from."""
+        """What :func:`~server_hardening.ownership.release_action` says per owned rule:
+        revoke the ones the operator created (``Delete``; one call per group and direction),
+        return every other one unmarked: this resource's ownership tags dropped (one
+        ``DeleteTags`` call per 1,000 rules and tag set), the access untouched. An adopted
+        rule loses its provenance tag too (it goes back as it was found, bar the description);
+        a created one keeps it, so a resource that adopts it later knows the operator made it."""
         self._retrier.new_pass()
         result = ApplyResult()
         owned = [item for item in observed.items if item.owned]
-        with saying_what_was_applied(result):
-            if delete:
-                by_lane: dict[tuple[str, Direction], list[SecurityGroupRuleItem]] = defaultdict(
-                    list
-                )
-                for item in owned:
-                    by_lane[(item.payload.group_id, item.payload.direction)].append(item)
-                for (group, direction), items in sorted(by_lane.items()):
-                    try:
-                        self._revoke(group, direction, items, result)
-                    except GroupChangeRefusedError as exc:
-                        result.errors.append(f"{group} {direction.value}: {exc}")
-                    except PermissionRefusedError as exc:
-                        self._permission_refused(exc, result)
+        everyone = [item.provenance for item in owned]
+        revoke: dict[tuple[str, Direction], list[SecurityGroupRuleItem]] = defaultdict(list)
+        untag: dict[Provenance, list[str]] = defaultdict(list)
+        for item in owned:
+            action = release_action(item.provenance, delete=delete, target_provenances=everyone)
+            if action is ReleaseAction.REMOVE:
+                revoke[(item.payload.group_id, item.payload.direction)].append(item)
             else:
-                ids = [item.native_id for item in owned]
-                tags = [{"Key": OWNER_TAG, "Value": self.owner_key}, {"Key": OWNER_UID_TAG}]
-                tags.append({"Key": MANAGED_BY_LABEL, "Value": MANAGED_BY_VALUE})
-                for start in range(0, len(ids), 1000):
-                    chunk = ids[start : start + 1000]
-                    try:
-                        self._call(
-                            "DeleteTags",
-                            _some(chunk),
-                            self.client.delete_tags,
-                            {"Resources": chunk, "Tags": tags},
-                        )
-                    except GroupChangeRefusedError as exc:
-                        result.errors.append(f"DeleteTags: {exc}")
-                    except PermissionRefusedError as exc:
-                        self._permission_refused(exc, result)
+                untag[item.provenance].append(item.native_id)
+        with saying_what_was_applied(result):
+            for (group, direction), items in sorted(revoke.items()):
+                try:
+                    self._revoke(group, direction, items, result)
+                except GroupChangeRefusedError as exc:
+                    result.errors.append(f"{group} {direction.value}: {exc}")
+                except PermissionRefusedError as exc:
+                    self._permission_refused(exc, result)
+            for provenance, ids in sorted(untag.items()):
+                self._untag(ids, provenance, result)
         return result
 
     def observe_machines(self) -> AwsMachines:
@@ -286,6 +281,31 @@ class AwsTarget:
             groups_by_role(self.aws),
         )
         return reader.read(managed, self.machine_roles)
+
+    def _untag(self, ids: Sequence[str], provenance: Provenance, result: ApplyResult) -> None:
+        tags = [
+            {"Key": OWNER_TAG, "Value": self.owner_key},
+            {"Key": OWNER_UID_TAG},
+            {"Key": MANAGED_BY_LABEL, "Value": MANAGED_BY_VALUE},
+        ]
+        if provenance is Provenance.ADOPTED:
+            tags.append({"Key": PROVENANCE_TAG, "Value": provenance.value})
+        for start in range(0, len(ids), 1000):
+            chunk = list(ids[start : start + 1000])
+            try:
+                self._call(
+                    "DeleteTags",
+                    _some(chunk),
+                    self.client.delete_tags,
+                    {"Resources": chunk, "Tags": tags},
+                )
+            except GroupChangeRefusedError as exc:
+                result.errors.append(f"DeleteTags: {exc}")
+                continue
+            except PermissionRefusedError as exc:
+                self._permission_refused(exc, result)
+                continue
+            result.updated += len(chunk)
 
     # --------------------------------------------------------------------------------------
     # Observing
@@ -353,6 +373,7 @@ class AwsTarget:
             native_id=str(rule.get("SecurityGroupRuleId", "")),
             owner="" if owned else mark,
             controller="" if mark else aws_rule_controller(atom.description, tags),
+            provenance=Provenance.of(tags.get(PROVENANCE_TAG)),
         )
 
     # --------------------------------------------------------------------------------------
@@ -383,13 +404,15 @@ class AwsTarget:
             )
         )
 
-    def _tags(self) -> list[dict[str, str]]:
+    def _tags(self, provenance: Provenance) -> list[dict[str, str]]:
         tags = [
             {"Key": OWNER_TAG, "Value": self.owner_key},
             {"Key": MANAGED_BY_LABEL, "Value": MANAGED_BY_VALUE},
         ]
         if self.owner.uid:
             tags.append({"Key": OWNER_UID_TAG, "Value": self.owner.uid})
+        if provenance.recorded:
+            tags.append({"Key": PROVENANCE_TAG, "Value": provenance.recorded})
         return tags
 
     def _authorize(
@@ -399,7 +422,9 @@ class AwsTarget:
         kwargs: dict[str, Any] = {
             "GroupId": group,
             "IpPermissions": permissions(atoms),
-            "TagSpecifications": [{"ResourceType": "security-group-rule", "Tags": self._tags()}],
+            "TagSpecifications": [
+                {"ResourceType": "security-group-rule", "Tags": self._tags(Provenance.CREATED)}
+            ],
         }
         try:
             self._call(operation, group, call, kwargs, benign=DUPLICATE_CODES)
@@ -425,7 +450,7 @@ class AwsTarget:
                 whose = f"owned by {holder.owner}" if holder.owner else "unmanaged"
                 result.findings.append(
                     Finding.of(
-                        FindingCode.HELD_BY_OTHER_RULE,
+                        FindingCode.HELD_BY_OTHER,
                         f"{atom.key()} appeared as {holder.native_id} ({whose}) while this "
                         "pass ran; AWS allows no duplicate, so this resource does not write "
                         "its own",
@@ -452,22 +477,30 @@ class AwsTarget:
     ) -> None:
         """Tag identical unmarked rules as this resource's, then give them the guide's
         description. Neither call changes what the rules allow. Rules whose tagging is refused
-        stay as they are (unmarked, not described): an error and a finding say so."""
+        stay as they are (unmarked, not described): an error and a finding say so. Each rule is
+        tagged with the provenance its earlier marks recorded (created by the operator,
+        orphaned, adopted again), else "adopted": one CreateTags per provenance and 1,000."""
+        earlier = {item.native_id: item.provenance for item in self._last or ()}
+        by_provenance: dict[Provenance, list[tuple[str, AtomicRule]]] = defaultdict(list)
+        for change in changes:
+            provenance = claimed_provenance(earlier.get(change[0], Provenance.UNKNOWN))
+            by_provenance[provenance].append(change)
         tagged: list[tuple[str, AtomicRule]] = []
-        for start in range(0, len(changes), 1000):
-            chunk = changes[start : start + 1000]
-            ids = [rule_id for rule_id, _ in chunk]
-            try:
-                self._call(
-                    "CreateTags",
-                    _some(ids),
-                    self.client.create_tags,
-                    {"Resources": ids, "Tags": self._tags()},
-                )
-            except PermissionRefusedError as exc:
-                self._permission_refused(exc, result)
-                continue
-            tagged += chunk
+        for provenance, marked in sorted(by_provenance.items()):
+            for start in range(0, len(marked), 1000):
+                chunk = marked[start : start + 1000]
+                ids = [rule_id for rule_id, _ in chunk]
+                try:
+                    self._call(
+                        "CreateTags",
+                        _some(ids),
+                        self.client.create_tags,
+                        {"Resources": ids, "Tags": self._tags(provenance)},
+                    )
+                except PermissionRefusedError as exc:
+                    self._permission_refused(exc, result)
+                    continue
+                tagged += chunk
         if tagged:
             self._modify(group, tagged, ApplyResult())
         result.adopted += len(tagged)

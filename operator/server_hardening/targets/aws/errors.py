@@ -280,7 +280,9 @@ def translate(  # noqa: PLR0911 - one answer per error family
         return GroupChangeRefusedError(code, message)
     if isinstance(exc, NoCredentialsError | PartialCredentialsError | NoRegionError):
         return PermanentTargetError(
-            f"{operation}: no usable AWS credentials or region ({exc})",
+            f"{operation}: no usable AWS credentials or region ({exc}); give the operator's "
+            "ServiceAccount an IAM role (IRSA: the eks.amazonaws.com/role-arn annotation, "
+            "values-aws.yaml, with deploy/aws/iam-policy.json) or set the AWS_* environment",
             operation=operation,
             resource=resource,
         )

@@ -65,11 +65,17 @@ from server_hardening.drift import (
 )
 from server_hardening.model import GcpSpec, ResourceRef, UnmanagedRules
 from server_hardening.ownership import (
+    Provenance,
+    ReleaseAction,
+    claimed_provenance,
     description_owner,
+    description_provenance,
     description_uid,
     gcp_name_prefix,
     installation_owner_key,
+    release_action,
     released_description,
+    with_description_provenance,
 )
 from server_hardening.planners.gcp import (
     PROJECT_REQUESTS_PER_MINUTE,
@@ -79,6 +85,7 @@ from server_hardening.planners.gcp import (
     fits_quota,
     pacing,
     plan_writes,
+    recording,
 )
 from server_hardening.policy.gcp import (
     GcpPolicy,
@@ -112,6 +119,7 @@ from server_hardening.targets.gcp.client import (
     ClientFactory,
     GcpClients,
     QuotaExhaustedError,
+    build_clients,
     classify,
     kind_of,
     make_clients,
@@ -297,20 +305,27 @@ class GcpTarget:
         return result
 
     def release(self, observed: Observation[FirewallBody], *, delete: bool) -> ApplyResult:
+        """Per :func:`~server_hardening.ownership.release_action`: delete the rules the operator
+        created (``Delete``), return every other one unmarked (a patch of its description
+        only: the mark becomes "released from ..."). A returned adopted rule loses its
+        provenance word; a created one keeps it, so a take-back later knows whose it was."""
         self._retrier.new_pass()
         result = ApplyResult()
         owned = [item for item in observed.items if item.owned]
-        if delete:
-            writes = [Write(WriteKind.DELETE, item.native_id or item.key) for item in owned]
-        else:
-            writes = [
-                Write(
-                    WriteKind.PATCH,
-                    item.native_id or item.key,
-                    description=released_description(str(item.payload.get("description", ""))),
-                )
-                for item in owned
-            ]
+        everyone = [item.provenance for item in owned]
+        writes = []
+        for item in owned:
+            name = item.native_id or item.key
+            action = release_action(item.provenance, delete=delete, target_provenances=everyone)
+            if action is ReleaseAction.REMOVE:
+                writes.append(Write(WriteKind.DELETE, name))
+                continue
+            description = str(item.payload.get("description", ""))
+            if item.provenance is Provenance.ADOPTED:
+                description = with_description_provenance(description, Provenance.UNKNOWN)
+            writes.append(
+                Write(WriteKind.PATCH, name, description=released_description(description))
+            )
         self._run_wave(tuple(writes), result, time.monotonic() + self._wait_budget)
         return result
 
@@ -319,7 +334,7 @@ class GcpTarget:
     @property
     def _api(self) -> GcpClients:
         if self._clients is None:
-            self._clients = self._factory(self.gcp)
+            self._clients = build_clients(self._factory, self.gcp)
         return self._clients
 
     def list_filter(self) -> str:
@@ -375,6 +390,7 @@ class GcpTarget:
             native_id=name,
             owner=other,
             controller="" if marked else gcp_firewall_controller(name, description),
+            provenance=description_provenance(description),
         )
 
     def _reaches_our_tags(self, body: FirewallBody) -> bool:
@@ -513,9 +529,11 @@ class GcpTarget:
         if fingerprint(normal) == item.fingerprint:
             job.state = _State.DONE
             return
-        other = description_owner(str(existing.get("description", "")))
+        description = str(existing.get("description", ""))
+        other = description_owner(description)
         if item.key.startswith(self._prefix) and other in ("", self._mine):
-            job.write = Write(WriteKind.UPDATE, item.key, desired=item)
+            provenance = claimed_provenance(description_provenance(description))
+            job.write = Write(WriteKind.UPDATE, item.key, desired=recording(item, provenance))
             job.adopted = True
             job.request_id = str(uuid.uuid4())
             job.op = self._call("firewalls.update", item.key, self._request(job.write, job))

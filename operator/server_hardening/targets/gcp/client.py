@@ -79,6 +79,23 @@ def make_clients(
     )
 
 
+def build_clients(factory: ClientFactory, gcp: GcpSpec) -> GcpClients:
+    """The clients, or a permanent error naming what to configure when no credentials can be
+    found: the SDK looks for them as the clients are built (``DefaultCredentialsError``), before
+    any call, so this is where that error is translated."""
+    try:
+        return factory(gcp)
+    except gauth_exceptions.GoogleAuthError as exc:
+        raise PermanentTargetError(
+            f"no GCP credentials for project {gcp.project}: {message_of(exc)}; give the "
+            "operator's ServiceAccount a Google service account through Workload Identity "
+            "(the iam.gke.io/gcp-service-account annotation, values-gcp.yaml) or set "
+            "GOOGLE_APPLICATION_CREDENTIALS to a key file",
+            operation="credentials",
+            resource=gcp.project,
+        ) from exc
+
+
 class QuotaExhaustedError(Exception):
     pass
 
