@@ -30,7 +30,7 @@ from e2e.test_operator import EXPECTED, NAME, create, phase_is, resource
 
 pytestmark = pytest.mark.e2e
 
-POOL = [f"svh-brown-{uuid.uuid4().hex[:6]}-{i}" for i in range(6)]
+POOL = [f"svh-brown-{uuid.uuid4().hex[:6]}-{i}" for i in range(8)]
 PROXY = {
     "metadata": {"name": "circleci-proxy", "labels": {"app": "circleci-proxy"}},
     "spec": {
@@ -241,3 +241,45 @@ def test_the_v4_proxy_load_balancer_is_judged_as_it_is(
         "circleci-proxy", ns, {"spec": {"loadBalancerSourceRanges": ["10.1.0.0/16"]}}
     )
     wait_for("the exposure to clear", lambda: not exposed())
+
+
+@pytest.mark.parametrize("policy", ["Delete", "Orphan"])
+def test_uninstall_returns_the_adopted_policy_and_removes_only_what_was_created(
+    operator: OperatorProcess, admin_api: Any, ns: str, policy: str
+) -> None:
+    """A hand-made policy identical to one the guide wants is adopted, the rest created; after
+    the resource is deleted the hand-made one is still there, unmarked, with the same spec
+    (Delete and Orphan alike), and Delete removed exactly what the operator created."""
+    net = client.NetworkingV1Api(admin_api)
+    by_hand = {
+        "metadata": {"name": "svh-default-deny"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }
+    uid = net.create_namespaced_network_policy(ns, by_hand).metadata.uid
+    create(admin_api, resource(ns, deletionPolicy=policy))
+    wait_for("Enforced", phase_is(admin_api, ns, "Enforced"))
+    marks = {
+        name: (p.metadata.annotations or {}).get("hardening.circleci.com/provenance")
+        for name, p in network_policies(admin_api, ns).items()
+    }
+    assert marks == dict.fromkeys(EXPECTED, "created") | {"svh-default-deny": "adopted"}
+    spec_before = net.read_namespaced_network_policy("svh-default-deny", ns).spec.to_dict()
+
+    custom(admin_api).delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, NAME)
+    wait_for("the resource to be gone", lambda: _gone(admin_api, ns))
+
+    left = network_policies(admin_api, ns)
+    expected = {"svh-default-deny"} if policy == "Delete" else EXPECTED
+    assert set(left) == expected
+    kept = left["svh-default-deny"]
+    assert kept.metadata.uid == uid and kept.spec.to_dict() == spec_before
+    for item in left.values():
+        annotations, labels = item.metadata.annotations or {}, item.metadata.labels or {}
+        assert "hardening.circleci.com/owner" not in annotations
+        assert not {"hardening.circleci.com/owner", "app.kubernetes.io/managed-by"} & set(labels)
+    # The adopted one goes back as it was found; created ones (Orphan) keep their provenance.
+    assert not {"hardening.circleci.com/provenance", "hardening.circleci.com/guide-rows"} & set(
+        kept.metadata.annotations or {}
+    )
+    for name in expected - {"svh-default-deny"}:
+        assert left[name].metadata.annotations["hardening.circleci.com/provenance"] == "created"

@@ -33,7 +33,7 @@ from e2e.harness import (
 
 pytestmark = pytest.mark.e2e
 
-POOL = [f"svh-e2e-{uuid.uuid4().hex[:6]}-{i}" for i in range(14)]
+POOL = [f"svh-e2e-{uuid.uuid4().hex[:6]}-{i}" for i in range(15)]
 NAME = "circleci"
 EXPECTED = {"svh-default-deny", "svh-allow-namespace", "svh-allow-circleci-proxy"}
 
@@ -273,6 +273,45 @@ def test_audit_mode_reports_and_never_writes(
     assert status_of(admin_api, ns, NAME)["lastDriftCheckTime"] == status["lastDriftCheckTime"]
     assert set(network_policies(admin_api, ns)) == {"allow-everything"}
     assert writes_by(control_plane.audit_events(), service_account, ns) == []
+
+
+def test_deleting_an_audit_mode_resource_writes_nothing_whatever_the_deletion_policy(
+    operator: OperatorProcess,
+    admin_api: Any,
+    ns: str,
+    control_plane: Any,
+    operator_sa_kubeconfig: Any,
+) -> None:
+    """Enforce wrote the policies (deletionPolicy: Delete), then the resource went to Audit and
+    was deleted: the operator writes nothing to any target, only the finalizer goes."""
+    _, service_account = operator_sa_kubeconfig
+    create(admin_api, resource(ns, deletionPolicy="Delete"))
+    wait_for("Enforced", phase_is(admin_api, ns, "Enforced"))
+    custom(admin_api).patch_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, NAME, {"spec": {"mode": "Audit"}}
+    )
+    wait_for("Auditing", phase_is(admin_api, ns, "Auditing"))
+    before = writes_by(control_plane.audit_events(), service_account, ns)
+
+    custom(admin_api).delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, NAME)
+
+    def gone() -> bool:
+        try:
+            custom(admin_api).get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, NAME)
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+
+    wait_for("the resource to be gone", gone)
+    after = writes_by(control_plane.audit_events(), service_account, ns)
+    assert after[len(before) :] == []  # 0 writes to networkpolicies at deletion
+    assert after == before
+    left = network_policies(admin_api, ns)
+    assert set(left) == EXPECTED  # untouched: still there, still marked
+    assert all(
+        p.metadata.annotations["hardening.circleci.com/owner"].startswith(f"{ns}/{NAME}/")
+        for p in left.values()
+    )
 
 
 def test_a_resource_the_model_refuses_gets_invalid_spec_and_nothing_is_written(
