@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -202,6 +202,7 @@ class _Placement(Generic[PayloadT]):
     adopt_identical: bool
     exception_for: ExceptionMatcher[PayloadT] | None
     judge_unmanaged: UnmanagedJudge[PayloadT]
+    managed_elsewhere: Mapping[str, str] = field(default_factory=dict)
     owned_by_key: dict[str, ObservedItem[PayloadT]] = field(default_factory=dict)
     take_back: set[str] = field(default_factory=set)
     held: set[str] = field(default_factory=set)
@@ -224,6 +225,24 @@ def _place_unmarked(
         if acc.claim is not None and candidate is not None and item.key not in acc.owned_by_key
         else None
     )
+    elsewhere = acc.managed_elsewhere.get(item.key) if claimed is not None else None
+    if elsewhere is not None:
+        # Its marks keep being stripped (policy/reclaims.py): not re-marked again; its access
+        # is satisfied, neither Missing nor drift.
+        acc.held.add(item.key)
+        acc.leave.append(Left(item, elsewhere))
+        acc.notes.append(
+            Finding.of(
+                FindingCode.MANAGED_ELSEWHERE,
+                f"{item.native_id or item.key} ({item.key}) is {elsewhere}. Hand it to the "
+                "operator (remove it from Terraform's state, or ignore_changes its tags or "
+                "description) or keep it in Terraform with spec.adoption: Never",
+                row=candidate.rows[0] if candidate is not None and candidate.rows else "",
+                target=target,
+                objects=(item.native_id or item.key,),
+            )
+        )
+        return
     if claimed is Claim.TAKE_BACK:
         acc.owned_by_key[item.key] = item
         acc.take_back.add(item.key)
@@ -325,6 +344,7 @@ def compute_plan(
     adopt_identical: bool = True,
     judge_foreign: UnmanagedJudge[PayloadT] | None = None,
     exception_for: ExceptionMatcher[PayloadT] | None = None,
+    managed_elsewhere: Mapping[str, str] | None = None,
 ) -> Plan[PayloadT]:
     """The normalised set diff.
 
@@ -335,7 +355,9 @@ def compute_plan(
     two). Items of another controller are left, judged for exposure only (``judge_foreign``);
     items a declared exception matches are left with its reason (an expired exception excuses
     nothing). Items owned by *another* ServerHardening are neither changed nor judged here: the
-    caller reports that as a conflict before planning.
+    caller reports that as a conflict before planning. A claimable item whose key is in
+    ``managed_elsewhere`` (key -> why: its marks keep being stripped) is left unmarked and its
+    desired key counts as held.
     """
     desired_by_key: dict[str, DesiredItem[PayloadT]] = {}
     for wanted in desired:
@@ -343,7 +365,8 @@ def compute_plan(
             raise ValueError(f"{target}: two desired items share the key {wanted.key!r}")
         desired_by_key[wanted.key] = wanted
 
-    acc = _Placement(claim, adopt_identical, exception_for, judge_unmanaged)
+    acc = _Placement(claim, adopt_identical, exception_for, judge_unmanaged,
+                     dict(managed_elsewhere or {}))  # fmt: skip
     acc.notes.extend(findings)
     owned_by_key = acc.owned_by_key
     delete: list[ObservedItem[PayloadT]] = []

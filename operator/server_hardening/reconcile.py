@@ -27,6 +27,7 @@ from server_hardening.model import (
     ServerHardeningSpec,
 )
 from server_hardening.policy.exceptions import matcher as exception_matcher
+from server_hardening.policy.reclaims import ReclaimHistory
 from server_hardening.rules import Finding, FindingCode, most_important_first
 from server_hardening.status import Phase
 from server_hardening.targets.base import (
@@ -78,6 +79,9 @@ class TargetReport:
     error: TargetError | None = None
     # The identities found drifted, per kind (metrics count episodes from them).
     drifted: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Adoptions and take-backs remembered, so a rule whose marks keep being stripped is not
+    # fought over (policy/reclaims.py); kept in status.
+    reclaims: ReclaimHistory | None = None
     # The guide verified on the target's machines, row by row (None: not examined this pass).
     rows: tuple[RowResult, ...] | None = None
     # The findings of that examination (also in ``findings``), kept apart for the checks between.
@@ -114,6 +118,7 @@ class TargetReport:
             "conflictWith": self.conflict_with,
             # Writes accepted whose operations had not finished when the pass stopped waiting.
             "inProgress": list(self.in_progress[:MAX_FINDINGS]),
+            "reclaims": self.reclaims.as_status() if self.reclaims is not None else None,
         }
 
     @property
@@ -354,6 +359,7 @@ def plan_target(
     adopt: bool = True,
     exceptions: Sequence[DeclaredExceptionSpec] = (),
     now: dt.datetime | None = None,
+    managed_elsewhere: Mapping[str, str] | None = None,
 ) -> Plan[Any]:
     """What it takes to make ``target`` hold its desired items, given what it was seen to hold:
     the target's policy judges, ``drift.compute_plan`` places every item."""
@@ -369,6 +375,7 @@ def plan_target(
         adopt_identical=adopt,
         judge_foreign=policy.judge_foreign(),
         exception_for=exception_matcher(exceptions, target.name, now or dt.datetime.now(dt.UTC)),
+        managed_elsewhere=managed_elsewhere,
     )
 
 
@@ -406,6 +413,31 @@ def _examined(
         return None
 
 
+def _conflict(report: TargetReport, observation: Observation[Any], events: list[Event]) -> bool:
+    """Rules marked by another ServerHardening make the whole target a conflict."""
+    name = report.name
+    others = sorted({i.owner for i in observation.items if i.owner and not i.owned})
+    if not others:
+        return False
+    report.conflict_with = others[0]
+    report.findings.append(
+        Finding.of(
+            FindingCode.CONFLICT,
+            f"{name}: rules here are managed by ServerHardening {others[0]}; two resources "
+            "must not manage the same thing, so this one does not write",
+            target=name,
+        )
+    )
+    events.append(Event("Warning", "Conflict", f"{name}: already managed by {others[0]}"))
+    return True
+
+
+def reclaimed(plan: Plan[Any]) -> list[str]:
+    """The keys a plan adopts or takes back: unmarked rules it marks as this resource's."""
+    adopted = [a.desired.key for a in plan.adopt]
+    return adopted + [u.desired.key for u in plan.update if not u.observed.owned]
+
+
 def as_target_error(exc: Exception) -> TargetError:
     """Adapters translate their SDK's errors once; anything that escapes that translation (a
     defect) is still kept to its target, as a permanent error naming its type, so the status,
@@ -426,13 +458,15 @@ def run_target(
     now: dt.datetime | None = None,
     *,
     intent: CompiledIntent | None = None,
+    reclaims: ReclaimHistory | None = None,
 ) -> TargetReport:
     """One target's pipeline: build, observe, check ownership conflicts, plan, and in Enforce
     apply. The operator, the CLI and the adapter test suites all run exactly this. With
     ``intent`` the target's machines are examined too, once the pass's writes are done
     (:func:`examine_machines`): the CLI always, the operator at its full checks (it costs a
-    few reads per role)."""
-    report = TargetReport(name=name)
+    few reads per role). ``reclaims``: what the target's status remembers of adoptions and
+    take-backs (none: nothing is remembered, as for ``hardening apply``)."""
+    report = TargetReport(name=name, reclaims=reclaims)
     target = _run_rules(report, build, spec, previously_managed, events, now)
     if target is not None and intent is not None:
         examined = _examined(target, intent, report)
@@ -453,6 +487,8 @@ def _run_rules(
 ) -> AnyTarget | None:
     """:func:`run_target`'s rules part; the target once it was observed, else None."""
     name = report.name
+    moment = now or dt.datetime.now(dt.UTC)
+    reclaims = report.reclaims
     try:
         target = build()
         observation: Observation[Any] = target.observe()
@@ -462,25 +498,15 @@ def _run_rules(
         events.append(Event("Warning", "TargetError", f"{name}: {error}"))
         return None
     report.observed = True
-    others = sorted({i.owner for i in observation.items if i.owner and not i.owned})
-    if others:
-        report.conflict_with = others[0]
-        report.findings.append(
-            Finding.of(
-                FindingCode.CONFLICT,
-                f"{name}: rules here are managed by ServerHardening {others[0]}; two resources "
-                "must not manage the same thing, so this one does not write",
-                target=name,
-            )
-        )
-        events.append(Event("Warning", "Conflict", f"{name}: already managed by {others[0]}"))
+    if _conflict(report, observation, events):
         return target
     plan = plan_target(
         target,
         observation,
         adopt=spec.adoption is Adoption.ADOPT,
         exceptions=spec.exceptions,
-        now=now,
+        now=moment,
+        managed_elsewhere=reclaims.managed_elsewhere(moment) if reclaims is not None else None,
     )
     report.plan = plan
     owned_before = sum(1 for i in observation.items if i.owned)
@@ -508,6 +534,8 @@ def _run_rules(
     if drift_event is not None:
         events.append(drift_event)
     if spec.mode is Mode.AUDIT or plan.empty:
+        if reclaims is not None:
+            report.reclaims = reclaims.record((), moment)
         return target
     try:
         result = target.apply(plan)
@@ -519,6 +547,8 @@ def _run_rules(
         events.append(Event("Warning", "ApplyFailed", f"{name}: {failed}"))
         return target
     report.applied = result
+    if reclaims is not None:
+        report.reclaims = reclaims.record(reclaimed(plan), moment)
     report.findings.extend(result.findings)
     events.extend(_apply_event(name, plan, result))
     if result.errors:
@@ -555,20 +585,20 @@ def reconcile(
     and verify the guide row by row on them (:func:`examine_machines`)."""
     intent = compile_intent(spec)
     events: list[Event] = []
-    previously = {
-        t.get("name"): int(t.get("managedRules") or 0)
-        for t in (previous_status or {}).get("targets") or []
-    }
+    before = {t.get("name"): t for t in (previous_status or {}).get("targets") or []}
     started = now()
     targets = [
         run_target(
             name,
             build,
             spec,
-            previously.get(name, 0),
+            int((before.get(name) or {}).get("managedRules") or 0),
             events,
             started,
             intent=intent if examine else None,
+            reclaims=ReclaimHistory.from_status(
+                (before.get(name) or {}).get("reclaims"), generation
+            ),
         )
         for name, build in factory.build(intent, ref)
     ]

@@ -193,6 +193,9 @@ class FindingCode(enum.StrEnum):
     # ``adoption: Never``, or one that appeared while a pass ran. Satisfied: not Missing, not
     # drift, nothing written beside it.
     HELD_BY_OTHER = "HeldByOther"
+    # An unmarked rule this resource would adopt or take back, whose marks were stripped again
+    # and again (a Terraform apply): left to whatever strips them, its access satisfied.
+    MANAGED_ELSEWHERE = "ManagedElsewhere"
     FIREWALL_ADOPTED = "FirewallAdopted"
     ADOPTABLE = "Adoptable"
     INSTALLATION_CLASH = "InstallationClash"

@@ -100,6 +100,31 @@ LastDriftStatus: type[BaseModel] = create_model(
 )
 
 
+class ReclaimedRule(_Status):
+    """A rule adopted or taken back lately, and when."""
+
+    key: str = Field(description="The rule's identity on its target.")
+    times: list[str] = Field(description="When it was adopted or taken back (RFC 3339).")
+
+
+class HandedOverRule(_Status):
+    """A rule whose marks kept being stripped: left alone (ManagedElsewhere)."""
+
+    key: str = Field(description="The rule's identity on its target.")
+    since: str = Field(description="When it was left alone (RFC 3339); tried again a day later.")
+
+
+class ReclaimsStatus(_Status):
+    """Adoptions and take-backs remembered, so a rule something keeps stripping the marks of
+    (a Terraform apply) is not fought over: 3 within an hour leave it alone for a day."""
+
+    generation: int = Field(description="The spec generation this memory belongs to.")
+    rules: list[ReclaimedRule] = Field(description="Rules adopted or taken back lately.")
+    managed_elsewhere: list[HandedOverRule] = Field(
+        description="Rules left alone, reported as ManagedElsewhere."
+    )
+
+
 class TargetStatus(_Status):
     """One target (kubernetes, aws, gcp) of the last pass."""
 
@@ -123,6 +148,9 @@ class TargetStatus(_Status):
     in_progress: list[str] = Field(
         description="Writes accepted whose operations had not finished when the pass stopped "
         "waiting."
+    )
+    reclaims: ReclaimsStatus | None = Field(
+        None, description="Adoptions and take-backs remembered (rules managed elsewhere)."
     )
 
 

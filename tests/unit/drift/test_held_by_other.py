@@ -77,3 +77,26 @@ def test_an_identical_unmarked_rule_left_by_adoption_never_holds_it_too() -> Non
     assert plan.empty and plan.drift().total == 0
     assert [f.code for f in plan.findings] == [FindingCode.HELD_BY_OTHER]
     assert "spec.adoption: Never" in plan.findings[0].message
+
+
+def test_a_rule_managed_elsewhere_is_left_unmarked_and_counts_as_held() -> None:
+    why = "managed elsewhere: its marks were removed and put back 3 times"
+    plan = compute_plan("aws", [desired("a")], [observed("a")], judge_unmanaged=nothing_widens,
+                        remove_unmanaged=True, claim=adopt,
+                        managed_elsewhere={"a": why})  # fmt: skip
+    assert plan.empty and plan.drift().total == 0 and not plan.adopt
+    assert [(left.observed.key, left.reason) for left in plan.leave] == [("a", why)]
+    assert [f.code for f in plan.findings] == [FindingCode.MANAGED_ELSEWHERE]
+
+
+def test_managed_elsewhere_never_excuses_a_rule_the_resource_would_not_claim() -> None:
+    def refuse(item: ObservedItem[Any], wanted: DesiredItem[Any]) -> Claim | None:
+        return None
+
+    def widens(item: ObservedItem[Any]) -> Finding | None:
+        return Finding.of(FindingCode.UNMANAGED_WIDENING, "widens", target="aws")
+
+    plan = compute_plan("aws", [desired("a")], [observed("a")], judge_unmanaged=widens,
+                        remove_unmanaged=False, claim=refuse,
+                        managed_elsewhere={"a": "managed elsewhere"})  # fmt: skip
+    assert [d.key for d in plan.create] == ["a"] and [u.key for u in plan.unmanaged] == ["a"]
