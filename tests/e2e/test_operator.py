@@ -303,7 +303,14 @@ def test_deleting_an_audit_mode_resource_writes_nothing_whatever_the_deletion_po
         return False
 
     wait_for("the resource to be gone", gone)
-    after = writes_by(control_plane.audit_events(), service_account, ns)
+    audit = control_plane.audit_events()
+    after = writes_by(audit, service_account, ns)
+    print(
+        f"writes by the operator to {ns}: networkpolicies {len(before)} before the deletion "
+        f"(Enforce), {len(after) - len(before)} at it; serverhardenings "
+        f"{writes_by(audit, service_account, ns, 'serverhardenings')}; events "
+        f"{len(writes_by(audit, service_account, ns, 'events'))}"
+    )
     assert after[len(before) :] == []  # 0 writes to networkpolicies at deletion
     assert after == before
     left = network_policies(admin_api, ns)
