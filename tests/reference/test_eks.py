@@ -135,11 +135,8 @@ def test_remove_takes_away_only_what_no_flow_needs(moto_double: MotoDouble) -> N
     assert not gone & set(reference.seeded["eks-cluster"])
 
 
-RELEASE_REVOKES_ADOPTED = pytest.mark.xfail(
-    strict=True, reason="release revokes adopted rules; fixed on branch ownership"
-)
 UNINSTALL = [
-    pytest.param(DeletionPolicy.DELETE, marks=RELEASE_REVOKES_ADOPTED, id="Delete"),
+    pytest.param(DeletionPolicy.DELETE, id="Delete"),
     pytest.param(DeletionPolicy.ORPHAN, id="Orphan"),
 ]
 
