@@ -400,13 +400,13 @@ def _examined(
 ) -> tuple[list[Finding], tuple[RowResult, ...]] | None:
     try:
         return examine_machines(target, intent)
-    except TargetError as exc:
+    except Exception as exc:
         # The machines are an extra view: without them the rules are still enforced.
         report.findings.append(
             Finding.of(
                 FindingCode.MACHINES_UNREADABLE,
-                f"{report.name}: the machines of each role could not be read ({exc}); their "
-                "real exposure is not known",
+                f"{report.name}: the machines of each role could not be read "
+                f"({as_target_error(exc)}); their real exposure is not known",
                 target=report.name,
             )
         )

@@ -278,3 +278,23 @@ def test_an_error_no_adapter_translated_is_still_that_targets_status() -> None:
     assert fine.applied and report.targets[1].last_error == ""
     ready = next(c for c in report.status()["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "TargetError")
+
+
+@dataclass
+class MachinesFail(MemoryTarget):
+    """A cloud-like target whose machines cannot be read (a defect, not a translated error)."""
+
+    def observe_machines(self) -> Any:
+        raise ValueError("interface page without an ID")
+
+
+def test_machines_that_cannot_be_read_are_a_finding_and_the_rules_are_still_enforced() -> None:
+    target = MachinesFail("aws", {"a": "1"})
+    report = reconcile(
+        OWNER, make_spec(), Factory([target]), generation=2, now=lambda: NOW, examine=True
+    )
+    aws = report.targets[0]
+    assert [f.code for f in aws.findings] == [FindingCode.MACHINES_UNREADABLE]
+    assert "ValueError: interface page without an ID" in aws.findings[0].message
+    assert aws.rows is None and aws.last_error == ""
+    assert target.applied and report.phase == Phase.ENFORCED
