@@ -13,10 +13,39 @@ talk to it with ``client_options={"api_endpoint": fake.url}`` and anonymous cred
 - ``GET  /compute/v1/projects/{project}/global/operations/{operation}``
 - ``POST /compute/v1/projects/{project}/global/operations/{operation}/wait``
 - ``GET  /compute/v1/projects/{project}`` (for the FIREWALLS quota)
+- ``GET  /compute/v1/projects/{project}/aggregated/instances`` (``filter`` on nested and
+  repeated fields such as ``tags.items``, ``maxResults``, ``pageToken``; zones without results on
+  a page answer the API's ``NO_RESULTS_ON_PAGE`` warning)
+- ``GET/POST /compute/v1/projects/{project}/zones/{zone}/instances``, ``GET .../{name}``,
+  ``GET .../{name}/getEffectiveFirewalls?networkInterface=nic0`` (the VPC rules that target the
+  instance by any means, and the policy rules above them that apply to it)
+- ``GET/POST /compute/v1/projects/{project}/zones/{zone}/operations/{operation}[/wait]``
 
-Writes answer ``compute#operation`` objects; by default they come back ``DONE`` (the change is
-already applied), with ``pending_operations=True`` they come back ``RUNNING`` and are ``DONE`` on
-the next get/wait. With ``operation_seconds=s`` an operation is ``PENDING`` for its first tenth,
+The fake is deliberately no kinder than the documented API:
+
+- **Operations finish later.** A write answers ``RUNNING`` and is ``DONE`` only after
+  ``operation_polls`` (default 1) ``get``/``wait`` calls, or ``operation_seconds`` after it was
+  sent; the change takes effect only then. ``globalOperations.wait`` may return while the
+  operation is still ``RUNNING`` (the API's wait returns at its ~2-minute deadline).
+- **Refusals nobody asked for.** With ``chaos_rate`` (default ``DEFAULT_CHAOS_RATE``) each request
+  may answer 429 ``rateLimitExceeded``, each write 400 ``resourceNotReady``, each wait return
+  early, drawn from ``random.Random(seed)`` (``seed`` defaults to ``$SH_GCP_FAKE_SEED`` or 0);
+  the first read and the first write of a fake's life are always refused, so every test that
+  uses the fake meets both. Such requests are in :attr:`FakeCompute.log` with ``chaos=True``
+  and left out of :meth:`FakeCompute.calls` and :meth:`FakeCompute.writes` (they are the
+  API's noise, not the client's choices); :meth:`FakeCompute.chaos_count` counts them.
+  ``FakeCompute(chaos_rate=0)`` turns it off for tests of the fake's own shapes.
+- **Unknown networks are refused** (404 on a firewall or instance insert, and on
+  ``getEffectiveFirewalls``): networks exist once :meth:`FakeCompute.add_network` or a seed
+  made them.
+- **Field limits**: name (RFC 1035, 1-63 characters), description (2048), priority (0-65535),
+  ports (``N`` or ``N-M`` for tcp/udp/sctp), at most ``MAX_RANGES`` source or destination
+  ranges, ``MAX_SOURCE_TAGS``/``MAX_TARGET_TAGS`` tags and ``MAX_SERVICE_ACCOUNTS`` service
+  accounts per rule; ``sourceServiceAccounts`` or ``targetServiceAccounts`` together with tags
+  refused as the Firewall reference documents.
+
+With ``pending_operations=True`` (kept for older tests) writes need one poll, as by default; with
+``operation_polls=0`` they come back ``DONE``. With ``operation_seconds=s`` an operation is ``PENDING`` for its first tenth,
 then ``RUNNING``, and ``DONE`` ``s`` seconds after the write; the change takes effect only then (a
 list in between does not show it), as on the real API. ``globalOperations.wait`` blocks until the
 operation is ``DONE`` or ``wait_deadline_seconds`` (the API's 2 minutes by default) have passed,
@@ -33,10 +62,14 @@ Test hooks: :attr:`FakeCompute.log` (every request: method, path, operation name
 operation), :attr:`FakeCompute.completed` (when each operation finished, monotonic), :attr:`FakeCompute.max_outstanding` (the most operations running at once), :meth:`FakeCompute.seed` / :meth:`FakeCompute.seed_default_network` (put rules in
 place without going through the API), :attr:`FakeCompute.firewall_quota`.
 
+Firewall policies (hierarchical and network) are held with
+:meth:`FakeCompute.seed_firewall_policy`, instances with :meth:`FakeCompute.seed_instance` (or
+``instances.insert``), networks with :meth:`FakeCompute.add_network`.
+
 What it does not model: IAM (every request is allowed unless a fault says otherwise), eventual
 consistency, the newer filter syntax beyond ``=``/``!=``, ``orderBy``, ``logConfig`` metadata
-validation, service-account fields, firewall policies, and real packet filtering (see
-``tests/truth/gcp_eval.py`` for the semantics).
+validation, firewall-policy writes, and real packet filtering (see ``tests/truth/gcp_eval.py``
+for the semantics).
 """
 
 from __future__ import annotations
@@ -46,6 +79,8 @@ import copy
 import ipaddress
 import itertools
 import json
+import os
+import random
 import re
 import threading
 import time
@@ -96,6 +131,16 @@ LIST_FIELDS = (
     "targetServiceAccounts",
 )
 REQUEST_ID_WINDOW = 3600  # the API keeps request IDs "for at least 60 minutes"
+# Per-rule limits of VPC firewall rules (the brief's and GCP's documented figures).
+MAX_RANGES = 256
+MAX_SOURCE_TAGS = 30
+MAX_TARGET_TAGS = 70
+MAX_SERVICE_ACCOUNTS = 10
+# The share of requests the fake refuses (or waits it returns early) without a test asking.
+DEFAULT_CHAOS_RATE = 0.05
+WRITES = {"firewalls.insert", "firewalls.update", "firewalls.patch", "firewalls.delete"}
+POLICY_ACTIONS = {"allow", "deny", "goto_next", "apply_security_profile_group"}
+POLICY_TYPES = {"HIERARCHY", "NETWORK", "NETWORK_REGIONAL", "SYSTEM_GLOBAL", "SYSTEM_REGIONAL"}
 
 
 class ApiError(Exception):
@@ -123,6 +168,7 @@ class LoggedRequest:
     query: dict[str, str] = field(default_factory=dict)
     status: int = 0
     at: float = field(default_factory=time.monotonic)
+    chaos: bool = False  # refused (or a wait returned early) by the fake's own chaos
 
 
 @dataclass
@@ -145,6 +191,7 @@ class _Scheduled:
     due: float
     apply: Any
     failure: tuple[str, str] | None = None
+    polls: int = 1  # get/wait calls still needed when ``due`` is infinite
 
 
 @dataclass
@@ -182,6 +229,93 @@ def network_url(project: str, network: str) -> str:
     return f"{SELF_LINK_BASE}/projects/{project}/global/networks/{network}"
 
 
+def _network_key(project: str, network: str) -> tuple[str, str]:
+    """(host project, network name) of any form of network reference."""
+    url = network_url(project, network)
+    match = re.search(r"/projects/([^/]+)/global/networks/([^/]+)$", url)
+    assert match is not None, url
+    return match[1], match[2]
+
+
+def _network_name(project: str, network: str) -> str:
+    host, name = _network_key(project, network)
+    return name if host == project else f"projects/{host}/global/networks/{name}"
+
+
+def _check_limits_and_targets(rule: dict[str, Any]) -> None:
+    """The Firewall reference's per-rule limits, and its rule that service accounts are not
+    mixed with tags: ``sourceServiceAccounts`` "cannot be used at the same time as sourceTags or
+    targetTags", ``targetServiceAccounts`` "cannot be used at the same time as targetTags or
+    sourceTags"."""
+    for ranges in ("sourceRanges", "destinationRanges"):
+        if len(rule.get(ranges) or []) > MAX_RANGES:
+            raise _invalid(
+                f"resource.{ranges}", len(rule[ranges]), f"At most {MAX_RANGES} ranges per rule."
+            )
+    for name, limit in (
+        ("sourceTags", MAX_SOURCE_TAGS),
+        ("targetTags", MAX_TARGET_TAGS),
+        ("sourceServiceAccounts", MAX_SERVICE_ACCOUNTS),
+        ("targetServiceAccounts", MAX_SERVICE_ACCOUNTS),
+    ):
+        if len(rule.get(name) or []) > limit:
+            raise _invalid(f"resource.{name}", len(rule[name]), f"At most {limit} per rule.")
+    tags = bool(rule.get("sourceTags") or rule.get("targetTags"))
+    for name in ("sourceServiceAccounts", "targetServiceAccounts"):
+        if rule.get(name) and tags:
+            raise _invalid(
+                f"resource.{name}",
+                rule[name][0],
+                "Service accounts cannot be used together with source or target tags.",
+            )
+
+
+def _validated_policy(policy: dict[str, Any]) -> dict[str, Any]:
+    """A firewall policy as ``getEffectiveFirewalls`` answers it, its rules checked as the API
+    checks them on insert."""
+    out = copy.deepcopy(policy)
+    if not out.get("name"):
+        raise _invalid("firewallPolicy.name", "")
+    kind = out.setdefault("type", "HIERARCHY")
+    if kind not in POLICY_TYPES:
+        raise _invalid("firewallPolicy.type", kind)
+    for i, rule in enumerate(out.get("rules") or []):
+        where = f"firewallPolicy.rules[{i}]"
+        priority = rule.get("priority")
+        if not isinstance(priority, int) or not 0 <= priority <= 2**31 - 1:
+            raise _invalid(f"{where}.priority", priority)
+        if rule.get("action") not in POLICY_ACTIONS:
+            raise _invalid(f"{where}.action", rule.get("action"))
+        if rule.get("direction") not in ("INGRESS", "EGRESS"):
+            raise _invalid(f"{where}.direction", rule.get("direction"))
+        match = rule.get("match") or {}
+        configs = match.get("layer4Configs") or []
+        if not configs:
+            raise ApiError(400, "required", f"Required field '{where}.match.layer4Configs'")
+        for config in configs:
+            protocol = str(config.get("ipProtocol", ""))
+            if protocol.lower() not in PROTOCOLS and not protocol.isdigit():
+                raise _invalid(f"{where}.match.layer4Configs[].ipProtocol", protocol)
+            for port in config.get("ports") or []:
+                if protocol.lower() not in PORTED or not re.fullmatch(
+                    r"\d{1,5}(-\d{1,5})?", str(port)
+                ):
+                    raise _invalid(f"{where}.match.layer4Configs[].ports[]", port)
+        for ranges in ("srcIpRanges", "destIpRanges"):
+            for value in match.get(ranges) or []:
+                try:
+                    ipaddress.ip_network(value, strict=False)
+                except ValueError:
+                    raise _invalid(f"{where}.match.{ranges}[]", value) from None
+        if rule.get("targetServiceAccounts") and rule.get("targetSecureTags"):
+            raise _invalid(
+                f"{where}.targetSecureTags", "", "Cannot be used with targetServiceAccounts."
+            )
+        rule["kind"] = "compute#firewallPolicyRule"
+        rule.setdefault("disabled", False)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # The list filter: `field eq regex`, `field ne regex`, `(a) (b)` (AND), `field = "x"`, `!=`.
 
@@ -211,23 +345,34 @@ def _parse_filter(text: str) -> list[tuple[str, str, str]]:
     return terms
 
 
+def _values(item: Any, path: str) -> list[Any]:
+    """The values at a dotted ``path``; a repeated field on the way yields each element (the
+    API's filter matches a repeated field when any element does: ``tags.items = "x"``)."""
+    found = [item]
+    for part in path.split("."):
+        step: list[Any] = []
+        for value in found:
+            if isinstance(value, dict) and part in value:
+                inner = value[part]
+                step.extend(inner if isinstance(inner, list) else [inner])
+        found = step
+    return found
+
+
+def _text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _matches(item: dict[str, Any], terms: list[tuple[str, str, str]]) -> bool:
     for name, op, value in terms:
-        actual = item.get(name)
-        text = (
-            ""
-            if actual is None
-            else str(actual).lower()
-            if isinstance(actual, bool)
-            else str(actual)
-        )
+        texts = [_text(v) for v in _values(item, name)] or [""]
         if op in ("eq", "ne"):
             try:
-                hit = re.fullmatch(value, text) is not None
+                hit = any(re.fullmatch(value, text) is not None for text in texts)
             except re.error:
                 raise _invalid("filter", value) from None
         else:
-            hit = text == value
+            hit = value in texts
         negate = op in ("ne", "!=")
         if hit == negate:
             return False
@@ -247,8 +392,22 @@ class FakeCompute:
         firewall_quota: int = 200,
         operation_seconds: float = 0.0,
         wait_deadline_seconds: float = 120.0,
+        operation_polls: int = 1,
+        chaos_rate: float = DEFAULT_CHAOS_RATE,
+        seed: int | None = None,
+        networks: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.pending_operations = pending_operations
+        # get/wait calls an operation needs before it is DONE (``pending_operations``: one).
+        self.operation_polls = max(operation_polls, 1 if pending_operations else 0)
+        self.chaos_rate = chaos_rate
+        self.chaos_seed = int(os.environ.get("SH_GCP_FAKE_SEED", "0")) if seed is None else seed
+        self._rng = random.Random(self.chaos_seed)  # noqa: S311 (fault injection, not cryptography)
+        self._chaos_firsts = {"read", "write"} if chaos_rate > 0 else set()
+        self.networks: dict[tuple[str, str], dict[str, Any]] = {}
+        self.instances: dict[tuple[str, str, str], dict[str, Any]] = {}
+        # Secure tags bound to instances (Resource Manager tag bindings, not instance fields).
+        self.instance_secure_tags: dict[tuple[str, str, str], tuple[str, ...]] = {}
         self.firewall_quota = firewall_quota
         self.operation_seconds = operation_seconds
         self.wait_deadline_seconds = wait_deadline_seconds
@@ -266,6 +425,8 @@ class FakeCompute:
         self._ids = itertools.count(1_000_000_000_000_000_001, 7919)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        for project, network in networks:
+            self.add_network(project, network)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -367,6 +528,13 @@ class FakeCompute:
         with self._lock:
             self._operation_failures.append([kind, times, code, message])
 
+    def calm(self) -> None:
+        """No refusal nobody scripted from now on: for a test that counts exactly the retries
+        and sleeps of the faults it scripts itself."""
+        with self._lock:
+            self.chaos_rate = 0.0
+            self._chaos_firsts.clear()
+
     def clear_faults(self) -> None:
         with self._lock:
             self.faults.clear()
@@ -402,17 +570,105 @@ class FakeCompute:
         )
 
     def seed(self, project: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Store a firewall as if another client had inserted it (validated, no log entry)."""
+        """Store a firewall as if another client had inserted it (validated, no log entry). Its
+        network is made to exist (another client created it)."""
         with self._lock:
+            self.add_network(project, _network_name(project, body.get("network") or "default"))
             stored = self._validated(project, body, creating=True)
             self.firewalls[(project, stored["name"])] = stored
             return copy.deepcopy(stored)
 
-    def seed_firewall_policy(self, project: str, network: str, policy: dict[str, Any]) -> None:
-        """Associate a firewall policy (``{"name", "type": "HIERARCHY"|"NETWORK", "rules":
-        [...]}``, the REST shape) with a network, as an organisation or project admin would."""
+    def add_network(
+        self, project: str, network: str, *, enforcement_order: str = "AFTER_CLASSIC_FIREWALL"
+    ) -> None:
+        """A VPC network of ``project`` (``network`` may name another, host project:
+        ``projects/<host>/global/networks/<n>``). ``enforcement_order``: where the network's
+        firewall policy is evaluated, after (the API's default) or before its VPC rules."""
         with self._lock:
-            self.firewall_policies.setdefault((project, network), []).append(copy.deepcopy(policy))
+            key = _network_key(project, network)
+            if key in self.networks:
+                self.networks[key]["networkFirewallPolicyEnforcementOrder"] = enforcement_order
+                return
+            host, name = key
+            self.networks[key] = {
+                "kind": "compute#network",
+                "id": str(next(self._ids)),
+                "creationTimestamp": _now(),
+                "name": name,
+                "selfLink": network_url(host, name),
+                "autoCreateSubnetworks": False,
+                "routingConfig": {"routingMode": "REGIONAL"},
+                "networkFirewallPolicyEnforcementOrder": enforcement_order,
+                "mtu": 1460,
+            }
+
+    def seed_firewall_policy(self, project: str, network: str, policy: dict[str, Any]) -> None:
+        """Associate a firewall policy with a network, as an organisation or project admin would:
+        ``{"name", "type": "HIERARCHY"|"NETWORK", "shortName"?, "rules": [...]}``, each rule in
+        the REST shape (``priority``, ``direction``, ``action`` allow/deny/goto_next,
+        ``match.srcIpRanges``/``destIpRanges``/``layer4Configs``/``srcSecureTags``,
+        ``targetServiceAccounts``, ``targetSecureTags``, ``disabled``). Validated as the API
+        validates rules; answered in evaluation order (hierarchy first, then the network's)."""
+        with self._lock:
+            self.add_network(project, network)
+            self.firewall_policies.setdefault((project, network), []).append(
+                _validated_policy(policy)
+            )
+
+    def seed_instance(
+        self,
+        project: str,
+        name: str,
+        *,
+        zone: str = "us-central1-a",
+        network: str = "circleci",
+        ip: str = "",
+        tags: tuple[str, ...] | list[str] = (),
+        service_accounts: tuple[str, ...] | list[str] = (),
+        alias_ranges: tuple[str, ...] | list[str] = (),
+        secure_tags: tuple[str, ...] | list[str] = (),
+        more_interfaces: tuple[dict[str, Any], ...] = (),
+    ) -> dict[str, Any]:
+        """An instance as another client (a managed instance group, GKE) created it: one NIC on
+        ``network`` (made to exist) with ``ip`` and alias ranges, network ``tags``, service
+        accounts, and ``secure_tags`` (``tagValues/...``) bound to it. ``more_interfaces``: NICs
+        in the REST shape."""
+        with self._lock:
+            self.add_network(project, network)
+            number = len(self.instances) + 2
+            body: dict[str, Any] = {
+                "name": name,
+                "machineType": f"zones/{zone}/machineTypes/e2-standard-4",
+                "tags": {"items": list(tags)},
+                "networkInterfaces": [
+                    {
+                        "network": network_url(project, network),
+                        "networkIP": ip
+                        or f"10.{number // 65536 % 256}.{number // 256 % 256}.{number % 256}",
+                        "aliasIpRanges": [{"ipCidrRange": r} for r in alias_ranges],
+                    },
+                    *copy.deepcopy(list(more_interfaces)),
+                ],
+                "serviceAccounts": [
+                    {"email": sa, "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}
+                    for sa in service_accounts
+                ],
+            }
+            stored = self._validated_instance(project, zone, body)
+            self.instances[(project, zone, name)] = stored
+            self.instance_secure_tags[(project, zone, name)] = tuple(secure_tags)
+            return copy.deepcopy(stored)
+
+    def chaos_count(self, operation: str | None = None, status: int | None = None) -> int:
+        """How many requests (of ``operation``, answered ``status``) the chaos refused or cut
+        short: what a test adds to the faults it scripted itself."""
+        return sum(
+            1
+            for r in self.log
+            if r.chaos
+            and (operation is None or r.operation == operation)
+            and (status is None or r.status == status)
+        )
 
     def seed_default_network(self, project: str, network: str = "default") -> None:
         """The rules GCP creates with an auto-mode network named ``default``."""
@@ -471,12 +727,19 @@ class FakeCompute:
             return {n: copy.deepcopy(b) for (p, n), b in self.firewalls.items() if p == project}
 
     def calls(self, operation: str | None = None) -> list[str]:
-        """Operation names of the logged requests (optionally only one kind)."""
-        return [r.operation for r in self.log if operation is None or r.operation == operation]
+        """Operation names of the logged requests (optionally only one kind), less those the
+        chaos refused or cut short (see :meth:`chaos_count`)."""
+        return [
+            r.operation
+            for r in self.log
+            if not r.chaos and (operation is None or r.operation == operation)
+        ]
 
     def writes(self) -> list[LoggedRequest]:
         return [
-            r for r in self.log if r.method not in ("GET",) and not r.operation.endswith("wait")
+            r
+            for r in self.log
+            if r.method not in ("GET",) and not r.operation.endswith("wait") and not r.chaos
         ]
 
     def reset_log(self) -> None:
@@ -492,7 +755,9 @@ class FakeCompute:
         operation, params = _route(method, path)
         entry = LoggedRequest(method, path, operation, query)
         self.settle()
-        if operation == "globalOperations.wait":
+        waiting = operation.endswith("Operations.wait")
+        early = waiting and self._returns_early(params)
+        if waiting and not early:
             self._block_until_done(params)
         with self._lock:
             self.log.append(entry)
@@ -500,13 +765,53 @@ class FakeCompute:
                 if operation == "unknown":
                     raise ApiError(404, "notFound", f"The requested URL {path} was not found.")
                 self._fault(operation, after=False)
+                self._chaos(operation, entry)
                 payload = self._decode(body) if method in ("POST", "PATCH", "PUT") else {}
-                status, out = self._dispatch(operation, params, query, payload)
+                if early:
+                    # The API's wait returned at its deadline: the operation as it is, not DONE.
+                    entry.chaos = True
+                    status, out = (
+                        200,
+                        _public(self.operations[(params["project"], params["operation"])]),
+                    )
+                else:
+                    status, out = self._dispatch(operation, params, query, payload)
                 self._fault(operation, after=True)
             except ApiError as err:
                 status, out = err.status, err.body()
             entry.status = status
             return status, out
+
+    def _chaos(self, operation: str, entry: LoggedRequest) -> None:
+        """Refuse a request nobody scripted: 429 for any, ``resourceNotReady`` for a write, at
+        ``chaos_rate``; always the first read and the first write of the fake's life."""
+        if self.chaos_rate <= 0:
+            return
+        kind = "write" if operation in WRITES else "read"
+        forced = kind in self._chaos_firsts
+        self._chaos_firsts.discard(kind)
+        if not forced and self._rng.random() >= self.chaos_rate:
+            return
+        entry.chaos = True
+        if kind == "write" and (forced or self._rng.random() < 0.5):
+            raise ApiError(
+                400,
+                "resourceNotReady",
+                f"The resource 'projects/{entry.path.split('/')[4]}/global/networks/-' is not "
+                "ready",
+            )
+        raise ApiError(429, "rateLimitExceeded", "Rate Limit Exceeded")
+
+    def _returns_early(self, params: dict[str, str]) -> bool:
+        """Whether this wait returns before its operation is DONE (at ``chaos_rate``)."""
+        if self.chaos_rate <= 0:
+            return False
+        key = (params.get("project", ""), params.get("operation", ""))
+        with self._lock:
+            running = key in self.operations and any(
+                (s.project, s.op_name) == key for s in self._scheduled
+            )
+            return running and self._rng.random() < self.chaos_rate
 
     def _block_until_done(self, params: dict[str, str]) -> None:
         """``wait``: hold the request until the operation is DONE or the deadline passes."""
@@ -554,18 +859,21 @@ class FakeCompute:
             return 200, self._project(project)
         if operation == "firewalls.list":
             return 200, self._list(project, query)
+        if operation == "networks.get":
+            return 200, copy.deepcopy(self._network_exists(project, params["network"]))
         if operation == "networks.getEffectiveFirewalls":
             network = params["network"]
+            self._network_exists(project, network)
             listed = self._list(project, {"filter": f'network eq ".*/global/networks/{network}$"'})
             return 200, {
                 "firewalls": listed.get("items", []),
-                "firewallPolicys": copy.deepcopy(
-                    self.firewall_policies.get((project, network), [])
-                ),
+                "firewallPolicys": self._policies_of(project, network),
             }
         if operation == "firewalls.get":
             return 200, copy.deepcopy(self._get(project, params["name"]))
-        if operation in ("globalOperations.get", "globalOperations.wait"):
+        if operation.startswith("instances."):
+            return 200, self._instances_dispatch(operation, params, query, payload)
+        if operation.endswith(("Operations.get", "Operations.wait")):
             op = self.operations.get((project, params["operation"]))
             if op is None:
                 raise ApiError(
@@ -577,8 +885,10 @@ class FakeCompute:
             key = (project, params["operation"])
             asked = [s for s in self._scheduled if (s.project, s.op_name) == key]
             if asked and asked[0].due == float("inf"):
-                self._scheduled.remove(asked[0])
-                self._finish(asked[0], time.monotonic())
+                asked[0].polls -= 1
+                if asked[0].polls <= 0:
+                    self._scheduled.remove(asked[0])
+                    self._finish(asked[0], time.monotonic())
             elif op["status"] == "PENDING" and time.monotonic() >= op["_running_at"]:
                 op.update(status="RUNNING", progress=10)
             return 200, _public(op)
@@ -604,6 +914,215 @@ class FakeCompute:
         if request_id:
             self.request_ids[(project, request_id)] = op["name"]
         return 200, _public(op)
+
+    # -- networks, firewall policies, instances ------------------------------------------------
+
+    def _network_exists(self, project: str, network: str) -> dict[str, Any]:
+        host, name = _network_key(project, network)
+        found = self.networks.get((host, name))
+        if found is None:
+            raise ApiError(
+                404,
+                "notFound",
+                f"The resource 'projects/{host}/global/networks/{name}' was not found",
+            )
+        return found
+
+    def _policies_of(
+        self, project: str, network: str, instance: tuple[str, str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """The network's firewall policies in evaluation order (hierarchy before the network's);
+        for an instance, only the rules that target it (no target, its service account, or a
+        secure tag bound to it)."""
+        order = {"HIERARCHY": 0, "NETWORK": 1}
+        policies = sorted(
+            copy.deepcopy(self.firewall_policies.get((project, network), [])),
+            key=lambda p: order.get(str(p.get("type")), 2),
+        )
+        if instance is None:
+            return policies
+        body = self.instances[instance]
+        accounts = {sa["email"] for sa in body.get("serviceAccounts") or []}
+        secure = set(self.instance_secure_tags.get(instance, ()))
+        for policy in policies:
+            policy["rules"] = [
+                rule
+                for rule in policy.get("rules") or []
+                if _policy_rule_targets(rule, accounts, secure)
+            ]
+        return policies
+
+    def _validated_instance(self, project: str, zone: str, body: dict[str, Any]) -> dict[str, Any]:
+        out = copy.deepcopy(body)
+        name = str(out.get("name", ""))
+        if not NAME_RE.match(name):
+            raise _invalid("resource.name", name, f"Must be a match of regex '{NAME_REGEX_TEXT}'")
+        if (project, zone, name) in self.instances:
+            raise ApiError(
+                409,
+                "alreadyExists",
+                f"The resource 'projects/{project}/zones/{zone}/instances/{name}' already exists",
+            )
+        nics = out.get("networkInterfaces") or []
+        if not nics:
+            raise ApiError(400, "required", "Required field 'resource.networkInterfaces'")
+        for i, nic in enumerate(nics):
+            nic["network"] = network_url(project, nic.get("network") or "default")
+            self._network_exists(project, nic["network"])
+            nic.setdefault("name", f"nic{i}")
+            nic.setdefault("kind", "compute#networkInterface")
+            nic.setdefault("stackType", "IPV4_ONLY")
+            nic.setdefault("networkIP", f"10.200.{len(self.instances) % 256}.{i + 2}")
+            if not nic.get("aliasIpRanges"):
+                nic.pop("aliasIpRanges", None)
+        for tag in (out.get("tags") or {}).get("items") or []:
+            if not TAG_RE.match(tag):
+                raise _invalid("resource.tags.items[]", tag)
+        out["tags"] = {**(out.get("tags") or {}), "fingerprint": "42WmSpB8rSM="}
+        if not out["tags"].get("items"):
+            out["tags"].pop("items", None)
+        if not out.get("serviceAccounts"):
+            out.pop("serviceAccounts", None)
+        out.update(
+            kind="compute#instance",
+            id=str(next(self._ids)),
+            creationTimestamp=_now(),
+            zone=f"{SELF_LINK_BASE}/projects/{project}/zones/{zone}",
+            status="RUNNING",
+            selfLink=f"{SELF_LINK_BASE}/projects/{project}/zones/{zone}/instances/{name}",
+        )
+        return out
+
+    def _instance(self, project: str, zone: str, name: str) -> dict[str, Any]:
+        found = self.instances.get((project, zone, name))
+        if found is None:
+            raise ApiError(
+                404,
+                "notFound",
+                f"The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found",
+            )
+        return found
+
+    def _instances_dispatch(
+        self,
+        operation: str,
+        params: dict[str, str],
+        query: dict[str, str],
+        payload: dict[str, Any],
+    ) -> dict[str, Any]:
+        project = params["project"]
+        if operation == "instances.aggregatedList":
+            return self._aggregated(project, query)
+        zone = params["zone"]
+        if operation == "instances.list":
+            listed = [
+                body
+                for (p, z, _), body in sorted(self.instances.items())
+                if p == project
+                and z == zone
+                and _matches(body, _parse_filter(query.get("filter", "")))
+            ]
+            out: dict[str, Any] = {
+                "kind": "compute#instanceList",
+                "id": f"projects/{project}/zones/{zone}/instances",
+                "selfLink": f"{SELF_LINK_BASE}/projects/{project}/zones/{zone}/instances",
+            }
+            if listed:
+                out["items"] = copy.deepcopy(listed)
+            return out
+        if operation == "instances.insert":
+            stored = self._validated_instance(project, zone, payload)
+            name = stored["name"]
+
+            def apply() -> None:
+                self.instances[(project, zone, name)] = stored
+
+            return _public(
+                self._operation(
+                    project,
+                    "insert",
+                    name,
+                    stored["id"],
+                    apply,
+                    scope=f"zones/{zone}",
+                    collection="instances",
+                )
+            )
+        body = self._instance(project, zone, params["name"])
+        if operation == "instances.get":
+            return copy.deepcopy(body)
+        # instances.getEffectiveFirewalls
+        nic_name = query.get("networkInterface", "")
+        if not nic_name:
+            raise ApiError(400, "required", "Required parameter 'networkInterface' not set")
+        nic = next((n for n in body["networkInterfaces"] if n.get("name") == nic_name), None)
+        if nic is None:
+            raise _invalid("networkInterface", nic_name)
+        host, network = _network_key(project, nic["network"])
+        tags = set((body.get("tags") or {}).get("items") or [])
+        accounts = {sa["email"] for sa in body.get("serviceAccounts") or []}
+        firewalls = [
+            copy.deepcopy(rule)
+            for (p, _), rule in sorted(self.firewalls.items())
+            if p == host
+            and _network_key(host, rule["network"]) == (host, network)
+            and _firewall_targets(rule, tags, accounts)
+        ]
+        return {
+            "firewalls": firewalls,
+            "firewallPolicys": self._policies_of(
+                host, network, instance=(project, zone, params["name"])
+            ),
+        }
+
+    def _aggregated(self, project: str, query: dict[str, str]) -> dict[str, Any]:
+        """``instances.aggregatedList``: instances of every zone, paged across zones; a zone
+        with instances but none on this page answers the API's warning."""
+        terms = _parse_filter(query.get("filter", ""))
+        max_results = int(query.get("maxResults", "500") or 500)
+        if not 0 <= max_results <= 500:
+            raise _invalid("maxResults", max_results, "Must be between 0 and 500.")
+        max_results = max_results or 500
+        offset = 0
+        token = query.get("pageToken", "")
+        if token:
+            try:
+                offset = int(base64.urlsafe_b64decode(token.encode()).decode().split(":")[1])
+            except (ValueError, IndexError):
+                raise _invalid("pageToken", token) from None
+        matching = [
+            (z, body)
+            for (p, z, _), body in sorted(self.instances.items())
+            if p == project and _matches(body, terms)
+        ]
+        page = matching[offset : offset + max_results]
+        zones = sorted({z for (p, z, _) in self.instances if p == project})
+        items: dict[str, Any] = {}
+        for zone in zones:
+            found = [copy.deepcopy(b) for z, b in page if z == zone]
+            scope = f"zones/{zone}"
+            items[scope] = (
+                {"instances": found}
+                if found
+                else {
+                    "warning": {
+                        "code": "NO_RESULTS_ON_PAGE",
+                        "message": f"There are no results for scope '{scope}' on this page.",
+                        "data": [{"key": "scope", "value": scope}],
+                    }
+                }
+            )
+        out: dict[str, Any] = {
+            "kind": "compute#instanceAggregatedList",
+            "id": f"projects/{project}/aggregated/instances",
+            "items": items,
+            "selfLink": f"{SELF_LINK_BASE}/projects/{project}/aggregated/instances",
+        }
+        if offset + max_results < len(matching):
+            out["nextPageToken"] = base64.urlsafe_b64encode(
+                f"page:{offset + max_results}".encode()
+            ).decode()
+        return out
 
     def _project(self, project: str) -> dict[str, Any]:
         usage = sum(1 for (p, _) in self.firewalls if p == project)
@@ -680,6 +1199,7 @@ class FakeCompute:
         if not NAME_RE.match(name):
             raise _invalid("resource.name", name, f"Must be a match of regex '{NAME_REGEX_TEXT}'")
         out["network"] = network_url(project, out.get("network") or "default")
+        self._network_exists(project, out["network"])
         direction = out.setdefault("direction", "INGRESS")
         if direction not in ("INGRESS", "EGRESS"):
             raise _invalid("resource.direction", direction)
@@ -740,6 +1260,7 @@ class FakeCompute:
             for tag in out.get(tag_field) or []:
                 if not TAG_RE.match(tag):
                     raise _invalid(f"resource.{tag_field}[]", tag)
+        _check_limits_and_targets(out)
         for list_field in LIST_FIELDS:
             if list_field in out and not out[list_field]:
                 del out[list_field]  # the API omits empty lists
@@ -756,35 +1277,46 @@ class FakeCompute:
         return out
 
     def _operation(
-        self, project: str, kind: str, name: str, target_id: str, apply: Any
+        self,
+        project: str,
+        kind: str,
+        name: str,
+        target_id: str,
+        apply: Any,
+        *,
+        scope: str = "global",
+        collection: str = "firewalls",
     ) -> dict[str, Any]:
         """A write's operation. ``apply`` makes the change: now (DONE at once), or when the
-        operation finishes (``pending_operations`` / ``operation_seconds``)."""
+        operation finishes (``operation_polls`` / ``operation_seconds``). ``scope``: ``global``
+        or ``zones/<zone>`` (where the operation and its target live)."""
         op_name = f"operation-{int(datetime.now(UTC).timestamp() * 1000)}-{uuid.uuid4()}"
         now = _now()
         failure = self._take_operation_failure(kind)
         latency = self.operation_seconds
-        deferred = self.pending_operations or latency > 0
+        deferred = self.operation_polls > 0 or latency > 0
         started = time.monotonic()
         op: dict[str, Any] = {
             "kind": "compute#operation",
             "id": str(next(self._ids)),
             "name": op_name,
             "operationType": kind,
-            "targetLink": f"{SELF_LINK_BASE}/projects/{project}/global/firewalls/{name}",
+            "targetLink": f"{SELF_LINK_BASE}/projects/{project}/{scope}/{collection}/{name}",
             "targetId": target_id,
             "status": "DONE",
             "user": "fake@example.iam.gserviceaccount.com",
             "progress": 100,
             "insertTime": now,
             "startTime": now,
-            "selfLink": f"{SELF_LINK_BASE}/projects/{project}/global/operations/{op_name}",
+            "selfLink": f"{SELF_LINK_BASE}/projects/{project}/{scope}/operations/{op_name}",
             "_running_at": started + latency / 10,
         }
+        if scope.startswith("zones/"):
+            op["zone"] = f"{SELF_LINK_BASE}/projects/{project}/{scope}"
         self.operations[(project, op_name)] = op
         # pending_operations without a latency: DONE when next asked about (get or wait).
         due = started + latency if latency > 0 else float("inf")
-        item = _Scheduled(project, op_name, due, apply, failure)
+        item = _Scheduled(project, op_name, due, apply, failure, polls=self.operation_polls)
         if not deferred:
             self._finish(item, started)
             return op
@@ -871,6 +1403,24 @@ class FakeCompute:
         return self._operation(project, kind, name, current["id"], apply)
 
 
+def _firewall_targets(rule: dict[str, Any], tags: set[str], accounts: set[str]) -> bool:
+    """Whether a VPC rule applies to an instance: no target (every instance), one of its tags,
+    or one of its service accounts."""
+    if rule.get("targetTags"):
+        return bool(set(rule["targetTags"]) & tags)
+    if rule.get("targetServiceAccounts"):
+        return bool(set(rule["targetServiceAccounts"]) & accounts)
+    return True
+
+
+def _policy_rule_targets(rule: dict[str, Any], accounts: set[str], secure: set[str]) -> bool:
+    if rule.get("targetServiceAccounts"):
+        return bool(set(rule["targetServiceAccounts"]) & accounts)
+    if rule.get("targetSecureTags"):
+        return bool({t.get("name") for t in rule["targetSecureTags"]} & secure)
+    return True
+
+
 def _public(op: dict[str, Any]) -> dict[str, Any]:
     """An operation as the API answers it (without the fake's bookkeeping)."""
     return {k: copy.deepcopy(v) for k, v in op.items() if not k.startswith("_")}
@@ -907,6 +1457,50 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
             r"^/compute/v1/projects/(?P<project>[^/]+)/global/networks/(?P<network>[^/]+)"
             r"/getEffectiveFirewalls$",
             "networks.getEffectiveFirewalls",
+        ),
+        (
+            "GET",
+            r"^/compute/v1/projects/(?P<project>[^/]+)/global/networks/(?P<network>[^/]+)$",
+            "networks.get",
+        ),
+        (
+            "GET",
+            r"^/compute/v1/projects/(?P<project>[^/]+)/aggregated/instances$",
+            "instances.aggregatedList",
+        ),
+        (
+            "GET",
+            r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/instances$",
+            "instances.list",
+        ),
+        (
+            "POST",
+            r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/instances$",
+            "instances.insert",
+        ),
+        (
+            "GET",
+            r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/instances"
+            r"/(?P<name>[^/]+)$",
+            "instances.get",
+        ),
+        (
+            "GET",
+            r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/instances"
+            r"/(?P<name>[^/]+)/getEffectiveFirewalls$",
+            "instances.getEffectiveFirewalls",
+        ),
+        (
+            "GET",
+            r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/operations"
+            r"/(?P<operation>[^/]+)$",
+            "zoneOperations.get",
+        ),
+        (
+            "POST",
+            r"^/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/operations"
+            r"/(?P<operation>[^/]+)/wait$",
+            "zoneOperations.wait",
         ),
         (
             "GET",

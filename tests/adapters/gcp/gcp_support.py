@@ -21,6 +21,13 @@ from server_hardening.targets.gcp import GcpClients, GcpTarget, RetryPolicy, mak
 
 PROJECT = "circleci-test-1"
 TAGS = {"kubernetesNodes": "k8s-node", "nomadClients": "nomad-client", "externalVMs": "circleci-vm"}
+NETWORK = "circleci"
+
+
+def make_fake(**options: Any) -> FakeCompute:
+    """The fake as the adapter tests meet it: the project's network exists; operations need a
+    poll, and throttling and busy-network refusals come unasked (the fake's defaults)."""
+    return FakeCompute(networks=((PROJECT, NETWORK),), **options)
 
 
 @dataclass
@@ -102,7 +109,7 @@ def reconcile(target: GcpTarget, *, remove: bool = False) -> tuple[Plan[Any], Ap
 
 @pytest.fixture
 def fake() -> Iterator[FakeCompute]:
-    with FakeCompute() as server:
+    with make_fake() as server:
         yield server
 
 
