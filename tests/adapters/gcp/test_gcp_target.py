@@ -26,6 +26,9 @@ __all__ = ["fake", "recorder"]  # fixtures
 
 # What one observe costs: the network's VPC rules (one page here) and its firewall policies.
 OBSERVE = ["firewalls.list", "networks.getEffectiveFirewalls"]
+# ...and when a rule of ours is to be created: our names across the project's networks (another
+# installation of the same namespace/name would collide with them).
+OBSERVE_TO_CREATE = [*OBSERVE, "firewalls.list"]
 
 PREFIX = gcp_name_prefix(OWNER)
 WRITES = ("firewalls.insert", "firewalls.update", "firewalls.patch", "firewalls.delete")
@@ -52,7 +55,8 @@ def test_converges_from_an_empty_network_then_a_reconcile_only_lists(
     assert len(plan.create) == desired == 32
     assert result.errors == [] and result.created == desired
     assert (
-        without_polls(fake.calls()) == [*OBSERVE, "projects.get"] + ["firewalls.insert"] * desired
+        without_polls(fake.calls())
+        == [*OBSERVE_TO_CREATE, "projects.get"] + ["firewalls.insert"] * desired
     )
     # every operation came back RUNNING and needed one wait to be DONE
     assert fake.calls("globalOperations.wait") == ["globalOperations.wait"] * desired
@@ -86,7 +90,12 @@ def test_list_is_filtered_by_network_and_paged(fake: FakeCompute, recorder: Reco
     target = make_target(gcp_spec(fake), recorder)
     observed = target.observe()
     assert len(observed.items) == 620
-    assert fake.calls() == ["firewalls.list", "firewalls.list", "networks.getEffectiveFirewalls"]
+    assert fake.calls() == [
+        "firewalls.list",
+        "firewalls.list",
+        "networks.getEffectiveFirewalls",
+        "firewalls.list",
+    ]
     assert fake.log[0].query["filter"] == 'network eq ".*/global/networks/circleci$"'
     assert fake.log[0].query["maxResults"] == "500"
 
@@ -194,7 +203,7 @@ def test_drift_by_another_client_is_detected_then_repaired_or_only_reported(
     assert plan.drift().as_status() == {
         "missing": 1, "unexpected": 0, "modified": 1, "unmanagedWidening": 1,
     }  # fmt: skip
-    assert fake.calls() == OBSERVE
+    assert fake.calls() == OBSERVE_TO_CREATE
     assert {r.method for r in fake.log} == {"GET"}
 
     # Enforce with Report: repaired, the unmanaged rule only reported.
@@ -268,7 +277,7 @@ def test_quota_too_small_writes_nothing_and_reports_the_numbers(
     fake.reset_log()
     plan, result = reconcile(target)
     assert writes(fake) == []
-    assert fake.calls() == [*OBSERVE, "projects.get"]
+    assert fake.calls() == [*OBSERVE_TO_CREATE, "projects.get"]
     quota = [f for f in result.findings if f.code == "QuotaExceeded"]
     assert len(quota) == 1
     assert "20 with 4 in use" in quota[0].message

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import re
 import threading
 import time
 import uuid
@@ -63,6 +64,7 @@ from server_hardening.drift import (
     Plan,
     fingerprint,
 )
+from server_hardening.machines import GcpMachines
 from server_hardening.model import GcpSpec, ResourceRef, UnmanagedRules
 from server_hardening.ownership import (
     Provenance,
@@ -130,9 +132,24 @@ from server_hardening.targets.gcp.client import (
     to_firewall,
     wait_operation,
 )
+from server_hardening.targets.gcp.machines import (
+    NETWORK_POLICY_AFTER_VPC,
+    policy_rules_of,
+    role_machines,
+)
 from server_hardening.targets.retry import Retrier, RetryPolicy
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _NetworkView:
+    """What one observe read of the network: its VPC rules and its effective firewall policies
+    (or why they could not be read), reused by :meth:`GcpTarget.observe_machines`."""
+
+    firewalls: tuple[dict[str, Any], ...]
+    policies: tuple[dict[str, Any], ...]
+    unreadable: Finding | None = None
 
 
 class _State(enum.Enum):
@@ -218,6 +235,7 @@ class GcpTarget:
         self._mine = installation_owner_key(owner, gcp.installation_id)
         # The target's judgement; built from the spec with the target (see policy.base).
         self.policy = policy or GcpPolicy(rendered, name_prefix=self._prefix)
+        self._seen: _NetworkView | None = None  # the last observe's reads, for the machines
 
     @classmethod
     def from_rules(
@@ -241,39 +259,161 @@ class GcpTarget:
 
     def observe(self) -> Observation[FirewallBody]:
         """One paged list of the network's VPC rules, and its effective firewall policies
-        (hierarchical and network: Google evaluates them before the VPC rules, so one of
-        them can undo a guide row that no VPC rule could)."""
+        (hierarchical and network: Google evaluates them around the VPC rules, so one of
+        them can undo a guide row that no VPC rule could). A network the project does not have
+        is an error naming ``spec.gcp.network``. When a rule of ours is to be created, one more
+        list (by our name prefix, project-wide) finds an installation of the same
+        namespace/name on another network, whose names ours would collide with."""
         self._retrier.new_pass()
-        items = [self._observed(body) for body in self._list()]
-        return Observation(
-            items=tuple(items), findings=(*self.rendered.findings, *self._policy_findings())
+        bodies = self._read(lambda: self._list(self.list_filter()))
+        policies, unreadable = self._effective_policies()
+        self._seen = _NetworkView(tuple(bodies), policies, unreadable)
+        items = [self._observed(body) for body in bodies]
+        items.extend(self._read(lambda: self._clashes_elsewhere({i.key for i in items})))
+        findings = (
+            [unreadable]
+            if unreadable is not None
+            else judge_firewall_policies(list(policies), self.rendered)
         )
+        return Observation(items=tuple(items), findings=(*self.rendered.findings, *findings))
 
-    def _policy_findings(self) -> list[Finding]:
+    def _effective_policies(self) -> tuple[tuple[dict[str, Any], ...], Finding | None]:
+        """The network's effective firewall policies (REST JSON), or the finding that says they
+        cannot be read."""
         try:
-            response = self._call(
-                "networks.getEffectiveFirewalls",
-                self.gcp.network,
-                functools.partial(
-                    self._api.networks.get_effective_firewalls,
-                    project=self.gcp.project,
-                    network=self.gcp.network,
-                    retry=None,
-                    timeout=CALL_TIMEOUT,
-                ),
+            response = self._read(
+                lambda: self._call(
+                    "networks.getEffectiveFirewalls",
+                    self.gcp.network,
+                    functools.partial(
+                        self._api.networks.get_effective_firewalls,
+                        project=self.gcp.project,
+                        network=self.gcp.network,
+                        retry=None,
+                        timeout=CALL_TIMEOUT,
+                    ),
+                )
             )
         except PermanentTargetError as exc:
+            if isinstance(exc.__cause__, gexc.NotFound):
+                raise self._no_such_network(exc) from exc
             # Reading policies is an extra: without the permission the VPC rules are still
             # enforced; say what is not seen.
-            return [
-                Finding.of(
-                    FindingCode.FIREWALL_POLICY_OVERRIDES,
-                    f"the network's firewall policies cannot be read ({exc}); a hierarchical or "
-                    "network firewall policy could override the guide unseen",
-                    target=TARGET,
+            return (), Finding.of(
+                FindingCode.FIREWALL_POLICY_OVERRIDES,
+                f"the network's firewall policies cannot be read ({exc}); a hierarchical or "
+                "network firewall policy could override the guide unseen",
+                target=TARGET,
+            )
+        return tuple(policies_to_dicts(response)), None
+
+    def _no_such_network(self, exc: Exception) -> PermanentTargetError:
+        return PermanentTargetError(
+            f"spec.gcp.network: project {self.gcp.project} has no network "
+            f"{self.gcp.network!r} ({message_of(exc)})",
+            operation="networks.getEffectiveFirewalls",
+            resource=self.gcp.network,
+        )
+
+    def _read(self, fn: Callable[[], T]) -> T:
+        """A read whose SDK error is not retried any more becomes the pipeline's error kind: a
+        busy network is transient, the rest (a 404, a 400) permanent, naming what failed."""
+        try:
+            return fn()
+        except gexc.GoogleAPICallError as exc:
+            text = f"reading project {self.gcp.project}: {message_of(exc)}"
+            if kind_of(exc) == "not_ready":
+                raise TransientTargetError(text, resource=self.gcp.network) from exc
+            raise PermanentTargetError(text, resource=self.gcp.network) from exc
+
+    def _clashes_elsewhere(self, here: set[str]) -> list[ObservedItem[FirewallBody]]:
+        """Rules under our names on another network of the project: an installation of the same
+        namespace/name (and installationId) elsewhere. Names are unique per project, so ours
+        would collide with its rules: a conflict, named, before anything is written. Asked only
+        when a desired rule is not on our network (a no-op pass costs nothing more)."""
+        if all(d.key in here for d in self.policy.desired()):
+            return []
+        out: list[ObservedItem[FirewallBody]] = []
+        for body in self._list(f'name eq "{re.escape(self._prefix)}.*"'):
+            network = str(body.get("network", ""))
+            if network.endswith(f"/projects/{self.gcp.project}/global/networks/{self.gcp.network}"):
+                continue
+            name = str(body.get("name", ""))
+            out.append(
+                ObservedItem(
+                    key=name,
+                    fingerprint="",
+                    payload=body,
+                    owned=False,
+                    native_id=name,
+                    owner=self._other_installation(body),
                 )
-            ]
-        return judge_firewall_policies(policies_to_dicts(response), self.rendered)
+            )
+        return out
+
+    def _other_installation(self, body: FirewallBody) -> str:
+        """Who holds our names on another network, said so the user knows what to change."""
+        network = str(body.get("network", "")).rsplit("/", 1)[-1]
+        marked = description_owner(str(body.get("description", "")))
+        who, _, installation = marked.partition("@")
+        if marked:
+            holder = f"{who} on network {network}" + (
+                f" (installationId {installation!r})" if installation else " (no installationId)"
+            )
+        else:
+            holder = (
+                f"an unmarked rule {body.get('name')} on network {network} (released by an "
+                "installation of the same namespace/name?)"
+            )
+        same = "namespace/name and installationId" if installation else "namespace/name"
+        return (
+            f"{holder}: it has the same {same} as this one, so their firewall names collide in "
+            f"project {self.gcp.project}; set spec.gcp.installationId to a value of its own on "
+            "each installation"
+        )
+
+    def observe_machines(self) -> GcpMachines:
+        """The instances of each role on the network (read-only), every VPC rule of the network
+        and the firewall-policy rules around them in evaluation order: what
+        ``policy.effective`` evaluates per machine. Reuses this pass's :meth:`observe` when it
+        ran (the rules are not listed twice); costs one ``networks.get`` and one paged
+        ``instances.aggregatedList`` per role tag (see :mod:`.machines`)."""
+        seen = self._seen
+        if seen is None:
+            self._retrier.new_pass()
+            bodies = self._read(lambda: self._list(self.list_filter()))
+            policies, unreadable = self._effective_policies()
+            seen = self._seen = _NetworkView(tuple(bodies), policies, unreadable)
+        try:
+            network = self._read(
+                lambda: self._call(
+                    "networks.get",
+                    self.gcp.network,
+                    functools.partial(
+                        self._api.networks.get,
+                        project=self.gcp.project,
+                        network=self.gcp.network,
+                        retry=None,
+                        timeout=CALL_TIMEOUT,
+                    ),
+                )
+            )
+        except PermanentTargetError as exc:
+            if isinstance(exc.__cause__, gexc.NotFound):
+                raise self._no_such_network(exc) from exc
+            raise
+        order = str(network.network_firewall_policy_enforcement_order or NETWORK_POLICY_AFTER_VPC)
+
+        def call(operation: str, resource: str, fn: Callable[[], Any]) -> Any:
+            return self._read(lambda: self._call(operation, resource, fn))
+
+        roles, findings = role_machines(self._api, self.gcp, self.rendered.tags, call)
+        return GcpMachines(
+            roles=roles,
+            firewalls=seen.firewalls,
+            policy_rules=policy_rules_of(seen.policies, network_order=order),
+            findings=(*findings, *([seen.unreadable] if seen.unreadable is not None else [])),
+        )
 
     def apply(self, plan: Plan[FirewallBody]) -> ApplyResult:
         """The writes of :func:`~server_hardening.planners.gcp.plan_writes`: every add of the
@@ -340,13 +480,13 @@ class GcpTarget:
     def list_filter(self) -> str:
         return f'network eq ".*/global/networks/{self.gcp.network}$"'
 
-    def _list(self) -> list[dict[str, Any]]:
+    def _list(self, list_filter: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         token = ""
         while True:
             request = compute_v1.ListFirewallsRequest(
                 project=self.gcp.project,
-                filter=self.list_filter(),
+                filter=list_filter,
                 max_results=PAGE_SIZE,
                 page_token=token,
             )
@@ -528,6 +668,14 @@ class GcpTarget:
         )
         if fingerprint(normal) == item.fingerprint:
             job.state = _State.DONE
+            return
+        if not str(existing.get("network", "")).endswith(
+            f"/projects/{self.gcp.project}/global/networks/{self.gcp.network}"
+        ):
+            # Another installation's rule of the same name: never overwritten (the next
+            # observe names it as a conflict).
+            job.state = _State.FAILED
+            job.error = "the name is taken by " + self._other_installation(existing)
             return
         description = str(existing.get("description", ""))
         other = description_owner(description)

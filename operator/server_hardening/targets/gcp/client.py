@@ -41,6 +41,8 @@ PERMISSIONS = {
     "globalOperations.wait": "compute.globalOperations.get",
     "projects.get": "compute.projects.get",
     "networks.getEffectiveFirewalls": "compute.networks.getEffectiveFirewalls",
+    "networks.get": "compute.networks.get",
+    "instances.aggregatedList": "compute.instances.list",
 }
 _PERMISSION_RE = re.compile(r"Required '([A-Za-z0-9_.]+)' permission")
 LIMIT_RE = re.compile(r"Limit:\s*([0-9.]+)")
@@ -52,6 +54,7 @@ class GcpClients:
     operations: compute_v1.GlobalOperationsClient
     projects: compute_v1.ProjectsClient
     networks: compute_v1.NetworksClient
+    instances: compute_v1.InstancesClient
 
 
 ClientFactory = Callable[[GcpSpec], GcpClients]
@@ -74,6 +77,9 @@ def make_clients(
             credentials=credentials, transport="rest", client_options=options
         ),
         networks=compute_v1.NetworksClient(
+            credentials=credentials, transport="rest", client_options=options
+        ),
+        instances=compute_v1.InstancesClient(
             credentials=credentials, transport="rest", client_options=options
         ),
     )
