@@ -200,3 +200,58 @@ def assumed(lookup: ServiceLookup) -> tuple[ResolvedComponent, Finding]:
         target="kubernetes",
     )
     return resolved, finding
+
+
+# What the resource remembers of each component resolved from a Service (``status.
+# resolvedComponents``), so a Service that vanishes does not take its pods' allow with it: the
+# allow is rendered from the last selector and ports, and re-created if its policy is deleted,
+# until the Service is back. Status, not the policy's own annotations: the policy is exactly
+# what can be deleted, and the status is written only by the operator.
+
+
+def remembered_entry(resolved: ResolvedComponent) -> dict[str, Any]:
+    """One entry of ``status.resolvedComponents`` (camelCase, as the status stores it)."""
+    return {
+        "component": resolved.component.value,
+        "service": resolved.service,
+        "podSelector": resolved.pod_selector.as_manifest(),
+        "ports": [p.as_manifest() for p in resolved.ports],
+    }
+
+
+def recalled(lookup: ServiceLookup, entry: Mapping[str, Any] | None) -> ResolvedComponent | None:
+    """The component as last resolved, from its ``status.resolvedComponents`` entry: None when
+    there is none, it names a Service the lookup no longer tries (the spec changed), or it
+    cannot be read (a status edited by hand is never trusted to widen anything)."""
+    if not entry or entry.get("component") != lookup.component.value:
+        return None
+    service = str(entry.get("service") or "")
+    if service not in lookup.names:
+        return None
+    try:
+        selector = entry.get("podSelector") or {}
+        labels = selector.get("matchLabels") or {}
+        expressions = tuple(
+            SelectorRequirement(str(e["key"]), str(e["operator"]), tuple(e.get("values") or ()))
+            for e in selector.get("matchExpressions") or ()
+        )
+        ports = tuple(
+            PodPort(
+                p["port"] if isinstance(p["port"], int) else str(p["port"]),
+                str(p.get("protocol") or "TCP"),
+            )
+            for p in entry.get("ports") or ()
+        )
+    except (KeyError, TypeError, AttributeError):
+        return None
+    if not (labels or expressions) or not ports:
+        return None
+    return ResolvedComponent(
+        component=lookup.component,
+        pod_selector=PodSelector(
+            tuple(sorted((str(k), str(v)) for k, v in labels.items())), expressions
+        ),
+        ports=ports,
+        source=f"remembered:service/{service}",
+        service=service,
+    )

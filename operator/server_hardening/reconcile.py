@@ -56,7 +56,10 @@ TargetBuilder = Callable[[], AnyTarget]
 
 class TargetFactory(Protocol):
     def build(
-        self, intent: CompiledIntent, ref: ResourceRef
+        self,
+        intent: CompiledIntent,
+        ref: ResourceRef,
+        remembered: Sequence[Mapping[str, Any]] = (),
     ) -> list[tuple[str, TargetBuilder]]: ...
 
 
@@ -68,6 +71,8 @@ class TargetReport:
     findings: list[Finding] = field(default_factory=list)
     last_error: str = ""
     conflict_with: str = ""
+    # What the target asks the resource to remember (Observation.remembered).
+    remembered: tuple[dict[str, Any], ...] = ()
     applied: ApplyResult | None = None
     observed: bool = False
     # Enforce repaired everything found; ``managed_repaired``: the drift of what this resource
@@ -223,6 +228,11 @@ class Report:
             "lastValidSpec": {"generation": self.generation, "spec": dict(self.enforced_spec)}
             if self.enforced_spec is not None and not self.refused
             else old.get("lastValidSpec"),
+            # The components last resolved from their Services: a Service that vanishes keeps
+            # its pods' allow from this (kept as it was when the cluster could not be read).
+            "resolvedComponents": [e for t in self.targets for e in t.remembered]
+            if any(t.name == "kubernetes" and t.observed for t in self.targets)
+            else old.get("resolvedComponents"),
         }  # fmt: skip
         return status
 
@@ -498,6 +508,7 @@ def _run_rules(
         events.append(Event("Warning", "TargetError", f"{name}: {error}"))
         return None
     report.observed = True
+    report.remembered = observation.remembered
     if _conflict(report, observation, events):
         return target
     plan = plan_target(
@@ -587,6 +598,7 @@ def reconcile(
     events: list[Event] = []
     before = {t.get("name"): t for t in (previous_status or {}).get("targets") or []}
     started = now()
+    remembered = (previous_status or {}).get("resolvedComponents") or ()
     targets = [
         run_target(
             name,
@@ -600,7 +612,7 @@ def reconcile(
                 (before.get(name) or {}).get("reclaims"), generation
             ),
         )
-        for name, build in factory.build(intent, ref)
+        for name, build in factory.build(intent, ref, remembered)
     ]
     report = Report(
         ref=ref,

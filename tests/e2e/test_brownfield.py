@@ -190,6 +190,29 @@ def test_a_component_whose_service_vanishes_keeps_its_last_allow_loudly(
     assert (
         operator.metric("server_hardening_component_services_missing", namespace=ns, name=NAME) == 1
     )
+    remembered = status_of(admin_api, ns, NAME)["resolvedComponents"]
+    assert {e["service"] for e in remembered} >= {"circleci-proxy"}
+
+    # Then the allow policy is deleted too: it comes back from what the resource remembers,
+    # and nothing says the component is resolved.
+    client.NetworkingV1Api(admin_api).delete_namespaced_network_policy(
+        "svh-allow-circleci-proxy", ns
+    )
+
+    def recreated() -> Any:
+        found = network_policies(admin_api, ns).get("svh-allow-circleci-proxy")
+        return found if found is not None and found.metadata.uid != before.metadata.uid else None
+
+    again = wait_for("svh-allow-circleci-proxy re-created", recreated)
+    assert again.spec.ingress == before.spec.ingress
+    assert again.spec.pod_selector == before.spec.pod_selector
+    status = wait_for("the re-create recorded", lambda: _after_repair(admin_api, ns))
+    assert status["phase"] == "Enforced"
+    condition = next(c for c in status["conditions"] if c["type"] == "ComponentsResolved")
+    assert condition["status"] == "False" and "circleci-proxy is gone" in condition["message"]
+    assert (
+        operator.metric("server_hardening_component_services_missing", namespace=ns, name=NAME) == 1
+    )
 
     client.CoreV1Api(admin_api).create_namespaced_service(ns, PROXY)
 
@@ -201,6 +224,14 @@ def test_a_component_whose_service_vanishes_keeps_its_last_allow_loudly(
         )
 
     wait_for("ComponentsResolved=True", resolved)
+
+
+def _after_repair(admin_api: Any, ns: str) -> dict[str, Any] | None:
+    """The status once a check has repaired the deleted policy (its drift recorded)."""
+    status = status_of(admin_api, ns, NAME)
+    targets = {t["name"]: t for t in status.get("targets") or []}
+    last = (targets.get("kubernetes") or {}).get("lastDrift") or {}
+    return status if last.get("missing") and last.get("repaired") else None
 
 
 def test_the_v4_proxy_load_balancer_is_judged_as_it_is(

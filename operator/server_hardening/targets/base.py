@@ -41,6 +41,9 @@ class Observation(Generic[PayloadT]):
     # Owned items to keep exactly as they are although the intent no longer renders them (a
     # component whose Service vanished keeps its last allow): desired beside the policy's.
     kept: tuple[DesiredItem[PayloadT], ...] = ()
+    # What the resource should remember for its next pass (``status.resolvedComponents``: the
+    # components last resolved from their Services, see components.remembered_entry).
+    remembered: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass

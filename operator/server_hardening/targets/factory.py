@@ -3,7 +3,7 @@ so one target's error (a missing credential, a Service that cannot be read) stay
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from server_hardening.compiler import CompiledIntent
@@ -42,8 +42,13 @@ class LiveTargets:
         return node_ports_of(self.kube_api, namespace, self.recorder("kubernetes"))
 
     def build(
-        self, intent: CompiledIntent, ref: ResourceRef
+        self,
+        intent: CompiledIntent,
+        ref: ResourceRef,
+        remembered: Sequence[Mapping[str, Any]] = (),
     ) -> list[tuple[str, Callable[[], AnyTarget]]]:
+        """The targets ``intent`` configures; ``remembered`` is what the resource's status
+        recalls from the last pass (``status.resolvedComponents``)."""
         spec = intent.spec
         builders: list[tuple[str, Callable[[], AnyTarget]]] = []
         if spec.kubernetes.network_policies.enabled:
@@ -56,7 +61,7 @@ class LiveTargets:
 
                 record = self.recorder("kubernetes")
                 resolved, findings, gone = resolve_components(
-                    self.kube_api, ref.namespace, intent, record
+                    self.kube_api, ref.namespace, intent, record, remembered
                 )
                 return KubernetesTarget(
                     intent,

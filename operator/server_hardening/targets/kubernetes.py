@@ -117,14 +117,20 @@ def resolve_components(
     namespace: str,
     intent: CompiledIntent,
     record: ApiCallRecorder = ignore_call,
+    remembered: Sequence[Mapping[str, Any]] = (),
 ) -> tuple[
     dict[Component, components.ResolvedComponent], list[Finding], list[components.ServiceLookup]
 ]:
-    """Read the guide's Services and find the pods and pod ports behind them; the lookups
-    whose Service is absent come back too (their last allow is kept, see KubernetesTarget)."""
+    """Read the guide's Services and find the pods and pod ports behind them. A component whose
+    Service is absent is resolved from what the resource remembers (``remembered``: the last
+    ``status.resolvedComponents``), so its allow is still rendered, and re-created if deleted,
+    with a ``ComponentServiceMissing`` finding until the Service is back; with nothing
+    remembered its lookup comes back in the third list (its policy, if still there, is kept, see
+    KubernetesTarget)."""
     call = KubernetesCalls(record)
     pinned, pending = components.lookups(intent)
     resolved = {c.component: c for c in pinned}
+    memory = {str(e.get("component")): e for e in remembered if isinstance(e, Mapping)}
     findings: list[Finding] = []
     gone: list[components.ServiceLookup] = []
     for lookup in pending:
@@ -146,10 +152,26 @@ def resolve_components(
             if exposed is not None and exposed.message not in {f.message for f in findings}:
                 findings.append(exposed)
             break
+        last = components.recalled(lookup, memory.get(lookup.component.value))
         if isinstance(outcome, components.ResolvedComponent):
             resolved[lookup.component] = outcome
         elif isinstance(outcome, Finding):
             findings.append(outcome)
+        elif last is not None:
+            resolved[lookup.component] = last
+            findings.append(
+                Finding.of(
+                    FindingCode.COMPONENT_SERVICE_MISSING,
+                    f"{lookup.component.value}: Service {last.service} is gone from "
+                    f"{namespace}; its pods keep their last allow "
+                    f"({policy_name_for(last.service)}: pods {last.pod_selector}, ports "
+                    + ", ".join(str(p.port) for p in last.ports)
+                    + ", as last resolved) until it is back or spec.kubernetes.components "
+                    "pins them",
+                    target=NAME,
+                    objects=(policy_name_for(last.service),),
+                )
+            )
         else:
             gone.append(lookup)
             findings.append(
@@ -221,6 +243,13 @@ class KubernetesTarget:
         self.call = KubernetesCalls(record_call)
         self.policies = render_network_policies(intent, ref.namespace, ref, resolved)
         self.findings = tuple(findings)
+        # Components resolved from a Service (now, or as remembered while it is gone): what
+        # the resource remembers for the next pass.
+        self.remembered = tuple(
+            components.remembered_entry(c)
+            for c in sorted(resolved.values(), key=lambda c: c.component.value)
+            if c.source.startswith(("service/", "remembered:service/"))
+        )
         self.services_gone = tuple(services_gone)
         self._kept: list[DesiredItem[Manifest]] = []
         # The target's judgement (see policy.base).
@@ -297,7 +326,12 @@ class KubernetesTarget:
                 f.code is FindingCode.SERVICE_NOT_FOUND and f.message.split(":", 1)[0] in keeping
             )
         ]
-        return Observation(items=tuple(items), findings=(*earlier, *kept), kept=tuple(self._kept))
+        return Observation(
+            items=tuple(items),
+            findings=(*earlier, *kept),
+            kept=tuple(self._kept),
+            remembered=self.remembered,
+        )
 
     def apply(self, plan: Plan[Manifest]) -> ApplyResult:
         """Create and replace first, then delete: the namespace is never less reachable than

@@ -100,7 +100,7 @@ class Factory:
     targets: list[MemoryTarget]
 
     def build(
-        self, intent: CompiledIntent, ref: ResourceRef
+        self, intent: CompiledIntent, ref: ResourceRef, remembered: Any = ()
     ) -> list[tuple[str, Callable[[], Target]]]:
         # As the production factory does: each target's policy follows the spec.
         for target in self.targets:

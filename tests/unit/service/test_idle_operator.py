@@ -74,7 +74,7 @@ class Factory:
     target: Policies
 
     def build(
-        self, intent: CompiledIntent, ref: ResourceRef
+        self, intent: CompiledIntent, ref: ResourceRef, remembered: Any = ()
     ) -> list[tuple[str, Callable[[], Target[Any]]]]:
         return [("kubernetes", lambda: self.target)]
 
