@@ -131,6 +131,7 @@ def resolve_components(
     pinned, pending = components.lookups(intent)
     resolved = {c.component: c for c in pinned}
     memory = {str(e.get("component")): e for e in remembered if isinstance(e, Mapping)}
+    recalled: dict[str, list[components.ResolvedComponent]] = {}
     findings: list[Finding] = []
     gone: list[components.ServiceLookup] = []
     for lookup in pending:
@@ -159,19 +160,7 @@ def resolve_components(
             findings.append(outcome)
         elif last is not None:
             resolved[lookup.component] = last
-            findings.append(
-                Finding.of(
-                    FindingCode.COMPONENT_SERVICE_MISSING,
-                    f"{lookup.component.value}: Service {last.service} is gone from "
-                    f"{namespace}; its pods keep their last allow "
-                    f"({policy_name_for(last.service)}: pods {last.pod_selector}, ports "
-                    + ", ".join(str(p.port) for p in last.ports)
-                    + ", as last resolved) until it is back or spec.kubernetes.components "
-                    "pins them",
-                    target=NAME,
-                    objects=(policy_name_for(last.service),),
-                )
-            )
+            recalled.setdefault(last.service, []).append(last)
         else:
             gone.append(lookup)
             findings.append(
@@ -184,6 +173,21 @@ def resolve_components(
                     target=NAME,
                 )
             )
+    # One finding per vanished Service (v4's proxy serves two components through one policy).
+    for service, lasts in recalled.items():
+        policy = policy_name_for(service)
+        ports = sorted({str(p.port) for last in lasts for p in last.ports})
+        findings.append(
+            Finding.of(
+                FindingCode.COMPONENT_SERVICE_MISSING,
+                ", ".join(last.component.value for last in lasts)
+                + f": Service {service} is gone from {namespace}; its pods keep their last "
+                f"allow ({policy}: pods {lasts[0].pod_selector}, ports {', '.join(ports)}, as "
+                "last resolved) until it is back or spec.kubernetes.components pins them",
+                target=NAME,
+                objects=(policy,),
+            )
+        )
     return resolved, findings, gone
 
 
