@@ -13,6 +13,7 @@ from adapters.gcp.gcp_support import (
     fake,
     gcp_spec,
     make_target,
+    reconcile,
     recorder,
 )
 from fakes.gcp_compute import FakeCompute
@@ -160,3 +161,37 @@ def test_a_network_the_project_does_not_have_is_an_error_naming_the_field(
     with pytest.raises(PermanentTargetError, match=r"spec\.gcp\.network"):
         target.observe_machines()
     assert fake.writes() == []
+
+
+def test_after_the_pass_wrote_the_machines_see_the_rules_as_written(
+    fake: FakeCompute, recorder: Recorder
+) -> None:
+    _seed_installation(fake)
+    target = make_target(gcp_spec(fake), recorder)
+    reconcile(target)  # observe, then every rule of ours created
+    fake.reset_log()
+    machines = target.observe_machines()
+    assert "firewalls.list" in fake.calls()  # listed again: the pass changed the network
+    names = {str(f["name"]) for f in machines.firewalls}
+    assert {d.key for d in target.policy.desired()} <= names
+
+
+def test_the_pipeline_examines_the_machines_it_found(fake: FakeCompute, recorder: Recorder) -> None:
+    """What discovery feeds ``policy.effective`` on the fake: a rule on a second tag the Nomad
+    clients carry and a service-account rule each open 22 to the world on them."""
+    from server_hardening.compiler import compile_intent
+    from server_hardening.reconcile import examine_machines
+
+    _seed_installation(fake)
+    spec = gcp_spec(fake)
+    target = make_target(spec, recorder)
+    reconcile(target)
+    fake.reset_log()
+    examined = examine_machines(target, compile_intent(spec))
+    assert fake.writes() == []  # read-only
+    assert examined is not None
+    findings, rows = examined
+    (world,) = [f for f in findings if f.code == "WorldOpenSensitivePort"]
+    assert "nomad-0" in world.message and "by-sa" in world.message
+    assert "debug-ssh" in world.message
+    assert {r.row: r.verdict for r in rows}["ALL-IN-1"] == "violated"

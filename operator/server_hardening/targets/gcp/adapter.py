@@ -376,8 +376,9 @@ class GcpTarget:
         """The instances of each role on the network (read-only), every VPC rule of the network
         and the firewall-policy rules around them in evaluation order: what
         ``policy.effective`` evaluates per machine. Reuses this pass's :meth:`observe` when it
-        ran (the rules are not listed twice); costs one ``networks.get`` and one paged
-        ``instances.aggregatedList`` per role tag (see :mod:`.machines`)."""
+        ran and nothing was written since (the rules are not listed twice); costs one
+        ``networks.get`` and one paged ``instances.aggregatedList`` per role tag (see
+        :mod:`.machines`)."""
         seen = self._seen
         if seen is None:
             self._retrier.new_pass()
@@ -423,6 +424,7 @@ class GcpTarget:
         result = ApplyResult()
         if plan.empty:
             return result
+        self._seen = None  # the network changes: the machines are read after the writes
         writes = plan_writes(plan, manages_logging=self.rendered.manages_logging)
         deadline = time.monotonic() + self._wait_budget
         try:
@@ -450,6 +452,7 @@ class GcpTarget:
         only: the mark becomes "released from ..."). A returned adopted rule loses its
         provenance word; a created one keeps it, so a take-back later knows whose it was."""
         self._retrier.new_pass()
+        self._seen = None
         result = ApplyResult()
         owned = [item for item in observed.items if item.owned]
         everyone = [item.provenance for item in owned]
