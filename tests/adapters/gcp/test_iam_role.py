@@ -16,6 +16,7 @@ from adapters.gcp.gcp_support import (
     PROJECT,
     Recorder,
     gcp_spec,
+    make_fake,
     make_target,
     plan_for,
     reconcile,
@@ -40,6 +41,7 @@ METHOD_PERMISSIONS: dict[str, frozenset[str]] = {
     "firewalls.patch": frozenset({"compute.firewalls.update", "compute.networks.updatePolicy"}),
     "firewalls.delete": frozenset({"compute.firewalls.delete", "compute.networks.updatePolicy"}),
     "networks.getEffectiveFirewalls": frozenset({"compute.networks.getEffectiveFirewalls"}),
+    "networks.get": frozenset({"compute.networks.get"}),
     "globalOperations.get": frozenset({"compute.globalOperations.get"}),
     "globalOperations.wait": frozenset({"compute.globalOperations.get"}),
     # The machine discovery (which instances carry each role's tag, and what reaches them).
@@ -47,9 +49,9 @@ METHOD_PERMISSIONS: dict[str, frozenset[str]] = {
     "instances.aggregatedList": frozenset({"compute.instances.list"}),
     "instances.getEffectiveFirewalls": frozenset({"compute.instances.getEffectiveFirewalls"}),
 }
-# Granted for the machine discovery before the adapter calls it; a permission leaves this set
-# once a path records a method that needs it.
-NOT_YET_CALLED = frozenset({"compute.instances.list", "compute.instances.getEffectiveFirewalls"})
+# Granted before the adapter calls a method that needs it (none now: every permission of the
+# role is needed by a recorded method).
+NOT_YET_CALLED: frozenset[str] = frozenset()
 
 
 def role_permissions() -> set[str]:
@@ -65,7 +67,7 @@ def observe(fake: FakeCompute, recorder: Recorder) -> None:
 
 
 def create_waiting_on_operations(_: FakeCompute, recorder: Recorder) -> None:
-    with FakeCompute(pending_operations=True) as pending:
+    with make_fake(pending_operations=True) as pending:
         target = make_target(gcp_spec(pending), recorder)
         _, result = reconcile(target)
         assert result.created == len(target.policy.desired()) and not result.errors
@@ -73,6 +75,8 @@ def create_waiting_on_operations(_: FakeCompute, recorder: Recorder) -> None:
 
 
 def insert_answered_409(fake: FakeCompute, recorder: Recorder) -> None:
+    # The rule is there (the insert done at once) and the answer says it already exists.
+    fake.operation_polls = 0
     fake.fail("firewalls.insert", status=409, reason="alreadyExists", after=True)
     target = make_target(gcp_spec(fake), recorder)
     _, result = reconcile(target)
@@ -101,6 +105,12 @@ def update_delete_remove(fake: FakeCompute, recorder: Recorder) -> None:
     assert not result.errors
 
 
+def machines(fake: FakeCompute, recorder: Recorder) -> None:
+    fake.seed_instance(PROJECT, "nomad-0", tags=["nomad-client"])
+    found = make_target(gcp_spec(fake), recorder).observe_machines()
+    assert any(r.instances for r in found.roles)
+
+
 def release_delete(fake: FakeCompute, recorder: Recorder) -> None:
     target = make_target(gcp_spec(fake), recorder)
     reconcile(target)
@@ -125,6 +135,7 @@ PATHS: dict[str, Callable[[FakeCompute, Recorder], None]] = {
     "update, delete, remove": update_delete_remove,
     "release Delete": release_delete,
     "release Orphan, then take back": release_orphan_then_take_back,
+    "the machines of each role": machines,
 }
 
 
@@ -133,7 +144,7 @@ def methods() -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for name, path in PATHS.items():
         _LOGS.clear()
-        with FakeCompute() as fake:
+        with make_fake() as fake:
             path(fake, Recorder())
             out[name] = [r.operation for r in fake.log] + [m for log in _LOGS for m in log]
     return out
