@@ -75,6 +75,7 @@ for the semantics).
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import ipaddress
 import itertools
@@ -527,6 +528,20 @@ class FakeCompute:
         ``DONE`` with ``error.errors[{code, message}]``, the change not applied."""
         with self._lock:
             self._operation_failures.append([kind, times, code, message])
+
+    @contextlib.contextmanager
+    def answering_at_once(self) -> Iterator[None]:
+        """Requests inside are answered as a calm fake would (no unasked refusals, operations
+        DONE at once): for a test's setup through a bare client (whose ``.result()`` would poll
+        the public endpoint), not for the code under test."""
+        with self._lock:
+            saved = (self.chaos_rate, self.operation_polls, set(self._chaos_firsts))
+            self.chaos_rate, self.operation_polls = 0.0, 0
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.chaos_rate, self.operation_polls, self._chaos_firsts = saved
 
     def calm(self) -> None:
         """No refusal nobody scripted from now on: for a test that counts exactly the retries

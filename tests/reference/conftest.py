@@ -9,6 +9,7 @@ import pytest
 
 from adapters.aws.double import MotoDouble
 from fakes.gcp_compute import FakeCompute
+from reference.gcp import NETWORK, PROJECT
 
 
 @pytest.fixture(scope="module")
@@ -30,5 +31,5 @@ def moto_double() -> Iterator[MotoDouble]:
 
 @pytest.fixture
 def fake() -> Iterator[FakeCompute]:
-    with FakeCompute() as server:
+    with FakeCompute(networks=((PROJECT, NETWORK),)) as server:
         yield server

@@ -21,9 +21,11 @@ class CloudTargets:
         self.live = LiveTargets(None, **client_factories)
         self.built: dict[str, AnyTarget] = {}
 
-    def build(self, intent: Any, ref: ResourceRef) -> list[tuple[str, Callable[[], AnyTarget]]]:
+    def build(
+        self, intent: Any, ref: ResourceRef, remembered: Any = ()
+    ) -> list[tuple[str, Callable[[], AnyTarget]]]:
         out = []
-        for name, builder in self.live.build(intent, ref):
+        for name, builder in self.live.build(intent, ref, remembered):
             if name == "kubernetes":
                 continue
 

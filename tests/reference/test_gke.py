@@ -27,7 +27,11 @@ VARIANTS = [
 
 
 def _build(fake: FakeCompute, **variant: Any) -> tuple[GcpReference, CloudTargets]:
-    return build_gke(fake.url, **variant), CloudTargets(gcp_client_factory=anonymous)
+    # The installers' rules are set up through a bare client; the operator then meets the fake
+    # as it is (operations that finish later, unasked refusals).
+    with fake.answering_at_once():
+        reference = build_gke(fake.url, **variant)
+    return reference, CloudTargets(gcp_client_factory=anonymous)
 
 
 def _blocked(fake: FakeCompute, reference: GcpReference) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from adapters.gcp.gcp_support import PROJECT, TAGS, anonymous
+from adapters.gcp.gcp_support import PROJECT, TAGS, anonymous, make_fake
 from adapters.gcp.pubsub_emulator import PubSubEmulator, require_launcher
 from builders import spec_dict
 from fakes.gcp_compute import FakeCompute
@@ -59,7 +59,7 @@ def pubsub(emulator: PubSubEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
 @pytest.fixture
 def fake() -> Iterator[FakeCompute]:
-    with FakeCompute() as server:
+    with make_fake() as server:
         yield server
 
 
