@@ -165,6 +165,36 @@ class LastValidSpec(_Status):
     )
 
 
+class RememberedComponentPort(_Status):
+    port: int | str = Field(description="The pod port (a number or a container-port name).")
+    protocol: str = Field(description="TCP, UDP or SCTP.")
+
+
+class RememberedRequirement(_Status):
+    key: str = Field(description="A label key.")
+    operator: str = Field(description="In, NotIn, Exists or DoesNotExist.")
+    values: list[str] | None = Field(None, description="The values, for In and NotIn.")
+
+
+class RememberedSelector(_Status):
+    match_labels: dict[str, str] | None = Field(None, description="Labels the pods carry.")
+    match_expressions: list[RememberedRequirement] | None = Field(
+        None, description="Requirements on the pods' labels."
+    )
+
+
+class RememberedComponent(_Status):
+    """A component as last resolved from its Service: what its pods' allow is rendered from
+    while the Service is gone."""
+
+    component: str = Field(description="frontend, nomadServer, outputProcessor or vmService.")
+    service: str = Field(description="The Service it was read from.")
+    pod_selector: RememberedSelector = Field(
+        description="The pods behind the Service (its selector, as a label selector)."
+    )
+    ports: list[RememberedComponentPort] = Field(description="The pod ports of the guide's ports.")
+
+
 class ServerHardeningStatus(_Status):
     """What the operator did and found at its last pass."""
 
@@ -191,4 +221,9 @@ class ServerHardeningStatus(_Status):
     )
     last_valid_spec: LastValidSpec | None = Field(
         None, description="The last spec accepted; enforced while a newer one is refused."
+    )
+    resolved_components: list[RememberedComponent] | None = Field(
+        None,
+        description="The pods and ports last read from each component's Service: a Service that "
+        "vanishes keeps its pods' allow from this, re-created if deleted, until it is back.",
     )

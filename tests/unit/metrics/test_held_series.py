@@ -77,7 +77,7 @@ class HeldTarget:
 @dataclass
 class Factory:
     def build(
-        self, intent: CompiledIntent, ref: ResourceRef
+        self, intent: CompiledIntent, ref: ResourceRef, remembered: Any = ()
     ) -> list[tuple[str, Callable[[], Target[Any]]]]:
         return [("aws", HeldTarget)]
 

@@ -113,7 +113,7 @@ class Factory:
     target: StrippedRule
 
     def build(
-        self, intent: CompiledIntent, ref: ResourceRef
+        self, intent: CompiledIntent, ref: ResourceRef, remembered: Any = ()
     ) -> list[tuple[str, Callable[[], Target[Any]]]]:
         return [("aws", lambda: self.target)]
 
