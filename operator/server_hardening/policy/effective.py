@@ -29,7 +29,7 @@ import functools
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from server_hardening.guide import SENSITIVE_PORTS
 from server_hardening.machines import (
@@ -89,6 +89,88 @@ def _gathered(
     else:
         verdict, named = bool(passing), passing or failing
     return CheckResult(check, verdict, tuple(named), tuple(why or ["as expected on every machine"]))
+
+
+class _Signature(Protocol):
+    """Machines whose layers are the same: one address stands for them all."""
+
+    @property
+    def address(self) -> str: ...
+    @property
+    def peer_address(self) -> str: ...
+    @property
+    def machines(self) -> tuple[str, ...]: ...
+
+
+SigT = TypeVar("SigT", bound=_Signature)
+
+
+class _Evaluator(Generic[SigT]):
+    """What both clouds' evaluators share: checks asked once, machines found per role, and the
+    shape of an answer (every sender to every receiver, or a role's machines to an address).
+    Each cloud says how one pair is decided (:meth:`_pair`, :meth:`_outbound`) and which
+    machines answer a check together (:meth:`_classes`)."""
+
+    target = ""
+    noun = "machine"
+
+    def __init__(self) -> None:
+        self.signatures: dict[Role, list[SigT]] = {}
+        self._results: dict[Check, CheckResult] = {}
+
+    def _pair(
+        self, src: SigT | Endpoint, dst: SigT, check: Check, same: bool
+    ) -> tuple[bool, list[str]]:
+        raise NotImplementedError
+
+    def _outbound(self, src: SigT, dst: Endpoint, check: Check) -> tuple[bool, list[str]]:
+        raise NotImplementedError
+
+    def _classes(
+        self, signatures: Sequence[SigT], direction: Direction, check: Check
+    ) -> list[tuple[SigT, tuple[str, ...]]]:
+        """The machines that answer ``check`` together: here, each signature on its own."""
+        return [(sig, sig.machines) for sig in signatures]
+
+    def evaluate(self, check: Check) -> CheckResult:
+        """Asked once per check (``verify`` and ``findings`` ask the same ones)."""
+        result = self._results.get(check)
+        if result is None:
+            result = self._results[check] = self._evaluate(check)
+        return result
+
+    def _evaluate(self, check: Check) -> CheckResult:
+        source_role, dst_role = check.source.role, check.destination.role
+        if dst_role is None:
+            senders = self.signatures.get(source_role, []) if source_role is not None else []
+            if not senders:
+                return CheckResult(check, None, decided_by=("no machine on either side",))
+            return _gathered(
+                check,
+                (
+                    (machines, self._outbound(src, check.destination, check))
+                    for src, machines in self._classes(senders, Direction.EGRESS, check)
+                ),
+            )
+        targets = self.signatures.get(dst_role, [])
+        if not targets:
+            return CheckResult(check, None, decided_by=(f"no {self.noun} found for {dst_role}",))
+        sources: list[tuple[SigT | Endpoint, tuple[str, ...]]] = [(check.source, ())]
+        if source_role is not None:
+            found = self.signatures.get(source_role, [])
+            if not found:
+                return CheckResult(
+                    check, None, decided_by=(f"no {self.noun} found for {source_role}",)
+                )
+            sources = list(self._classes(found, Direction.EGRESS, check))
+        return _gathered(
+            check,
+            (
+                (machines, self._pair(src, dst, check, src == dst))
+                for dst, machines in self._classes(targets, Direction.INGRESS, check)
+                for src, _ in sources
+            ),
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -169,7 +251,7 @@ def _nacl_decision(
     return False, f"{acl.acl_id} {way}: no entry matches (denied)"
 
 
-class AwsEffective:
+class AwsEffective(_Evaluator[_AwsSignature]):
     """The effective access of every machine the AWS adapter read (see the module doc)."""
 
     target = "aws"
@@ -183,10 +265,10 @@ class AwsEffective:
     ) -> None:
         """``covered``: does the guide, as rendered for the role's own group, allow everything
         this rule allows (``policy.aws.covered_by_the_guide``)?"""
+        super().__init__()
         self.machines = machines
         self.managed_groups = frozenset(managed_groups)
         self.covered = covered
-        self._results: dict[Check, CheckResult] = {}
         # Groups some rule names as its peer: membership in them changes an answer.
         self._referenced = frozenset(
             rule.peer
@@ -197,7 +279,6 @@ class AwsEffective:
         self._reach_cache: dict[
             tuple[tuple[str, ...], Direction, str, int], tuple[AtomicRule, ...]
         ] = {}
-        self.signatures: dict[Role, list[_AwsSignature]] = {}
         for role_machines in machines.roles:
             grouped: dict[tuple[tuple[str, ...], str], list[AwsInterface]] = {}
             for interface in role_machines.interfaces:
@@ -323,44 +404,6 @@ class AwsEffective:
                 return False, [entry]
         return True, egress
 
-    def evaluate(self, check: Check) -> CheckResult:
-        """Asked once per check (``verify`` and :meth:`findings` ask the same ones)."""
-        result = self._results.get(check)
-        if result is None:
-            result = self._results[check] = self._evaluate(check)
-        return result
-
-    def _evaluate(self, check: Check) -> CheckResult:
-        dst_role = check.destination.role
-        if dst_role is None:
-            return self._evaluate_outbound(check)
-        targets = self.signatures.get(dst_role, [])
-        if not targets:
-            return CheckResult(check, None, decided_by=(f"no machine found for {dst_role}",))
-        sources: Sequence[_AwsSignature | Endpoint]
-        if check.source.role is not None:
-            sources = self.signatures.get(check.source.role, [])
-            if not sources:
-                return CheckResult(
-                    check, None, decided_by=(f"no machine found for {check.source.role}",)
-                )
-        else:
-            sources = [check.source]
-        receivers = self._classes(targets, Direction.INGRESS, check)
-        senders: list[tuple[_AwsSignature | Endpoint, tuple[str, ...]]] = (
-            list(self._classes(sources, Direction.EGRESS, check))  # type: ignore[arg-type]
-            if check.source.role is not None
-            else [(check.source, ())]
-        )
-        return _gathered(
-            check,
-            (
-                (machines, self._pair(src, dst, check, src == dst))
-                for dst, machines in receivers
-                for src, _ in senders
-            ),
-        )
-
     def _classes(
         self, signatures: Sequence[_AwsSignature], direction: Direction, check: Check
     ) -> list[tuple[_AwsSignature, tuple[str, ...]]]:
@@ -381,24 +424,6 @@ class AwsEffective:
             else:
                 classes[key] = (sig, list(sig.machines))
         return [(rep, tuple(machines)) for rep, machines in classes.values()]
-
-    def _evaluate_outbound(self, check: Check) -> CheckResult:
-        role = check.source.role
-        sources = self.signatures.get(role, []) if role is not None else []
-        if not sources:
-            return CheckResult(check, None, decided_by=("no machine on either side",))
-        return self._gather(
-            check, [(src, self._outbound(src, check.destination, check)) for src in sources]
-        )
-
-    def _gather(
-        self, check: Check, outcomes: Sequence[tuple[_AwsSignature, tuple[bool, list[str]]]]
-    ) -> CheckResult:
-        """One verdict from every pair's: all must allow a must-allow check, none a must-block
-        one; the machines named are those that decide it."""
-        return _gathered(check, ((sig.machines, outcome) for sig, outcome in outcomes))
-
-    # -- findings ----------------------------------------------------------------------------------
 
     def findings(self, checks: Sequence[Check] = ()) -> list[Finding]:
         out: list[Finding] = list(self.machines.findings)
@@ -601,19 +626,19 @@ def _targets(rule: Mapping[str, Any], tags: Sequence[str], accounts: Sequence[st
     return bool(set(by_tag) & set(tags)) or bool(set(by_account) & set(accounts))
 
 
-class GcpEffective:
+class GcpEffective(_Evaluator[_GcpSignature]):
     """The effective access of every instance the GCP adapter read: the firewall policies first
     (in their order; ``goto_next`` defers), then every VPC rule that targets the instance, by
     priority (a deny wins a tie), then the implied rules (ingress denied, egress allowed)."""
 
     target = "gcp"
+    noun = "instance"
 
     def __init__(self, machines: GcpMachines, *, managed: Iterable[str]) -> None:
+        super().__init__()
         self.machines = machines
         self.managed = frozenset(managed)
-        self._results: dict[Check, CheckResult] = {}
         self.firewalls = [f for f in machines.firewalls if not f.get("disabled")]
-        self.signatures: dict[Role, list[_GcpSignature]] = {}
         for role_machines in machines.roles:
             grouped: dict[tuple[tuple[str, ...], tuple[str, ...]], list[GcpInstance]] = {}
             for instance in role_machines.instances:
@@ -765,45 +790,6 @@ class GcpEffective:
 
     def _outbound(self, src: _GcpSignature, dst: Endpoint, check: Check) -> tuple[bool, list[str]]:
         return self._side("EGRESS", src, dst.address(), None, check.protocol, check.port)
-
-    def _gather(
-        self, check: Check, outcomes: Sequence[tuple[_GcpSignature, tuple[bool, list[str]]]]
-    ) -> CheckResult:
-        return _gathered(check, ((sig.machines, outcome) for sig, outcome in outcomes))
-
-    def evaluate(self, check: Check) -> CheckResult:
-        """Asked once per check (``verify`` and :meth:`findings` ask the same ones)."""
-        result = self._results.get(check)
-        if result is None:
-            result = self._results[check] = self._evaluate(check)
-        return result
-
-    def _evaluate(self, check: Check) -> CheckResult:
-        dst_role = check.destination.role
-        if dst_role is None:
-            role = check.source.role
-            senders = self.signatures.get(role, []) if role is not None else []
-            if not senders:
-                return CheckResult(check, None, decided_by=("no machine on either side",))
-            return self._gather(
-                check, [(s, self._outbound(s, check.destination, check)) for s in senders]
-            )
-        targets = self.signatures.get(dst_role, [])
-        if not targets:
-            return CheckResult(check, None, decided_by=(f"no instance found for {dst_role}",))
-        sources: Sequence[_GcpSignature | Endpoint]
-        if check.source.role is not None:
-            sources = self.signatures.get(check.source.role, [])
-            if not sources:
-                return CheckResult(
-                    check, None, decided_by=(f"no instance found for {check.source.role}",)
-                )
-        else:
-            sources = [check.source]
-        return self._gather(
-            check,
-            [(dst, self._pair(src, dst, check, src == dst)) for dst in targets for src in sources],
-        )
 
     def findings(self, checks: Sequence[Check] = ()) -> list[Finding]:
         out: list[Finding] = list(self.machines.findings)
