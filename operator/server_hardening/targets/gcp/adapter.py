@@ -199,6 +199,10 @@ class _Pacer:
             time.sleep(slot - now)
 
 
+class NoSuchNetworkError(PermanentTargetError):
+    """``spec.gcp.network`` names a network the project does not have."""
+
+
 class GcpTarget:
     """The ``gcp`` target: VPC firewall rules of one network (see the module doc)."""
 
@@ -281,22 +285,12 @@ class GcpTarget:
         """The network's effective firewall policies (REST JSON), or the finding that says they
         cannot be read."""
         try:
-            response = self._read(
-                lambda: self._call(
-                    "networks.getEffectiveFirewalls",
-                    self.gcp.network,
-                    functools.partial(
-                        self._api.networks.get_effective_firewalls,
-                        project=self.gcp.project,
-                        network=self.gcp.network,
-                        retry=None,
-                        timeout=CALL_TIMEOUT,
-                    ),
-                )
+            response = self._network_read(
+                "networks.getEffectiveFirewalls", self._api.networks.get_effective_firewalls
             )
+        except NoSuchNetworkError:
+            raise
         except PermanentTargetError as exc:
-            if isinstance(exc.__cause__, gexc.NotFound):
-                raise self._no_such_network(exc) from exc
             # Reading policies is an extra: without the permission the VPC rules are still
             # enforced; say what is not seen.
             return (), Finding.of(
@@ -307,11 +301,35 @@ class GcpTarget:
             )
         return tuple(policies_to_dicts(response)), None
 
-    def _no_such_network(self, exc: Exception) -> PermanentTargetError:
-        return PermanentTargetError(
+    def _network_read(self, operation: str, method: Callable[..., T]) -> T:
+        """One read about the configured network; a network the project does not have is an
+        error naming the field (:class:`NoSuchNetworkError`)."""
+        try:
+            return self._read(
+                lambda: self._call(
+                    operation,
+                    self.gcp.network,
+                    functools.partial(
+                        method,
+                        project=self.gcp.project,
+                        network=self.gcp.network,
+                        retry=None,
+                        timeout=CALL_TIMEOUT,
+                    ),
+                )
+            )
+        except PermanentTargetError as exc:
+            if isinstance(exc.__cause__, gexc.NotFound):
+                raise self._no_such_network(exc, operation) from exc
+            raise
+
+    def _no_such_network(
+        self, exc: Exception, operation: str = "networks.getEffectiveFirewalls"
+    ) -> PermanentTargetError:
+        return NoSuchNetworkError(
             f"spec.gcp.network: project {self.gcp.project} has no network "
             f"{self.gcp.network!r} ({message_of(exc)})",
-            operation="networks.getEffectiveFirewalls",
+            operation=operation,
             resource=self.gcp.network,
         )
 
@@ -385,24 +403,7 @@ class GcpTarget:
             bodies = self._read(lambda: self._list(self.list_filter()))
             policies, unreadable = self._effective_policies()
             seen = self._seen = _NetworkView(tuple(bodies), policies, unreadable)
-        try:
-            network = self._read(
-                lambda: self._call(
-                    "networks.get",
-                    self.gcp.network,
-                    functools.partial(
-                        self._api.networks.get,
-                        project=self.gcp.project,
-                        network=self.gcp.network,
-                        retry=None,
-                        timeout=CALL_TIMEOUT,
-                    ),
-                )
-            )
-        except PermanentTargetError as exc:
-            if isinstance(exc.__cause__, gexc.NotFound):
-                raise self._no_such_network(exc) from exc
-            raise
+        network = self._network_read("networks.get", self._api.networks.get)
         order = str(network.network_firewall_policy_enforcement_order or NETWORK_POLICY_AFTER_VPC)
 
         def call(operation: str, resource: str, fn: Callable[[], Any]) -> Any:
