@@ -165,8 +165,11 @@ class OperatorState:
     wake_at: float = 0.0
     timed_checks: dict[Key, int] = field(default_factory=dict)
     # Per resource: when its machines were last examined (clock time), the spec generation
-    # examined, and what the examination found per target, carried into the checks between.
-    examined: dict[Key, tuple[float, int, dict[str, Examination]]] = field(default_factory=dict)
+    # examined, what the examination found per target (carried into the checks between), and
+    # how many changes the namespace's watches had seen then.
+    examined: dict[Key, tuple[float, int, dict[str, Examination], int]] = field(
+        default_factory=dict
+    )
     # What the last check saw (spec generation, resourceVersions), to skip an unchanged one.
     inputs_seen: dict[Key, Hashable] = field(default_factory=dict)
     versions: NamespaceVersions = field(default_factory=NamespaceVersions)
@@ -239,7 +242,15 @@ def reconcile_resource(state: OperatorState, namespace: str, name: str) -> Repor
     else:
         key = (namespace, name)
         last = state.examined.get(key)
-        examine = last is None or last[1] != generation or state.clock() - last[0] >= EXAMINE_PERIOD
+        changes = state.versions.changes(namespace)  # before the pass: what it will have seen
+        # Also when the namespace's NetworkPolicies or Services changed since the last one: the
+        # namespace's verdicts (two reads) must not stand for a policy that is gone or new.
+        examine = (
+            last is None
+            or last[1] != generation
+            or state.clock() - last[0] >= EXAMINE_PERIOD
+            or last[3] != changes
+        )
         report = reconcile(
             ref,
             spec,
@@ -249,7 +260,7 @@ def reconcile_resource(state: OperatorState, namespace: str, name: str) -> Repor
             examine=examine,
         )
         report.enforced_spec = body.get("spec") or {}
-        carry_examination(state, key, generation, report, examined=examine)
+        carry_examination(state, key, generation, report, examined=examine, changes=changes)
     key = (namespace, name)
     metrics.RECONCILE_DURATION.observe(time.monotonic() - started)
     metrics.RECONCILES.labels(result=result_label(report)).inc()
@@ -283,7 +294,13 @@ def reconcile_resource(state: OperatorState, namespace: str, name: str) -> Repor
 
 
 def carry_examination(
-    state: OperatorState, key: Key, generation: int, report: Report, *, examined: bool
+    state: OperatorState,
+    key: Key,
+    generation: int,
+    report: Report,
+    *,
+    examined: bool,
+    changes: int = 0,
 ) -> None:
     """Remember what an examination of the machines found; between two, add it to each pass's
     report, so the status, the Report and the metrics say the same until the next one (and an
@@ -294,7 +311,7 @@ def carry_examination(
             for t in report.targets
             if t.rows is not None
         }
-        state.examined[key] = (state.clock(), generation, found)
+        state.examined[key] = (state.clock(), generation, found, changes)
         return
     last = state.examined.get(key)
     if last is None:

@@ -20,6 +20,7 @@ from server_hardening.drift import Claimer, DesiredItem, ObservedItem, Plan, Unm
 from server_hardening.model import ResourceRef
 from server_hardening.service import OperatorState, Registration, next_slot
 from server_hardening.targets.base import ApplyResult, Observation, Target
+from server_hardening.verification import CheckResult
 
 NS, NAME = "circleci-server", "circleci"
 
@@ -397,3 +398,39 @@ def test_the_scheduler_wakes_at_most_once_a_tick_and_takes_what_fell_due_meanwhi
     later, _ = service.due_checks(state, upcoming)
     fell_due = [k for k, due in state.next_check.items() if due > upcoming + 30.0]
     assert len(later) > 1 and set(later) <= set(fell_due)  # those due in the tick, together
+
+
+@dataclass
+class Examined(Policies):
+    """A target whose machines can be read (``ExaminesMachines``): each reading counted."""
+
+    examinations: int = 0
+
+    def observe_machines(self) -> Any:
+        self.examinations += 1
+        return None
+
+    def effective(self, machines: Any) -> Any:
+        return self
+
+    target = "kubernetes"
+
+    def findings(self, checks: Sequence[Any]) -> list[Any]:
+        return []
+
+    def evaluate(self, check: Any) -> Any:
+        return CheckResult(check, check.expect)
+
+
+def test_the_namespace_is_examined_again_when_its_policies_change_not_at_every_check() -> None:
+    target = Examined({"a": "1"})
+    state = make_state(target)
+    service.reconcile_resource(state, NS, NAME)
+    service.reconcile_resource(state, NS, NAME)
+    assert target.examinations == 1  # the second check, moments later, carries the verdicts
+    # Someone adds a NetworkPolicy: the watch saw it, so the verdicts must not stand.
+    assert state.versions.seen(NS, "networkpolicies", "allow-everything", "7")
+    service.reconcile_resource(state, NS, NAME)
+    assert target.examinations == 2
+    service.reconcile_resource(state, NS, NAME)
+    assert target.examinations == 2
