@@ -130,3 +130,38 @@ class GcpMachines:
     # policy by priority); ``after_vpc_rules`` marks those evaluated after the VPC rules.
     policy_rules: tuple[GcpPolicyRule, ...] = ()
     findings: tuple[Finding, ...] = ()
+
+
+# ------------------------------------------------------------------------------------------------
+# Kubernetes
+
+
+@dataclass(frozen=True)
+class DeclaredPort:
+    """A container port a pod declares (``spec.containers[].ports[]``)."""
+
+    port: int
+    protocol: str = "TCP"
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ClusterPod:
+    """A pod of the server's namespace as NetworkPolicies see it. Pods on the host's network
+    are left out when read: no NetworkPolicy applies to them."""
+
+    name: str
+    labels: Mapping[str, str]
+    ip: str
+    ports: tuple[DeclaredPort, ...] = ()
+
+
+@dataclass(frozen=True)
+class NamespaceMachines:
+    """The server's namespace: its pods and every NetworkPolicy in it, managed or not (the
+    API's JSON, camelCase)."""
+
+    namespace: str
+    pods: tuple[ClusterPod, ...]
+    policies: tuple[Mapping[str, Any], ...]
+    findings: tuple[Finding, ...] = ()

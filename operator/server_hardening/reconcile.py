@@ -38,7 +38,7 @@ from server_hardening.targets.base import (
     PermanentTargetError,
     TargetError,
 )
-from server_hardening.verification import RowResult, guide_checks, verify
+from server_hardening.verification import RowResult, cluster_checks, guide_checks, verify
 
 MAX_FINDINGS = 20
 log = logging.getLogger("server_hardening")
@@ -393,15 +393,16 @@ def examine_machines(
     target: AnyTarget, intent: CompiledIntent
 ) -> tuple[list[Finding], tuple[RowResult, ...]] | None:
     """The target's machines as they are really exposed (``policy.effective``): the findings
-    per machine and the guide verified row by row. None for a target without machines (the
-    cluster's NetworkPolicies are judged by their own policy)."""
+    per machine and the guide verified row by row (on Kubernetes: the namespace's pods under
+    every NetworkPolicy in it). None for a target that cannot read its machines."""
     if not isinstance(target, ExaminesMachines):
         return None
     machines = target.observe_machines()
-    # Only the clouds' policies evaluate machines (AwsPolicy.effective, GcpPolicy.effective).
+    # Each target's policy evaluates its own machines (AwsPolicy.effective, GcpPolicy.effective,
+    # KubernetesPolicy.effective: the namespace's pods under every NetworkPolicy in it).
     policy: Any = target.policy
     effective = policy.effective(machines)
-    checks = guide_checks(intent)
+    checks = cluster_checks(intent) if target.name == "kubernetes" else guide_checks(intent)
     return effective.findings(checks), tuple(verify(checks, [effective]))
 
 

@@ -8,6 +8,11 @@ a row holds when every one of its checks comes out as expected.
 
 This is the product's own question, asked the way the truth tables of its tests ask it of the
 rendered rules, but of the live machines, managed or not.
+
+The ``kubernetes`` target asks its own checks (:func:`cluster_checks`): the LB-IN rows on the
+component pods behind their Services, the namespace's default deny (from the internet and from
+other namespaces), the namespace's own traffic, and with ``restrictEgress`` the nodes' outbound
+rows from every pod; each answered on every NetworkPolicy of the namespace and its real pods.
 """
 
 from __future__ import annotations
@@ -16,24 +21,35 @@ import enum
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol as Interface
 
 from server_hardening.compiler import CompiledIntent
-from server_hardening.guide import SENSITIVE_PORTS, GuideRow, Ports, Requires
-from server_hardening.rules import Action, Direction, PeerKind, Role
+from server_hardening.guide import SENSITIVE_PORTS, Component, GuideRow, Ports, Requires
+from server_hardening.rules import Action, Direction, Peer, PeerKind, PortRange, Protocol, Role
 
 # TEST-NET-2: an address of "the whole internet" that is in no installation's ranges.
 OUTSIDER = "198.51.100.7"
 
 
+class Pods(enum.StrEnum):
+    """Pods as one side of a Kubernetes check."""
+
+    NAMESPACE = "namespace"  # every pod of the server's namespace
+    OTHER_NAMESPACE = "other-namespace"  # a pod of another namespace, no labels of ours
+    CLUSTER_DNS = "cluster-dns"  # the cluster's DNS pods in kube-system
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """One side of a check: a role's machines, or addresses (``cidrs``) nobody's firewall here
-    governs (the internet, the VCS, the admins)."""
+    governs (the internet, the VCS, the admins); on Kubernetes also a component's pods
+    (``component``) or a set of pods (``pods``)."""
 
     label: str
     role: Role | None = None
     cidrs: tuple[str, ...] = ()
+    component: Component | None = None
+    pods: Pods | None = None
 
     def address(self) -> str:
         """A representative address for an address endpoint."""
@@ -51,13 +67,22 @@ class Check:
     source: Endpoint
     destination: Endpoint
     protocol: str  # "tcp" | "udp"
+    # The port; for a component the guide's Service port (its pods answer on the target port);
+    # 0 for pods of the namespace: every port each pod declares.
     port: int
     expect: bool  # True: must be allowed; False: must be blocked
+    # Component Service ports the guide opens to this source: a default-deny check on the
+    # namespace's pods leaves them out (LB-IN-1/2 admit the internet on the frontend's ports).
+    guide_opens: tuple[tuple[Component, int], ...] = ()
+
+    @property
+    def port_label(self) -> str:
+        return str(self.port) if self.port else "(every declared port)"
 
     def describe(self) -> str:
         verdict = "allowed" if self.expect else "blocked"
         return (
-            f"{self.source.label} -> {self.destination.label} {self.protocol}/{self.port} "
+            f"{self.source.label} -> {self.destination.label} {self.protocol}/{self.port_label} "
             f"must be {verdict}"
         )
 
@@ -82,7 +107,7 @@ class CheckResult:
         return Verdict.HOLDS if self.allowed == self.check.expect else Verdict.VIOLATED
 
 
-class Evaluator(Protocol):
+class Evaluator(Interface):
     """A target's effective state, asked one check at a time."""
 
     target: str
@@ -232,6 +257,104 @@ def _unique(checks: Iterable[Check]) -> list[Check]:
     for check in checks:
         seen.setdefault(check, None)
     return list(seen)
+
+
+DEFAULT_DENY = "CHOICE-NP-DEFAULT-DENY"
+# A port no outbound row lists (SMTP): with restrictEgress it must not leave the namespace.
+UNLISTED_EGRESS_PORT = 25
+
+
+def _peer_endpoint(peer: Peer) -> Endpoint:
+    return Endpoint(peer.label(), peer.role, peer.cidrs)
+
+
+def _reaches(peer: Peer, address: str) -> bool:
+    return any(
+        ipaddress.ip_address(address) in ipaddress.ip_network(c, strict=False)
+        for c in peer.cidrs
+        if ipaddress.ip_network(c, strict=False).version == ipaddress.ip_address(address).version
+    )
+
+
+def cluster_checks(intent: CompiledIntent) -> list[Check]:
+    """Every check the profile's rows and the documented choices imply inside the server's
+    namespace (the ``kubernetes`` target): none when the resource writes no NetworkPolicies."""
+    if not intent.spec.kubernetes.network_policies.enabled:
+        return []
+    namespace = Endpoint("pods of the namespace", pods=Pods.NAMESPACE)
+    world = Endpoint("the internet", None, ("0.0.0.0/0",))
+    # Another namespace's pod is matched by namespace and pod selectors only: ``ipBlock`` is
+    # meant for addresses outside the cluster, and whether a plugin matches pod addresses in it
+    # is left to the plugin (the Kubernetes documentation says so).
+    others = Endpoint("a pod of another namespace", pods=Pods.OTHER_NAMESPACE)
+    checks: list[Check] = []
+    world_opens: list[tuple[Component, int]] = []
+    for access in intent.cluster:
+        pods = Endpoint(f"{access.component.value} pods", component=access.component)
+        rows = [
+            r
+            for r in intent.profile.rows
+            if r.component is access.component
+            and r.id in access.rows
+            and isinstance(r.ports, PortRange)
+        ]
+        for port in access.service_ports:
+            port_rows = [
+                r for r in rows if isinstance(r.ports, PortRange) and r.ports.first == port
+            ]
+            for peer in access.peers:
+                row = next((r.id for r in port_rows if r.peer == peer.kind), "CHOICE-NP-SNAT")
+                checks.append(Check(row, _peer_endpoint(peer), pods, "tcp", port, True))
+            if any(_reaches(p, OUTSIDER) for p in access.peers):
+                world_opens.append((access.component, port))
+            else:
+                row = port_rows[0].id if port_rows else DEFAULT_DENY
+                checks.append(Check(row, world, pods, "tcp", port, False))
+    opened = tuple(world_opens)
+    checks += [
+        Check(DEFAULT_DENY, world, namespace, "tcp", 0, False, opened),
+        Check(DEFAULT_DENY, others, namespace, "tcp", 0, False, opened),
+        Check("CHOICE-NP-NAMESPACE", namespace, namespace, "tcp", 0, True),
+    ]
+    if intent.spec.kubernetes.network_policies.restrict_egress:
+        checks += _egress_checks(intent, namespace, world)
+    return _unique(checks)
+
+
+def _egress_checks(intent: CompiledIntent, pods: Endpoint, world: Endpoint) -> list[Check]:
+    """With ``restrictEgress``: the nodes' outbound rows from every pod, cluster DNS, the API
+    server, and nothing else (a port no row lists, to the internet)."""
+    dns = Endpoint("cluster DNS", pods=Pods.CLUSTER_DNS)
+    checks = [Check("CHOICE-NP-DNS", pods, dns, "udp", 53, True)]
+    api = intent.spec.kubernetes.api_server
+    if api.cidrs:
+        server = Endpoint("the API server", None, tuple(api.cidrs))
+        checks += [Check("CHOICE-NP-APISERVER", pods, server, "tcp", p, True) for p in api.ports]
+    unlisted_open = False
+    for rule in intent.rules:
+        if (
+            rule.subject is not Role.KUBERNETES_NODES
+            or rule.direction is not Direction.EGRESS
+            or rule.action is not Action.ALLOW
+        ):
+            continue
+        rows = sorted(r for r in rule.rows if not r.startswith("CHOICE-AWS-"))
+        port = rule.ports.first if rule.ports is not None else 443
+        protocols = ("tcp",) if rule.protocol is Protocol.ALL else (rule.protocol.value,)
+        checks += [
+            Check(rows[0] if rows else DEFAULT_DENY, pods, _peer_endpoint(rule.peer), p, port, True)
+            for p in protocols
+        ]
+        covers = rule.ports is None or rule.ports.first <= UNLISTED_EGRESS_PORT <= rule.ports.last
+        if (
+            covers
+            and rule.protocol in (Protocol.TCP, Protocol.ALL)
+            and _reaches(rule.peer, OUTSIDER)
+        ):
+            unlisted_open = True
+    if not unlisted_open:
+        checks.append(Check(DEFAULT_DENY, pods, world, "tcp", UNLISTED_EGRESS_PORT, False))
+    return checks
 
 
 def verify(checks: Sequence[Check], evaluators: Sequence[Evaluator]) -> list[RowResult]:

@@ -99,9 +99,7 @@ def exit_code(document: dict[str, Any]) -> int:
     """0: every row holds; 3: one is violated; 1: a target could not be read (or examined)."""
     if any(r["verdict"] == Verdict.VIOLATED.value for r in document["rows"]):
         return EXIT_VIOLATED
-    if any(
-        t["error"] or not t["examined"] for t in document["targets"] if t["name"] != "kubernetes"
-    ):
+    if any(t["error"] or not t["examined"] for t in document["targets"]):
         return EXIT_UNREADABLE
     return EXIT_HOLDS
 
@@ -152,7 +150,8 @@ def verify_markdown(document: dict[str, Any]) -> str:
         "port; must allow or must block). Each was evaluated on the effective state of every "
         "machine of the role: every security group on its interfaces and its subnet's network "
         "ACL on AWS; every firewall rule that targets the instance, under the firewall policies, "
-        "on GCP. Read-only: nothing was written.",
+        "on GCP; in the server's namespace, every NetworkPolicy (managed or not) on its pods' "
+        "labels and declared ports. Read-only: nothing was written.",
         "",
         "| Row | Target | Verdict | Controls supported | Evidence |",
         "|---|---|---|---|---|",

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
+from cli_run import run
 from reference import namespace as fixture
 from reference.flows import Flow
 from server_hardening.model import ResourceRef, parse_spec
@@ -114,3 +117,74 @@ def test_after_apply_every_flow_of_the_namespace_and_the_monitoring_reference_pa
         assert HAND_MADE not in names
         opened = [str(f) for f in fixture.CLOSED if _allowed(held, parties, f)]
         assert opened == []
+
+
+def _create_pods(api: Any, namespace: str) -> None:
+    """The namespace's pods as the API server holds them (no node runs them here: they stay
+    Pending, with their labels and declared ports, which is what NetworkPolicies select on)."""
+    core = client.CoreV1Api(api)
+    declared = {"telegraf": [{"containerPort": 9273}], "kong": [{"containerPort": 8100}]}
+    for name, pod in fixture.pods().items():
+        if pod.namespace != fixture.NAMESPACE:
+            continue
+        ports = [{"name": n, "containerPort": p} for n, p in pod.ports.items()]
+        ports = [*ports, *[p for p in declared.get(name, []) if p not in ports]]
+        core.create_namespaced_pod(
+            namespace,
+            {
+                "metadata": {"name": name, "labels": dict(pod.labels)},
+                "spec": {"containers": [{"name": "main", "image": "stand-in", "ports": ports}]},
+            },
+        )
+
+
+@pytest.mark.parametrize("unmanaged", ["Report", "Remove"])
+def test_verify_answers_the_kubernetes_rows_on_the_namespace_pods_and_every_policy(
+    control_plane: Any, admin_api: Any, namespace: str, unmanaged: str, tmp_path: Any
+) -> None:
+    _install(admin_api, namespace)
+    _create_pods(admin_api, namespace)
+    kube = KubeApi(load_credentials(str(control_plane.admin_kubeconfig)))
+    ref = ResourceRef(namespace, "circleci", "uid-reference")
+    reconcile(ref, parse_spec(_spec(unmanaged)), LiveTargets(kube))
+    manifest = tmp_path / "circleci.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "hardening.circleci.com/v1alpha1",
+                "kind": "ServerHardening",
+                "metadata": {"name": "circleci", "namespace": namespace},
+                "spec": _spec(unmanaged),
+            }
+        )
+    )
+
+    done = run(
+        "verify",
+        "-f",
+        str(manifest),
+        "-o",
+        "json",
+        "--kubeconfig",
+        str(control_plane.admin_kubeconfig),
+    )
+
+    document = json.loads(done.stdout)
+    verdicts = {r["row"]: r["verdict"] for r in document["rows"] if r["target"] == "kubernetes"}
+    assert {"LB-IN-2", "LB-IN-4", "CHOICE-NP-DEFAULT-DENY", "ALL-OUT-3"} <= set(verdicts)
+    checked = {m for r in document["rows"] for c in r["checks"] for m in c["machines"]}
+    assert any("telegraf" in m for m in checked) and any("kong" in m for m in checked)
+    if unmanaged == "Remove":
+        assert set(verdicts.values()) == {"holds"}, verdicts
+        assert done.returncode == 0, done.stdout
+    else:
+        # The team's policy opens telegraf's 9273 to every namespace: the default deny is
+        # violated there, with the pod, the port and the policy as evidence; the rest holds.
+        assert done.returncode == 3, done.stderr
+        assert verdicts.pop("CHOICE-NP-DEFAULT-DENY") == "violated"
+        assert set(verdicts.values()) == {"holds"}, verdicts
+        deny = next(r for r in document["rows"] if r["row"] == "CHOICE-NP-DEFAULT-DENY")
+        violated = [c for c in deny["checks"] if c["verdict"] == "violated"]
+        assert [c["from"] for c in violated] == ["a pod of another namespace"]
+        assert any("telegraf:9273" in m for m in violated[0]["machines"])
+        assert violated[0]["decidedBy"] == [f"NetworkPolicy {HAND_MADE} (not managed)"]

@@ -5,17 +5,21 @@ tests/field/site.py, which is written from the guide's rows. Then drift on the r
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+import yaml
 from kubernetes import client
 
+from cli_run import run
 from field import site
 from field.conftest import FieldCluster
-from field.node import OUTSIDE, wait_until
+from field.node import HOST_ADDR, OUTSIDE, wait_until
 from field.workloads import (
     PodSpec,
     Source,
@@ -134,6 +138,143 @@ def test_truth_table_on_real_tcp(installation: Site, source: str) -> None:
     wrong = [f"{c.id} [{c.rows}] measured {'open' if measured[c] else 'closed'}"
              for c in cases if measured[c] is not c.expected]  # fmt: skip
     assert wrong == []
+
+
+# ``hardening verify`` names an address endpoint by its label and stands for it with one address
+# of its ranges; here each label is the stand-in outside the node with an address in them.
+STAND_IN_FOR = {
+    "external": "world", "the internet": "world", "vcs": "world",
+    "nomadClients": "nomad", "externalVMs": "vm", "kubernetesNodes": "other-node",
+}  # fmt: skip
+
+
+def verify_namespace(installation: Site, namespace: str, tmp: Path) -> Any:
+    """``hardening verify -o json`` on the node's API server for one of the installations."""
+    cluster = installation.cluster
+    port = int(urlparse(cluster.node.control_plane.url).port or 0)  # type: ignore[union-attr]
+    body = site.v3_resource(port) if namespace == site.V3 else site.v4_resource()
+    manifest = tmp / f"{namespace}.yaml"
+    manifest.write_text(yaml.safe_dump(body))
+    kubeconfig = str(cluster.node.control_plane.admin_kubeconfig)  # type: ignore[union-attr]
+    done = run("verify", "-f", str(manifest), "-o", "json", "--kubeconfig", kubeconfig)
+    assert done.returncode in (0, 3), done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+def tcp_pairs(
+    installation: Site, namespace: str, check: dict[str, Any]
+) -> list[tuple[Source, tuple[str, int]]]:
+    """The connections a verify check's evidence names, as the field can make them: TCP only;
+    cluster DNS has no stand-in here."""
+    if check["protocol"] != "tcp":
+        return []
+    pods = installation.pod_ips[namespace]
+    out = []
+    for machine in check["machines"]:
+        source_name, rest = machine.split(" -> ")
+        destination, port = rest.rsplit(":", 1)
+        if source_name in pods:
+            source = Source(source_name, pod=(namespace, source_name))
+        elif source_name.startswith("another-namespace/"):
+            source = installation.source("stranger")
+        else:
+            source = installation.source(STAND_IN_FOR[check["from"]])
+        if destination in pods:
+            address = pods[destination]
+        elif destination == HOST_ADDR:  # the API server, by its own address
+            address = destination
+        elif destination.startswith("kube-system/"):
+            continue
+        else:
+            address = OUTSIDE[STAND_IN_FOR[check["to"]]]
+        out.append((source, (address, int(port))))
+    return out
+
+
+def measured_against_verify(
+    installation: Site, namespace: str, document: Any
+) -> tuple[int, list[str]]:
+    """Every connection a Kubernetes check's evidence names, made on the node: how many, and
+    those whose real outcome differs from the check's result."""
+    cluster = installation.cluster
+    made, wrong = 0, []
+    for row in document["rows"]:
+        if row["target"] != "kubernetes":
+            continue
+        for check in row["checks"]:
+            by_source: dict[Source, list[tuple[str, int]]] = defaultdict(list)
+            for source, address in tcp_pairs(installation, namespace, check):
+                by_source[source].append(address)
+            for source, addresses in by_source.items():
+                verdicts = connect_all(cluster.node, source, addresses)
+                made += len(addresses)
+                # A check's evidence lists the connections that went against it, or (holding)
+                # all of them: each must really go the way verify says.
+                expected = check["result"] == "allow"
+                if check["verdict"] == "violated":
+                    expected = check["expect"] != "allow"
+                wrong += [
+                    f"{row['row']}: {source.label} -> {a[0]}:{a[1]} verify says "
+                    f"{'open' if expected else 'closed'}, TCP {'open' if ok else 'closed'}"
+                    for a, ok in verdicts.items()
+                    if ok is not expected
+                ]
+    return made, wrong
+
+
+@pytest.mark.parametrize("namespace", [site.V3, site.V4])
+def test_verify_agrees_with_real_tcp_on_every_kubernetes_check(
+    installation: Site, namespace: str, tmp_path: Path
+) -> None:
+    """The Kubernetes rows of ``hardening verify`` (every NetworkPolicy of the namespace and its
+    real pods, evaluated) against the same connections made through kube-router."""
+    code, document = verify_namespace(installation, namespace, tmp_path)
+    verdicts = {r["row"]: r["verdict"] for r in document["rows"] if r["target"] == "kubernetes"}
+    assert "LB-IN-2" in verdicts and "CHOICE-NP-DEFAULT-DENY" in verdicts
+    assert set(verdicts.values()) == {"holds"}, verdicts
+    assert code == 0
+    made, wrong = measured_against_verify(installation, namespace, document)
+    installation.cluster.figures.setdefault("verify_tcp", {})[namespace] = made
+    assert made > 20 and wrong == []
+
+
+def test_verify_sees_an_unmanaged_allow_all_as_the_packets_do(
+    installation: Site, tmp_path: Path
+) -> None:
+    """A NetworkPolicy the operator did not write admits everything into the v4 namespace
+    (``unmanagedRules: Report`` keeps it): verify says the default deny and LB-IN-4 are violated,
+    naming the pods, the ports and the policy, and each connection it names really opens."""
+    cluster = installation.cluster
+    postgres = installation.pod_ips[site.V4]["postgresql"]
+    policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "field-allow-everything"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{}]},
+    }
+    policy_api(cluster).create_namespaced_network_policy(site.V4, policy)
+    try:
+        wait_until(
+            "the policy to open 5432", lambda: installation.connects("world", postgres, 5432), 60
+        )
+        code, document = verify_namespace(installation, site.V4, tmp_path)
+        verdicts = {r["row"]: r["verdict"] for r in document["rows"] if r["target"] == "kubernetes"}
+        assert code == 3
+        assert verdicts["CHOICE-NP-DEFAULT-DENY"] == "violated"
+        assert verdicts["LB-IN-4"] == "violated"
+        assert verdicts["LB-IN-2"] == "holds"
+        evidence = [
+            d for r in document["rows"] for c in r["checks"] if c["verdict"] == "violated"
+            for d in c["decidedBy"]
+        ]  # fmt: skip
+        assert evidence and all("field-allow-everything (not managed)" in d for d in evidence)
+        made, wrong = measured_against_verify(installation, site.V4, document)
+        assert made > 5 and wrong == []
+    finally:
+        policy_api(cluster).delete_namespaced_network_policy("field-allow-everything", site.V4)
+        wait_until(
+            "5432 closed again", lambda: not installation.connects("world", postgres, 5432), 60
+        )
 
 
 def test_the_named_services_reach_what_their_pods_allow(installation: Site) -> None:

@@ -94,6 +94,11 @@ ClusterRole when cluster-wide). Never Secrets, never wildcards.
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "list", "watch"]
+# Verifying the guide on the namespace's pods (their labels and declared ports) under every
+# NetworkPolicy in it, at each full check. Read-only.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 # The OpenReports Report of each ServerHardening (create-or-replace; harmless without the CRD).
 - apiGroups: ["openreports.io"]
   resources: ["reports"]

@@ -15,9 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from server_hardening.addresses import AddressSet
+from server_hardening.components import ResolvedComponent
 from server_hardening.drift import Claim, Claimer, DesiredItem, ObservedItem, UnmanagedJudge
+from server_hardening.guide import Component
+from server_hardening.machines import NamespaceMachines
 from server_hardening.ownership import ROWS_ANNOTATION
 from server_hardening.policy.exposure import WORLD, Access, world_open_sensitive_port
+from server_hardening.policy.namespacereach import NamespaceReach
 from server_hardening.renderers.networkpolicy import Manifest, desired_items, normalise_spec
 from server_hardening.rules import Direction, Finding, FindingCode, PortRange
 
@@ -199,10 +203,18 @@ class KubernetesPolicy:
         *,
         restrict_egress: bool,
         remove_unmanaged: bool = False,
+        resolved: Mapping[Component, ResolvedComponent] | None = None,
     ) -> None:
         self.policies = tuple(policies)
         self._remove_unmanaged = remove_unmanaged
         self._view = managed_view(self.policies, restrict_egress=restrict_egress)
+        self._resolved = dict(resolved or {})
+
+    def effective(self, machines: NamespaceMachines) -> NamespaceReach:
+        """The namespace as it is really reachable: the guide's Kubernetes checks answered on
+        every policy in it and its pods (``policy.namespacereach``)."""
+        managed = frozenset(str(p["metadata"]["name"]) for p in self.policies)
+        return NamespaceReach(machines, self._resolved, managed)
 
     @property
     def remove_unmanaged(self) -> bool:

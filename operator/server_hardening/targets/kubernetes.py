@@ -22,6 +22,7 @@ from server_hardening.drift import (
     Update,
 )
 from server_hardening.guide import Component
+from server_hardening.machines import NamespaceMachines
 from server_hardening.model import ResourceRef, UnmanagedRules
 from server_hardening.ownership import (
     MANAGED_BY_LABEL,
@@ -39,6 +40,7 @@ from server_hardening.ownership import (
 )
 from server_hardening.policy import networkpolicy as np_policy
 from server_hardening.policy.loadbalancer import load_balancer_exposure
+from server_hardening.policy.namespacereach import pods_of
 from server_hardening.renderers.networkpolicy import (
     Manifest,
     policy_fingerprint,
@@ -256,11 +258,13 @@ class KubernetesTarget:
         )
         self.services_gone = tuple(services_gone)
         self._kept: list[DesiredItem[Manifest]] = []
+        self._listed: Sequence[Mapping[str, Any]] | None = None
         # The target's judgement (see policy.base).
         self.policy = np_policy.KubernetesPolicy(
             self.policies,
             restrict_egress=intent.spec.kubernetes.network_policies.restrict_egress,
             remove_unmanaged=intent.spec.unmanaged_rules is UnmanagedRules.REMOVE,
+            resolved=resolved,
         )
 
     def _policies(self, name: str | None = None) -> str:
@@ -303,6 +307,8 @@ class KubernetesTarget:
             self.api.get,
             self._policies(),
         )
+        # What this pass saw, for the examination after it when the pass writes nothing.
+        self._listed = listing.get("items") or []
         me = owner_key(self.ref)
         items: list[ObservedItem[Manifest]] = []
         for policy in listing.get("items") or []:
@@ -337,10 +343,29 @@ class KubernetesTarget:
             remembered=self.remembered,
         )
 
+    def observe_machines(self) -> NamespaceMachines:
+        """The namespace's pods and every NetworkPolicy in it, as they are after this pass's
+        writes (``ExaminesMachines``). Read-only: two lists."""
+        namespace = f"namespace/{self.ref.namespace}"
+        policies = self._listed
+        if policies is None:  # not observed yet, or written since: read them as they are now
+            listing = self.call("list_networkpolicies", namespace, self.api.get, self._policies())
+            policies = listing.get("items") or []
+        pods = self.call(
+            "list_pods", namespace, self.api.get, namespaced(CORE, self.ref.namespace, "pods")
+        )
+        return NamespaceMachines(
+            namespace=self.ref.namespace,
+            pods=pods_of(pods),
+            policies=tuple(policies),
+        )
+
     def apply(self, plan: Plan[Manifest]) -> ApplyResult:
         """Create and replace first, then delete: the namespace is never less reachable than
         both the old and the new desired state allow."""
         self.call.retrier.new_pass()
+        if not plan.empty:
+            self._listed = None
         result = ApplyResult()
         create = self.api.create
         for adoption in plan.adopt:
@@ -420,6 +445,7 @@ class KubernetesTarget:
         unmarked (the ownership label and annotation dropped). A returned adopted policy loses
         the provenance and guide-rows annotations too; a created one keeps them, so a resource
         re-created under this name takes it back as its own creation."""
+        self._listed = None
         self.call.retrier.new_pass()
         result = ApplyResult()
         owned = [item for item in observed.items if item.owned]

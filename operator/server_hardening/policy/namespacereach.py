@@ -1,0 +1,292 @@
+"""The server's namespace as it is really reachable: the guide's Kubernetes checks answered on
+every NetworkPolicy of the namespace (managed or not) and its real pods. Pure: no I/O here.
+
+``verification.cluster_checks`` says what must be allowed and blocked; each check is answered
+with the NetworkPolicy semantics of :mod:`server_hardening.policy.podreach` for every pair of
+parties it stands for:
+
+- a component's pods are the running pods its Service (or the spec) selects, on the pod ports
+  the guide's Service ports map to; with none running, a pod with the selector's labels stands
+  in, so a namespace before its first deployment is still answered;
+- "pods of the namespace" are its pods (grouped by labels: NetworkPolicies select by labels),
+  on every port each declares, less the component ports the guide opens to that source;
+- an address endpoint is one representative address of its ranges, as for the clouds.
+
+A check that must be allowed holds when every pair connects; one that must be blocked holds when
+none does. The evidence names the pods and ports that went the other way and the policies that
+decided it, each marked when it is not the operator's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from server_hardening.components import PodPort, ResolvedComponent
+from server_hardening.guide import Component
+from server_hardening.machines import ClusterPod, DeclaredPort, NamespaceMachines
+from server_hardening.policy.podreach import Outside, Party, Pod, decide, selects
+from server_hardening.rules import Finding, FindingCode
+from server_hardening.verification import Check, CheckResult, Endpoint, Pods
+
+TARGET = "kubernetes"
+NAMED = 5  # pods named in one message; the rest are counted
+KUBE_DNS = Pod("kube-system", {"k8s-app": "kube-dns"}, "", name="kube-system/kube-dns")
+OTHER_NAMESPACE = "another-namespace"
+# With no pod running, a pod no component selects (no labels) stands in for the rest of the
+# namespace (a data store, an API service), on a port such pods commonly serve.
+ANY_POD_PORT = 8080
+
+
+@dataclass(frozen=True)
+class _Pair:
+    source: Party
+    destination: Party
+    port: int
+    protocol: str
+
+    def describe(self) -> str:
+        return f"{_party_name(self.source)} -> {_party_name(self.destination)}:{self.port}"
+
+
+def _party_name(party: Party) -> str:
+    if isinstance(party, Outside):
+        return party.ip
+    return party.name or f"{party.namespace}/{dict(party.labels)}"
+
+
+def _as_pod(namespace: str, pod: ClusterPod) -> Pod:
+    named = {p.name: p.port for p in pod.ports if p.name}
+    return Pod(namespace, dict(pod.labels), pod.ip, named, name=pod.name)
+
+
+def _stand_in(namespace: str, component: ResolvedComponent) -> tuple[Pod, tuple[int, ...]]:
+    """A pod with the selector's labels, for a component with no pod running."""
+    selector = component.pod_selector
+    labels = dict(selector.match_labels)
+    for expr in selector.match_expressions:
+        if expr.operator == "In" and expr.values:
+            labels[expr.key] = expr.values[0]
+        elif expr.operator == "Exists":
+            labels[expr.key] = "x"
+    numbers = tuple(int(p.port) for p in component.ports if isinstance(p.port, int))
+    name = f"{component.component.value} (no pod running; labels {selector})"
+    return Pod(namespace, labels, "", name=name), numbers
+
+
+ANY_POD = "a pod of the namespace (none running; no labels)"
+
+
+class NamespaceReach:
+    """The ``kubernetes`` target's evaluator (``verification.Evaluator``)."""
+
+    target = TARGET
+
+    def __init__(
+        self,
+        machines: NamespaceMachines,
+        resolved: Mapping[Component, ResolvedComponent],
+        managed: frozenset[str],
+    ) -> None:
+        self.namespace = machines.namespace
+        self.policies = machines.policies
+        self.resolved = dict(resolved)
+        self.managed = managed
+        self.pods = [_as_pod(self.namespace, p) for p in machines.pods]
+        self._declared = {p.name: p.ports for p in machines.pods}
+        self._stand_ins: dict[str, tuple[int, ...]] = {}
+
+    # -- the parties a check stands for ----------------------------------------------------------
+
+    def _component_pods(self, component: Component) -> list[tuple[Pod, tuple[int, ...]]]:
+        resolved = self.resolved.get(component)
+        if resolved is None:
+            return []
+        selector = resolved.pod_selector.as_manifest()
+        running = [p for p in self.pods if selects(selector, p.labels)]
+        if not running:
+            pod, numbers = _stand_in(self.namespace, resolved)
+            self._stand_ins[pod.name] = numbers
+            return [(pod, numbers)]
+        return [(p, self._ports_of(p, resolved.ports)) for p in running]
+
+    @staticmethod
+    def _ports_of(pod: Pod, ports: Sequence[PodPort]) -> tuple[int, ...]:
+        out = []
+        for port in ports:
+            if isinstance(port.port, int):
+                out.append(port.port)
+            elif port.port in pod.ports:
+                out.append(pod.ports[port.port])
+        return tuple(out)
+
+    def _namespace_pods(self) -> list[Pod]:
+        """One pod per set of labels (NetworkPolicies select by labels), or the components'
+        stand-ins when nothing runs."""
+        if not self.pods:
+            self._stand_ins[ANY_POD] = (ANY_POD_PORT,)
+            anyone = Pod(self.namespace, {}, "", name=ANY_POD)
+            return [anyone, *(pod for c in self.resolved for pod, _ in self._component_pods(c))]
+        by_labels: dict[tuple[tuple[str, str], ...], Pod] = {}
+        for pod in self.pods:
+            by_labels.setdefault(tuple(sorted(pod.labels.items())), pod)
+        return list(by_labels.values())
+
+    def _declared_ports(self, pod: Pod, protocol: str) -> tuple[int, ...]:
+        if pod.name in self._stand_ins:
+            return self._stand_ins[pod.name]
+        return tuple(
+            p.port
+            for p in self._declared.get(pod.name, ())
+            if p.protocol.upper() == protocol.upper()
+        )
+
+    def _opened(self, pod: Pod, check: Check) -> set[int]:
+        """The pod's ports the guide opens to the check's source (left out of a default deny)."""
+        out: set[int] = set()
+        for component, _service_port in check.guide_opens:
+            resolved = self.resolved.get(component)
+            if resolved is not None and selects(resolved.pod_selector.as_manifest(), pod.labels):
+                out |= set(self._ports_of(pod, resolved.ports))
+        return out
+
+    def _sources(self, endpoint: Endpoint) -> list[Party]:
+        if endpoint.pods is Pods.NAMESPACE:
+            return list(self._namespace_pods())
+        if endpoint.pods is Pods.OTHER_NAMESPACE:
+            return [Pod(OTHER_NAMESPACE, {}, "", name=f"{OTHER_NAMESPACE}/a pod")]
+        if endpoint.component is not None:
+            return [pod for pod, _ in self._component_pods(endpoint.component)]
+        return [Outside(endpoint.address())]
+
+    def _pairs(self, check: Check) -> list[_Pair]:
+        sources = self._sources(check.source)
+        destination = check.destination
+        targets: list[tuple[Party, tuple[int, ...]]]
+        if destination.component is not None:
+            targets = list(self._component_pods(destination.component))
+        elif destination.pods is Pods.NAMESPACE:
+            targets = []
+            for pod in self._namespace_pods():
+                opened = self._opened(pod, check)
+                if check.port:
+                    ports: tuple[int, ...] = (check.port,)
+                else:
+                    ports = self._declared_ports(pod, check.protocol)
+                targets.append((pod, tuple(p for p in ports if p not in opened)))
+        elif destination.pods is Pods.CLUSTER_DNS:
+            targets = [(KUBE_DNS, (check.port,))]
+        else:
+            targets = [(Outside(destination.address()), (check.port,))]
+        return [
+            _Pair(source, target, port, check.protocol)
+            for source in sources
+            for target, ports in targets
+            for port in ports
+            if source != target
+        ]
+
+    # -- answers ---------------------------------------------------------------------------------
+
+    def _why_no_port(self, check: Check) -> str:
+        component = check.destination.component or check.source.component
+        resolved = self.resolved.get(component) if component is not None else None
+        if resolved is None:
+            return "no pod of the namespace declares a port to check"
+        named = ", ".join(str(p.port) for p in resolved.ports if isinstance(p.port, str))
+        return (
+            f"the pods of {resolved.component.value} ({resolved.pod_selector}) declare no "
+            f"container port named {named}: nothing can reach them on it"
+        )
+
+    def _mark(self, names: Sequence[str]) -> list[str]:
+        return [
+            f"NetworkPolicy {n}" + ("" if n in self.managed else " (not managed)") for n in names
+        ]
+
+    def evaluate(self, check: Check) -> CheckResult:
+        pairs = self._pairs(check)
+        if not pairs:
+            return CheckResult(check, None, decided_by=(self._why_no_port(check),))
+        decisions = [
+            (pair, decide(self.policies, pair.source, pair.destination, pair.port, pair.protocol))
+            for pair in pairs
+        ]
+        against = [(p, d) for p, d in decisions if d.allowed != check.expect]
+        shown = against or decisions
+        decided = dict.fromkeys(name for _, d in shown for name in d.decided_by)
+        evidence = self._mark(list(decided)) or ["no NetworkPolicy isolates these pods"]
+        allowed = any(d.allowed for _, d in decisions)
+        if check.expect:
+            allowed = all(d.allowed for _, d in decisions)
+        return CheckResult(
+            check,
+            allowed,
+            machines=tuple(dict.fromkeys(p.describe() for p, _ in shown)),
+            decided_by=tuple(evidence),
+        )
+
+    def findings(self, checks: Sequence[Check]) -> list[Finding]:
+        """A flow a guide row needs, blocked although every policy the operator writes is in
+        place (a pod without the named port its Service targets, another policy's isolation):
+        ``GuideRowBlocked``. What widens is judged per policy by the target's policy
+        (``UnmanagedWidening``) and shows here as a violated row."""
+        present = {str(p["metadata"]["name"]) for p in self.policies}
+        if not self.managed <= present:
+            return []  # the missing managed policy is drift, reported and repaired as such
+        out = []
+        for check in checks:
+            if not check.expect:
+                continue
+            result = self.evaluate(check)
+            if result.allowed is not False:
+                continue
+            out.append(
+                Finding.of(
+                    FindingCode.GUIDE_ROW_BLOCKED,
+                    f"{check.describe()}, but it is blocked for "
+                    f"{', '.join(result.machines[:NAMED])}"
+                    + (
+                        f" (+{len(result.machines) - NAMED})"
+                        if len(result.machines) > NAMED
+                        else ""
+                    )
+                    + f": {'; '.join(result.decided_by)} isolate the pods and none admits it",
+                    row=check.row,
+                    target=TARGET,
+                    objects=tuple(result.machines[:NAMED]),
+                )
+            )
+        return out
+
+
+def pods_of(listing: Mapping[str, Any]) -> tuple[ClusterPod, ...]:
+    """The pods of a ``list pods`` answer, as NetworkPolicies see them: pods on the host's
+    network are left out (no NetworkPolicy applies to them), and so are finished ones."""
+    out = []
+    for item in listing.get("items") or []:
+        spec = item.get("spec") or {}
+        status = item.get("status") or {}
+        if spec.get("hostNetwork") or status.get("phase") in ("Succeeded", "Failed"):
+            continue
+        ports = tuple(
+            DeclaredPort(
+                int(port["containerPort"]),
+                str(port.get("protocol") or "TCP"),
+                str(port.get("name") or ""),
+            )
+            for container in spec.get("containers") or []
+            for port in container.get("ports") or []
+            if port.get("containerPort")
+        )
+        meta = item.get("metadata") or {}
+        out.append(
+            ClusterPod(
+                name=str(meta.get("name", "")),
+                labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
+                ip=str(status.get("podIP") or ""),
+                ports=ports,
+            )
+        )
+    return tuple(out)
