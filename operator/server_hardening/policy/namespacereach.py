@@ -26,7 +26,7 @@ from typing import Any
 from server_hardening.components import PodPort, ResolvedComponent
 from server_hardening.guide import Component
 from server_hardening.machines import ClusterPod, DeclaredPort, NamespaceMachines
-from server_hardening.policy.podreach import Outside, Party, Pod, decide, selects
+from server_hardening.policy.podreach import Outside, Party, Pod, as_source, decide, selects
 from server_hardening.rules import Finding, FindingCode
 from server_hardening.verification import Check, CheckResult, Endpoint, Pods
 
@@ -96,6 +96,7 @@ class NamespaceReach:
         self.pods = [_as_pod(self.namespace, p) for p in machines.pods]
         self._declared = {p.name: p.ports for p in machines.pods}
         self._stand_ins: dict[str, tuple[int, ...]] = {}
+        self._answers: dict[Check, CheckResult] = {}  # findings() asks the same checks again
 
     # -- the parties a check stands for ----------------------------------------------------------
 
@@ -153,7 +154,11 @@ class NamespaceReach:
 
     def _sources(self, endpoint: Endpoint) -> list[Party]:
         if endpoint.pods is Pods.NAMESPACE:
-            return list(self._namespace_pods())
+            # As sources, pods that every policy treats alike are one (podreach.as_source).
+            distinct: dict[tuple[tuple[int, int, int], ...], Pod] = {}
+            for pod in self._namespace_pods():
+                distinct.setdefault(as_source(self.policies, pod), pod)
+            return list(distinct.values())
         if endpoint.pods is Pods.OTHER_NAMESPACE:
             return [Pod(OTHER_NAMESPACE, {}, "", name=f"{OTHER_NAMESPACE}/a pod")]
         if endpoint.component is not None:
@@ -206,6 +211,12 @@ class NamespaceReach:
         ]
 
     def evaluate(self, check: Check) -> CheckResult:
+        known = self._answers.get(check)
+        if known is None:
+            known = self._answers[check] = self._evaluate(check)
+        return known
+
+    def _evaluate(self, check: Check) -> CheckResult:
         pairs = self._pairs(check)
         if not pairs:
             return CheckResult(check, None, decided_by=(self._why_no_port(check),))

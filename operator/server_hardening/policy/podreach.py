@@ -188,6 +188,27 @@ def _side(
     return Decision(False, tuple(str(p["metadata"]["name"]) for p in isolating))
 
 
+def as_source(
+    policies: Sequence[Mapping[str, Any]],
+    pod: Pod,
+    namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
+) -> tuple[tuple[int, int, int], ...]:
+    """What decides every connection ``pod`` starts: the ingress peers it matches (policy,
+    rule, peer) and the policies that isolate it for egress. Two pods with the same answer
+    are the same source for :func:`decide`, whatever the destination."""
+    labels = namespace_labels or {}
+    out: list[tuple[int, int, int]] = []
+    for p_index, policy in enumerate(policies):
+        namespace = policy["metadata"].get("namespace", "")
+        for r_index, rule in enumerate(policy["spec"].get("ingress") or []):
+            for e_index, peer in enumerate(rule.get("from") or _EVERY_PEER):
+                if _peer_matches(peer, pod, namespace, labels):
+                    out.append((p_index, r_index, e_index))
+        if selecting([policy], pod, "Egress"):
+            out.append((p_index, -1, -1))
+    return tuple(out)
+
+
 def decide(
     policies: Sequence[Mapping[str, Any]],
     source: Party,

@@ -16,6 +16,7 @@ from server_hardening.machines import ClusterPod, DeclaredPort, NamespaceMachine
 from server_hardening.model import ServerHardeningSpec
 from server_hardening.plan import offline_components
 from server_hardening.policy.namespacereach import NamespaceReach, pods_of
+from server_hardening.policy.podreach import Outside, Pod, as_source, decide
 from server_hardening.renderers.networkpolicy import render_network_policies
 from server_hardening.rules import FindingCode
 from server_hardening.verification import Check, Pods, Verdict, cluster_checks, verify
@@ -207,3 +208,19 @@ def test_pods_are_read_as_network_policies_see_them() -> None:
     pods = pods_of(listing)
     assert [p.name for p in pods] == ["api-0"]
     assert pods[0].ports == (DeclaredPort(8080, "TCP", "http"),)
+
+
+def test_pods_every_policy_treats_alike_are_one_source_and_decide_alike() -> None:
+    spec = make_spec(serverVersion="3", **{"kubernetes.networkPolicies": {"restrictEgress": True}})
+    reach, _ = _reach(spec, extra=[ALLOW_ALL])
+    pods = reach.pods
+    targets = [*pods, Outside("198.51.100.7"), Outside("10.0.0.1")]
+    by_signature: dict[Any, list[Pod]] = {}
+    for pod in pods:
+        by_signature.setdefault(as_source(reach.policies, pod), []).append(pod)
+    assert len(by_signature) < len(pods)  # the rendered policies treat most pods alike
+    for alike in by_signature.values():
+        for target in targets:
+            for port in (22, 443, 5432, 8080):
+                answers = {decide(reach.policies, p, target, port).allowed for p in alike}
+                assert len(answers) == 1, (alike, target, port)
