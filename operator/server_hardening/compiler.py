@@ -82,6 +82,17 @@ class CompiledIntent:
     def component_default(self, component: Component) -> ComponentDefault | None:
         return self.profile.components.get(component)
 
+    def node_egress_allows(self) -> tuple[Rule, ...]:
+        """The Kubernetes nodes' outbound allows: what the namespace's pods may reach with
+        ``restrictEgress`` (the egress policy writes them, ``verify`` checks them)."""
+        return tuple(
+            rule
+            for rule in self.rules
+            if rule.subject is Role.KUBERNETES_NODES
+            and rule.direction is Direction.EGRESS
+            and rule.action is Action.ALLOW
+        )
+
 
 def _sorted_cidrs(cidrs: Iterable[str]) -> tuple[str, ...]:
     unique = {parse(c) for c in cidrs}

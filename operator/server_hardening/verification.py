@@ -331,13 +331,7 @@ def _egress_checks(intent: CompiledIntent, pods: Endpoint, world: Endpoint) -> l
         server = Endpoint("the API server", None, tuple(api.cidrs))
         checks += [Check("CHOICE-NP-APISERVER", pods, server, "tcp", p, True) for p in api.ports]
     unlisted_open = False
-    for rule in intent.rules:
-        if (
-            rule.subject is not Role.KUBERNETES_NODES
-            or rule.direction is not Direction.EGRESS
-            or rule.action is not Action.ALLOW
-        ):
-            continue
+    for rule in intent.node_egress_allows():
         rows = sorted(r for r in rule.rows if not r.startswith("CHOICE-AWS-"))
         port = rule.ports.first if rule.ports is not None else 443
         protocols = ("tcp",) if rule.protocol is Protocol.ALL else (rule.protocol.value,)

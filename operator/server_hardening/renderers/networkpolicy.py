@@ -40,7 +40,7 @@ from server_hardening.ownership import (
     owner_annotation,
     owner_label,
 )
-from server_hardening.rules import Action, Direction, Peer, Protocol, Role
+from server_hardening.rules import Peer, Protocol
 
 Manifest = Mapping[str, Any]
 """A NetworkPolicy as the API server takes it (networking.k8s.io/v1, camelCase)."""
@@ -199,13 +199,7 @@ def _egress_policy(
                 "ports": [{"protocol": "TCP", "port": p} for p in api.ports],
             }
         )
-    for rule in intent.rules:
-        if (
-            rule.subject is not Role.KUBERNETES_NODES
-            or rule.direction is not Direction.EGRESS
-            or rule.action is not Action.ALLOW
-        ):
-            continue
+    for rule in intent.node_egress_allows():
         entry: dict[str, Any] = {"to": _ip_blocks([rule.peer])}
         if rule.protocol is not Protocol.ALL and rule.ports is not None:
             port: dict[str, Any] = {
