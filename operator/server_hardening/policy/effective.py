@@ -20,7 +20,10 @@ This module answers two questions on the machines the adapters read (``machines`
   finding says what to change, and where.
 
 Machines whose layers are the same (same groups, same subnet; same tags and service accounts)
-behave the same: they are evaluated once, as one signature, and named together.
+behave the same: they are evaluated once, as one signature, and named together, one address
+standing for them all. A rule whose peer range holds some of them and not others (a /32 naming
+one machine) splits them: machines are together only when every peer range of every rule
+treats their addresses alike.
 """
 
 from __future__ import annotations
@@ -60,6 +63,64 @@ def _contains(cidr: str, ip: str) -> bool:
     except ValueError:
         return False
     return net.version == address.version and address in net
+
+
+@dataclass(frozen=True)
+class _Net:
+    """A rule's peer range as integers, for telling many addresses apart at once."""
+
+    text: str
+    version: int
+    first: int
+    last: int
+
+
+def _nets(cidrs: Iterable[str]) -> tuple[_Net, ...]:
+    """The distinct ranges, the whole internet left out (it holds every address alike)."""
+    out: dict[str, _Net] = {}
+    for text in cidrs:
+        if text in out:
+            continue
+        try:
+            net = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            continue
+        if net.prefixlen:
+            last = int(net.broadcast_address)
+            out[text] = _Net(text, net.version, int(net.network_address), last)
+    return tuple(out.values())
+
+
+def _held_by(addresses: Sequence[str], nets: Sequence[_Net]) -> list[tuple[str, ...]]:
+    """For each address, the ranges among ``nets`` that hold it, counting only the ranges that
+    hold some of ``addresses`` and not all: two addresses with the same answer meet every rule
+    alike. Only ranges that cross the span of the addresses are tested one by one (a VPC's
+    thousands of /32s elsewhere cost one comparison each)."""
+    points: list[tuple[int, int]] = []
+    for text in addresses:
+        try:
+            ip = ipaddress.ip_address(text)
+            points.append((ip.version, int(ip)))
+        except ValueError:
+            points.append((0, -1))
+    if len(points) < 2:
+        return [() for _ in points]
+    spans: dict[int, tuple[int, int]] = {}
+    for version, value in points:
+        low, high = spans.get(version, (value, value))
+        spans[version] = (min(low, value), max(high, value))
+    deciding = []
+    for net in nets:
+        span = spans.get(net.version)
+        if span is None or net.last < span[0] or net.first > span[1]:
+            continue  # holds none of them
+        if net.first <= span[0] and span[1] <= net.last:
+            continue  # holds all of them
+        deciding.append(net)
+    return [
+        tuple(n.text for n in deciding if n.version == version and n.first <= value <= n.last)
+        for version, value in points
+    ]
 
 
 def _is_world(endpoint: Endpoint) -> bool:
@@ -169,6 +230,7 @@ class _Evaluator(Generic[SigT]):
                 (machines, self._pair(src, dst, check, src == dst))
                 for dst, machines in self._classes(targets, Direction.INGRESS, check)
                 for src, _ in sources
+                if src != dst or len(machines) > 1  # a lone machine is no peer of itself
             ),
         )
 
@@ -206,6 +268,7 @@ class _AwsSignature:
     groups: tuple[str, ...]
     subnet: str
     interfaces: tuple[AwsInterface, ...]
+    held_by: tuple[str, ...] = ()  # the peer ranges that hold its addresses (see _held_by)
 
     @property
     def address(self) -> str:
@@ -279,15 +342,42 @@ class AwsEffective(_Evaluator[_AwsSignature]):
         self._reach_cache: dict[
             tuple[tuple[str, ...], Direction, str, int], tuple[AtomicRule, ...]
         ] = {}
+        held = self._held_by_subnet()
         for role_machines in machines.roles:
-            grouped: dict[tuple[tuple[str, ...], str], list[AwsInterface]] = {}
+            grouped: dict[tuple[tuple[str, ...], str, tuple[str, ...]], list[AwsInterface]] = {}
             for interface in role_machines.interfaces:
-                key = (tuple(sorted(interface.group_ids)), interface.subnet_id)
+                key = (
+                    tuple(sorted(interface.group_ids)),
+                    interface.subnet_id,
+                    held[interface.interface_id],
+                )
                 grouped.setdefault(key, []).append(interface)
             self.signatures[role_machines.role] = [
-                _AwsSignature(role_machines.role, groups, subnet, tuple(members))
-                for (groups, subnet), members in sorted(grouped.items())
+                _AwsSignature(role_machines.role, groups, subnet, tuple(members), ranges)
+                for (groups, subnet, ranges), members in sorted(grouped.items())
             ]
+
+    def _held_by_subnet(self) -> dict[str, tuple[str, ...]]:
+        """Per interface, the peer ranges (of every group rule and ACL entry) that hold its
+        address, among those that tell the interfaces of its subnet apart: the same answer
+        for the whole subnet's interfaces, so signatures of one subnet compare (``_classes``)."""
+        machines = self.machines
+        nets = _nets(
+            [
+                *(r.peer for rules in machines.group_rules.values() for r in rules
+                  if r.peer_type in ("cidr4", "cidr6")),
+                *(e.cidr for acl in machines.subnet_acls.values() for e in acl.entries),
+            ]
+        )  # fmt: skip
+        by_subnet: dict[str, dict[str, AwsInterface]] = {}
+        for role_machines in machines.roles:
+            for interface in role_machines.interfaces:
+                by_subnet.setdefault(interface.subnet_id, {})[interface.interface_id] = interface
+        held: dict[str, tuple[str, ...]] = {}
+        for interfaces in by_subnet.values():
+            found = _held_by([i.private_ips[0] for i in interfaces.values()], nets)
+            held.update(zip(interfaces, found, strict=True))
+        return held
 
     # -- one side of a connection ------------------------------------------------------------------
 
@@ -410,14 +500,15 @@ class AwsEffective(_Evaluator[_AwsSignature]):
         """Signatures that meet the same rules for this check, in the same subnet and with the
         same groups that other rules name as peers, answer it the same: one representative
         each, named with every member's machines (500 instances in 100 signatures made 10,000
-        pairs a check; a group that opens nothing on the port no longer splits them). As for
-        one signature, a member is represented by the first one's address."""
+        pairs a check; a group that opens nothing on the port no longer splits them), and with
+        the same peer ranges holding their addresses (as within one signature)."""
         classes: dict[Any, tuple[_AwsSignature, list[str]]] = {}
         for sig in signatures:
             key = (
                 self._reaching(sig.groups, direction, check.protocol, check.port),
                 sig.subnet,
                 tuple(g for g in sig.groups if g in self._referenced),
+                sig.held_by,
             )
             if key in classes:
                 classes[key][1].extend(sig.machines)
@@ -639,19 +730,27 @@ class GcpEffective(_Evaluator[_GcpSignature]):
         self.machines = machines
         self.managed = frozenset(managed)
         self.firewalls = [f for f in machines.firewalls if not f.get("disabled")]
+        nets = _nets(
+            [
+                *(r for f in self.firewalls for field in ("sourceRanges", "destinationRanges")
+                  for r in f.get(field) or ()),
+                *(r for rule in machines.policy_rules for r in rule.ranges),
+            ]
+        )  # fmt: skip
         for role_machines in machines.roles:
-            grouped: dict[tuple[tuple[str, ...], tuple[str, ...]], list[GcpInstance]] = {}
-            for instance in role_machines.instances:
-                if not instance.network_ips:
-                    continue
+            addressed = [i for i in role_machines.instances if i.network_ips]
+            held = _held_by([i.network_ips[0] for i in addressed], nets)
+            grouped: dict[Any, list[GcpInstance]] = {}
+            for instance, ranges in zip(addressed, held, strict=True):
                 key = (
                     tuple(sorted(instance.network_tags)),
                     tuple(sorted(instance.service_accounts)),
+                    ranges,
                 )
                 grouped.setdefault(key, []).append(instance)
             self.signatures[role_machines.role] = [
                 _GcpSignature(role_machines.role, tags, accounts, tuple(members))
-                for (tags, accounts), members in sorted(grouped.items())
+                for (tags, accounts, _), members in sorted(grouped.items())
             ]
 
     def _policy(

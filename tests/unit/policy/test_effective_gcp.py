@@ -158,3 +158,25 @@ def test_a_network_policy_evaluated_after_the_vpc_rules_decides_only_what_none_m
     results, _ = rows(machines(policy=(early_allow,)))
     assert verdict(results, "ALL-IN-1") is Verdict.VIOLATED
     assert "firewall policy net-policy rule 200 (allow)" in evidence(results, "ALL-IN-1")
+
+
+def test_a_rule_naming_one_instances_address_is_judged_for_it_not_its_neighbours() -> None:
+    # Above the guide's isolation denies, SSH out to the clients' subnet, and in from one
+    # Nomad client's address alone: that client reaches its neighbour.
+    out = {"name": "ssh-out", "direction": "EGRESS", "priority": 800,
+           "targetTags": ["circleci-nomad"], "destinationRanges": ["10.132.0.0/20"],
+           "allowed": [{"IPProtocol": "tcp", "ports": ["22"]}]}  # fmt: skip
+    rule = {"name": "from-one-client", "direction": "INGRESS", "priority": 800,
+            "targetTags": ["circleci-nomad"], "sourceRanges": ["10.132.0.11/32"],
+            "allowed": [{"IPProtocol": "tcp", "ports": ["22"]}]}  # fmt: skip
+    results, _ = rows(machines(out, rule))
+    assert verdict(results, "NOMAD-ISO-1") is Verdict.VIOLATED
+    assert "from-one-client" in evidence(results, "NOMAD-ISO-1")
+    (violated,) = [
+        c
+        for r in results
+        if r.row == "NOMAD-ISO-1"
+        for c in r.checks
+        if c.verdict is Verdict.VIOLATED
+    ]
+    assert violated.machines == ("circleci-nomad-0",)  # the one reached (from nomad-1)
