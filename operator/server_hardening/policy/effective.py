@@ -719,29 +719,6 @@ def _targets(rule: Mapping[str, Any], tags: Sequence[str], accounts: Sequence[st
     return bool(set(by_tag) & set(tags)) or bool(set(by_account) & set(accounts))
 
 
-def _applies(
-    rule: Mapping[str, Any],
-    direction: str,
-    tags: Sequence[str],
-    accounts: Sequence[str],
-    peer_ip: str,
-    peer: _GcpSignature | None,
-    protocol: str,
-    port: int,
-) -> bool:
-    """Does a VPC rule (allow or deny) match this packet: its direction, an instance it targets
-    (``tags``, ``accounts``), the port, and the peer by address, tag or service account?"""
-    if str(rule.get("direction", "INGRESS")) != direction or not _targets(rule, tags, accounts):
-        return False
-    if not _gcp_ports_match(rule.get("allowed") or rule.get("denied") or [], protocol, port):
-        return False
-    if direction != "INGRESS":
-        return _any_in(peer_ip, rule.get("destinationRanges") or ["0.0.0.0/0", "::/0"])
-    if peer is None:
-        return _applies_from(rule, peer_ip, (), ())
-    return _applies_from(rule, peer_ip, peer.tags, peer.accounts)
-
-
 def _applies_from(
     rule: Mapping[str, Any], ip: str, tags: Sequence[str], accounts: Sequence[str]
 ) -> bool:
@@ -903,11 +880,22 @@ class GcpEffective(_Evaluator[_GcpSignature]):
     ) -> tuple[bool, list[Mapping[str, Any]]]:
         """The VPC rules' verdict and the rules of the deciding priority (deny wins a tie);
         ``rules``: other rules than the network's (the guide's alone)."""
-        matching = [
-            rule
-            for rule in (self.firewalls if rules is None else rules)
-            if _applies(rule, direction, tags, accounts, peer_ip, peer, protocol, port)
-        ]
+        peer_tags, peer_accounts = (peer.tags, peer.accounts) if peer is not None else ((), ())
+        matching = []
+        for rule in self.firewalls if rules is None else rules:
+            if str(rule.get("direction", "INGRESS")) != direction or not _targets(
+                rule, tags, accounts
+            ):
+                continue
+            entries = rule.get("allowed") or rule.get("denied") or []
+            if not _gcp_ports_match(entries, protocol, port):
+                continue
+            if direction == "INGRESS":
+                if not _applies_from(rule, peer_ip, peer_tags, peer_accounts):
+                    continue
+            elif not _any_in(peer_ip, rule.get("destinationRanges") or ["0.0.0.0/0", "::/0"]):
+                continue
+            matching.append(rule)
         if not matching:
             return direction == "EGRESS", []
         best = min(int(r.get("priority", 1000)) for r in matching)
@@ -1259,26 +1247,22 @@ class GcpEffective(_Evaluator[_GcpSignature]):
         row = row if src_role is dst_role else ""
         objects = (*names, *list(seen.targets)[:NAMED])
         if seen.reachable:
+            out = f" (let out by {', '.join(seen.sent_by)})" if seen.sent_by else ""
             stopped = (
                 f"; on {_spans_text(seen.stopped)} their egress stops it for now"
                 if seen.stopped
                 else ""
             )
-            out = f" (let out by {', '.join(seen.sent_by)})" if seen.sent_by else ""
-            return Finding.of(
-                FindingCode.UNMANAGED_WIDENING,
+            code = FindingCode.UNMANAGED_WIDENING
+            message = (
                 f"{said} lets {who} on {_spans_text(seen.reachable)}{out}, which no guide row "
-                f"lists{stopped}; {remedy}",
-                row=row,
-                target=self.target,
-                objects=objects,
+                f"lists{stopped}; {remedy}"
             )
-        return Finding.of(
-            FindingCode.UNMANAGED_RULE_SHADOWED,
-            f"{said} admits {who.replace(' reach ', ' to ')} on {_spans_text(seen.stopped)}, "
-            "which no guide row lists; the senders' egress stops it for now "
-            f"({'; '.join(seen.stopped_by)}): it would open if that went; {remedy}",
-            row=row,
-            target=self.target,
-            objects=objects,
-        )
+        else:
+            code = FindingCode.UNMANAGED_RULE_SHADOWED
+            message = (
+                f"{said} admits {who.replace(' reach ', ' to ')} on {_spans_text(seen.stopped)}, "
+                "which no guide row lists; the senders' egress stops it for now "
+                f"({'; '.join(seen.stopped_by)}): it would open if that went; {remedy}"
+            )
+        return Finding.of(code, message, row=row, target=self.target, objects=objects)
