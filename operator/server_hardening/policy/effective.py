@@ -796,14 +796,16 @@ class GcpEffective(_Evaluator[_GcpSignature]):
         machines: GcpMachines,
         *,
         managed: Iterable[str],
-        guide: Iterable[Mapping[str, Any]] = (),
+        guide: Iterable[Mapping[str, Any]] | None = None,
     ) -> None:
         """``managed``: the names of the firewalls this resource writes; ``guide``: the
-        firewalls the guide renders for it (what it allows whether or not they exist now)."""
+        firewalls the guide renders for it (what it allows whether or not they exist now;
+        without them, rules between the roles are not judged: nothing says what is listed)."""
         super().__init__()
         self.machines = machines
         self.managed = frozenset(managed)
-        self.guide = [f for f in guide if not f.get("disabled")]
+        self.guided = guide is not None
+        self.guide = [f for f in guide or () if not f.get("disabled")]
         self.firewalls = [f for f in machines.firewalls if not f.get("disabled")]
         self.foreign_names = frozenset(
             str(f.get("name")) for f in self.firewalls if str(f.get("name")) not in self.managed
@@ -1039,6 +1041,8 @@ class GcpEffective(_Evaluator[_GcpSignature]):
         once per signature; a pair of signatures is judged only when some such rule applies
         to it, and pairs that meet the same rules share one evaluation."""
         out: dict[tuple[tuple[str, ...], Role, Role], _Between] = {}
+        if not self.guided:
+            return out
         inbound = [f for f in self.firewalls if str(f.get("direction", "INGRESS")) == "INGRESS"]
         foreign = frozenset(
             n
