@@ -20,15 +20,19 @@ This module answers two questions on the machines the adapters read (``machines`
   finding says what to change, and where.
 
 Machines whose layers are the same (same groups, same subnet; same tags and service accounts)
-behave the same: they are evaluated once, as one signature, and named together.
+behave the same: they are evaluated once, as one signature, and named together, one address
+standing for them all. A rule whose peer range holds some of them and not others (a /32 naming
+one machine) splits them: machines are together only when every peer range of every rule
+treats their addresses alike.
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
+import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Protocol, TypeVar
 
 from server_hardening.guide import SENSITIVE_PORTS
@@ -41,6 +45,7 @@ from server_hardening.machines import (
     NetworkAcl,
 )
 from server_hardening.policy.exposure import world_families
+from server_hardening.policy.owners import gcp_firewall_controller
 from server_hardening.renderers.aws import AtomicRule
 from server_hardening.rules import Direction, Finding, FindingCode, Role
 from server_hardening.verification import OUTSIDER, Check, CheckResult, Endpoint, Verdict
@@ -60,6 +65,64 @@ def _contains(cidr: str, ip: str) -> bool:
     except ValueError:
         return False
     return net.version == address.version and address in net
+
+
+@dataclass(frozen=True)
+class _Net:
+    """A rule's peer range as integers, for telling many addresses apart at once."""
+
+    text: str
+    version: int
+    first: int
+    last: int
+
+
+def _nets(cidrs: Iterable[str]) -> tuple[_Net, ...]:
+    """The distinct ranges, the whole internet left out (it holds every address alike)."""
+    out: dict[str, _Net] = {}
+    for text in cidrs:
+        if text in out:
+            continue
+        try:
+            net = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            continue
+        if net.prefixlen:
+            last = int(net.broadcast_address)
+            out[text] = _Net(text, net.version, int(net.network_address), last)
+    return tuple(out.values())
+
+
+def _held_by(addresses: Sequence[str], nets: Sequence[_Net]) -> list[tuple[str, ...]]:
+    """For each address, the ranges among ``nets`` that hold it, counting only the ranges that
+    hold some of ``addresses`` and not all: two addresses with the same answer meet every rule
+    alike. Only ranges that cross the span of the addresses are tested one by one (a VPC's
+    thousands of /32s elsewhere cost one comparison each)."""
+    points: list[tuple[int, int]] = []
+    for text in addresses:
+        try:
+            ip = ipaddress.ip_address(text)
+            points.append((ip.version, int(ip)))
+        except ValueError:
+            points.append((0, -1))
+    if len(points) < 2:
+        return [() for _ in points]
+    spans: dict[int, tuple[int, int]] = {}
+    for version, value in points:
+        low, high = spans.get(version, (value, value))
+        spans[version] = (min(low, value), max(high, value))
+    deciding = []
+    for net in nets:
+        span = spans.get(net.version)
+        if span is None or net.last < span[0] or net.first > span[1]:
+            continue  # holds none of them
+        if net.first <= span[0] and span[1] <= net.last:
+            continue  # holds all of them
+        deciding.append(net)
+    return [
+        tuple(n.text for n in deciding if n.version == version and n.first <= value <= n.last)
+        for version, value in points
+    ]
 
 
 def _is_world(endpoint: Endpoint) -> bool:
@@ -169,6 +232,7 @@ class _Evaluator(Generic[SigT]):
                 (machines, self._pair(src, dst, check, src == dst))
                 for dst, machines in self._classes(targets, Direction.INGRESS, check)
                 for src, _ in sources
+                if src != dst or len(machines) > 1  # a lone machine is no peer of itself
             ),
         )
 
@@ -206,6 +270,7 @@ class _AwsSignature:
     groups: tuple[str, ...]
     subnet: str
     interfaces: tuple[AwsInterface, ...]
+    held_by: tuple[str, ...] = ()  # the peer ranges that hold its addresses (see _held_by)
 
     @property
     def address(self) -> str:
@@ -279,15 +344,42 @@ class AwsEffective(_Evaluator[_AwsSignature]):
         self._reach_cache: dict[
             tuple[tuple[str, ...], Direction, str, int], tuple[AtomicRule, ...]
         ] = {}
+        held = self._held_by_subnet()
         for role_machines in machines.roles:
-            grouped: dict[tuple[tuple[str, ...], str], list[AwsInterface]] = {}
+            grouped: dict[tuple[tuple[str, ...], str, tuple[str, ...]], list[AwsInterface]] = {}
             for interface in role_machines.interfaces:
-                key = (tuple(sorted(interface.group_ids)), interface.subnet_id)
+                key = (
+                    tuple(sorted(interface.group_ids)),
+                    interface.subnet_id,
+                    held[interface.interface_id],
+                )
                 grouped.setdefault(key, []).append(interface)
             self.signatures[role_machines.role] = [
-                _AwsSignature(role_machines.role, groups, subnet, tuple(members))
-                for (groups, subnet), members in sorted(grouped.items())
+                _AwsSignature(role_machines.role, groups, subnet, tuple(members), ranges)
+                for (groups, subnet, ranges), members in sorted(grouped.items())
             ]
+
+    def _held_by_subnet(self) -> dict[str, tuple[str, ...]]:
+        """Per interface, the peer ranges (of every group rule and ACL entry) that hold its
+        address, among those that tell the interfaces of its subnet apart: the same answer
+        for the whole subnet's interfaces, so signatures of one subnet compare (``_classes``)."""
+        machines = self.machines
+        nets = _nets(
+            [
+                *(r.peer for rules in machines.group_rules.values() for r in rules
+                  if r.peer_type in ("cidr4", "cidr6")),
+                *(e.cidr for acl in machines.subnet_acls.values() for e in acl.entries),
+            ]
+        )  # fmt: skip
+        by_subnet: dict[str, dict[str, AwsInterface]] = {}
+        for role_machines in machines.roles:
+            for interface in role_machines.interfaces:
+                by_subnet.setdefault(interface.subnet_id, {})[interface.interface_id] = interface
+        held: dict[str, tuple[str, ...]] = {}
+        for interfaces in by_subnet.values():
+            found = _held_by([i.private_ips[0] for i in interfaces.values()], nets)
+            held.update(zip(interfaces, found, strict=True))
+        return held
 
     # -- one side of a connection ------------------------------------------------------------------
 
@@ -410,14 +502,15 @@ class AwsEffective(_Evaluator[_AwsSignature]):
         """Signatures that meet the same rules for this check, in the same subnet and with the
         same groups that other rules name as peers, answer it the same: one representative
         each, named with every member's machines (500 instances in 100 signatures made 10,000
-        pairs a check; a group that opens nothing on the port no longer splits them). As for
-        one signature, a member is represented by the first one's address."""
+        pairs a check; a group that opens nothing on the port no longer splits them), and with
+        the same peer ranges holding their addresses (as within one signature)."""
         classes: dict[Any, tuple[_AwsSignature, list[str]]] = {}
         for sig in signatures:
             key = (
                 self._reaching(sig.groups, direction, check.protocol, check.port),
                 sig.subnet,
                 tuple(g for g in sig.groups if g in self._referenced),
+                sig.held_by,
             )
             if key in classes:
                 classes[key][1].extend(sig.machines)
@@ -626,6 +719,70 @@ def _targets(rule: Mapping[str, Any], tags: Sequence[str], accounts: Sequence[st
     return bool(set(by_tag) & set(tags)) or bool(set(by_account) & set(accounts))
 
 
+def _applies_from(
+    rule: Mapping[str, Any], ip: str, tags: Sequence[str], accounts: Sequence[str]
+) -> bool:
+    """Do an ingress rule's sources hold a sender: by address, tag or service account (none
+    at all: every sender)?"""
+    ranges = rule.get("sourceRanges") or []
+    src_tags = rule.get("sourceTags") or []
+    src_accounts = rule.get("sourceServiceAccounts") or []
+    if not ranges and not src_tags and not src_accounts:
+        return True
+    by_peer = bool(set(src_tags) & set(tags)) or bool(set(src_accounts) & set(accounts))
+    return by_peer or _any_in(ip, ranges)
+
+
+def _world_sourced(rule: Mapping[str, Any]) -> bool:
+    """An ingress rule whose sources make up the whole internet (none at all: GCP's default)."""
+    ranges = rule.get("sourceRanges") or []
+    if not ranges and not rule.get("sourceTags") and not rule.get("sourceServiceAccounts"):
+        return True
+    return bool(world_families(ranges))
+
+
+def _port_spans(entries: Sequence[Any], protocol: str) -> list[tuple[int, int]]:
+    """The port ranges (1-65535 at most) a rule's entries give ``protocol``."""
+    out = []
+    for entry in entries:
+        proto = str(entry.get("IPProtocol", entry.get("ipProtocol", ""))).lower()
+        if proto not in ("all", protocol, {"tcp": "6", "udp": "17"}[protocol]):
+            continue
+        for text in entry.get("ports") or ["1-65535"]:
+            first, _, last = str(text).partition("-")
+            out.append((max(int(first), 1), int(last or first)))
+    return out
+
+
+def _spans_text(spans: Iterable[tuple[str, int, int]]) -> str:
+    """``tcp 1-4646, 4648-65535; udp 53``: adjacent ranges joined."""
+    merged: dict[str, list[list[int]]] = {}
+    for protocol, first, last in sorted(spans):
+        ranges = merged.setdefault(protocol, [])
+        if ranges and first <= ranges[-1][1] + 1:
+            ranges[-1][1] = max(ranges[-1][1], last)
+        else:
+            ranges.append([first, last])
+    return "; ".join(
+        f"{protocol} " + ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+        for protocol, ranges in merged.items()
+    )
+
+
+@dataclass
+class _Between:
+    """What one rule lets one role's instances reach on another's, beyond the guide."""
+
+    rule: Mapping[str, Any]
+    sources: dict[str, None]
+    targets: dict[str, None]
+    reachable: set[tuple[str, int, int]]
+    stopped: set[tuple[str, int, int]]
+    stopped_by: dict[str, None]
+    sent_by: dict[str, None]  # rules this resource does not write that let the senders out
+    added: set[int] = field(default_factory=set)  # answers (shared by pairs) counted in
+
+
 class GcpEffective(_Evaluator[_GcpSignature]):
     """The effective access of every instance the GCP adapter read: the firewall policies first
     (in their order; ``goto_next`` defers), then every VPC rule that targets the instance, by
@@ -634,24 +791,46 @@ class GcpEffective(_Evaluator[_GcpSignature]):
     target = "gcp"
     noun = "instance"
 
-    def __init__(self, machines: GcpMachines, *, managed: Iterable[str]) -> None:
+    def __init__(
+        self,
+        machines: GcpMachines,
+        *,
+        managed: Iterable[str],
+        guide: Iterable[Mapping[str, Any]] | None = None,
+    ) -> None:
+        """``managed``: the names of the firewalls this resource writes; ``guide``: the
+        firewalls the guide renders for it (what it allows whether or not they exist now;
+        without them, rules between the roles are not judged: nothing says what is listed)."""
         super().__init__()
         self.machines = machines
         self.managed = frozenset(managed)
+        self.guided = guide is not None
+        self.guide = [f for f in guide or () if not f.get("disabled")]
         self.firewalls = [f for f in machines.firewalls if not f.get("disabled")]
+        self.foreign_names = frozenset(
+            str(f.get("name")) for f in self.firewalls if str(f.get("name")) not in self.managed
+        )
+        nets = _nets(
+            [
+                *(r for f in self.firewalls for field in ("sourceRanges", "destinationRanges")
+                  for r in f.get(field) or ()),
+                *(r for rule in machines.policy_rules for r in rule.ranges),
+            ]
+        )  # fmt: skip
         for role_machines in machines.roles:
-            grouped: dict[tuple[tuple[str, ...], tuple[str, ...]], list[GcpInstance]] = {}
-            for instance in role_machines.instances:
-                if not instance.network_ips:
-                    continue
+            addressed = [i for i in role_machines.instances if i.network_ips]
+            held = _held_by([i.network_ips[0] for i in addressed], nets)
+            grouped: dict[Any, list[GcpInstance]] = {}
+            for instance, ranges in zip(addressed, held, strict=True):
                 key = (
                     tuple(sorted(instance.network_tags)),
                     tuple(sorted(instance.service_accounts)),
+                    ranges,
                 )
                 grouped.setdefault(key, []).append(instance)
             self.signatures[role_machines.role] = [
                 _GcpSignature(role_machines.role, tags, accounts, tuple(members))
-                for (tags, accounts), members in sorted(grouped.items())
+                for (tags, accounts, _), members in sorted(grouped.items())
             ]
 
     def _policy(
@@ -699,10 +878,13 @@ class GcpEffective(_Evaluator[_GcpSignature]):
         peer: _GcpSignature | None,
         protocol: str,
         port: int,
+        rules: Sequence[Mapping[str, Any]] | None = None,
     ) -> tuple[bool, list[Mapping[str, Any]]]:
-        """The VPC rules' verdict and the rules of the deciding priority (deny wins a tie)."""
+        """The VPC rules' verdict and the rules of the deciding priority (deny wins a tie);
+        ``rules``: other rules than the network's (the guide's alone)."""
+        peer_tags, peer_accounts = (peer.tags, peer.accounts) if peer is not None else ((), ())
         matching = []
-        for rule in self.firewalls:
+        for rule in self.firewalls if rules is None else rules:
             if str(rule.get("direction", "INGRESS")) != direction or not _targets(
                 rule, tags, accounts
             ):
@@ -711,15 +893,7 @@ class GcpEffective(_Evaluator[_GcpSignature]):
             if not _gcp_ports_match(entries, protocol, port):
                 continue
             if direction == "INGRESS":
-                ranges = rule.get("sourceRanges") or []
-                src_tags = rule.get("sourceTags") or []
-                src_accounts = rule.get("sourceServiceAccounts") or []
-                unsourced = not ranges and not src_tags and not src_accounts
-                by_peer = peer is not None and (
-                    bool(set(src_tags) & set(peer.tags))
-                    or bool(set(src_accounts) & set(peer.accounts))
-                )
-                if not (unsourced or _any_in(peer_ip, ranges) or by_peer):
+                if not _applies_from(rule, peer_ip, peer_tags, peer_accounts):
                     continue
             elif not _any_in(peer_ip, rule.get("destinationRanges") or ["0.0.0.0/0", "::/0"]):
                 continue
@@ -739,7 +913,10 @@ class GcpEffective(_Evaluator[_GcpSignature]):
         peer: _GcpSignature | None,
         protocol: str,
         port: int,
+        rules: Sequence[Mapping[str, Any]] | None = None,
     ) -> tuple[bool, list[str]]:
+        """``rules``: the VPC rules to consider, when the caller knows which of the network's
+        can match (every one that targets ``sig`` and matches ``peer``, any port)."""
         # Hierarchical policies (and a network policy set BEFORE_CLASSIC_FIREWALL) first; then
         # the VPC rules; a network policy evaluated after them decides what no VPC rule matched;
         # then the implied rules.
@@ -748,9 +925,11 @@ class GcpEffective(_Evaluator[_GcpSignature]):
         )
         if decided is not None:
             return decided[0], [decided[1]]
-        allowed, rules = self._vpc(direction, sig.tags, sig.accounts, peer_ip, peer, protocol, port)
-        if rules:
-            return allowed, [str(r.get("name", "?")) for r in rules]
+        allowed, deciding = self._vpc(
+            direction, sig.tags, sig.accounts, peer_ip, peer, protocol, port, rules
+        )
+        if deciding:
+            return allowed, [str(r.get("name", "?")) for r in deciding]
         decided = self._policy(
             direction, peer_ip, protocol, port, sig.accounts, after_vpc_rules=True
         )
@@ -792,7 +971,10 @@ class GcpEffective(_Evaluator[_GcpSignature]):
         return self._side("EGRESS", src, dst.address(), None, check.protocol, check.port)
 
     def findings(self, checks: Sequence[Check] = ()) -> list[Finding]:
-        out: list[Finding] = list(self.machines.findings)
+        between = self._between_roles()
+        out = [*self.machines.findings, *(self._between_finding(b) for b in between.items())]
+        # The rules reported above, for the pairs of roles they were found between.
+        found = {(name, src, dst) for (names, src, dst) in between for name in names}
         for check in checks:
             result = self.evaluate(check)
             if result.verdict is not Verdict.VIOLATED:
@@ -800,6 +982,9 @@ class GcpEffective(_Evaluator[_GcpSignature]):
             foreign = [d for d in result.decided_by if d not in self.managed]
             if not foreign:
                 continue  # only our own rules decide: the managed rules' drift says why
+            pair = (check.source.role, check.destination.role)
+            if not check.expect and any((name, *pair) in found for name in foreign):
+                continue  # reported above, with every port it opens between the two roles
             if check.expect:
                 out.append(
                     Finding.of(
@@ -837,3 +1022,251 @@ class GcpEffective(_Evaluator[_GcpSignature]):
                     )
                 )
         return out
+
+    # -- between the roles, on every port ----------------------------------------------------------
+
+    def _between_roles(self) -> dict[tuple[tuple[str, ...], Role, Role], _Between]:
+        """Every rule this resource does not write that lets one role's instances reach
+        another's (or their own neighbours) on a port no guide row lists, whether or not a
+        check of the guide asks about that port: GKE's ``gke-<cluster>-<hash>-vms`` admitting
+        10.128.0.0/9 (the Nomad and VM subnets of a default network) to the nodes on every
+        port. Judged on the effective state: the ports where that rule decides the receivers'
+        ingress (the firewall policies and every VPC rule above it considered), split into
+        those the senders' egress lets out now and those it stops. A rule sourced from the
+        whole internet is left to the world checks (``WorldOpenSensitivePort``) and the rule
+        judges, which say it for every sender; the cluster's nodes among themselves are
+        GKE's business.
+
+        Cost: which rules target each signature and which rules' sources hold it are found
+        once per signature; a pair of signatures is judged only when some such rule applies
+        to it, and pairs that meet the same rules share one evaluation."""
+        out: dict[tuple[tuple[str, ...], Role, Role], _Between] = {}
+        if not self.guided:
+            return out
+        inbound = [f for f in self.firewalls if str(f.get("direction", "INGRESS")) == "INGRESS"]
+        foreign = frozenset(
+            n
+            for n, f in enumerate(inbound)
+            if f.get("allowed") and str(f.get("name", "")) not in self.managed
+            and not _world_sourced(f)
+        )  # fmt: skip
+        if not foreign:
+            return out
+        outbound = [f for f in self.firewalls if str(f.get("direction", "INGRESS")) == "EGRESS"]
+        guide = [f for f in self.guide if str(f.get("direction", "INGRESS")) == "INGRESS"]
+        signatures = [sig for sigs in self.signatures.values() for sig in sigs]
+
+        def targeting(rules: Sequence[Mapping[str, Any]], sig: _GcpSignature) -> frozenset[int]:
+            return frozenset(n for n, f in enumerate(rules) if _targets(f, sig.tags, sig.accounts))
+
+        def sourced(rules: Sequence[Mapping[str, Any]], sig: _GcpSignature) -> frozenset[int]:
+            return frozenset(
+                n for n, f in enumerate(rules)
+                if _applies_from(f, sig.address, sig.tags, sig.accounts)
+            )  # fmt: skip
+
+        to = {id(sig): (targeting(inbound, sig), targeting(guide, sig)) for sig in signatures}
+        by = {id(sig): (sourced(inbound, sig), sourced(guide, sig)) for sig in signatures}
+        out_of = {id(sig): targeting(outbound, sig) for sig in signatures}
+        bounds = self._port_edges()
+        policies = self.machines.policy_rules
+
+        @functools.cache
+        def policies_holding(direction: str, ip: str) -> tuple[int, ...]:
+            return tuple(
+                n for n, rule in enumerate(policies)
+                if rule.direction == direction and (not rule.ranges or _any_in(ip, rule.ranges))
+            )  # fmt: skip
+
+        judged: dict[Any, list[tuple[str, int, int, tuple[str, ...]]]] = {}
+        spans_of: dict[Any, dict[tuple[str, ...], Any]] = {}
+        for dst_role, targets in self.signatures.items():
+            for src_role, senders in self.signatures.items():
+                if src_role is Role.KUBERNETES_NODES and dst_role is Role.KUBERNETES_NODES:
+                    continue
+                for dst in targets:
+                    for src in senders:
+                        if src == dst and len(dst.machines) == 1:
+                            continue  # a lone instance is no peer of itself
+                        rules = to[id(dst)][0] & by[id(src)][0]
+                        if not rules & foreign:
+                            continue
+                        guided = to[id(dst)][1] & by[id(src)][1]
+                        # What else could tell two pairs apart: the policy rules whose
+                        # ranges hold the sender (their targets are the receiver's accounts).
+                        ingress = policies_holding("INGRESS", src.address)
+                        key = (rules, guided, dst.accounts, ingress)
+                        if key not in judged:
+                            judged[key] = self._beyond(
+                                src, dst, [inbound[n] for n in sorted(rules)],
+                                [guide[n] for n in sorted(guided)],
+                                {str(inbound[n].get("name")) for n in rules & foreign}, bounds,
+                            )  # fmt: skip
+                        dst_ip = dst.peer_address if src == dst else dst.address
+                        reach = frozenset(
+                            n for n in out_of[id(src)]
+                            if _any_in(dst_ip, outbound[n].get("destinationRanges")
+                                       or ["0.0.0.0/0", "::/0"])
+                        )  # fmt: skip
+                        context = (key, reach, src.accounts, policies_holding("EGRESS", dst_ip))
+                        if context not in spans_of:
+                            spans_of[context] = self._let_out(
+                                judged[key], src, dst, dst_ip,
+                                [outbound[n] for n in sorted(reach)],
+                            )  # fmt: skip
+                        for names, spans in spans_of[context].items():
+                            self._record(out, names, src, dst, spans)
+        return out
+
+    def _port_edges(self) -> dict[str, list[int]]:
+        """Per protocol, where any rule's ports begin or end: between two edges every rule
+        answers alike, so one port stands for the span."""
+        entries = [
+            *(f.get("allowed") or f.get("denied") or [] for f in [*self.firewalls, *self.guide]),
+            *(
+                [{"IPProtocol": p, "ports": list(ports)} for p, ports in rule.layer4]
+                or [{"IPProtocol": "all"}]
+                for rule in self.machines.policy_rules
+            ),
+        ]
+        return {
+            protocol: sorted(
+                {1, 65536}
+                | {
+                    edge
+                    for listed in entries
+                    for first, last in _port_spans(listed, protocol)
+                    for edge in (first, last + 1)
+                }
+            )
+            for protocol in ("tcp", "udp")
+        }
+
+    def _beyond(
+        self,
+        src: _GcpSignature,
+        dst: _GcpSignature,
+        rules: Sequence[Mapping[str, Any]],
+        guide: Sequence[Mapping[str, Any]],
+        foreign: set[str],
+        bounds: Mapping[str, Sequence[int]],
+    ) -> list[tuple[str, int, int, tuple[str, ...]]]:
+        """The port spans on which a rule named in ``foreign`` decides ``dst``'s ingress from
+        ``src`` (``rules``: every VPC rule that targets ``dst`` and whose sources hold ``src``)
+        and the guide's own rules (``guide``, alone) would not admit it."""
+        out = []
+        for protocol, edges in bounds.items():
+            spans = [
+                span
+                for f in rules
+                if str(f.get("name")) in foreign
+                for span in _port_spans(f["allowed"], protocol)
+            ]
+            for first, following in itertools.pairwise(edges):
+                if not any(a <= first <= b for a, b in spans):
+                    continue
+                listed, by = self._vpc("INGRESS", dst.tags, dst.accounts, src.address, src,
+                                       protocol, first, guide)  # fmt: skip
+                if listed and by:
+                    continue
+                admitted, decided = self._side(
+                    "INGRESS", dst, src.address, src, protocol, first, rules
+                )
+                names = tuple(d for d in decided if d in foreign)
+                if admitted and names:
+                    out.append((protocol, first, following - 1, names))
+        return out
+
+    def _let_out(
+        self,
+        judged: Sequence[tuple[str, int, int, tuple[str, ...]]],
+        src: _GcpSignature,
+        dst: _GcpSignature,
+        dst_ip: str,
+        rules: Sequence[Mapping[str, Any]],
+    ) -> dict[tuple[str, ...], tuple[tuple[tuple[str, int, int], tuple[bool, list[str]]], ...]]:
+        """Per rule (or rules tied at one priority), the spans it admits, each with whether
+        the sender's egress (``rules``: the sender's egress rules towards ``dst_ip``) lets it
+        out and what decided that."""
+        found: dict[tuple[str, ...], list[Any]] = {}
+        for protocol, first, last, names in judged:
+            sent = self._side("EGRESS", src, dst_ip, dst, protocol, first, rules)
+            found.setdefault(names, []).append(((protocol, first, last), sent))
+        return {names: tuple(spans) for names, spans in found.items()}
+
+    def _record(
+        self,
+        out: dict[tuple[tuple[str, ...], Role, Role], _Between],
+        names: tuple[str, ...],
+        src: _GcpSignature,
+        dst: _GcpSignature,
+        spans: Sequence[tuple[tuple[str, int, int], tuple[bool, list[str]]]],
+    ) -> None:
+        key = (names, src.role, dst.role)
+        seen = out.get(key)
+        if seen is None:
+            rule = next(f for f in self.firewalls if str(f.get("name")) == names[0])
+            seen = out[key] = _Between(rule, {}, {}, set(), set(), {}, {})
+        seen.sources.update(dict.fromkeys(src.machines))
+        seen.targets.update(dict.fromkeys(dst.machines))
+        if id(spans) in seen.added:
+            return  # the same answer, shared by another pair: its spans are in already
+        seen.added.add(id(spans))
+        for span, (sent, why) in spans:
+            if sent:
+                seen.reachable.add(span)
+                seen.sent_by.update(dict.fromkeys(w for w in why if w in self.foreign_names))
+            else:
+                seen.stopped.add(span)
+                seen.stopped_by.update(dict.fromkeys(why))
+
+    def _between_finding(
+        self, item: tuple[tuple[tuple[str, ...], Role, Role], _Between]
+    ) -> Finding:
+        (names, src_role, dst_role), seen = item
+        rule = seen.rule
+        owner = gcp_firewall_controller(str(rule.get("name", "")), str(rule.get("description", "")))
+        priority = int(rule.get("priority", 1000))
+        sources = ", ".join([*(rule.get("sourceRanges") or []), *(rule.get("sourceTags") or []),
+                             *(rule.get("sourceServiceAccounts") or [])])  # fmt: skip
+        tag = ", ".join(rule.get("targetTags") or []) or "the instances"
+        if owner:
+            remedy = (
+                f"it is {owner}'s and {owner} restores it if it is changed or deleted, so it "
+                f"cannot be narrowed: keep the {src_role.value} instances in ranges outside its "
+                f"sources ({sources}), or add a deny above it (priority below {priority}) from "
+                f"their ranges to {tag} on those ports"
+            )
+        else:
+            remedy = (
+                "it is not managed by the operator and never changed by it: narrow its sources "
+                f"({sources}) or ports, or remove it"
+            )
+        said = f"firewall {' and '.join(names)}" + (f" ({owner})" if owner else "")
+        who = (
+            f"{src_role.value} instances ({_names(list(seen.sources))}) reach "
+            f"{dst_role.value} instances {_names(list(seen.targets))}"
+        )
+        row = {Role.NOMAD_CLIENTS: "NOMAD-ISO-1", Role.EXTERNAL_VMS: "VM-ISO-1"}.get(src_role, "")
+        row = row if src_role is dst_role else ""
+        objects = (*names, *list(seen.targets)[:NAMED])
+        if seen.reachable:
+            out = f" (let out by {', '.join(seen.sent_by)})" if seen.sent_by else ""
+            stopped = (
+                f"; on {_spans_text(seen.stopped)} their egress stops it for now"
+                if seen.stopped
+                else ""
+            )
+            code = FindingCode.UNMANAGED_WIDENING
+            message = (
+                f"{said} lets {who} on {_spans_text(seen.reachable)}{out}, which no guide row "
+                f"lists{stopped}; {remedy}"
+            )
+        else:
+            code = FindingCode.UNMANAGED_RULE_SHADOWED
+            message = (
+                f"{said} admits {who.replace(' reach ', ' to ')} on {_spans_text(seen.stopped)}, "
+                "which no guide row lists; the senders' egress stops it for now "
+                f"({'; '.join(seen.stopped_by)}): it would open if that went; {remedy}"
+            )
+        return Finding.of(code, message, row=row, target=self.target, objects=objects)

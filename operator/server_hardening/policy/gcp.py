@@ -412,8 +412,9 @@ class GcpPolicy:
 
     def effective(self, machines: GcpMachines) -> GcpEffective:
         """Every instance of every role as it is really exposed (``policy.effective``); the
-        firewalls this resource writes are named as its own."""
-        return GcpEffective(machines, managed=(str(f["name"]) for f in self.rendered.firewalls))
+        firewalls this resource writes are named as its own, and are what the guide allows."""
+        firewalls = self.rendered.firewalls
+        return GcpEffective(machines, managed=(str(f["name"]) for f in firewalls), guide=firewalls)
 
     def claimer(self) -> Claimer[FirewallBody]:
         project = self.rendered.project

@@ -184,3 +184,25 @@ def test_a_role_without_machines_is_unknown_not_holding() -> None:
         Check("ALL-IN-1", WORLD, NOMAD_EP, "tcp", 22, False)
     )
     assert result.verdict is Verdict.UNKNOWN
+
+
+def test_a_rule_naming_one_machines_address_is_judged_for_that_machine_not_its_neighbours() -> None:
+    # c1 and c2 carry the same groups in the same subnet; a second group admits SSH from c2's
+    # address alone: c2 reaches c1, so the isolation between the clients is broken.
+    one_machine = {
+        OTHER: (
+            rule(OTHER, Direction.INGRESS, 22, "10.0.16.11/32"),
+            rule(OTHER, Direction.EGRESS, None, "0.0.0.0/0"),
+        )
+    }
+    view = effective(machines((NOMAD, OTHER), rules=one_machine))
+
+    isolation = view.evaluate(Check("NOMAD-ISO-1", NOMAD_EP, NOMAD_EP, "tcp", 22, False))
+
+    assert isolation.verdict is Verdict.VIOLATED
+    assert isolation.machines == ("i-c1",)  # the one reached (from c2)
+    assert any(OTHER in d and "10.0.16.11/32" in d for d in isolation.decided_by)
+    # The machines without such a rule stay together: one evaluation for both.
+    assert [s.machines for s in effective(machines()).signatures[Role.NOMAD_CLIENTS]] == [
+        ("i-c1", "i-c2")
+    ]

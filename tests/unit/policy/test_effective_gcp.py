@@ -158,3 +158,116 @@ def test_a_network_policy_evaluated_after_the_vpc_rules_decides_only_what_none_m
     results, _ = rows(machines(policy=(early_allow,)))
     assert verdict(results, "ALL-IN-1") is Verdict.VIOLATED
     assert "firewall policy net-policy rule 200 (allow)" in evidence(results, "ALL-IN-1")
+
+
+def test_a_rule_naming_one_instances_address_is_judged_for_it_not_its_neighbours() -> None:
+    # Above the guide's isolation denies, SSH out to the clients' subnet, and in from one
+    # Nomad client's address alone: that client reaches its neighbour.
+    out = {"name": "ssh-out", "direction": "EGRESS", "priority": 800,
+           "targetTags": ["circleci-nomad"], "destinationRanges": ["10.132.0.0/20"],
+           "allowed": [{"IPProtocol": "tcp", "ports": ["22"]}]}  # fmt: skip
+    rule = {"name": "from-one-client", "direction": "INGRESS", "priority": 800,
+            "targetTags": ["circleci-nomad"], "sourceRanges": ["10.132.0.11/32"],
+            "allowed": [{"IPProtocol": "tcp", "ports": ["22"]}]}  # fmt: skip
+    results, _ = rows(machines(out, rule))
+    assert verdict(results, "NOMAD-ISO-1") is Verdict.VIOLATED
+    assert "from-one-client" in evidence(results, "NOMAD-ISO-1")
+    (violated,) = [
+        c
+        for r in results
+        if r.row == "NOMAD-ISO-1"
+        for c in r.checks
+        if c.verdict is Verdict.VIOLATED
+    ]
+    assert violated.machines == ("circleci-nomad-0",)  # the one reached (from nomad-1)
+
+
+# GKE's own rule as GKE makes it on a default (auto-mode) network: 10.128.0.0/9, which holds the
+# example's Nomad (10.132.0.0/20) and VM (10.136.0.0/20) subnets, to the nodes on every port.
+GKE_VMS = {"name": "gke-circleci-1a2b3c4d-vms", "direction": "INGRESS", "priority": 1000,
+           "targetTags": ["circleci-k8s"], "sourceRanges": ["10.128.0.0/9"],
+           "allowed": [{"IPProtocol": "tcp", "ports": ["1-65535"]},
+                       {"IPProtocol": "udp", "ports": ["1-65535"]}, {"IPProtocol": "icmp"}]}  # fmt: skip
+
+
+def open_egress(*extra: dict[str, Any]) -> tuple[list[RowResult], list[Any], list[Any]]:
+    """The example with spec.gcp.restrictEgress false: the rows, the findings with the guide's
+    checks, and the findings without any check."""
+    assert SPEC.gcp is not None
+    spec = SPEC.model_copy(update={"gcp": SPEC.gcp.model_copy(update={"restrict_egress": False})})
+    assert spec.gcp is not None
+    intent = compile_intent(spec)
+    rendered = render_firewalls(intent.cloud_rules("gcp"), spec.gcp, REF)
+    found = GcpMachines(roles=machines().roles, firewalls=(*rendered.firewalls, *extra))
+    checks = guide_checks(intent)
+    effective = GcpPolicy(rendered, name_prefix="svh-").effective(found)
+    results = verify(checks, [effective])
+    return results, effective.findings(checks), effective.findings(())
+
+
+def test_gkes_vms_rule_letting_nomad_and_vms_reach_the_nodes_is_found_on_every_unlisted_port() -> (
+    None
+):
+    results, findings, unchecked = open_egress(GKE_VMS)
+
+    assert all(r.verdict is Verdict.HOLDS for r in results)  # no check of the guide asks
+    widening = {f.message.split(" lets ")[1].split(" ")[0]: f for f in findings
+                if f.code is FindingCode.UNMANAGED_WIDENING}  # fmt: skip
+    assert set(widening) == {"nomadClients", "externalVMs"}, [f.message for f in findings]
+    nomad = widening["nomadClients"]
+    assert nomad.message.startswith("firewall gke-circleci-1a2b3c4d-vms (GKE) lets nomadClients")
+    # Every port but those the guide lets the clients send to the nodes: 80 and 443 (the
+    # transparent load balancers' frontend), 3000, 4647 and 8585.
+    assert "tcp 1-79, 81-442, 444-2999, 3001-4646, 4648-8584, 8586-65535; udp 1-65535" in (
+        nomad.message
+    )
+    assert "restores it" in nomad.message and "priority below 1000" in nomad.message
+    assert nomad.objects[:3] == ("gke-circleci-1a2b3c4d-vms", "circleci-k8s-0", "circleci-k8s-1")
+    assert "tcp 1-79, 81-442, 444-65535; udp 1-65535" in widening["externalVMs"].message
+    # Found whether or not a check of the guide covers a port.
+    assert sorted(f.message for f in unchecked) == sorted(widening_[1].message for widening_ in
+                                                          widening.items())  # fmt: skip
+
+
+def test_the_same_rule_behind_the_nomad_and_vm_egress_floor_is_reported_as_shadowed() -> None:
+    results, findings = rows(machines(GKE_VMS))
+
+    assert all(r.verdict is Verdict.HOLDS for r in results)
+    shadowed = [f for f in findings if f.code is FindingCode.UNMANAGED_RULE_SHADOWED]
+    assert len(shadowed) == 2 and not [
+        f for f in findings if f.code is FindingCode.UNMANAGED_WIDENING
+    ]
+    assert all("gke-circleci-1a2b3c4d-vms" in f.message for f in shadowed)
+    assert any("eg-deny-all" in f.message and "nomadClients" in f.message for f in shadowed)
+
+
+def test_a_users_rule_between_nomad_clients_and_vms_on_an_unlisted_port() -> None:
+    rule = {"name": "debug-8080", "direction": "INGRESS", "priority": 1000,
+            "targetTags": ["circleci-vm"], "sourceRanges": ["10.132.0.0/20"],
+            "allowed": [{"IPProtocol": "tcp", "ports": ["8080", "2376"]}]}  # fmt: skip
+    _, findings, _ = open_egress(rule)
+
+    (found,) = [f for f in findings if f.code is FindingCode.UNMANAGED_WIDENING]
+    assert found.message.startswith(
+        "firewall debug-8080 lets nomadClients instances (circleci-nomad-0, circleci-nomad-1) "
+        "reach externalVMs instances circleci-vm-0, circleci-vm-1 on tcp 8080, which no guide "
+        "row lists"
+    )  # 2376 from the Nomad clients is VM-IN-4's
+    assert "narrow its sources (10.132.0.0/20) or ports, or remove it" in found.message
+
+
+def test_a_rule_between_nomad_clients_is_reported_once_with_every_port() -> None:
+    mesh = [
+        {"name": "nomad-mesh-in", "direction": "INGRESS", "priority": 800,
+         "targetTags": ["circleci-nomad"], "sourceTags": ["circleci-nomad"],
+         "allowed": [{"IPProtocol": "tcp"}]},
+        {"name": "nomad-mesh-out", "direction": "EGRESS", "priority": 800,
+         "targetTags": ["circleci-nomad"], "destinationRanges": ["10.132.0.0/20"],
+         "allowed": [{"IPProtocol": "tcp"}]},
+    ]  # fmt: skip
+    results, findings = rows(machines(*mesh))
+
+    assert verdict(results, "NOMAD-ISO-1") is Verdict.VIOLATED
+    about = [f for f in findings if "nomad-mesh-in" in f.message]
+    assert len(about) == 1 and about[0].code is FindingCode.UNMANAGED_WIDENING
+    assert about[0].row == "NOMAD-ISO-1" and "on tcp 1-65535" in about[0].message
