@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol as Interface
 
-from server_hardening.compiler import CompiledIntent
+from server_hardening.compiler import CompiledIntent, ssh_rerun_ports
 from server_hardening.guide import SENSITIVE_PORTS, Component, GuideRow, Ports, Requires
 from server_hardening.rules import Action, Direction, Peer, PeerKind, PortRange, Protocol, Role
 
@@ -194,7 +194,7 @@ def guide_checks(intent: CompiledIntent) -> list[Check]:
     for row in rows:
         if row.action is not Action.ALLOW or not all(met[r] for r in row.requires):
             continue
-        if row.subject not in _GOVERNED or isinstance(row.ports, Ports):
+        if row.subject not in _GOVERNED or row.ports is Ports.NODE_PORTS:
             continue
         if Role.EXTERNAL_VMS in (row.subject, row.peer.role) and not met[Requires.EXTERNAL_VMS]:
             continue
@@ -209,7 +209,9 @@ def guide_checks(intent: CompiledIntent) -> list[Check]:
             other = Endpoint(row.peer.value, None, cidrs)
         subject = _role_endpoint(row.subject)
         src, dst = (other, subject) if row.direction is Direction.INGRESS else (subject, other)
-        port = row.ports.first if row.ports is not None else 443
+        # The SSH-rerun range is the Nomad clients' runtime's (NOMAD-IN-2).
+        ports = ssh_rerun_ports(intent.spec) if row.ports is Ports.SSH_RERUN else row.ports
+        port = ports.first if isinstance(ports, PortRange) else 443
         for proto in row.protocols:
             name = proto.value if proto.value != "all" else "tcp"
             checks.append(Check(row.id, src, dst, name, port, True))

@@ -18,8 +18,8 @@ from server_hardening.plan import offline_components
 from server_hardening.policy.namespacereach import NamespaceReach, pods_of
 from server_hardening.policy.podreach import Outside, Pod, as_source, decide
 from server_hardening.renderers.networkpolicy import render_network_policies
-from server_hardening.rules import FindingCode
-from server_hardening.verification import Check, Pods, Verdict, cluster_checks, verify
+from server_hardening.rules import FindingCode, Role
+from server_hardening.verification import Check, Pods, Verdict, cluster_checks, guide_checks, verify
 
 NS = "circleci-server"
 EXAMPLES = Path(__file__).parents[3] / "examples"
@@ -224,3 +224,12 @@ def test_pods_every_policy_treats_alike_are_one_source_and_decide_alike() -> Non
             for port in (22, 443, 5432, 8080):
                 answers = {decide(reach.policies, p, target, port).allowed for p in alike}
                 assert len(answers) == 1, (alike, target, port)
+
+
+@pytest.mark.parametrize(("runtime", "port"), [("docker", 64535), ("podman", 32768)])
+def test_the_ssh_rerun_row_is_checked_on_the_runtime_s_range(runtime: str, port: int) -> None:
+    spec = make_spec(**{"topology.nomadClients": {"cidrs": ["10.20.0.0/20"], "runtime": runtime}})
+    rerun = [c for c in guide_checks(compile_intent(spec)) if c.row == "NOMAD-IN-2"]
+    assert [(c.destination.role, c.port, c.expect) for c in rerun] == [
+        (Role.NOMAD_CLIENTS, port, True)
+    ]
