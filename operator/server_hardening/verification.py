@@ -115,6 +115,23 @@ class Evaluator(Interface):
     def evaluate(self, check: Check) -> CheckResult: ...
 
 
+class AnswersOnce:
+    """An evaluator that answers each check once per examination: ``verify`` and the
+    evaluator's own ``findings`` ask the same checks. Subclasses say how (:meth:`_evaluate`)."""
+
+    def __init__(self) -> None:
+        self._answers: dict[Check, CheckResult] = {}
+
+    def evaluate(self, check: Check) -> CheckResult:
+        answer = self._answers.get(check)
+        if answer is None:
+            answer = self._answers[check] = self._evaluate(check)
+        return answer
+
+    def _evaluate(self, check: Check) -> CheckResult:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class RowResult:
     row: str

@@ -48,7 +48,14 @@ from server_hardening.policy.exposure import world_families
 from server_hardening.policy.owners import gcp_firewall_controller
 from server_hardening.renderers.aws import AtomicRule
 from server_hardening.rules import Direction, Finding, FindingCode, Role
-from server_hardening.verification import OUTSIDER, Check, CheckResult, Endpoint, Verdict
+from server_hardening.verification import (
+    OUTSIDER,
+    AnswersOnce,
+    Check,
+    CheckResult,
+    Endpoint,
+    Verdict,
+)
 
 # A reply leaves from an ephemeral port: Linux's default range starts at 32768 (and AWS's NAT
 # and load balancers use 1024-65535). A NACL that lets no reply through blocks the flow too.
@@ -168,7 +175,7 @@ class _Signature(Protocol):
 SigT = TypeVar("SigT", bound=_Signature)
 
 
-class _Evaluator(Generic[SigT]):
+class _Evaluator(AnswersOnce, Generic[SigT]):
     """What both clouds' evaluators share: checks asked once, machines found per role, and the
     shape of an answer (every sender to every receiver, or a role's machines to an address).
     Each cloud says how one pair is decided (:meth:`_pair`, :meth:`_outbound`) and which
@@ -178,8 +185,8 @@ class _Evaluator(Generic[SigT]):
     noun = "machine"
 
     def __init__(self) -> None:
+        super().__init__()
         self.signatures: dict[Role, list[SigT]] = {}
-        self._results: dict[Check, CheckResult] = {}
 
     def _pair(
         self, src: SigT | Endpoint, dst: SigT, check: Check, same: bool
@@ -194,13 +201,6 @@ class _Evaluator(Generic[SigT]):
     ) -> list[tuple[SigT, tuple[str, ...]]]:
         """The machines that answer ``check`` together: here, each signature on its own."""
         return [(sig, sig.machines) for sig in signatures]
-
-    def evaluate(self, check: Check) -> CheckResult:
-        """Asked once per check (``verify`` and ``findings`` ask the same ones)."""
-        result = self._results.get(check)
-        if result is None:
-            result = self._results[check] = self._evaluate(check)
-        return result
 
     def _evaluate(self, check: Check) -> CheckResult:
         source_role, dst_role = check.source.role, check.destination.role

@@ -28,7 +28,7 @@ from server_hardening.guide import Component
 from server_hardening.machines import ClusterPod, DeclaredPort, NamespaceMachines
 from server_hardening.policy.podreach import Outside, Party, Pod, as_source, decide, selects
 from server_hardening.rules import Finding, FindingCode
-from server_hardening.verification import Check, CheckResult, Endpoint, Pods
+from server_hardening.verification import AnswersOnce, Check, CheckResult, Endpoint, Pods
 
 TARGET = "kubernetes"
 NAMED = 5  # pods named in one message; the rest are counted
@@ -78,7 +78,7 @@ def _stand_in(namespace: str, component: ResolvedComponent) -> tuple[Pod, tuple[
 ANY_POD = "a pod of the namespace (none running; no labels)"
 
 
-class NamespaceReach:
+class NamespaceReach(AnswersOnce):
     """The ``kubernetes`` target's evaluator (``verification.Evaluator``)."""
 
     target = TARGET
@@ -89,6 +89,7 @@ class NamespaceReach:
         resolved: Mapping[Component, ResolvedComponent],
         managed: frozenset[str],
     ) -> None:
+        super().__init__()
         self.namespace = machines.namespace
         self.policies = machines.policies
         self.resolved = dict(resolved)
@@ -96,7 +97,6 @@ class NamespaceReach:
         self.pods = [_as_pod(self.namespace, p) for p in machines.pods]
         self._declared = {p.name: p.ports for p in machines.pods}
         self._stand_ins: dict[str, tuple[int, ...]] = {}
-        self._answers: dict[Check, CheckResult] = {}  # findings() asks the same checks again
 
     # -- the parties a check stands for ----------------------------------------------------------
 
@@ -209,12 +209,6 @@ class NamespaceReach:
         return [
             f"NetworkPolicy {n}" + ("" if n in self.managed else " (not managed)") for n in names
         ]
-
-    def evaluate(self, check: Check) -> CheckResult:
-        known = self._answers.get(check)
-        if known is None:
-            known = self._answers[check] = self._evaluate(check)
-        return known
 
     def _evaluate(self, check: Check) -> CheckResult:
         pairs = self._pairs(check)
