@@ -131,6 +131,11 @@ class AnswersOnce:
     def _evaluate(self, check: Check) -> CheckResult:
         raise NotImplementedError
 
+    def blocked_allows(self, checks: Sequence[Check]) -> list[tuple[Check, CheckResult]]:
+        """The checks that must be allowed and came out blocked (with their answers)."""
+        answers = [(check, self.evaluate(check)) for check in checks if check.expect]
+        return [(check, answer) for check, answer in answers if answer.allowed is False]
+
 
 @dataclass(frozen=True)
 class RowResult:

@@ -641,12 +641,7 @@ class AwsEffective(_Evaluator[_AwsSignature]):
 
     def _blocked(self, checks: Sequence[Check]) -> list[Finding]:
         out = []
-        for check in checks:
-            if not check.expect:
-                continue
-            result = self.evaluate(check)
-            if result.allowed is not False:
-                continue
+        for check, result in self.blocked_allows(checks):
             acl = [d for d in result.decided_by if " entry " in d or "no entry matches" in d]
             if not acl:
                 continue  # no rule allows it: the managed rules' drift says why

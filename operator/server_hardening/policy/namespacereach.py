@@ -241,12 +241,7 @@ class NamespaceReach(AnswersOnce):
         if not self.managed <= present:
             return []  # the missing managed policy is drift, reported and repaired as such
         out = []
-        for check in checks:
-            if not check.expect:
-                continue
-            result = self.evaluate(check)
-            if result.allowed is not False:
-                continue
+        for check, result in self.blocked_allows(checks):
             out.append(
                 Finding.of(
                     FindingCode.GUIDE_ROW_BLOCKED,

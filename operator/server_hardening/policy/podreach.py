@@ -238,16 +238,3 @@ def decide(
                 return answer
             decided += answer.decided_by
     return Decision(True, tuple(dict.fromkeys(decided)))
-
-
-def allows(
-    policies: Sequence[Mapping[str, Any]],
-    source: Party,
-    destination: Party,
-    port: int,
-    protocol: str = "TCP",
-    namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
-) -> bool:
-    """Both ends must allow: the source pod's egress (if it is a pod) and the destination pod's
-    ingress (if it is a pod)."""
-    return decide(policies, source, destination, port, protocol, namespace_labels).allowed
