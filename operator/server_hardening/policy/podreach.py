@@ -221,18 +221,11 @@ def decide(
     policies decided it (none: neither end is isolated)."""
     labels = namespace_labels or {}
     decided: list[str] = []
-    if isinstance(destination, Pod):
-        answer = _side(
-            policies, destination, source, destination, port, protocol, labels, ingress=True
-        )
-        if answer is not None:
-            if not answer.allowed:
-                return answer
-            decided += answer.decided_by
-    if isinstance(source, Pod):
-        answer = _side(
-            policies, source, destination, destination, port, protocol, labels, ingress=False
-        )
+    # The destination's ingress, then the source's egress: the first end that refuses decides.
+    for end, other, ingress in ((destination, source, True), (source, destination, False)):
+        if not isinstance(end, Pod):
+            continue
+        answer = _side(policies, end, other, destination, port, protocol, labels, ingress=ingress)
         if answer is not None:
             if not answer.allowed:
                 return answer
