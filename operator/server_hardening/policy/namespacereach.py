@@ -96,6 +96,11 @@ class NamespaceReach(AnswersOnce):
         self.managed = managed
         self.pods = [_as_pod(self.namespace, p) for p in machines.pods]
         self._declared = {p.name: p.ports for p in machines.pods}
+        # Another namespace's pods send from the same ranges as this namespace's (one CNI). On
+        # the AWS VPC CNI those are the node subnets, and most plugins (Calico, kube-router, the
+        # VPC CNI's own agent) match pod addresses in an ``ipBlock``: a policy admitting the
+        # nodes then admits every pod of the cluster, which the default-deny check must see.
+        self._pod_address = next((p.ip for p in machines.pods if p.ip), "")
         self._stand_ins: dict[str, tuple[int, ...]] = {}
 
     # -- the parties a check stands for ----------------------------------------------------------
@@ -160,7 +165,7 @@ class NamespaceReach(AnswersOnce):
                 distinct.setdefault(as_source(self.policies, pod), pod)
             return list(distinct.values())
         if endpoint.pods is Pods.OTHER_NAMESPACE:
-            return [Pod(OTHER_NAMESPACE, {}, "", name=f"{OTHER_NAMESPACE}/a pod")]
+            return [Pod(OTHER_NAMESPACE, {}, self._pod_address, name=f"{OTHER_NAMESPACE}/a pod")]
         if endpoint.component is not None:
             return [pod for pod, _ in self._component_pods(endpoint.component)]
         return [Outside(endpoint.address())]
@@ -222,6 +227,14 @@ class NamespaceReach(AnswersOnce):
         shown = against or decisions
         decided = dict.fromkeys(name for _, d in shown for name in d.decided_by)
         evidence = self._mark(list(decided)) or ["no NetworkPolicy isolates these pods"]
+        if against and check.source.pods is Pods.OTHER_NAMESPACE and self._pod_address:
+            evidence.append(
+                f"pods send from this namespace's pods' ranges (such as {self._pod_address}), "
+                "which an ipBlock of those policies admits (the nodes' ranges hold the pods, as "
+                "on the AWS VPC CNI): when the load balancer keeps client addresses or targets "
+                "pods, set topology.loadBalancers.transparent; otherwise every pod of the "
+                "cluster reaches these ports"
+            )
         allowed = any(d.allowed for _, d in decisions)
         if check.expect:
             allowed = all(d.allowed for _, d in decisions)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -233,3 +234,25 @@ def test_the_ssh_rerun_row_is_checked_on_the_runtime_s_range(runtime: str, port:
     assert [(c.destination.role, c.port, c.expect) for c in rerun] == [
         (Role.NOMAD_CLIENTS, port, True)
     ]
+
+
+def test_pods_with_node_subnet_addresses_are_admitted_where_the_nodes_are_and_verify_says_so() -> (
+    None
+):
+    # The AWS VPC CNI gives pods addresses in the node subnets (10.0.0.0/16 here). The NodePort
+    # hop's allow (CHOICE-NP-SNAT: the nodes' ranges on the component ports) then admits pods
+    # of every namespace to the Nomad server, which only Nomad clients may reach.
+    spec = make_spec(serverVersion="3")
+    in_node_subnets = tuple(
+        dataclasses.replace(p, ip=p.ip.replace("172.16.", "10.0.")) for p in _pods(spec)
+    )
+    reach, checks = _reach(spec, pods=in_node_subnets)
+    deny = next(r for r in verify(checks, [reach]) if r.row == "CHOICE-NP-DEFAULT-DENY")
+    violated = [c for c in deny.checks if c.verdict is Verdict.VIOLATED]
+    assert [c.check.source.pods for c in violated] == [Pods.OTHER_NAMESPACE]
+    assert any("nomad-0:4647" in m for m in violated[0].machines)
+    assert any(d.startswith("NetworkPolicy svh-allow-") for d in violated[0].decided_by)
+    assert any("such as 10.0.0.2" in d for d in violated[0].decided_by)
+    # With addresses of their own (the pods' ranges), the same policies keep them out.
+    reach, checks = _reach(spec)
+    assert {r.verdict for r in verify(checks, [reach])} == {Verdict.HOLDS}
