@@ -113,8 +113,9 @@ def test_the_operator_rides_out_an_api_server_restart(release: FieldCluster) -> 
         if status.restart_count == restarts[pod.metadata.name]:
             continue  # rode it out
         # With HA, a leader that could not renew the Lease for the renew deadline (the API
-        # server away longer than 10 s) steps down by exiting, as client-go's controllers do,
-        # and comes back as a standby. Nothing else may restart it.
+        # server away longer than ha.renewDeadlineSeconds, 5 s by default) steps down by
+        # exiting, as client-go's controllers do, and comes back as a standby. Nothing else
+        # may restart it.
         terminated = status.last_state.terminated
         assert status.restart_count == restarts[pod.metadata.name] + 1
         assert terminated is not None and terminated.exit_code == EXIT_LEADERSHIP_LOST
