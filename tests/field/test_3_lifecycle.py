@@ -53,6 +53,15 @@ def test_ha_ten_leader_changes_each_repaired_by_the_next_leader_with_one_writer(
     first = wait_until("a leader among the HA pods",
                        lambda: (h if pod_of(h := lease_holder(release)) in pods else None), 60)  # fmt: skip
 
+    deployment = client.AppsV1Api(release.api).read_namespaced_deployment(
+        RELEASE, RELEASE_NAMESPACE
+    )
+    timings = [
+        a for a in deployment.spec.template.spec.containers[0].args
+        if a.startswith(("--lease-duration=", "--renew-deadline=", "--retry-period="))
+    ]  # fmt: skip
+    release.figures["failover_lease_timings"] = timings
+
     def uid() -> str | None:
         return policy_uid(release, site.V3, POLICY)
 
@@ -71,9 +80,10 @@ def test_ha_ten_leader_changes_each_repaired_by_the_next_leader_with_one_writer(
             release.figures[f"failover_{how.replace(' ', '_')}_{what}_p50_max_seconds"] = (
                 round(statistics.median(values), 2), round(max(values), 2)
             )  # fmt: skip
-    print("\nleader changes (seconds from the delete or kill):")  # recorded, never asserted
+    # Recorded, never asserted: a slow machine is not a failure.
+    print(f"\nleader changes ({' '.join(timings)}), seconds from the delete or kill:")
     for c in changes:
-        print(f"  {c.how:10} new leader {c.lease_seconds:5.1f}  policy back {c.repair_seconds:5.1f}"
+        print(f"  {c.how:10} new leader {c.lease_seconds:6.2f}  policy back {c.repair_seconds:6.2f}"
               f"  {pod_of(c.old)} -> {pod_of(c.new)}")  # fmt: skip
     print({k: v for k, v in release.figures.items() if k.startswith("failover_")})
 
