@@ -26,8 +26,9 @@ Sections (each prints its rows as it finishes; the whole table again at the end)
 - **failover**: two ``hardening run --leader-elect`` processes on a fresh control plane
   (the operator's default timings, or ``--lease-timings``); ``--failovers`` times: SIGKILL the
   leader, delete a managed NetworkPolicy at that moment, and time until the standby holds the
-  Lease and until the policy is back; a replacement process then joins as the next standby.
-  p50 and max, and each change's figures on stderr.
+  Lease and until the policy is back; a replacement process then joins as the next standby,
+  and the next kill comes 3 to 8 s (uniformly drawn) after it is ready. p50 and max, and each
+  change's figures on stderr.
 - **events-aws**, **events-gcp** (``bench/events.py``): the time from a cloud event's delivery
   to the repair (moto's EventBridge and SQS; the Pub/Sub emulator and the Compute fake), p50/p99
   over ``--event-changes``, beside the timer alone's, and the API calls a minute of an idle
@@ -581,6 +582,9 @@ def _verify(groups: int = 100, per_group: int = 50, instances: int = 500) -> Non
 
 #: ``hardening run``'s flags for the Lease timings, in ``--lease-timings``' order.
 TIMING_FLAGS = ("lease-duration", "renew-deadline", "retry-period")
+#: Seconds between a new standby being ready and the next kill: drawn uniformly, a span longer
+#: than a standby's longest wait between reads (4.4 s with client-go's timings).
+KILL_AFTER_READY = (3.0, 8.0)
 
 
 def _failover(changes: int, timings: list[int] | None) -> None:
@@ -618,6 +622,10 @@ def _failover(changes: int, timings: list[int] | None) -> None:
             )[0]
             held, repaired = [], []
             for turn in range(changes):
+                # A new standby is ready right after its first read of the Lease: killing then
+                # would hide how late a standby sees the last renewal. The kill lands at a
+                # random moment of the renewals and the standby's reads instead.
+                time.sleep(random.uniform(*KILL_AFTER_READY))  # noqa: S311 - a moment, not a secret
                 leader = replicas.leader()
                 old = uid(policy)
                 victim = next(p for p in running if p.env.get("POD_NAME") == leader)

@@ -8,7 +8,9 @@ by exiting (code 3)."""
 
 from __future__ import annotations
 
+import random
 import statistics
+import time
 from typing import Any
 
 from kubernetes import client
@@ -41,6 +43,9 @@ def test_deleting_the_operator_pod_ends_on_sigterm(release: FieldCluster) -> Non
 
 
 LEADER_CHANGES = 10
+#: Seconds from both pods Ready to the next leader change, drawn uniformly: longer than a
+#: standby's longest wait between two reads of the Lease (2.2 retry periods).
+CHANGE_AFTER_READY = (3.0, 8.0)
 
 
 def test_ha_ten_leader_changes_each_repaired_by_the_next_leader_with_one_writer(
@@ -68,6 +73,9 @@ def test_ha_ten_leader_changes_each_repaired_by_the_next_leader_with_one_writer(
     changes = []
     for turn in range(LEADER_CHANGES):
         how = "pod delete" if turn % 2 == 0 else "SIGKILL"
+        # Not right after the new standby's first read of the Lease (when it turned Ready):
+        # at a random moment of the renewals and of the standby's reads.
+        time.sleep(random.uniform(*CHANGE_AFTER_READY))  # noqa: S311 - a moment, not a secret
         changes.append(change_leader(release, how, site.V3, POLICY, uid))
         release.wait_rollout(2)  # a standby again before the next change
     release.figures["leader_changes"] = [
