@@ -24,9 +24,11 @@ Sections (each prints its rows as it finishes; the whole table again at the end)
   its wait at a time, as the adapter did before).
 - **plan**: ``hardening plan`` on each example (wall time of the command, median of 5).
 - **failover**: two ``hardening run --leader-elect`` processes on a fresh control plane
-  (client-go's default timings); ``--failovers`` times: SIGKILL the leader, delete a managed
-  NetworkPolicy at that moment, and time until the standby holds the Lease and until the
-  policy is back; a replacement process then joins as the next standby. p50 and max.
+  (the operator's default timings, or ``--lease-timings``); ``--failovers`` times: SIGKILL the
+  leader, delete a managed NetworkPolicy at that moment, and time until the standby holds the
+  Lease and until the policy is back; a replacement process then joins as the next standby,
+  and the next kill comes 3 to 8 s (uniformly drawn) after it is ready. p50 and max, and each
+  change's figures on stderr.
 - **events-aws**, **events-gcp** (``bench/events.py``): the time from a cloud event's delivery
   to the repair (moto's EventBridge and SQS; the Pub/Sub emulator and the Compute fake), p50/p99
   over ``--event-changes``, beside the timer alone's, and the API calls a minute of an idle
@@ -578,7 +580,14 @@ def _verify(groups: int = 100, per_group: int = 50, instances: int = 500) -> Non
         double.stop()
 
 
-def _failover(changes: int) -> None:
+#: ``hardening run``'s flags for the Lease timings, in ``--lease-timings``' order.
+TIMING_FLAGS = ("lease-duration", "renew-deadline", "retry-period")
+#: Seconds between a new standby being ready and the next kill: drawn uniformly, a span longer
+#: than a standby's longest wait between reads (4.4 s with client-go's timings).
+KILL_AFTER_READY = (3.0, 8.0)
+
+
+def _failover(changes: int, timings: list[int] | None) -> None:
     from kubernetes import client
 
     from e2e.harness import GROUP, PLURAL, VERSION, LeaderReplicas, custom, resource, wait_for
@@ -589,7 +598,12 @@ def _failover(changes: int) -> None:
     with ControlPlane(ensure_binaries(progress=sys.stderr)) as cp:
         api = cp.api_client()
         net = client.NetworkingV1Api(api)
-        replicas = LeaderReplicas(cp, api, ns, names)
+        election = (
+            []
+            if timings is None
+            else [f"--{flag}={value}" for flag, value in zip(TIMING_FLAGS, timings, strict=True)]
+        )
+        replicas = LeaderReplicas(cp, api, ns, names, election)
         custom(api).create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, resource(ns))
 
         def uid(name: str) -> str | None:
@@ -608,6 +622,10 @@ def _failover(changes: int) -> None:
             )[0]
             held, repaired = [], []
             for turn in range(changes):
+                # A new standby is ready right after its first read of the Lease: killing then
+                # would hide how late a standby sees the last renewal. The kill lands at a
+                # random moment of the renewals and the standby's reads instead.
+                time.sleep(random.uniform(*KILL_AFTER_READY))  # noqa: S311 - a moment, not a secret
                 leader = replicas.leader()
                 old = uid(policy)
                 victim = next(p for p in running if p.env.get("POD_NAME") == leader)
@@ -628,10 +646,14 @@ def _failover(changes: int) -> None:
         finally:
             replicas.stop_all()
             api.close()
+    setting = "defaults" if timings is None else "/".join(map(str, timings))
     for what, values in (("SIGKILL -> the standby holds the Lease", held),
                          ("SIGKILL -> the deleted policy repaired", repaired)):  # fmt: skip
-        row("failover", f"{what} ({changes} leader changes): p50 / max",
-            f"{statistics.median(values):.1f} s / {max(values):.1f} s")  # fmt: skip
+        row("failover", f"{what} ({changes} leader changes, timings {setting}): p50 / max",
+            f"{statistics.median(values):.2f} s / {max(values):.2f} s")  # fmt: skip
+    print("failover per change (held, repaired):",
+          [(round(h, 2), round(r, 2)) for h, r in zip(held, repaired, strict=True)],
+          file=sys.stderr)  # fmt: skip
 
 
 def _plan() -> None:
@@ -672,7 +694,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
     "aws": lambda a: _aws(),
     "kubernetes": lambda a: _kubernetes(a.sizes, a.idle_seconds, a.repairs),
     "verify": lambda a: _verify(),
-    "failover": lambda a: _failover(a.failovers),
+    "failover": lambda a: _failover(a.failovers, a.lease_timings),
 }
 
 
@@ -682,6 +704,14 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--repairs", type=int, default=20)
     parser.add_argument("--failovers", type=int, default=10)
+    parser.add_argument(
+        "--lease-timings",
+        type=int,
+        nargs=3,
+        metavar=("LEASE", "RENEW", "RETRY"),
+        default=None,
+        help="the failover section's Lease timings in seconds (default: the operator's)",
+    )
     parser.add_argument("--gcp-latencies", type=float, nargs="+", default=[1.0, 10.0])
     parser.add_argument(
         "--sequential-up-to",

@@ -354,15 +354,23 @@ class LeaderReplicas:
     """Operator processes with ``--leader-elect`` on one Lease (``leader-<namespace>`` in the
     release namespace), watching ``namespace``, each replica as a ServiceAccount of its own
     (so the audit log tells them apart by user) with the chart's HA RBAC. A replica's Lease
-    identity is its name (``POD_NAME``) and a suffix: :meth:`leader` strips the suffix."""
+    identity is its name (``POD_NAME``) and a suffix: :meth:`leader` strips the suffix.
+    ``election_args`` go to every replica's command line (e.g. other Lease timings)."""
 
     def __init__(
-        self, control_plane: Any, api: Any, namespace: str, names: Sequence[str], **env: str
+        self,
+        control_plane: Any,
+        api: Any,
+        namespace: str,
+        names: Sequence[str],
+        election_args: Sequence[str] = (),
+        **env: str,
     ) -> None:
         self.api = api
         self.namespace = namespace
         self.lease = f"leader-{namespace}"
         self.env = env
+        self.election_args = list(election_args)
         install_crd(api)
         ensure_namespace(api, RELEASE_NAMESPACE)
         ensure_namespace(api, namespace)
@@ -387,7 +395,7 @@ class LeaderReplicas:
             [self.namespace],
             env={"POD_NAME": name, **self.env},
             extra_args=["--leader-elect", "--lease-namespace", RELEASE_NAMESPACE,
-                        "--lease-name", self.lease],
+                        "--lease-name", self.lease, *self.election_args],
         )  # fmt: skip
         self.processes[name] = process
         return process

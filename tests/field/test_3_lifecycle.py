@@ -8,7 +8,9 @@ by exiting (code 3)."""
 
 from __future__ import annotations
 
+import random
 import statistics
+import time
 from typing import Any
 
 from kubernetes import client
@@ -41,6 +43,9 @@ def test_deleting_the_operator_pod_ends_on_sigterm(release: FieldCluster) -> Non
 
 
 LEADER_CHANGES = 10
+#: Seconds from both pods Ready to the next leader change, drawn uniformly: longer than a
+#: standby's longest wait between two reads of the Lease (2.2 retry periods).
+CHANGE_AFTER_READY = (3.0, 8.0)
 
 
 def test_ha_ten_leader_changes_each_repaired_by_the_next_leader_with_one_writer(
@@ -53,12 +58,24 @@ def test_ha_ten_leader_changes_each_repaired_by_the_next_leader_with_one_writer(
     first = wait_until("a leader among the HA pods",
                        lambda: (h if pod_of(h := lease_holder(release)) in pods else None), 60)  # fmt: skip
 
+    deployment = client.AppsV1Api(release.api).read_namespaced_deployment(
+        RELEASE, RELEASE_NAMESPACE
+    )
+    timings = [
+        a for a in deployment.spec.template.spec.containers[0].args
+        if a.startswith(("--lease-duration=", "--renew-deadline=", "--retry-period="))
+    ]  # fmt: skip
+    release.figures["failover_lease_timings"] = timings
+
     def uid() -> str | None:
         return policy_uid(release, site.V3, POLICY)
 
     changes = []
     for turn in range(LEADER_CHANGES):
         how = "pod delete" if turn % 2 == 0 else "SIGKILL"
+        # Not right after the new standby's first read of the Lease (when it turned Ready):
+        # at a random moment of the renewals and of the standby's reads.
+        time.sleep(random.uniform(*CHANGE_AFTER_READY))  # noqa: S311 - a moment, not a secret
         changes.append(change_leader(release, how, site.V3, POLICY, uid))
         release.wait_rollout(2)  # a standby again before the next change
     release.figures["leader_changes"] = [
@@ -71,9 +88,10 @@ def test_ha_ten_leader_changes_each_repaired_by_the_next_leader_with_one_writer(
             release.figures[f"failover_{how.replace(' ', '_')}_{what}_p50_max_seconds"] = (
                 round(statistics.median(values), 2), round(max(values), 2)
             )  # fmt: skip
-    print("\nleader changes (seconds from the delete or kill):")  # recorded, never asserted
+    # Recorded, never asserted: a slow machine is not a failure.
+    print(f"\nleader changes ({' '.join(timings)}), seconds from the delete or kill:")
     for c in changes:
-        print(f"  {c.how:10} new leader {c.lease_seconds:5.1f}  policy back {c.repair_seconds:5.1f}"
+        print(f"  {c.how:10} new leader {c.lease_seconds:6.2f}  policy back {c.repair_seconds:6.2f}"
               f"  {pod_of(c.old)} -> {pod_of(c.new)}")  # fmt: skip
     print({k: v for k, v in release.figures.items() if k.startswith("failover_")})
 
@@ -113,8 +131,9 @@ def test_the_operator_rides_out_an_api_server_restart(release: FieldCluster) -> 
         if status.restart_count == restarts[pod.metadata.name]:
             continue  # rode it out
         # With HA, a leader that could not renew the Lease for the renew deadline (the API
-        # server away longer than 10 s) steps down by exiting, as client-go's controllers do,
-        # and comes back as a standby. Nothing else may restart it.
+        # server away longer than ha.renewDeadlineSeconds, 5 s by default) steps down by
+        # exiting, as client-go's controllers do, and comes back as a standby. Nothing else
+        # may restart it.
         terminated = status.last_state.terminated
         assert status.restart_count == restarts[pod.metadata.name] + 1
         assert terminated is not None and terminated.exit_code == EXIT_LEADERSHIP_LOST

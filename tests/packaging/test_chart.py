@@ -41,6 +41,7 @@ from hardening_chart import (
     values_table,
 )
 
+from server_hardening.election import LeaseTimings
 from server_hardening_dev.controlplane import TestBinaries
 
 # Kinds whose schema is a CRD, not a Kubernetes built-in: kubernetes_validate has no schema
@@ -169,9 +170,10 @@ def test_ha_elects_one_leader_on_a_lease_in_the_release_namespace(name: str) -> 
     assert "--leader-elect" in args
     assert f"--lease-name={lease}" in args
     assert "--lease-namespace=ops" in args
-    assert f"--lease-duration={ha.get('leaseDurationSeconds', 15)}" in args
-    assert f"--renew-deadline={ha.get('renewDeadlineSeconds', 10)}" in args
-    assert f"--retry-period={ha.get('retryPeriodSeconds', 2)}" in args
+    defaults = LeaseTimings()
+    assert f"--lease-duration={ha.get('leaseDurationSeconds', defaults.lease_duration):g}" in args
+    assert f"--renew-deadline={ha.get('renewDeadlineSeconds', defaults.renew_deadline):g}" in args
+    assert f"--retry-period={ha.get('retryPeriodSeconds', defaults.retry_period):g}" in args
     assert not [a for a in args if a.startswith(("--peering", "--priority"))]
     assert deployment["spec"]["replicas"] == values["replicaCount"]
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
@@ -193,6 +195,17 @@ def test_ha_elects_one_leader_on_a_lease_in_the_release_namespace(name: str) -> 
     ]
     assert binding["metadata"]["namespace"] == "ops"
     assert not [o for o in rendered if "kopf.dev" in str(o.get("apiVersion", ""))]
+
+
+def test_the_charts_lease_timings_are_the_operators_defaults() -> None:
+    """One set of defaults: the chart passes the operator's own (``hardening run``'s)."""
+    ha = yaml.safe_load((CHART / "values.yaml").read_text())["ha"]
+    defaults = LeaseTimings()
+    assert (
+        ha["leaseDurationSeconds"],
+        ha["renewDeadlineSeconds"],
+        ha["retryPeriodSeconds"],
+    ) == (defaults.lease_duration, defaults.renew_deadline, defaults.retry_period)
 
 
 def test_without_ha_there_is_no_lease_nor_its_rbac() -> None:

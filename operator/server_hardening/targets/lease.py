@@ -1,10 +1,11 @@
 """The leader election's Lease (``coordination.k8s.io/v1``): read, create, update. No judgement:
 :mod:`server_hardening.election` decides what to write; this only translates.
 
-Cost: a candidate reads the Lease once per try (every 2 to 4.4 s by default); the holder
-updates it once per retry period (every 2 s) without reading it first (the update carries the
-resourceVersion of its last write; a conflict makes the next try read). So about 30 calls a
-minute for the holder and 14 to 30 for each standby.
+Cost: a candidate reads the Lease once per try (every 1 to 2.2 s by default, and once more at
+the instant a lease it waits for expires); the holder updates it once per retry period (every
+second) without reading it first (the update carries the resourceVersion of its last write; a
+conflict makes the next try read). So about 60 calls a minute for the holder and 27 to 60 for
+each standby (with client-go's 15/10/2 s timings: 30, and 14 to 30).
 
 The client is the operator's own, built without the write gate (the election must write while
 the gate is closed: that is how it opens).

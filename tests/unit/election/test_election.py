@@ -17,7 +17,9 @@ from server_hardening.election import (
     TimingError,
 )
 
-T = LeaseTimings()  # client-go's defaults: 15 s, 10 s, 2 s
+#: client-go's defaults (kube-controller-manager's, kube-scheduler's): the reference the
+#: state machine is checked against; the product's own defaults are tested apart.
+T = LeaseTimings(15.0, 10.0, 2.0)
 
 
 def held_by(holder: str, *, renew: str = "r1", transitions: int = 0) -> LeaseRecord:
@@ -26,15 +28,19 @@ def held_by(holder: str, *, renew: str = "r1", transitions: int = 0) -> LeaseRec
 
 def leading(identity: str = "me", at: float = 0.0) -> tuple[Elector, LeaseRecord]:
     """A candidate that has just acquired a free Lease at ``at``."""
-    elector = Elector(identity)
+    elector = Elector(identity, T)
     step = elector.decide(at, Observed(None), "w0")
     assert step.kind is Kind.CREATE and step.record is not None
     elector.written(at, at + 0.1, step.record, "1")
     return elector, step.record
 
 
-def test_the_defaults_are_client_gos() -> None:
-    assert (T.lease_duration, T.renew_deadline, T.retry_period) == (15.0, 10.0, 2.0)
+def test_the_defaults_are_shorter_than_client_gos_in_its_proportions() -> None:
+    """8/5/1 s: the renew deadline is five retry periods, as client-go's 10/2 s, and the holder
+    stops 3 s before anyone may take over (client-go: 5 s)."""
+    d = LeaseTimings()
+    assert (d.lease_duration, d.renew_deadline, d.retry_period) == (8.0, 5.0, 1.0)
+    assert Elector("me").timings == d
 
 
 @pytest.mark.parametrize(
@@ -56,7 +62,7 @@ def test_timings_that_cannot_keep_one_leader_are_refused(
 
 
 def test_a_missing_lease_is_created_with_this_candidate_as_holder() -> None:
-    step = Elector("me").decide(0.0, Observed(None), "2026-01-01T00:00:00.000000Z")
+    step = Elector("me", T).decide(0.0, Observed(None), "2026-01-01T00:00:00.000000Z")
     assert step.kind is Kind.CREATE
     assert step.record == LeaseRecord(
         "me", 15, "2026-01-01T00:00:00.000000Z", "2026-01-01T00:00:00.000000Z", 0
@@ -73,7 +79,7 @@ def test_a_created_lease_makes_the_candidate_the_leader_until_its_renew_deadline
 
 
 def test_a_lease_held_by_another_is_waited_for_until_it_expires_by_the_observers_clock() -> None:
-    elector = Elector("me")
+    elector = Elector("me", T)
     record = held_by("other")
     assert elector.decide(50.0, Observed(record, "7"), "w").kind is Kind.WAIT
     # The same record, unchanged: the holder has not renewed. Held until 50 + 15 by our clock.
@@ -87,7 +93,7 @@ def test_a_lease_held_by_another_is_waited_for_until_it_expires_by_the_observers
 def test_the_records_own_times_are_never_trusted_only_their_change() -> None:
     """A record whose renewTime is far in the past (another clock) is still held for a full
     lease duration after it was first seen; one that keeps changing is never expired."""
-    elector = Elector("me")
+    elector = Elector("me", T)
     stale = LeaseRecord("other", 15, "1970-01-01T00:00:00Z", "1970-01-01T00:00:00Z", 3)
     assert elector.decide(0.0, Observed(stale, "1"), "w").kind is Kind.WAIT
     assert elector.decide(14.0, Observed(stale, "1"), "w").kind is Kind.WAIT
@@ -99,15 +105,44 @@ def test_the_records_own_times_are_never_trusted_only_their_change() -> None:
 def test_the_lease_duration_is_the_records_not_the_candidates() -> None:
     """A holder configured with a longer lease is waited for that long (client-go reads the
     record's leaseDurationSeconds)."""
-    elector = Elector("me")
+    elector = Elector("me", T)
     record = LeaseRecord("other", 60, "a", "r", 0)
     assert elector.decide(0.0, Observed(record, "1"), "w").kind is Kind.WAIT
     assert elector.decide(59.0, Observed(record, "1"), "w").kind is Kind.WAIT
     assert elector.decide(60.0, Observed(record, "1"), "w").kind is Kind.UPDATE
 
 
+def test_a_candidate_tries_at_the_instant_the_lease_it_waits_for_expires() -> None:
+    """Not up to a jittered retry period later, as client-go would; and never earlier."""
+    elector = Elector("me", T)
+    record = held_by("other")
+    elector.decide(50.0, Observed(record, "7"), "w")  # first seen at 50: held until 65
+    assert elector.expires_at() == 65.0
+    assert elector.next_try(60.0, 0.0) == 62.0  # the jittered try comes first
+    assert elector.next_try(64.0, 0.9) == 65.0  # instead of 64 + 2 x 2.08
+    assert elector.decide(64.0, Observed(record, "7"), "w").kind is Kind.WAIT
+    assert elector.decide(65.0, Observed(record, "7"), "w1").kind is Kind.UPDATE
+
+
+def test_a_renewal_seen_moves_the_instant_of_the_next_try() -> None:
+    elector = Elector("me", T)
+    elector.decide(50.0, Observed(held_by("other"), "7"), "w")
+    elector.decide(63.0, Observed(held_by("other", renew="r2"), "8"), "w")  # renewed
+    assert elector.expires_at() == 78.0
+    assert elector.next_try(64.0, 0.9) == pytest.approx(64.0 + 2.0 * (1 + 1.2 * 0.9))
+
+
+def test_without_another_holder_a_candidate_keeps_its_jittered_tries() -> None:
+    for seen in (None, LeaseRecord("", 1, "w", "w", 4), LeaseRecord("me", 15, "w", "w", 4)):
+        elector = Elector("me", T)
+        if seen is not None:
+            elector.observe(0.0, Observed(seen, "3"))
+        assert elector.expires_at() is None
+        assert elector.next_try(0.0, 0.5) == pytest.approx(2.0 * (1 + 1.2 * 0.5))
+
+
 def test_a_released_lease_is_taken_at_once() -> None:
-    elector = Elector("me")
+    elector = Elector("me", T)
     released = LeaseRecord("", 1, "w", "w", 4)
     step = elector.decide(0.0, Observed(released, "9"), "w2")
     assert step.kind is Kind.UPDATE
@@ -127,7 +162,7 @@ def test_the_holder_renews_from_its_last_write_keeping_acquire_time_and_transiti
 
 
 def test_a_candidate_has_no_renewal_and_no_time_to_act() -> None:
-    elector = Elector("me")
+    elector = Elector("me", T)
     assert elector.renew_step("w") is None
     assert elector.act_until() == float("-inf")
     assert not elector.lost(1e9)  # never led: nothing to lose
@@ -167,7 +202,7 @@ def test_a_lost_leader_stops_before_anyone_may_acquire() -> None:
     """The holder renews at t=0 (sent) and then nothing gets through. An observer that saw the
     renewal at the earliest possible moment (t=0) may acquire at 15; the holder stopped at 10."""
     holder, record = leading("a", at=0.0)
-    observer = Elector("b")
+    observer = Elector("b", T)
     assert observer.decide(0.0, Observed(record, "1"), "w").kind is Kind.WAIT
     first_allowed = next(
         t / 10
@@ -191,11 +226,11 @@ def test_the_holders_deadline_always_ends_before_the_observers_expiry(
     """However slow the answer (``latency``) and however late the observer reads the renewal
     (``seen_after`` its sending, at the earliest when it was sent), the holder stops acting
     ``lease - renew`` seconds before the observer may take over."""
-    holder = Elector("a")
+    holder = Elector("a", T)
     create = holder.decide(sent, Observed(None), "w")
     assert create.record is not None
     holder.written(sent, sent + latency, create.record, "1")
-    observer = Elector("b")
+    observer = Elector("b", T)
     observer.decide(sent + seen_after, Observed(create.record, "1"), "w")
     assert observer.observed_at is not None
     expiry = observer.observed_at + create.record.lease_duration_seconds
@@ -203,7 +238,7 @@ def test_the_holders_deadline_always_ends_before_the_observers_expiry(
 
 
 def test_a_pod_restarted_under_the_same_name_renews_its_own_lease_at_once() -> None:
-    elector = Elector("me")
+    elector = Elector("me", T)
     mine = LeaseRecord("me", 15, "a0", "r9", 2)
     step = elector.decide(0.0, Observed(mine, "3"), "w")
     assert step.kind is Kind.UPDATE
@@ -212,7 +247,7 @@ def test_a_pod_restarted_under_the_same_name_renews_its_own_lease_at_once() -> N
 
 def test_two_candidates_that_see_an_expired_lease_both_try_and_the_version_decides() -> None:
     stale = held_by("gone")
-    a, b = Elector("a"), Elector("b")
+    a, b = Elector("a", T), Elector("b", T)
     for elector in (a, b):
         elector.decide(0.0, Observed(stale, "4"), "w")
     step_a = a.decide(15.0, Observed(stale, "4"), "wa")
@@ -227,14 +262,14 @@ def test_two_candidates_that_see_an_expired_lease_both_try_and_the_version_decid
 
 
 def test_a_write_of_another_holder_does_not_make_this_candidate_lead() -> None:
-    elector = Elector("me")
+    elector = Elector("me", T)
     elector.written(0.0, 0.1, held_by("other"), "2")
     assert not elector.leading
     assert elector.holder == "other"
 
 
 def test_tries_come_every_retry_period_for_the_holder_and_jittered_for_a_candidate() -> None:
-    elector = Elector("me")
+    elector = Elector("me", T)
     assert elector.next_try(0.0, 0.0) == 2.0
     assert elector.next_try(0.0, 0.5) == pytest.approx(2.0 * (1 + 1.2 * 0.5))
     holder, _ = leading(at=0.0)
@@ -244,7 +279,7 @@ def test_tries_come_every_retry_period_for_the_holder_and_jittered_for_a_candida
 
 
 def test_release_writes_an_empty_holder_for_one_second_and_keeps_the_transitions() -> None:
-    elector = Elector("me")
+    elector = Elector("me", T)
     stale = held_by("old", transitions=6)
     elector.decide(0.0, Observed(stale, "1"), "w")
     step = elector.decide(15.0, Observed(stale, "1"), "w1")
@@ -259,8 +294,8 @@ def test_release_writes_an_empty_holder_for_one_second_and_keeps_the_transitions
 
 
 def test_only_the_holder_releases() -> None:
-    assert Elector("me").release_step("w") is None
-    elector = Elector("me")
+    assert Elector("me", T).release_step("w") is None
+    elector = Elector("me", T)
     elector.decide(0.0, Observed(held_by("other"), "1"), "w")
     assert elector.release_step("w") is None
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import urllib3
 
-from server_hardening.election import Elector, LeaseRecord, Observed
+from server_hardening.election import JITTER_FACTOR, Elector, LeaseRecord, LeaseTimings, Observed
 from server_hardening.elector import LeaderElection
 from server_hardening.targets import gate
 from server_hardening.targets.gate import NotLeading, WriteGate
@@ -36,7 +36,8 @@ class MemoryLease:
         self.record: LeaseRecord | None = None
         self.version = 0
         self.down = False
-        self.writes: list[tuple[float, LeaseRecord]] = []
+        self.writes: list[tuple[float, str, LeaseRecord]] = []
+        self.reads: list[tuple[float, str]] = []
 
     def describe(self) -> str:
         return "Lease ns/lease"
@@ -47,6 +48,7 @@ class MemoryLease:
 
     def get(self, *, timeout: float) -> Observed:
         self._check()
+        self.reads.append((self.clock(), str(self.version)))
         return Observed(self.record, str(self.version) if self.record else "")
 
     def create(self, record: LeaseRecord, *, timeout: float) -> str:
@@ -64,24 +66,36 @@ class MemoryLease:
     def _store(self, record: LeaseRecord) -> str:
         self.record = record
         self.version += 1
-        self.writes.append((self.clock(), record))
+        self.writes.append((self.clock(), str(self.version), record))
         return str(self.version)
 
 
+#: client-go's timings, which the tests below count in; the defaults are scheduled apart.
+CLIENT_GO = LeaseTimings(15.0, 10.0, 2.0)
+
+
 class Candidate:
-    def __init__(self, identity: str, lease: MemoryLease, clock: Clock) -> None:
+    def __init__(
+        self,
+        identity: str,
+        lease: MemoryLease,
+        clock: Clock,
+        timings: LeaseTimings = CLIENT_GO,
+        jitter: float = 0.0,
+    ) -> None:
         self.started = 0
         self.lost: list[str] = []
         self.gate = WriteGate(clock)
+        self.clock = clock
         self.election = LeaderElection(
             lease,  # type: ignore[arg-type]
-            Elector(identity),
+            Elector(identity, timings),
             on_started=self._started,
             on_lost=self.lost.append,
             writes=self.gate,
             clock=clock,
             wall=lambda: f"t{clock():.1f}",
-            jitter=lambda: 0.0,
+            jitter=lambda: jitter,
         )
         self.gate.elect()
 
@@ -92,6 +106,23 @@ class Candidate:
         """One turn of the loop: a try, then the loss check."""
         self.election.try_once()
         self.election._check_lost()
+
+    def due(self) -> float:
+        """When the loop (``LeaderElection.run``) would try next."""
+        return self.election.elector.next_try(self.clock(), self.election.jitter())
+
+
+def run_loops(clock: Clock, candidates: list[Candidate], until: float) -> None:
+    """The candidates' loops as ``LeaderElection.run`` schedules them, on the test's clock."""
+    due = {id(c): clock() for c in candidates}
+    while True:
+        first = min(candidates, key=lambda c: due[id(c)])
+        if due[id(first)] > until:
+            clock.now = until
+            return
+        clock.now = due[id(first)]
+        first.tick()
+        due[id(first)] = first.due()
 
 
 def test_a_free_lease_is_acquired_once_and_the_gate_opens_until_the_renew_deadline() -> None:
@@ -117,8 +148,8 @@ def test_the_holder_renews_without_reading_and_keeps_the_gate_open() -> None:
     for _ in range(5):
         clock.now += 2.0
         a.tick()
-    assert [r.holder for _, r in lease.writes] == ["a"] * 6
-    assert len({r.renew_time for _, r in lease.writes}) == 6
+    assert [r.holder for _, _, r in lease.writes] == ["a"] * 6
+    assert len({r.renew_time for _, _, r in lease.writes}) == 6
     assert a.started == 1  # started once, not at every renewal
     assert a.gate.is_open() and not a.lost
 
@@ -141,6 +172,32 @@ def test_a_standby_waits_a_full_lease_after_the_last_change_it_saw_then_takes_ov
     assert lease.record is not None
     assert lease.record.holder == "b" and lease.record.transitions == 1
     assert b.gate.is_open()
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.5, 0.999])
+@pytest.mark.parametrize("killed_after", [10.0, 10.3, 10.9])
+def test_with_the_defaults_a_standby_takes_over_at_the_expiry_it_counts_from_the_last_renewal(
+    jitter: float, killed_after: float
+) -> None:
+    """The loops as they run, the holder killed between two renewals: the standby takes over
+    exactly one lease duration after it first read the last renewal, which it read at most one
+    jittered retry period late; the dead holder's gate had closed 3 s before."""
+    clock = Clock()
+    lease = MemoryLease(clock)
+    timings = LeaseTimings()
+    a = Candidate("a", lease, clock, timings, jitter)
+    b = Candidate("b", lease, clock, timings, jitter)
+    run_loops(clock, [a, b], clock.now + killed_after)  # a leads and renews; then a is killed
+    assert a.started == 1 and b.started == 0
+    renewed_at, last = max((at, v) for at, v, record in lease.writes if record.holder == "a")
+    gate_closed = a.election.elector.act_until()
+    run_loops(clock, [b], clock.now + 30.0)
+    assert b.started == 1
+    taken = next(at for at, _, record in lease.writes if record.holder == "b")
+    seen = min(at for at, version in lease.reads if version == last)
+    assert seen - renewed_at <= timings.retry_period * (1 + JITTER_FACTOR * jitter)
+    assert taken == seen + timings.lease_duration  # at the instant, not a jittered try after
+    assert gate_closed <= taken - (timings.lease_duration - timings.renew_deadline)
 
 
 def test_a_holder_cut_off_from_the_api_server_stops_before_the_standby_may_take_over() -> None:
