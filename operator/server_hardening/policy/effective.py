@@ -813,6 +813,7 @@ class GcpEffective(_Evaluator[_GcpSignature]):
 
     target = "gcp"
     noun = "instance"
+    asks_once = True  # each side's decision remembered (a reference for tests turns it off)
 
     def __init__(
         self,
@@ -997,44 +998,38 @@ class GcpEffective(_Evaluator[_GcpSignature]):
             seen = (peer.role, peer.held)
         key = (direction, sig.tags, sig.accounts, seen, protocol, port,
                None if rules is None else tuple(map(id, rules)))  # fmt: skip
-        answer = self._sides.get(key)
-        if answer is None:
-            answer = self._sides[key] = self._decide(
-                direction, sig, peer_ip, peer, protocol, port, rules
-            )
-        return answer[0], list(answer[1])
-
-    def _decide(
-        self,
-        direction: str,
-        sig: _GcpSignature,
-        peer_ip: str,
-        peer: _GcpSignature | None,
-        protocol: str,
-        port: int,
-        rules: Sequence[Mapping[str, Any]] | None = None,
-    ) -> tuple[bool, list[str]]:
+        answer = self._sides.get(key) if self.asks_once else None
+        if answer is not None:
+            return answer[0], list(answer[1])
         # Hierarchical policies (and a network policy set BEFORE_CLASSIC_FIREWALL) first; then
         # the VPC rules; a network policy evaluated after them decides what no VPC rule matched;
         # then the implied rules.
         decided = self._policy(
             direction, peer_ip, protocol, port, sig.accounts, after_vpc_rules=False
         )
-        if decided is not None:
-            return decided[0], [decided[1]]
-        allowed, deciding = self._vpc(
-            direction, sig.tags, sig.accounts, peer_ip, peer, protocol, port, rules
-        )
-        if deciding:
-            return allowed, [str(r.get("name", "?")) for r in deciding]
-        decided = self._policy(
-            direction, peer_ip, protocol, port, sig.accounts, after_vpc_rules=True
-        )
-        if decided is not None:
-            return decided[0], [decided[1]]
-        return allowed, [
-            "the implied rule (ingress denied)" if direction == "INGRESS" else "the implied rule"
-        ]
+        if decided is None:
+            allowed, deciding = self._vpc(
+                direction, sig.tags, sig.accounts, peer_ip, peer, protocol, port, rules
+            )
+            decided = (
+                None
+                if deciding
+                else self._policy(
+                    direction, peer_ip, protocol, port, sig.accounts, after_vpc_rules=True
+                )
+            )
+            if deciding:
+                answer = allowed, [str(r.get("name", "?")) for r in deciding]
+            elif decided is None:
+                implied = "the implied rule" + (
+                    " (ingress denied)" if direction == "INGRESS" else ""
+                )
+                answer = allowed, [implied]
+        if answer is None:
+            assert decided is not None
+            answer = decided[0], [decided[1]]
+        self._sides[key] = answer
+        return answer[0], list(answer[1])
 
     def _pair(
         self, src: _GcpSignature | Endpoint, dst: _GcpSignature, check: Check, same: bool

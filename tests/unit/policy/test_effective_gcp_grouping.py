@@ -33,6 +33,8 @@ RANGES = ["10.128.0.0/28", "10.132.0.8/29", "10.136.0.0/25", "10.128.0.0/9", "19
 class Reference(GcpEffective):
     """Each instance its own signature (its role's ranges kept), every pair decided anew."""
 
+    asks_once = False
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.signatures = {
@@ -48,9 +50,6 @@ class Reference(GcpEffective):
         self, signatures: Any, direction: Direction, check: Check
     ) -> list[list[_GcpSignature]]:
         return [[sig] for sig in signatures]
-
-    def _side(self, *args: Any, **kwargs: Any) -> tuple[bool, list[str]]:
-        return self._decide(*args, **kwargs)
 
 
 def _pick(rng: random.Random, pool: list[str], most: int = 2) -> list[str]:
