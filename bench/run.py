@@ -499,6 +499,24 @@ def _gcp(latencies: list[float], sequential_up_to: float) -> None:
 # -- plan --------------------------------------------------------------------------------------
 
 
+def _examined(target: Any, intent: Any) -> tuple[float, float, float, int, Any]:
+    """An examination in parts: reading the machines, the guide's checks on them (``verify``),
+    the findings; the seconds of each, how many checks, the evaluator."""
+    from server_hardening.verification import guide_checks, verify
+
+    began = time.monotonic()
+    machines = target.observe_machines()
+    read = time.monotonic() - began
+    began = time.monotonic()
+    effective = target.policy.effective(machines)
+    checks = guide_checks(intent)
+    verify(checks, [effective])
+    judged = time.monotonic() - began
+    began = time.monotonic()
+    effective.findings(checks)
+    return read, judged, time.monotonic() - began, len(checks), effective
+
+
 def _verify(groups: int = 100, per_group: int = 50, instances: int = 500) -> None:
     """``hardening verify``'s pass on moto: every role's machines, every group on them, their
     ACLs, the guide's checks on each machine signature. Wall time and API calls."""
@@ -510,7 +528,6 @@ def _verify(groups: int = 100, per_group: int = 50, instances: int = 500) -> Non
     from server_hardening.reconcile import run_target
     from server_hardening.rules import Role
     from server_hardening.targets.aws import AwsTarget
-    from server_hardening.verification import guide_checks, verify
 
     double = MotoDouble()
     try:
@@ -563,16 +580,9 @@ def _verify(groups: int = 100, per_group: int = 50, instances: int = 500) -> Non
         row("verify", f"AWS: {groups} groups x {per_group} rules on {made} instances "
             f"({rows} row verdicts): wall / API calls", f"{wall:.2f} s / {calls}")  # fmt: skip
         # The same pass in parts: reading the machines (moto's answers) and judging them.
-        began = time.monotonic()
-        machines = target.observe_machines()
-        read = time.monotonic() - began
-        began = time.monotonic()
-        effective = target.policy.effective(machines)
-        checks = guide_checks(intent)
-        verify(checks, [effective])
-        effective.findings(checks)
-        judged = time.monotonic() - began
-        row("verify", f"AWS: the same, reading the machines / evaluating them ({len(checks)} "
+        read, judged, found, checks, _ = _examined(target, intent)
+        judged += found
+        row("verify", f"AWS: the same, reading the machines / evaluating them ({checks} "
             "checks)", f"{read:.2f} s / {judged:.2f} s")  # fmt: skip
     finally:
         double.stop()
@@ -640,7 +650,6 @@ def _verify_gcp(rules: int = 100, instances: int = 500) -> None:
     from server_hardening.model import Mode, ResourceRef, parse_spec
     from server_hardening.reconcile import plan_target, run_target
     from server_hardening.targets.gcp import GcpTarget, make_clients
-    from server_hardening.verification import guide_checks, verify
 
     body = yaml.safe_load((ROOT / "examples" / "gcp-v3.yaml").read_text())["spec"]
     with _fake(0.0) as fake:
@@ -664,19 +673,9 @@ def _verify_gcp(rules: int = 100, instances: int = 500) -> None:
         calls, rows = len(fake.calls()), len(report.rows or ())
         row("verify", f"GCP: {rules} more firewalls and GKE's -vms rule on {made} instances "
             f"({rows} row verdicts): wall / API calls", f"{wall:.2f} s / {calls}")  # fmt: skip
-        began = time.monotonic()
-        machines = target.observe_machines()
-        read = time.monotonic() - began
-        began = time.monotonic()
-        effective = target.policy.effective(machines)
-        checks = guide_checks(intent)
-        verify(checks, [effective])
-        judged = time.monotonic() - began
-        began = time.monotonic()
-        effective.findings(checks)
-        found = time.monotonic() - began
+        read, judged, found, checks, effective = _examined(target, intent)
         sigs = sum(len(s) for s in effective.signatures.values())
-        row("verify", f"GCP: the same, reading the machines / evaluating the {len(checks)} checks "
+        row("verify", f"GCP: the same, reading the machines / evaluating the {checks} checks "
             f"on {sigs} signatures / the findings between the roles",
             f"{read:.2f} s / {judged:.2f} s / {found:.2f} s")  # fmt: skip
 
