@@ -128,3 +128,32 @@ def test_grouped_machines_answer_as_each_on_its_own(seed: int) -> None:
     fast = policy.effective(machines)
     slow = Reference(machines, managed=fast.managed, guide=RENDERED.firewalls)
     assert _answers(fast) == _answers(slow)
+
+
+def test_a_lone_instance_is_no_peer_of_itself_in_a_class() -> None:
+    """Two lone Nomad clients that receive alike but send differently (a rule names one's tag
+    as its source): each is judged only from the other, never from itself."""
+    nomad = tuple(
+        GcpInstance(f"nomad-{tag}", "us-east1-b", ("circleci-nomad", tag), (), (f"10.132.0.{n}",))
+        for n, tag in ((10, "a"), (11, "b"))
+    )
+    by_a = {"name": "from-a", "direction": "INGRESS", "priority": 100,
+            "targetTags": ["circleci-nomad"], "sourceTags": ["a"],
+            "allowed": [{"IPProtocol": "tcp", "ports": ["22"]}]}  # fmt: skip
+    out = {"name": "out", "direction": "EGRESS", "priority": 100, "destinationRanges":
+           ["10.132.0.0/16"], "allowed": [{"IPProtocol": "tcp", "ports": ["22"]}]}  # fmt: skip
+    machines = GcpMachines(
+        roles=(GcpRoleMachines(Role.NOMAD_CLIENTS, "circleci-nomad", nomad),),
+        firewalls=(*RENDERED.firewalls, by_a, out),
+        policy_rules=(),
+    )
+    check = next(
+        c
+        for c in guide_checks(INTENT)
+        if c.source.role is Role.NOMAD_CLIENTS is c.destination.role and c.port == 22
+    )
+    fast = GcpPolicy(RENDERED, name_prefix="svh-").effective(machines)
+    slow = Reference(machines, managed=fast.managed, guide=RENDERED.firewalls)
+    result = fast.evaluate(check)
+    assert result.machines == ("nomad-b",)  # only b is reached: from a
+    assert result == slow.evaluate(check)
