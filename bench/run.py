@@ -501,6 +501,24 @@ def _gcp(latencies: list[float], sequential_up_to: float) -> None:
 # -- plan --------------------------------------------------------------------------------------
 
 
+def _examined(target: Any, intent: Any) -> tuple[float, float, float, int, Any]:
+    """An examination in parts: reading the machines, the guide's checks on them (``verify``),
+    the findings; the seconds of each, how many checks, the evaluator."""
+    from server_hardening.verification import guide_checks, verify
+
+    began = time.monotonic()
+    machines = target.observe_machines()
+    read = time.monotonic() - began
+    began = time.monotonic()
+    effective = target.policy.effective(machines)
+    checks = guide_checks(intent)
+    verify(checks, [effective])
+    judged = time.monotonic() - began
+    began = time.monotonic()
+    effective.findings(checks)
+    return read, judged, time.monotonic() - began, len(checks), effective
+
+
 def _verify(groups: int = 100, per_group: int = 50, instances: int = 500) -> None:
     """``hardening verify``'s pass on moto: every role's machines, every group on them, their
     ACLs, the guide's checks on each machine signature. Wall time and API calls."""
@@ -512,7 +530,6 @@ def _verify(groups: int = 100, per_group: int = 50, instances: int = 500) -> Non
     from server_hardening.reconcile import run_target
     from server_hardening.rules import Role
     from server_hardening.targets.aws import AwsTarget
-    from server_hardening.verification import guide_checks, verify
 
     double = MotoDouble()
     try:
@@ -565,19 +582,104 @@ def _verify(groups: int = 100, per_group: int = 50, instances: int = 500) -> Non
         row("verify", f"AWS: {groups} groups x {per_group} rules on {made} instances "
             f"({rows} row verdicts): wall / API calls", f"{wall:.2f} s / {calls}")  # fmt: skip
         # The same pass in parts: reading the machines (moto's answers) and judging them.
-        began = time.monotonic()
-        machines = target.observe_machines()
-        read = time.monotonic() - began
-        began = time.monotonic()
-        effective = target.policy.effective(machines)
-        checks = guide_checks(intent)
-        verify(checks, [effective])
-        effective.findings(checks)
-        judged = time.monotonic() - began
-        row("verify", f"AWS: the same, reading the machines / evaluating them ({len(checks)} "
+        read, judged, found, checks, _ = _examined(target, intent)
+        judged += found
+        row("verify", f"AWS: the same, reading the machines / evaluating them ({checks} "
             "checks)", f"{read:.2f} s / {judged:.2f} s")  # fmt: skip
     finally:
         double.stop()
+
+
+def _seed_gcp_verify(fake: Any, gcp: dict[str, Any], rules: int, instances: int) -> int:
+    """GKE's ``-vms`` rule, ``rules`` more firewalls (by tag, service account and range, some
+    denying, some egress) and ``instances`` instances, each with its role's tag and two of 100
+    team tags, in the example's subnets of a default network: how many instances."""
+    project, tags = gcp["project"], gcp["targetTags"]
+    at, sa = f"global/networks/{gcp['network']}", f"nomad@{project}.iam.gserviceaccount.com"
+    fake.seed(project, {
+        "name": "gke-circleci-1a2b3c4d-vms", "network": at, "priority": 1000,
+        "targetTags": [tags["kubernetesNodes"]], "sourceRanges": ["10.128.0.0/9"],
+        "allowed": [{"IPProtocol": "tcp", "ports": ["1-65535"]},
+                    {"IPProtocol": "udp", "ports": ["1-65535"]}, {"IPProtocol": "icmp"}],
+    })  # fmt: skip
+    for k in range(rules):
+        ports = [str(10000 + k), f"{20000 + k}-{20010 + k}"]
+        rule: dict[str, Any] = {
+            "name": f"team-{k}", "network": at, "priority": 900 + k % 3 * 100,
+            "targetTags": [f"team-{k}"], "allowed": [{"IPProtocol": "tcp", "ports": ports}],
+        }  # fmt: skip
+        if k % 3 == 0:
+            rule["sourceRanges"] = [f"192.0.2.{k}/32", "10.132.0.0/16"]
+        elif k % 3 == 1:
+            rule["sourceTags"] = [f"team-{(k + 1) % rules}"]
+        else:
+            rule["sourceServiceAccounts"] = [sa]
+            rule["targetServiceAccounts"] = [f"team-{k}@{project}.iam.gserviceaccount.com"]
+            del rule["targetTags"]
+        if k % 10 == 5:
+            del rule["allowed"]
+            rule["denied"] = [{"IPProtocol": "tcp", "ports": ["22"]}]
+        if k % 10 == 7:
+            rule = {"name": f"team-{k}", "network": at, "direction": "EGRESS",
+                    "targetTags": [f"team-{k}"], "destinationRanges": ["10.128.0.0/9"],
+                    "denied": [{"IPProtocol": "tcp", "ports": ["4647"]}]}  # fmt: skip
+        fake.seed(project, rule)
+    shares = {"kubernetesNodes": (0.2, "10.128"), "nomadClients": (0.6, "10.132"),
+              "externalVMs": (0.2, "10.136")}  # fmt: skip
+    made = 0
+    for role, (share, base) in shares.items():
+        for i in range(int(instances * share)):
+            j = made + i
+            accounts = [sa] if role == "nomadClients" else []
+            if j % 4 == 0 and role != "nomadClients":
+                accounts = [f"team-{j % rules}@{project}.iam.gserviceaccount.com"]
+            fake.seed_instance(
+                project, f"{tags[role]}-{i}", network=gcp["network"],
+                ip=f"{base}.{i // 250}.{i % 250 + 2}", service_accounts=accounts,
+                tags=[tags[role], f"team-{j % 100}", f"team-{(j + 1) % 100}"],
+            )  # fmt: skip
+        made += int(instances * share)
+    return made
+
+
+def _verify_gcp(rules: int = 100, instances: int = 500) -> None:
+    """The same pass on the GCP fake: the example's rules converged, then what
+    :func:`_seed_gcp_verify` adds (about 100 distinct signatures per role)."""
+    import yaml
+    from google.auth.credentials import AnonymousCredentials
+
+    from server_hardening.compiler import compile_intent
+    from server_hardening.model import Mode, ResourceRef, parse_spec
+    from server_hardening.reconcile import plan_target, run_target
+    from server_hardening.targets.gcp import GcpTarget, make_clients
+
+    body = yaml.safe_load((ROOT / "examples" / "gcp-v3.yaml").read_text())["spec"]
+    with _fake(0.0) as fake:
+        body["gcp"]["endpoint"] = fake.url
+        spec = parse_spec(body)
+        assert spec.gcp is not None
+        intent = compile_intent(spec)
+        target = GcpTarget.from_rules(
+            intent.cloud_rules("gcp"), spec.gcp, ResourceRef("circleci-server", "circleci", "b"),
+            client_factory=lambda g: make_clients(g, AnonymousCredentials()),  # type: ignore
+        )  # fmt: skip
+        assert not target.apply(plan_target(target, target.observe())).errors
+        made = _seed_gcp_verify(fake, body["gcp"], rules, instances)
+        fake.reset_log()
+        began = time.monotonic()
+        report = run_target(
+            "gcp", lambda: target, spec.model_copy(update={"mode": Mode.AUDIT}), 0, [],
+            intent=intent,
+        )  # fmt: skip
+        wall = time.monotonic() - began
+        calls, rows = len(fake.calls()), len(report.rows or ())
+        row("verify", f"GCP: {rules} more firewalls and GKE's -vms rule on {made} instances "
+            f"({rows} row verdicts): wall / API calls", f"{wall:.2f} s / {calls}")  # fmt: skip
+        read, judged, found, checks, effective = _examined(target, intent)
+        sigs = sum(len(s) for s in effective.signatures.values())
+        row("verify", f"GCP: the same, reading the machines / evaluating the {checks} checks "
+            f"on {sigs} signatures / the findings between the roles",
+            f"{read:.2f} s / {judged:.2f} s / {found:.2f} s")  # fmt: skip
 
 
 #: ``hardening run``'s flags for the Lease timings, in ``--lease-timings``' order.
@@ -693,7 +795,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
     "gcp": lambda a: _gcp(a.gcp_latencies, a.sequential_up_to),
     "aws": lambda a: _aws(),
     "kubernetes": lambda a: _kubernetes(a.sizes, a.idle_seconds, a.repairs),
-    "verify": lambda a: _verify(),
+    "verify": lambda a: (_verify(), _verify_gcp()),
     "failover": lambda a: _failover(a.failovers, a.lease_timings),
 }
 
