@@ -19,14 +19,22 @@ decided it, each marked when it is not the operator's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from server_hardening.components import PodPort, ResolvedComponent
 from server_hardening.guide import Component
 from server_hardening.machines import ClusterPod, DeclaredPort, NamespaceMachines
-from server_hardening.policy.podreach import Outside, Party, Pod, as_source, decide, selects
+from server_hardening.policy.podreach import (
+    Outside,
+    Party,
+    Pod,
+    as_source,
+    decide,
+    in_block,
+    selects,
+)
 from server_hardening.rules import Finding, FindingCode
 from server_hardening.verification import AnswersOnce, Check, CheckResult, Endpoint, Pods
 
@@ -210,6 +218,18 @@ class NamespaceReach(AnswersOnce):
             f"container port named {named}: nothing can reach them on it"
         )
 
+    def _by_address(self, names: Iterable[str]) -> bool:
+        """Whether one of these policies admits the pods' own addresses by an ``ipBlock``."""
+        wanted = set(names)
+        return bool(self._pod_address) and any(
+            in_block(peer["ipBlock"], self._pod_address)
+            for policy in self.policies
+            if policy["metadata"]["name"] in wanted
+            for rule in policy["spec"].get("ingress") or []
+            for peer in rule.get("from") or []
+            if "ipBlock" in peer
+        )
+
     def _mark(self, names: Sequence[str]) -> list[str]:
         return [
             f"NetworkPolicy {n}" + ("" if n in self.managed else " (not managed)") for n in names
@@ -227,7 +247,7 @@ class NamespaceReach(AnswersOnce):
         shown = against or decisions
         decided = dict.fromkeys(name for _, d in shown for name in d.decided_by)
         evidence = self._mark(list(decided)) or ["no NetworkPolicy isolates these pods"]
-        if against and check.source.pods is Pods.OTHER_NAMESPACE and self._pod_address:
+        if against and check.source.pods is Pods.OTHER_NAMESPACE and self._by_address(decided):
             evidence.append(
                 f"pods send from this namespace's pods' ranges (such as {self._pod_address}), "
                 "which an ipBlock of those policies admits (the nodes' ranges hold the pods, as "

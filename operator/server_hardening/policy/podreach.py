@@ -75,7 +75,8 @@ def selects(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bo
     return True
 
 
-def _in_block(block: Mapping[str, Any], ip: str) -> bool:
+def in_block(block: Mapping[str, Any], ip: str) -> bool:
+    """Whether ``ip`` is in an ``ipBlock`` (its ``cidr``, less its ``except``)."""
     if not ip:
         return False
     address = ipaddress.ip_address(ip)
@@ -96,7 +97,7 @@ def _peer_matches(
     namespace_labels: Mapping[str, Mapping[str, str]],
 ) -> bool:
     if "ipBlock" in peer:
-        return _in_block(peer["ipBlock"], party.ip)
+        return in_block(peer["ipBlock"], party.ip)
     if not isinstance(party, Pod):
         return False
     if "namespaceSelector" in peer:
