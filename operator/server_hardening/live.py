@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server_hardening.compiler import compile_intent
-from server_hardening.drift import Plan
+from server_hardening.drift import ObservedItem, Plan
 from server_hardening.model import Mode, ResourceRef, ServerHardeningSpec, UnmanagedRules
 from server_hardening.reconcile import Event, TargetReport, run_target
 from server_hardening.rules import Finding, most_important_first
@@ -53,6 +53,12 @@ def _reason_for(native_id: str, findings: Iterable[Finding]) -> str:
     return next((f.message for f in findings if native_id and native_id in f.message), "")
 
 
+def _observed(verb: str, item: ObservedItem[Any], reason: str) -> Action:
+    """An action on an item as observed (no guide row: nothing desired names it)."""
+    return Action(verb, item.native_id or item.key, item.key, reason,
+                  priority=_priority(item.payload))  # fmt: skip
+
+
 def actions(plan: Plan[Any], findings: Iterable[Finding], removing: bool) -> list[Action]:
     """Every item of one target's plan as an action, in a stable order."""
     seen = list(findings)
@@ -75,49 +81,14 @@ def actions(plan: Plan[Any], findings: Iterable[Finding], removing: bool) -> lis
                    row(u.desired.rows), _priority(u.desired.payload))
             for u in updates
         ]  # fmt: skip
-    out += [
-        Action(
-            "delete",
-            o.native_id or o.key,
-            o.key,
-            "managed and no longer desired",
-            priority=_priority(o.payload),
-        )
-        for o in plan.delete
-    ]
+    out += [_observed("delete", o, "managed and no longer desired") for o in plan.delete]
     for item in plan.unmanaged:
         reason = _reason_for(item.native_id, seen) or "not managed and widens access"
         verb = "delete" if removing else "leave"
         tail = " (unmanagedRules: Remove)" if removing else " (reported; unmanagedRules: Report)"
-        out.append(
-            Action(
-                verb,
-                item.native_id or item.key,
-                item.key,
-                reason + tail,
-                priority=_priority(item.payload),
-            )
-        )
-    out += [
-        Action(
-            "leave",
-            left.observed.native_id or left.observed.key,
-            left.observed.key,
-            left.reason,
-            priority=_priority(left.observed.payload),
-        )
-        for left in plan.leave
-    ]
-    out += [
-        Action(
-            "keep",
-            o.native_id or o.key,
-            o.key,
-            "managed and as desired",
-            priority=_priority(o.payload),
-        )
-        for o in plan.keep
-    ]
+        out.append(_observed(verb, item, reason + tail))
+    out += [_observed("leave", left.observed, left.reason) for left in plan.leave]
+    out += [_observed("keep", o, "managed and as desired") for o in plan.keep]
     return out
 
 
