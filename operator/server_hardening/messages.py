@@ -206,7 +206,18 @@ def _pattern(e: _Error) -> str:
     return f"{shown(e.value)} does not match the pattern {pattern}"
 
 
-_DATE_TIME = 'is not a date-time: write it as RFC 3339, e.g. "2027-03-31T00:00:00Z"'
+def _whole_number(e: _Error) -> str:
+    return f"{shown(e.value)} is {what(e.value)}; expected a whole number"
+
+
+def _true_or_false(e: _Error) -> str:
+    return f"{shown(e.value)} is {what(e.value)}; expected true or false"
+
+
+def _date_time(e: _Error) -> str:
+    return f'{shown(e.value)} is not a date-time: write it as RFC 3339, e.g. "2027-03-31T00:00:00Z"'
+
+
 _REASONS: dict[str, Callable[[_Error], str]] = {
     "missing": lambda e: "required field is missing",
     "model_type": _object_expected,
@@ -214,14 +225,14 @@ _REASONS: dict[str, Callable[[_Error], str]] = {
     "dict_type": _object_expected,
     "list_type": _list_expected,
     "string_type": _string_expected,
-    "int_type": lambda e: f"{shown(e.value)} is {what(e.value)}; expected a whole number",
-    "int_parsing": lambda e: f"{shown(e.value)} is {what(e.value)}; expected a whole number",
+    "int_type": _whole_number,
+    "int_parsing": _whole_number,
     "int_from_float": lambda e: f"{shown(e.value)} is not a whole number",
-    "bool_type": lambda e: f"{shown(e.value)} is {what(e.value)}; expected true or false",
-    "bool_parsing": lambda e: f"{shown(e.value)} is {what(e.value)}; expected true or false",
-    "datetime_type": lambda e: f"{shown(e.value)} {_DATE_TIME}",
-    "datetime_parsing": lambda e: f"{shown(e.value)} {_DATE_TIME}",
-    "datetime_from_date_parsing": lambda e: f"{shown(e.value)} {_DATE_TIME}",
+    "bool_type": _true_or_false,
+    "bool_parsing": _true_or_false,
+    "datetime_type": _date_time,
+    "datetime_parsing": _date_time,
+    "datetime_from_date_parsing": _date_time,
     "enum": _choice,
     "literal_error": _choice,
     "string_too_short": _too_short,
