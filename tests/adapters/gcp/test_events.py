@@ -5,8 +5,6 @@ event reader, scheduler and GCP adapter; the timer at 10 minutes never fires."""
 from __future__ import annotations
 
 import asyncio
-import copy
-import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from adapters.aws.events_support import MemoryResources
 from adapters.gcp.gcp_support import PROJECT, TAGS, anonymous, make_fake
 from adapters.gcp.pubsub_emulator import PubSubEmulator, require_launcher
 from builders import spec_dict
@@ -61,30 +60,6 @@ def pubsub(emulator: PubSubEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterato
 def fake() -> Iterator[FakeCompute]:
     with make_fake() as server:
         yield server
-
-
-class MemoryResources:
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.body = body
-        self.gets = 0
-
-    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
-        self.gets += 1
-        return copy.deepcopy(self.body)
-
-    def patch_status(self, namespace: str, name: str, status: Any) -> None:
-        self.body["status"] = json.loads(json.dumps(status))
-
-    def publish_report(self, report: Any, owner: Any) -> bool:
-        return True
-
-    def post_event(self, body: Any, type_: str, reason: str, message: str) -> str:
-        return reason
-
-    def post_or_count_event(
-        self, body: Any, type_: str, reason: str, message: str, *, repeat_of: Any = None
-    ) -> tuple[str, int]:
-        return reason, 1
 
 
 def operator(fake: FakeCompute) -> OperatorState:
