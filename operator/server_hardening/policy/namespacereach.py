@@ -103,27 +103,42 @@ class NamespaceReach(AnswersOnce):
         self.resolved = dict(resolved)
         self.managed = managed
         self.pods = [_as_pod(self.namespace, p) for p in machines.pods]
-        self._declared = {p.name: p.ports for p in machines.pods}
+        self._declared: dict[str, tuple[DeclaredPort, ...]] = {
+            p.name: p.ports for p in machines.pods
+        }
         # Another namespace's pods send from the same ranges as this namespace's (one CNI). On
         # the AWS VPC CNI those are the node subnets, and most plugins (Calico, kube-router, the
         # VPC CNI's own agent) match pod addresses in an ``ipBlock``: a policy admitting the
         # nodes then admits every pod of the cluster, which the default-deny check must see.
         self._pod_address = next((p.ip for p in machines.pods if p.ip), "")
-        self._stand_ins: dict[str, tuple[int, ...]] = {}
+        # The parties, found once: each component's pods with their ports (a stand-in when none
+        # runs), and the namespace's pods, one per set of labels (NetworkPolicies select by
+        # labels), or the stand-ins when nothing runs.
+        self._components = {c: self._pods_of(r) for c, r in self.resolved.items()}
+        if self.pods:
+            by_labels: dict[tuple[tuple[str, str], ...], Pod] = {}
+            for pod in self.pods:
+                by_labels.setdefault(tuple(sorted(pod.labels.items())), pod)
+            self._namespace = list(by_labels.values())
+        else:
+            anyone = Pod(self.namespace, {}, "", name=ANY_POD)
+            self._declared[ANY_POD] = (DeclaredPort(ANY_POD_PORT),)
+            stand_ins = [pod for pods in self._components.values() for pod, _ in pods]
+            self._namespace = [anyone, *stand_ins]
 
     # -- the parties a check stands for ----------------------------------------------------------
 
-    def _component_pods(self, component: Component) -> list[tuple[Pod, tuple[int, ...]]]:
-        resolved = self.resolved.get(component)
-        if resolved is None:
-            return []
+    def _pods_of(self, resolved: ResolvedComponent) -> list[tuple[Pod, tuple[int, ...]]]:
         selector = resolved.pod_selector.as_manifest()
         running = [p for p in self.pods if selects(selector, p.labels)]
         if not running:
             pod, numbers = _stand_in(self.namespace, resolved)
-            self._stand_ins[pod.name] = numbers
+            self._declared[pod.name] = tuple(DeclaredPort(n) for n in numbers)
             return [(pod, numbers)]
         return [(p, self._ports_of(p, resolved.ports)) for p in running]
+
+    def _component_pods(self, component: Component) -> list[tuple[Pod, tuple[int, ...]]]:
+        return self._components.get(component, [])
 
     @staticmethod
     def _ports_of(pod: Pod, ports: Sequence[PodPort]) -> tuple[int, ...]:
@@ -135,21 +150,7 @@ class NamespaceReach(AnswersOnce):
                 out.append(pod.ports[port.port])
         return tuple(out)
 
-    def _namespace_pods(self) -> list[Pod]:
-        """One pod per set of labels (NetworkPolicies select by labels), or the components'
-        stand-ins when nothing runs."""
-        if not self.pods:
-            self._stand_ins[ANY_POD] = (ANY_POD_PORT,)
-            anyone = Pod(self.namespace, {}, "", name=ANY_POD)
-            return [anyone, *(pod for c in self.resolved for pod, _ in self._component_pods(c))]
-        by_labels: dict[tuple[tuple[str, str], ...], Pod] = {}
-        for pod in self.pods:
-            by_labels.setdefault(tuple(sorted(pod.labels.items())), pod)
-        return list(by_labels.values())
-
     def _declared_ports(self, pod: Pod, protocol: str) -> tuple[int, ...]:
-        if pod.name in self._stand_ins:
-            return self._stand_ins[pod.name]
         return tuple(
             p.port
             for p in self._declared.get(pod.name, ())
@@ -169,7 +170,7 @@ class NamespaceReach(AnswersOnce):
         if endpoint.pods is Pods.NAMESPACE:
             # As sources, pods that every policy treats alike are one (podreach.as_source).
             distinct: dict[tuple[tuple[int, int, int], ...], Pod] = {}
-            for pod in self._namespace_pods():
+            for pod in self._namespace:
                 distinct.setdefault(as_source(self.policies, pod), pod)
             return list(distinct.values())
         if endpoint.pods is Pods.OTHER_NAMESPACE:
@@ -186,7 +187,7 @@ class NamespaceReach(AnswersOnce):
             targets = list(self._component_pods(destination.component))
         elif destination.pods is Pods.NAMESPACE:
             targets = []
-            for pod in self._namespace_pods():
+            for pod in self._namespace:
                 opened = self._opened(pod, check)
                 if check.port:
                     ports: tuple[int, ...] = (check.port,)
