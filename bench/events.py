@@ -36,6 +36,8 @@ from server_hardening.service import OperatorState
 Row = Callable[[str, str, str], None]
 # Where changes fall, and the pauses between them: the same every run.
 RNG = random.Random(24)  # noqa: S311
+# Seconds between two changes with events on (the timer-alone runs pause up to one interval).
+EVENT_PAUSE = (0.2, 1.0)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -67,6 +69,22 @@ async def _until(predicate: Callable[[], bool], timeout: float = 300.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("the change was not repaired")
         await asyncio.sleep(0.02)
+
+
+async def _latencies(
+    changes: int, change: Callable[[], Callable[[], bool]], pause: tuple[float, float]
+) -> list[float]:
+    """``changes`` times: ``change`` (in a thread) makes a change, and for the event runs
+    delivers its event, and returns "it is back"; the clock starts when it returns. Then a
+    pause drawn from ``pause`` seconds."""
+    latencies = []
+    for _ in range(changes):
+        back = await asyncio.to_thread(change)
+        started = time.monotonic()
+        await _until(back)
+        latencies.append(time.monotonic() - started)
+        await asyncio.sleep(RNG.uniform(*pause))
+    return latencies
 
 
 async def _run_with_scheduler(state: OperatorState, body: Callable[[], Any]) -> Any:
@@ -154,9 +172,7 @@ def _moto() -> Iterator[Any]:
         double.stop()
 
 
-def aws(  # noqa: PLR0915 - one scenario, told in order
-    row: Row, changes: int, timer_interval: float, idle_seconds: float
-) -> None:
+def aws(row: Row, changes: int, timer_interval: float, idle_seconds: float) -> None:
     from adapters.aws.events_support import (
         EXAMPLE_GROUP,
         EXAMPLE_RULE,
@@ -208,20 +224,18 @@ def aws(  # noqa: PLR0915 - one scenario, told in order
         spec["aws"]["events"] = {"queueUrl": plumbing.queue_url}
         state = operator(spec)
 
+        def revoke_and_deliver() -> Callable[[], bool]:
+            group, rule, back = revoke(world)
+            record = cloudtrail_record(
+                "aws-revoke-security-group-ingress.json",
+                **{EXAMPLE_GROUP: group, EXAMPLE_RULE: rule["SecurityGroupRuleId"]},
+            )
+            plumbing.put(record)
+            return back
+
         async def with_events() -> tuple[list[float], str]:
             await _converge(state, NS, NAME)
-            latencies = []
-            for _ in range(changes):
-                group, rule, back = await asyncio.to_thread(revoke, world)
-                record = cloudtrail_record(
-                    "aws-revoke-security-group-ingress.json",
-                    **{EXAMPLE_GROUP: group, EXAMPLE_RULE: rule["SecurityGroupRuleId"]},
-                )
-                await asyncio.to_thread(plumbing.put, record)
-                delivered = time.monotonic()
-                await _until(back)
-                latencies.append(time.monotonic() - delivered)
-                await asyncio.sleep(RNG.uniform(0.2, 1.0))
+            latencies = await _latencies(changes, revoke_and_deliver, EVENT_PAUSE)
             return latencies, await _idle(state, "aws", idle_seconds)
 
         latencies, idle_on = asyncio.run(_run_with_scheduler(state, with_events))
@@ -239,14 +253,7 @@ def aws(  # noqa: PLR0915 - one scenario, told in order
 
         async def with_timer() -> list[float]:
             await _converge(state, NS, NAME)
-            latencies = []
-            for _ in range(changes):
-                _, _, back = await asyncio.to_thread(revoke, world)
-                changed = time.monotonic()
-                await _until(back)
-                latencies.append(time.monotonic() - changed)
-                await asyncio.sleep(RNG.uniform(0.0, timer_interval))
-            return latencies
+            return await _latencies(changes, lambda: revoke(world)[2], (0.0, timer_interval))
 
         if changes:
             timer = asyncio.run(_run_with_scheduler(state, with_timer))
@@ -341,17 +348,15 @@ def gcp(  # noqa: PLR0915 - one scenario, told in order
 
         state = operator("10m", events=True)
 
+        def delete_and_publish() -> Callable[[], bool]:
+            victim, back = delete()
+            data = entry.replace("example-firewall", victim).encode()
+            publisher.publish(topic, data).result(60)
+            return back
+
         async def with_events() -> tuple[list[float], str]:
             await _converge(state, ns, name)
-            latencies = []
-            for _ in range(changes):
-                victim, back = await asyncio.to_thread(delete)
-                data = entry.replace("example-firewall", victim).encode()
-                await asyncio.to_thread(publisher.publish(topic, data).result, 60)
-                delivered = time.monotonic()
-                await _until(back)
-                latencies.append(time.monotonic() - delivered)
-                await asyncio.sleep(RNG.uniform(0.2, 1.0))
+            latencies = await _latencies(changes, delete_and_publish, EVENT_PAUSE)
             return latencies, await _idle(state, "gcp", idle_seconds)
 
         latencies, idle_on = asyncio.run(_run_with_scheduler(state, with_events))
@@ -366,14 +371,7 @@ def gcp(  # noqa: PLR0915 - one scenario, told in order
 
         async def with_timer() -> list[float]:
             await _converge(state, ns, name)
-            latencies = []
-            for _ in range(changes):
-                _, back = await asyncio.to_thread(delete)
-                changed = time.monotonic()
-                await _until(back)
-                latencies.append(time.monotonic() - changed)
-                await asyncio.sleep(RNG.uniform(0.0, timer_interval))
-            return latencies
+            return await _latencies(changes, lambda: delete()[1], (0.0, timer_interval))
 
         if changes:
             timer = asyncio.run(_run_with_scheduler(state, with_timer))
