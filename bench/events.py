@@ -283,10 +283,9 @@ def gcp(  # noqa: PLR0915 - one scenario, told in order
 ) -> None:
     import os
 
-    from adapters.gcp.gcp_support import PROJECT, TAGS, anonymous
+    from adapters.gcp.gcp_support import PROJECT, TAGS, anonymous, make_fake
     from adapters.gcp.pubsub_emulator import PubSubEmulator, find_launcher
     from builders import spec_dict
-    from fakes.gcp_compute import FakeCompute
     from server_hardening.targets.factory import LiveTargets
 
     launcher, why = find_launcher()
@@ -303,7 +302,7 @@ def gcp(  # noqa: PLR0915 - one scenario, told in order
     subscription = f"projects/{PROJECT}/subscriptions/server-hardening-events"
     ns, name = "circleci-server", "circleci"
     emulator = PubSubEmulator(launcher).start()
-    fake = FakeCompute()
+    fake = make_fake()  # the project's network exists, as the adapter's first read needs
     fake.start()
     previous = os.environ.get("PUBSUB_EMULATOR_HOST")
     os.environ["PUBSUB_EMULATOR_HOST"] = emulator.host
